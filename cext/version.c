@@ -1,0 +1,3 @@
+#include "version_api.h"
+
+int mt_datapath_version(void) { return 1; }

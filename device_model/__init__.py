@@ -1,0 +1,1 @@
+"""The emulated training chip: numerics (C-accelerated), engine, cost model, firmware."""

@@ -1,0 +1,1 @@
+"""The host driver and the ``microtrain`` CLI."""
