@@ -1,0 +1,570 @@
+/* The chip's number formats in C (docs/numerics.md), bit-identical to protocol/numerics.py.
+ *
+ * Every input is a float32 word taken apart with integer operations: a finite non-zero
+ * magnitude is sig * 2^e2 with sig < 2^24, and its binade exponent is ea = floor(log2 |x|).
+ * Rounding to a grid whose step is 2^q is then a shift of sig: the kept bits are the integer
+ * part, the dropped bits (rem, k of them) the fraction, so nearest, truncate and stochastic
+ * rounding (F = floor(frac * 2^32), up iff r < F) are all exact integer decisions. No
+ * floating-point arithmetic is used while encoding; decoding multiplies by powers of two only
+ * (exact) or assembles float32 words directly.
+ */
+#include "numerics_api.h"
+
+#include <pthread.h>
+#include <string.h>
+
+#define GOLDEN 0x9E3779B97F4A7C15ULL
+#define F32_QNAN 0x7FC00000u
+
+/* ---------------------------------------------------------------- SR generator */
+
+static inline uint64_t mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+static inline uint64_t sr_key(uint64_t seed, uint64_t stream)
+{
+    return mix64(seed ^ mix64(stream + GOLDEN));
+}
+
+static inline uint32_t sr_at(uint64_t key, uint64_t i)
+{
+    return (uint32_t)(mix64(key + i * GOLDEN) >> 32);
+}
+
+/* Random value of element j of a call (offset = flat index of element 0). */
+static inline uint32_t rand_of(const uint32_t *rbits, uint64_t key, uint64_t offset, size_t j)
+{
+    return rbits ? rbits[j] : sr_at(key, offset + (uint64_t)j);
+}
+
+void mt_sr_bits(uint32_t *out, size_t n, uint64_t seed, uint64_t stream, uint64_t offset)
+{
+    uint64_t key = sr_key(seed, stream);
+    for (size_t j = 0; j < n; j++)
+        out[j] = sr_at(key, offset + (uint64_t)j);
+}
+
+/* ---------------------------------------------------------------- threads */
+
+static int g_threads = 2;
+
+void mt_numerics_set_threads(int n) { g_threads = n < 2 ? 1 : 2; }
+
+/* Arrays at least this long are split across two threads. */
+#define SPLIT_MIN ((size_t)1 << 18)
+
+typedef void (*range_fn)(const void *ctx, size_t lo, size_t hi);
+
+typedef struct {
+    range_fn fn;
+    const void *ctx;
+    size_t lo, hi;
+} range_job;
+
+static void *range_thread(void *arg)
+{
+    range_job *job = arg;
+    job->fn(job->ctx, job->lo, job->hi);
+    return NULL;
+}
+
+/* Run fn over [0, n), in two halves on two threads when n is large. Each element's result
+ * depends only on the element and its index, so the split cannot change any result. */
+static void run_split(range_fn fn, const void *ctx, size_t n)
+{
+    if (g_threads < 2 || n < SPLIT_MIN) {
+        fn(ctx, 0, n);
+        return;
+    }
+    size_t mid = (n / 2) & ~(size_t)63;
+    range_job second = {fn, ctx, mid, n};
+    pthread_t th;
+    if (pthread_create(&th, NULL, range_thread, &second) != 0) {
+        fn(ctx, 0, n);
+        return;
+    }
+    fn(ctx, 0, mid);
+    pthread_join(th, NULL);
+}
+
+/* ---------------------------------------------------------------- float32 words */
+
+static inline uint32_t f32_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+static inline float f32_from_bits(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* Finite non-zero magnitude a (float32 bits without sign) as sig * 2^e2; *ea = floor(log2). */
+static inline uint32_t split_mag(uint32_t a, int *e2, int *ea)
+{
+    uint32_t ex = a >> 23;
+    if (ex) {
+        *e2 = (int)ex - 150;
+        *ea = (int)ex - 127;
+        return (a & 0x7FFFFFu) | 0x800000u;
+    }
+    *e2 = -149;
+    *ea = -149 + (31 - __builtin_clz(a));
+    return a;
+}
+
+/* float32 bits of sig * 2^ex, which must be representable (normal or subnormal), sig > 0. */
+static inline uint32_t f32_assemble(uint32_t sig, int ex)
+{
+    int top = 31 - __builtin_clz(sig);
+    int e = ex + top;
+    if (e >= -126)
+        return ((uint32_t)(e + 127) << 23) | ((sig << (23 - top)) & 0x7FFFFFu);
+    return sig << (ex + 149);
+}
+
+/* Sign of sig * 2^sh - m, exactly, for sig < 2^24 and m < 2^24. */
+static inline int cmp_scaled(uint64_t sig, int sh, uint64_t m)
+{
+    if (sh >= 0) {
+        if (sh > 40)
+            return sig ? 1 : (m ? -1 : 0);
+        uint64_t v = sig << sh;
+        return (v > m) - (v < m);
+    }
+    if (-sh > 40)
+        return m ? -1 : (sig > 0);
+    uint64_t w = m << -sh;
+    return (sig > w) - (sig < w);
+}
+
+/* Drop k >= 1 low bits of sig (k clamped to 63, which changes no decision since sig < 2^24):
+ * kept = sig >> k; returns the rounding increment for nearest-even / stochastic / truncate of
+ * the magnitude. */
+static inline uint32_t round_up_mag(uint64_t sig, int k, uint64_t kept, int rounding, uint32_t r)
+{
+    if (k > 63)
+        k = 63;
+    uint64_t rem = sig & ((1ULL << k) - 1);
+    if (rounding == MT_ROUND_NEAREST) {
+        uint64_t half = 1ULL << (k - 1);
+        return rem > half || (rem == half && (kept & 1));
+    }
+    if (rounding == MT_ROUND_STOCHASTIC) {
+        uint32_t F = k <= 32 ? (uint32_t)(rem << (32 - k)) : (uint32_t)(rem >> (k - 32));
+        return r < F;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- float formats */
+
+typedef struct {
+    int M, emin, emax, family, scale;
+    int adj;           /* added to the magnitude code of a normal value (DLFloat: -2^M) */
+    uint32_t maxcode;  /* magnitude code of the largest finite value */
+    uint32_t nan;      /* canonical NaN magnitude code */
+    uint32_t ovf;      /* overflow magnitude code (inf, or NaN when there is no inf) */
+    uint32_t signbit;
+} fcfg;
+
+static fcfg float_cfg(const mt_float_fmt *f)
+{
+    fcfg c;
+    int E = f->ebits, M = f->mbits;
+    uint32_t top = (1u << E) - 1; /* all-ones exponent field */
+    c.M = M;
+    c.family = f->family;
+    c.scale = f->scale_exp;
+    c.signbit = 1u << (E + M);
+    c.adj = 0;
+    if (f->family == MT_FLOAT_IEEE) {
+        c.emin = 1 - f->bias;
+        c.emax = (int)top - 1 - f->bias;
+        c.ovf = top << M;
+        c.maxcode = c.ovf - 1;
+        c.nan = c.ovf | (1u << (M - 1));
+    } else if (f->family == MT_FLOAT_FN) {
+        c.emin = 1 - f->bias;
+        c.emax = (int)top - f->bias;
+        c.nan = c.ovf = c.signbit - 1;
+        c.maxcode = c.nan - 1;
+    } else {
+        c.emin = -f->bias;
+        c.emax = (int)top - f->bias;
+        c.nan = c.ovf = c.signbit - 1;
+        c.maxcode = c.nan - 1;
+        c.adj = -(1 << M);
+    }
+    return c;
+}
+
+/* DLFloat below its smallest positive value minpos = 2^emin * (1 + 2^-M): the neighbours are
+ * 0 (code 0) and minpos (code 1), and frac = a / minpos is not dyadic. With a = sig * 2^e2 and
+ * minpos = (2^M + 1) * 2^(emin - M), every decision is an exact integer comparison. */
+static inline uint32_t dl_underflow(const fcfg *c, uint32_t sig, int e2, int rounding, uint32_t r)
+{
+    uint64_t d = (1ULL << c->M) + 1; /* minpos in units of 2^(emin - M) */
+    int rel = e2 - (c->emin - c->M);  /* a = sig * 2^rel units */
+    if (rounding == MT_ROUND_NEAREST) /* up iff 2a > minpos (a tie goes to the even code 0) */
+        return cmp_scaled(sig, rel + 1, d) > 0;
+    if (rounding == MT_ROUND_STOCHASTIC) { /* F = floor(a / minpos * 2^32) */
+        int sh = rel + 32;
+        uint64_t num;
+        if (sh >= 0)
+            num = (uint64_t)sig << sh; /* sh <= 32 + 9 since a < minpos */
+        else
+            num = -sh > 63 ? 0 : (uint64_t)sig >> -sh;
+        uint32_t F = (uint32_t)(num / d);
+        return r < F;
+    }
+    return 0;
+}
+
+/* Magnitude code of a = sig * 2^e2 (ea = floor(log2 a)) after rounding; may exceed maxcode
+ * (overflow), never for truncate. */
+static inline uint32_t float_mag(const fcfg *c, uint32_t sig, int e2, int ea, int rounding,
+                                 int saturate, uint32_t r)
+{
+    if (ea > c->emax) /* at or past the overflow point */
+        return (saturate || rounding == MT_ROUND_TRUNCATE) ? c->maxcode : c->ovf;
+    if (c->family == MT_FLOAT_DL &&
+        (ea < c->emin || (ea == c->emin && cmp_scaled(sig, e2 - (c->emin - c->M),
+                                                      (1ULL << c->M) + 1) < 0)))
+        return dl_underflow(c, sig, e2, rounding, r);
+    int eb = ea > c->emin ? ea : c->emin;
+    int k = eb - c->M - e2; /* bits of sig below the grid step 2^(eb - M) */
+    uint32_t kept, code;
+    if (k <= 0) {
+        kept = sig << -k;
+        code = (uint32_t)(((eb - c->emin) << c->M) + c->adj) + kept;
+    } else {
+        kept = k > 31 ? 0 : sig >> k;
+        code = (uint32_t)(((eb - c->emin) << c->M) + c->adj) + kept;
+        code += round_up_mag(sig, k, kept, rounding, r);
+    }
+    if (code > c->maxcode)
+        return (saturate || rounding == MT_ROUND_TRUNCATE) ? c->maxcode : c->ovf;
+    return code;
+}
+
+static inline uint32_t encode_float1(const fcfg *c, uint32_t u, int rounding, int saturate,
+                                     uint32_t r)
+{
+    uint32_t sign = (u >> 31) ? c->signbit : 0;
+    uint32_t a = u & 0x7FFFFFFFu;
+    if (a >= 0x7F800000u) {
+        if (a > 0x7F800000u)
+            return c->nan | sign;
+        return (saturate ? c->maxcode : c->ovf) | sign;
+    }
+    if (a == 0)
+        return sign;
+    int e2, ea;
+    uint32_t sig = split_mag(a, &e2, &ea);
+    e2 -= c->scale;
+    ea -= c->scale;
+    return float_mag(c, sig, e2, ea, rounding, saturate, r) | sign;
+}
+
+static inline uint32_t decode_float1(const fcfg *c, uint32_t code)
+{
+    uint32_t sign = (code & c->signbit) ? 0x80000000u : 0;
+    uint32_t mag = code & (c->signbit - 1);
+    uint32_t e = mag >> c->M, m = mag & ((1u << c->M) - 1);
+    uint32_t sig;
+    int ex;
+    if (c->family == MT_FLOAT_IEEE) {
+        if (mag >= c->ovf)
+            return sign | (mag == c->ovf ? 0x7F800000u : F32_QNAN);
+    } else if (mag == c->nan) {
+        return sign | F32_QNAN;
+    }
+    if (c->family == MT_FLOAT_DL) {
+        if (mag == 0)
+            return sign;
+        sig = m | (1u << c->M);
+        ex = c->emin + (int)e - c->M;
+    } else if (e == 0) {
+        if (m == 0)
+            return sign;
+        sig = m;
+        ex = c->emin - c->M;
+    } else {
+        sig = m | (1u << c->M);
+        ex = c->emin + (int)e - 1 - c->M;
+    }
+    return sign | f32_assemble(sig, ex + c->scale);
+}
+
+typedef struct {
+    const float *x;
+    void *codes;
+    const fcfg *c;
+    int bytes, rounding, saturate;
+    uint64_t key, offset;
+    const uint32_t *rbits;
+} float_enc_ctx;
+
+static void float_enc_range(const void *p, size_t lo, size_t hi)
+{
+    const float_enc_ctx *t = p;
+    const fcfg *c = t->c;
+    for (size_t j = lo; j < hi; j++) {
+        uint32_t r = t->rounding == MT_ROUND_STOCHASTIC ? rand_of(t->rbits, t->key, t->offset, j)
+                                                         : 0;
+        uint32_t code = encode_float1(c, f32_bits(t->x[j]), t->rounding, t->saturate, r);
+        if (t->bytes == 1)
+            ((uint8_t *)t->codes)[j] = (uint8_t)code;
+        else if (t->bytes == 2)
+            ((uint16_t *)t->codes)[j] = (uint16_t)code;
+        else
+            ((uint32_t *)t->codes)[j] = code;
+    }
+}
+
+void mt_encode_float(const float *x, void *codes, size_t n, const mt_float_fmt *fmt,
+                     int rounding, int saturate, uint64_t seed, uint64_t stream,
+                     uint64_t offset, const uint32_t *rbits)
+{
+    fcfg c = float_cfg(fmt);
+    float_enc_ctx t = {x,        codes,    &c, fmt->code_bytes, rounding, saturate != 0,
+                       sr_key(seed, stream), offset, rbits};
+    run_split(float_enc_range, &t, n);
+}
+
+void mt_decode_float(const void *codes, float *out, size_t n, const mt_float_fmt *fmt)
+{
+    fcfg c = float_cfg(fmt);
+    uint32_t mask = (c.signbit << 1) - 1;
+    for (size_t j = 0; j < n; j++) {
+        uint32_t code;
+        if (fmt->code_bytes == 1)
+            code = ((const uint8_t *)codes)[j];
+        else if (fmt->code_bytes == 2)
+            code = ((const uint16_t *)codes)[j];
+        else
+            code = ((const uint32_t *)codes)[j];
+        out[j] = f32_from_bits(decode_float1(&c, code & mask));
+    }
+}
+
+/* ---------------------------------------------------------------- fixed point */
+
+/* Code of x (float32 bits u) in nbits-bit two's complement with frac_bits fractional bits. */
+static inline int32_t encode_fixed1(uint32_t u, int nbits, int frac_bits, int rounding,
+                                    int saturate, uint32_t r)
+{
+    const int64_t hi = ((int64_t)1 << (nbits - 1)) - 1, lo = -hi - 1;
+    const int neg = (int)(u >> 31);
+    uint32_t a = u & 0x7FFFFFFFu;
+    if (a >= 0x7F800000u) /* NaN -> 0; +-inf always saturates */
+        return a > 0x7F800000u ? 0 : (int32_t)(neg ? lo : hi);
+    if (a == 0)
+        return 0;
+    int e2, ea;
+    uint64_t sig = split_mag(a, &e2, &ea);
+    int sh = e2 + frac_bits; /* |y| = sig * 2^sh */
+    int64_t v;
+    if (ea + frac_bits >= 31) { /* |y| >= 2^31: an exact integer beyond every code range */
+        if (saturate)
+            return (int32_t)(neg ? lo : hi);
+        uint64_t low = sh >= 40 ? 0 : sig << sh;
+        v = neg ? -(int64_t)low : (int64_t)low;
+    } else if (sh >= 0) {
+        v = (int64_t)(sig << sh);
+        v = neg ? -v : v;
+    } else {
+        int k = -sh > 63 ? 63 : -sh;
+        uint64_t kept = sig >> k, rem = sig & ((1ULL << k) - 1);
+        if (rounding == MT_ROUND_STOCHASTIC && neg && rem) {
+            /* y = -(kept + rem/2^k): floor(y) = -(kept + 1), frac = 1 - rem/2^k */
+            uint64_t g = k <= 32 ? rem << (32 - k) : (rem + (1ULL << (k - 32)) - 1) >> (k - 32);
+            uint64_t F = (1ULL << 32) - g;
+            v = -(int64_t)kept - 1 + (int64_t)((uint64_t)r < F);
+        } else {
+            v = (int64_t)(kept + round_up_mag(sig, k, kept, rounding, r));
+            v = neg ? -v : v;
+        }
+    }
+    if (saturate)
+        return (int32_t)(v > hi ? hi : (v < lo ? lo : v));
+    uint64_t w = (uint64_t)v & (((uint64_t)1 << nbits) - 1); /* wrap modulo 2^nbits */
+    return (int32_t)((int64_t)(w ^ ((uint64_t)1 << (nbits - 1))) - ((int64_t)1 << (nbits - 1)));
+}
+
+/* 2^e as a float (|e| <= 126). */
+static inline float pow2f(int e) { return f32_from_bits((uint32_t)(e + 127) << 23); }
+
+typedef struct {
+    const float *x;
+    void *codes; /* int8/int16 codes, or NULL */
+    float *out;  /* quantized values, or NULL */
+    int nbits, frac_bits, rounding, saturate;
+    uint64_t key, offset;
+    const uint32_t *rbits;
+} fixed_ctx;
+
+static void fixed_range(const void *p, size_t lo, size_t hi)
+{
+    const fixed_ctx *t = p;
+    const int nbits = t->nbits, f = t->frac_bits, rounding = t->rounding, sat = t->saturate;
+    const float scale = pow2f(-f);
+    for (size_t j = lo; j < hi; j++) {
+        uint32_t r = rounding == MT_ROUND_STOCHASTIC ? rand_of(t->rbits, t->key, t->offset, j)
+                                                      : 0;
+        int32_t c = encode_fixed1(f32_bits(t->x[j]), nbits, f, rounding, sat, r);
+        if (t->out)
+            t->out[j] = (float)c * scale;
+        else if (nbits <= 8)
+            ((int8_t *)t->codes)[j] = (int8_t)c;
+        else
+            ((int16_t *)t->codes)[j] = (int16_t)c;
+    }
+}
+
+void mt_encode_fixed(const float *x, void *codes, size_t n, int nbits, int frac_bits,
+                     int rounding, int saturate, uint64_t seed, uint64_t stream,
+                     uint64_t offset, const uint32_t *rbits)
+{
+    fixed_ctx t = {x,        codes,  NULL, nbits, frac_bits, rounding, saturate != 0,
+                   sr_key(seed, stream), offset, rbits};
+    run_split(fixed_range, &t, n);
+}
+
+void mt_quantize_fixed(const float *x, float *out, size_t n, int nbits, int frac_bits,
+                       int rounding, int saturate, uint64_t seed, uint64_t stream,
+                       uint64_t offset, const uint32_t *rbits)
+{
+    fixed_ctx t = {x,        NULL,   out, nbits, frac_bits, rounding, saturate != 0,
+                   sr_key(seed, stream), offset, rbits};
+    run_split(fixed_range, &t, n);
+}
+
+void mt_decode_fixed(const void *codes, float *out, size_t n, int nbits, int frac_bits)
+{
+    const float scale = pow2f(-frac_bits);
+    if (nbits <= 8) {
+        const int8_t *c = codes;
+        for (size_t j = 0; j < n; j++)
+            out[j] = (float)c[j] * scale;
+    } else {
+        const int16_t *c = codes;
+        for (size_t j = 0; j < n; j++)
+            out[j] = (float)c[j] * scale;
+    }
+}
+
+/* ---------------------------------------------------------------- FGMP */
+
+static const mt_float_fmt FGMP_LOW = {4, 3, 7, MT_FLOAT_FN, 1, 0};
+static const mt_float_fmt FGMP_HIGH = {5, 10, 15, MT_FLOAT_IEEE, 2, 0};
+#define FGMP_OUTLIER 0x10000u
+
+typedef struct {
+    const float *x;
+    uint32_t *codes;
+    fcfg low, high;
+    double threshold;
+    int rounding, saturate;
+    uint64_t key, offset;
+    const uint32_t *rbits;
+} fgmp_ctx;
+
+static void fgmp_range(const void *p, size_t lo, size_t hi)
+{
+    const fgmp_ctx *t = p;
+    for (size_t j = lo; j < hi; j++) {
+        uint32_t r = t->rounding == MT_ROUND_STOCHASTIC ? rand_of(t->rbits, t->key, t->offset, j)
+                                                         : 0;
+        uint32_t u = f32_bits(t->x[j]);
+        uint32_t a = u & 0x7FFFFFFFu;
+        /* outlier: NaN, inf, or |x| > threshold (compared exactly in double) */
+        if (a >= 0x7F800000u || (double)f32_from_bits(a) > t->threshold)
+            t->codes[j] = FGMP_OUTLIER | encode_float1(&t->high, u, t->rounding, t->saturate, r);
+        else
+            t->codes[j] = encode_float1(&t->low, u, t->rounding, t->saturate, r);
+    }
+}
+
+void mt_encode_fgmp(const float *x, uint32_t *codes, size_t n, double threshold,
+                    int rounding, int saturate, uint64_t seed, uint64_t stream,
+                    uint64_t offset, const uint32_t *rbits)
+{
+    fgmp_ctx t = {x,         codes,    float_cfg(&FGMP_LOW),  float_cfg(&FGMP_HIGH),
+                  threshold, rounding, saturate != 0,         sr_key(seed, stream),
+                  offset,    rbits};
+    run_split(fgmp_range, &t, n);
+}
+
+void mt_decode_fgmp(const uint32_t *codes, float *out, size_t n)
+{
+    fcfg low = float_cfg(&FGMP_LOW), high = float_cfg(&FGMP_HIGH);
+    for (size_t j = 0; j < n; j++) {
+        uint32_t c = codes[j];
+        out[j] = f32_from_bits((c & FGMP_OUTLIER) ? decode_float1(&high, c & 0xFFFFu)
+                                                  : decode_float1(&low, c & 0xFFu));
+    }
+}
+
+size_t mt_count_outliers(const uint32_t *codes, size_t n)
+{
+    size_t k = 0;
+    for (size_t j = 0; j < n; j++)
+        k += (codes[j] & FGMP_OUTLIER) != 0;
+    return k;
+}
+
+/* ---------------------------------------------------------------- per-tensor scaling */
+
+uint32_t mt_amax_bits(const float *x, size_t n)
+{
+    /* finite magnitudes order like their bit patterns; inf and NaN are skipped */
+    uint32_t m = 0;
+    for (size_t j = 0; j < n; j++) {
+        uint32_t a = f32_bits(x[j]) & 0x7FFFFFFFu;
+        a = a < 0x7F800000u ? a : 0;
+        m = a > m ? a : m;
+    }
+    return m;
+}
+
+static inline int clamp64(int v) { return v < -64 ? -64 : (v > 64 ? 64 : v); }
+
+int mt_scale_dfxp(uint32_t amax_bits, int nbits)
+{
+    if (amax_bits == 0)
+        return 0;
+    int e2, ea;
+    uint32_t sig = split_mag(amax_bits, &e2, &ea);
+    uint64_t lim = (1ULL << (nbits - 1)) - 1;
+    int f = nbits - 2 - ea; /* amax * 2^f in [2^(N-2), 2^(N-1)) */
+    if (cmp_scaled(sig, e2 + f, lim) > 0)
+        f -= 1;
+    return clamp64(f);
+}
+
+/* Smallest s with amax <= lim * 2^s, for lim in [2^(t-1), 2^t); 0 when amax is 0. */
+static int scale_smallest(uint32_t amax_bits, uint64_t lim, int t)
+{
+    if (amax_bits == 0)
+        return 0;
+    int e2, ea;
+    uint32_t sig = split_mag(amax_bits, &e2, &ea);
+    int s = ea - (t - 1); /* amax * 2^-s in [2^(t-1), 2^t); s - 1 is too small */
+    if (cmp_scaled(sig, e2 - s, lim) > 0)
+        s += 1;
+    return clamp64(s);
+}
+
+int mt_scale_flex16(uint32_t amax_bits) { return scale_smallest(amax_bits, 32767, 15); }
+
+int mt_scale_seb(uint32_t amax_bits) { return scale_smallest(amax_bits, 448, 9); }
