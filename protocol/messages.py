@@ -1,0 +1,811 @@
+"""Every command and response of the microtrain protocol, as construct definitions.
+
+A *message* is the payload the link delivers (protocol.link reassembles fragments, so a
+message may be longer than one frame). It starts with a 5-byte header, little-endian:
+
+    opcode u8 | request_id u32 | body (by opcode)
+
+* Requests use the opcodes of ``Opcode`` (0x01..0x7F). Every request carries a u32 request id
+  chosen by the host; the device executes a request id once and answers a duplicate from its
+  response cache (exactly-once commands above the link).
+* Every request gets exactly one response echoing its request id: either its own response,
+  whose opcode is ``request opcode | 0x80`` (``ResponseOpcode``), or ERROR (0xFF) with a
+  ``Status`` code and a detail text.
+* Unknown opcodes fail to parse through ``Switch(..., default=Error)`` and are reported as
+  ``Status.UNKNOWN_OPCODE``; any other malformed body (truncated, trailing bytes, a value out of
+  range, an unknown enum value) as ``Status.BAD_REQUEST``. ``MessageError`` is the only
+  exception the codec functions raise on bad input.
+* Tensor bytes are ``Blob`` fields (a length and raw bytes), converted with
+  ``protocol.dtypes.from_wire`` (numpy.frombuffer), never element by element.
+
+``schema_hash()`` is the first 8 bytes of SHA-256 over ``schema_text()``, a canonical rendering
+of every definition (opcodes, field names, types, sizes, records, enums): HELLO carries it and a
+mismatch refuses the link. Change any definition and the hash changes; bump PROTOCOL_MINOR for
+compatible additions and PROTOCOL_MAJOR for anything else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum, IntFlag
+from typing import Any
+
+import numpy as np
+from construct import (
+    Bytes,
+    ConstructError,
+    Error,
+    ExplicitError,
+    Float32l,
+    Float64l,
+    Int8sl,
+    Int8ul,
+    Int16ul,
+    Int32ul,
+    Int64ul,
+    Struct,
+    Switch,
+    this,
+)
+from numpy.typing import NDArray
+
+from protocol.dtypes import DType, shape_count, to_wire, wire_nbytes
+from protocol.messages_counters import Counters
+from protocol.messages_types import (
+    Blob,
+    Code,
+    Flags,
+    List,
+    Ranged,
+    Text,
+    layout_rows,
+    record,
+    referenced,
+)
+from protocol.status import MessageError, Status
+
+#: Protocol version. Major: incompatible change (the link is refused); minor: compatible.
+PROTOCOL_MAJOR = 1
+PROTOCOL_MINOR = 0
+
+#: Bit set in a response opcode: response opcode = request opcode | RESPONSE_BIT.
+RESPONSE_BIT = 0x80
+#: Request id an ERROR carries when the request was too short to hold one.
+NO_REQUEST_ID = 0xFFFF_FFFF
+#: Layer index meaning "every layer" (precision policy entries, GET_WEIGHTS).
+ALL_LAYERS = 0xFFFF
+#: First tensor id the device allocates (weights, outputs it creates); the host uses lower ids.
+DEVICE_TENSOR_ID_BASE = 0x8000_0000
+MAX_NDIM = 8
+MAX_LAYERS = 1024
+MAX_DETAIL_BYTES = 1024
+#: Bytes of the request/response header (opcode u8 + request_id u32).
+HEADER_SIZE = 5
+#: Sizes of the authentication fields.
+AUTH_CHALLENGE_SIZE = 16
+AUTH_NONCE_SIZE = 16
+AUTH_TAG_SIZE = 8
+SCHEMA_HASH_SIZE = 8
+
+
+# ----------------------------------------------------------------------------- enums
+
+
+class Opcode(IntEnum):
+    """Request opcode (u8)."""
+
+    HELLO = 0x01
+    AUTH = 0x02
+    RESET = 0x03
+    TENSOR_BEGIN = 0x10
+    TENSOR_DATA = 0x11
+    TENSOR_END = 0x12
+    TENSOR_READ = 0x13
+    DEFINE_MODEL = 0x20
+    TRAIN_CONFIG = 0x21
+    FORWARD = 0x30
+    TRAIN_STEP = 0x31
+    BACKWARD = 0x32
+    GET_WEIGHTS = 0x33
+    READ_COUNTERS = 0x40
+    RESET_COUNTERS = 0x41
+
+
+class ResponseOpcode(IntEnum):
+    """Response opcode (u8): the request's opcode | 0x80, or ERROR."""
+
+    HELLO = 0x81
+    AUTH = 0x82
+    RESET = 0x83
+    TENSOR_BEGIN = 0x90
+    TENSOR_DATA = 0x91
+    TENSOR_END = 0x92
+    TENSOR_READ = 0x93
+    DEFINE_MODEL = 0xA0
+    TRAIN_CONFIG = 0xA1
+    FORWARD = 0xB0
+    TRAIN_STEP = 0xB1
+    BACKWARD = 0xB2
+    GET_WEIGHTS = 0xB3
+    READ_COUNTERS = 0xC0
+    RESET_COUNTERS = 0xC1
+    ERROR = 0xFF
+
+
+class HfpStage(IntEnum):
+    """Which hfp8 variant a tensor uses: forward 1-4-3 with ``exp_bias``, backward e5m2."""
+
+    FORWARD = 0
+    BACKWARD = 1
+
+
+class TensorClass(IntEnum):
+    """The tensor classes of a layer that carry their own precision."""
+
+    ACTIVATIONS = 0
+    WEIGHTS = 1
+    ERRORS = 2
+    GRADIENTS = 3
+    MASTER_WEIGHTS = 4
+    MOMENTUM = 5
+
+
+class Rounding(IntEnum):
+    """Rounding mode (docs/numerics.md, "Rounding")."""
+
+    NEAREST = 0
+    STOCHASTIC = 1
+    TRUNCATE = 2
+
+
+class FracMode(IntEnum):
+    """How a tensor class's per-tensor scale (frac_bits / shared_exp) is chosen.
+
+    FIXED: the entry's ``scale`` as given. AMAX: ``scale_params`` of each tensor (from its
+    largest magnitude). OVERFLOW: dynamic fixed point, moved from the overflow ratio.
+    STOCHASTIC_THRESHOLD: OVERFLOW with stochastic thresholding (docs/numerics.md).
+    """
+
+    FIXED = 0
+    AMAX = 1
+    OVERFLOW = 2
+    STOCHASTIC_THRESHOLD = 3
+
+
+class PrecisionFlags(IntFlag):
+    """Switches of the precision policy."""
+
+    LAPS = 0x01  #: layerwise adaptive precision scaling of DFXP word lengths
+
+
+class Algorithm(IntEnum):
+    """Training algorithm (error propagation)."""
+
+    BP = 0
+    DFA = 1
+    PIPELINED_DFA = 2
+
+
+class FeedbackKind(IntEnum):
+    """DFA feedback matrix kind."""
+
+    DENSE = 0
+    BINARY = 1
+    SPARSE = 2
+
+
+class FeedbackStorage(IntEnum):
+    """Whether DFA feedback matrices are kept in memory or regenerated from their seed."""
+
+    STORED = 0
+    REGENERATED = 1
+
+
+class Loss(IntEnum):
+    """Loss of TRAIN_STEP (BACKWARD takes its output error from the host instead)."""
+
+    SOFTMAX_CROSS_ENTROPY = 0
+    MSE = 1
+
+
+class Optimizer(IntEnum):
+    """Weight update rule."""
+
+    SGD = 0
+
+
+class TrainableMode(IntEnum):
+    """Which parameters are updated."""
+
+    ALL = 0
+    BIAS_ONLY = 1
+    LAST_K = 2
+    MASKS = 3
+
+
+class PruningMode(IntEnum):
+    """Which weights are pruned (and their work skipped in every stage)."""
+
+    NONE = 0
+    MAGNITUDE = 1
+    CHANNEL = 2
+    MASKS = 3
+
+
+class LayerKind(IntEnum):
+    """Layer types of DEFINE_MODEL (PyTorch names)."""
+
+    LINEAR = 1
+    CONV2D = 2
+    RELU = 3
+    LEAKY_RELU = 4
+    MAX_POOL2D = 5
+    AVG_POOL2D = 6
+    FLATTEN = 7
+
+
+class ParamKind(IntEnum):
+    """A layer's parameter tensor."""
+
+    WEIGHT = 0
+    BIAS = 1
+
+
+class ResetScope(IntEnum):
+    """What RESET clears (the link and its session are never reset by a message)."""
+
+    ALL = 0
+    MODEL = 1
+    TENSORS = 2
+
+
+class ForwardFlags(IntFlag):
+    """Options of FORWARD."""
+
+    INLINE_OUTPUT = 0x01  #: return the output bytes in the response (else READ them)
+    KEEP_ACTIVATIONS = 0x02  #: keep activations for a following BACKWARD
+
+
+class Feature(IntFlag):
+    """Feature bits of HELLO: what the device implements beyond the mandatory core."""
+
+    AUTH = 0x0001  #: AUTH is implemented
+    AUTH_REQUIRED = 0x0002  #: the device has a key: only HELLO/AUTH until proven
+    STOCHASTIC_ROUNDING = 0x0004
+    STOCHASTIC_THRESHOLDING = 0x0008
+    LAPS = 0x0010
+    FGMP = 0x0020
+    PRUNING = 0x0040
+    SELECTIVE_TRAINING = 0x0080
+    BACKWARD = 0x0100  #: BACKWARD with an external output error
+    RESUME = 0x0200  #: TENSOR_BEGIN resumes an interrupted transfer
+    COUNTERS = 0x0400  #: READ_COUNTERS returns at least one present field
+    PACKED_DFXP4 = 0x0800  #: dfxp4 tensors packed two per byte
+
+
+# ----------------------------------------------------------------------------- records
+
+U8, U16, U32, U64 = Int8ul, Int16ul, Int32ul, Int64ul
+Bool = Ranged(Int8ul, 0, 1)
+
+Scale = record(
+    "Scale",
+    Struct(
+        "frac_bits" / Ranged(Int8sl, -64, 64) * "dfxpN: value = code * 2^-frac_bits",
+        "shared_exp" / Ranged(Int8sl, -64, 64) * "fp8-seb, flex16: value scaled by 2^shared_exp",
+        "exp_bias" / Ranged(Int8ul, 0, 15) * "hfp8 forward exponent bias (7 = e4m3)",
+        "stage" / Code(Int8ul, HfpStage) * "hfp8 variant (forward 1-4-3 / backward e5m2)",
+    ),
+)
+
+Shape = List(U8, U32, max_count=MAX_NDIM)
+
+TensorDesc = record(
+    "TensorDesc",
+    Struct(
+        "id" / U32 * "tensor id (host ids < 0x80000000, device ids >= 0x80000000)",
+        "dtype" / Code(U8, DType) * "element type on the wire",
+        "scale" / Scale * "per-tensor scale parameters (zero when the dtype has none)",
+        "shape" / Shape * "dimensions, outermost first (C order)",
+        "nbytes" / U32 * "wire bytes = wire_nbytes(dtype, prod(shape)), else BAD_SHAPE",
+        "crc32" / U32 * "CRC-32 (zlib) of the whole tensor's wire bytes",
+    ),
+)
+
+ParamRef = record(
+    "ParamRef",
+    Struct(
+        "layer" / U16 * "layer index",
+        "param" / Code(U8, ParamKind) * "weight or bias",
+        "tensor_id" / U32 * "tensor holding the values / mask",
+    ),
+)
+
+ParamTensor = record(
+    "ParamTensor",
+    Struct(
+        "layer" / U16 * "layer index",
+        "param" / Code(U8, ParamKind) * "weight or bias",
+        "tensor" / TensorDesc * "the device tensor holding it (READ it)",
+    ),
+)
+
+ChipParam = record(
+    "ChipParam",
+    Struct(
+        "name" / Text(U8) * "parameter name (e.g. clock_hz, sram_bytes, dram_bytes)",
+        "value" / Float64l * "value in SI units",
+    ),
+)
+
+LinearParams = record(
+    "LinearParams",
+    Struct(
+        "in_features" / U32,
+        "out_features" / U32,
+        "bias" / Bool * "1: the layer has a bias",
+    ),
+)
+
+Conv2dParams = record(
+    "Conv2dParams",
+    Struct(
+        "in_channels" / U32,
+        "out_channels" / U32,
+        "kernel_h" / U16,
+        "kernel_w" / U16,
+        "stride_h" / U16,
+        "stride_w" / U16,
+        "padding_h" / U16,
+        "padding_w" / U16,
+        "bias" / Bool * "1: the layer has a bias",
+    ),
+)
+
+PoolParams = record(
+    "PoolParams",
+    Struct(
+        "kernel_h" / U16,
+        "kernel_w" / U16,
+        "stride_h" / U16,
+        "stride_w" / U16,
+        "padding_h" / U16,
+        "padding_w" / U16,
+    ),
+)
+
+LeakyReLUParams = record("LeakyReLUParams", Struct("negative_slope" / Float32l))
+NoParams = record("NoParams", Struct())
+
+Layer = record(
+    "Layer",
+    Struct(
+        "kind" / Code(U8, LayerKind) * "layer type",
+        "params"
+        / Switch(
+            this.kind,
+            {
+                LayerKind.LINEAR: LinearParams,
+                LayerKind.CONV2D: Conv2dParams,
+                LayerKind.RELU: NoParams,
+                LayerKind.LEAKY_RELU: LeakyReLUParams,
+                LayerKind.MAX_POOL2D: PoolParams,
+                LayerKind.AVG_POOL2D: PoolParams,
+                LayerKind.FLATTEN: NoParams,
+            },
+            default=Error,
+        )
+        * "parameters of the kind",
+    ),
+)
+
+PolicyEntry = record(
+    "PolicyEntry",
+    Struct(
+        "layer" / U16 * "layer index, 0xFFFF = every layer (later entries override)",
+        "tensor_class" / Code(U8, TensorClass),
+        "format" / Code(U8, DType) * "number format (not a plain integer dtype)",
+        "rounding" / Code(U8, Rounding),
+        "frac_mode" / Code(U8, FracMode),
+        "saturate" / Bool * "1: saturate on overflow (chip default), 0: IEEE-like overflow",
+        "scale" / Scale * "initial / fixed scale parameters",
+    ),
+)
+
+
+def _body(*fields: Any) -> Struct:
+    return Struct(*fields)
+
+
+# ----------------------------------------------------------------------------- bodies
+
+#: Body of every request, by opcode.
+REQUEST_BODIES: dict[Opcode, Struct] = {
+    Opcode.HELLO: _body(
+        "protocol_major" / U16 * "host's PROTOCOL_MAJOR",
+        "protocol_minor" / U16 * "host's PROTOCOL_MINOR",
+        "schema_hash" / Bytes(SCHEMA_HASH_SIZE) * "host's schema_hash()",
+        "client" / Text(U8) * "host software name and version",
+    ),
+    Opcode.AUTH: _body(
+        "host_nonce" / Bytes(AUTH_NONCE_SIZE) * "random bytes chosen by the host",
+        "counter" / U64 * "first 64-bit counter of the authenticated session",
+        "tag" / Bytes(AUTH_TAG_SIZE) * "auth_tag(key, 'host', challenge, host_nonce, counter)",
+    ),
+    Opcode.RESET: _body("scope" / Code(U8, ResetScope)),
+    Opcode.TENSOR_BEGIN: _body(
+        "tensor" / TensorDesc * "the tensor to be received; same id+nbytes+crc32 resumes"
+    ),
+    Opcode.TENSOR_DATA: _body(
+        "id" / U32,
+        "offset" / U32 * "byte offset of data in the tensor (must equal the receiver's offset)",
+        "data" / Blob(U32) * "wire bytes of the tensor",
+    ),
+    Opcode.TENSOR_END: _body("id" / U32),
+    Opcode.TENSOR_READ: _body(
+        "id" / U32,
+        "offset" / U32 * "first byte to read",
+        "length" / U32 * "bytes to read (the device may return fewer: at most max payload)",
+    ),
+    Opcode.DEFINE_MODEL: _body(
+        "input_shape" / Shape * "shape of one sample (no batch dimension)",
+        "layers" / List(U16, Layer, max_count=MAX_LAYERS),
+        "init_seed" / U64 * "seed of the device-side weight initialisation",
+        "weights" / List(U16, ParamRef) * "initial values from uploaded tensors (else init)",
+    ),
+    Opcode.TRAIN_CONFIG: _body(
+        "precision"
+        / Struct(
+            "flags" / Flags(U8, PrecisionFlags),
+            "sr_seed" / U64 * "seed of the stochastic-rounding generator",
+            "policy" / List(U16, PolicyEntry, max_count=4096) * "applied in order",
+        ),
+        "algorithm"
+        / Struct(
+            "kind" / Code(U8, Algorithm),
+            "feedback" / Code(U8, FeedbackKind) * "DFA only",
+            "feedback_storage" / Code(U8, FeedbackStorage) * "DFA only",
+            "feedback_density" / Float32l * "share of nonzero feedback weights (SPARSE)",
+            "feedback_seed" / U64 * "seed of the feedback matrices",
+        ),
+        "loss" / Code(U8, Loss),
+        "optimizer"
+        / Struct(
+            "kind" / Code(U8, Optimizer),
+            "lr" / Float32l,
+            "momentum" / Float32l,
+            "weight_decay" / Float32l,
+        ),
+        "trainable"
+        / Struct(
+            "mode" / Code(U8, TrainableMode),
+            "last_k" / U16 * "LAST_K: number of trailing parameterised layers",
+            "masks" / List(U16, ParamRef) * "MASKS: uint8 0/1 tensors, shape of the param",
+        ),
+        "pruning"
+        / Struct(
+            "mode" / Code(U8, PruningMode),
+            "ratio" / Float32l * "MAGNITUDE/CHANNEL: share of weights / channels pruned",
+            "masks" / List(U16, ParamRef) * "MASKS: uint8 0/1 tensors, 0 = pruned",
+        ),
+    ),
+    Opcode.FORWARD: _body(
+        "input_id" / U32 * "tensor of shape (batch, *input_shape)",
+        "output_id" / U32 * "id under which the device stores the output",
+        "flags" / Flags(U8, ForwardFlags),
+    ),
+    Opcode.TRAIN_STEP: _body(
+        "input_id" / U32 * "tensor of shape (batch, *input_shape)",
+        "target_id" / U32 * "class indices (int) or targets (float format) for the loss",
+    ),
+    Opcode.BACKWARD: _body(
+        "error_id" / U32 * "dLoss/dOutput for the last FORWARD with KEEP_ACTIVATIONS",
+    ),
+    Opcode.GET_WEIGHTS: _body("layer" / U16 * "layer index, 0xFFFF = every layer"),
+    Opcode.READ_COUNTERS: _body(),
+    Opcode.RESET_COUNTERS: _body(),
+}
+
+#: Body of every response, by response opcode.
+RESPONSE_BODIES: dict[ResponseOpcode, Struct] = {
+    ResponseOpcode.HELLO: _body(
+        "protocol_major" / U16,
+        "protocol_minor" / U16,
+        "schema_hash" / Bytes(SCHEMA_HASH_SIZE),
+        "firmware" / Text(U8) * "firmware name and version",
+        "preset" / Text(U8) * "chip preset name (e.g. hnpu-v2)",
+        "parameters" / List(U16, ChipParam) * "chip parameters of the preset",
+        "max_payload" / Ranged(U16, 256, 16384) * "link payload bytes per frame",
+        "window" / Ranged(U8, 1, 64) * "link window in frames",
+        "dtypes" / List(U8, Code(U8, DType)) * "wire dtypes accepted in tensors",
+        "formats" / List(U8, Code(U8, DType)) * "number formats of the precision policy",
+        "algorithms" / List(U8, Code(U8, Algorithm)),
+        "features" / Flags(U32, Feature),
+        "auth_challenge" / Bytes(AUTH_CHALLENGE_SIZE) * "fresh random bytes (zeros: no AUTH)",
+    ),
+    ResponseOpcode.AUTH: _body(
+        "counter" / U64 * "echo of the accepted counter",
+        "tag" / Bytes(AUTH_TAG_SIZE) * "auth_tag(key, 'device', challenge, host_nonce, counter)",
+    ),
+    ResponseOpcode.RESET: _body(),
+    ResponseOpcode.TENSOR_BEGIN: _body(
+        "id" / U32,
+        "offset" / U32 * "bytes already held: 0 for a new transfer, else resume from here",
+    ),
+    ResponseOpcode.TENSOR_DATA: _body(
+        "id" / U32, "offset" / U32 * "the receiver's offset after this chunk"
+    ),
+    ResponseOpcode.TENSOR_END: _body(
+        "id" / U32, "nbytes" / U32, "crc32" / U32 * "verified CRC-32 of the tensor"
+    ),
+    ResponseOpcode.TENSOR_READ: _body(
+        "tensor" / TensorDesc,
+        "offset" / U32 * "offset of data in the tensor",
+        "data" / Blob(U32),
+    ),
+    ResponseOpcode.DEFINE_MODEL: _body(
+        "layer_count" / U16,
+        "parameter_count" / U64 * "elements of all weights and biases",
+        "output_shape" / Shape * "shape of one output sample",
+        "memory_bytes" / U64 * "device memory the model takes",
+    ),
+    ResponseOpcode.TRAIN_CONFIG: _body(
+        "memory_bytes" / U64 * "device memory of model + training state",
+    ),
+    ResponseOpcode.FORWARD: _body(
+        "output" / TensorDesc,
+        "data" / Blob(U32) * "output bytes with INLINE_OUTPUT, else empty",
+    ),
+    ResponseOpcode.TRAIN_STEP: _body(
+        "loss" / Float32l * "mean loss of the batch before the update",
+        "step" / U64 * "training steps done since DEFINE_MODEL",
+        "counters" / Counters * "counters delta of this step",
+    ),
+    ResponseOpcode.BACKWARD: _body(
+        "step" / U64, "counters" / Counters * "counters delta of this step"
+    ),
+    ResponseOpcode.GET_WEIGHTS: _body("params" / List(U16, ParamTensor)),
+    ResponseOpcode.READ_COUNTERS: _body("counters" / Counters * "totals since RESET_COUNTERS"),
+    ResponseOpcode.RESET_COUNTERS: _body(),
+    ResponseOpcode.ERROR: _body(
+        "status" / Code(U16, Status),
+        "request_opcode" / U8 * "opcode byte of the failed request (0 if unknown)",
+        "detail" / Text(U16, max_len=MAX_DETAIL_BYTES) * "what was wrong, what is accepted",
+    ),
+}
+
+#: The whole request: header + body selected by opcode; unknown opcodes hit ``Error``.
+Request = Struct(
+    "opcode" / U8 * "Opcode",
+    "request_id" / U32 * "chosen by the host, echoed by the response",
+    "body" / Switch(this.opcode, {int(k): v for k, v in REQUEST_BODIES.items()}, default=Error),
+)
+#: The whole response: header + body selected by response opcode.
+Response = Struct(
+    "opcode" / U8 * "ResponseOpcode",
+    "request_id" / U32 * "the request's id",
+    "body" / Switch(this.opcode, {int(k): v for k, v in RESPONSE_BODIES.items()}, default=Error),
+)
+
+
+# ----------------------------------------------------------------------------- codec
+
+
+@dataclass(frozen=True)
+class RequestMsg:
+    """A decoded request: opcode, request id and the body as plain dicts/lists/values."""
+
+    opcode: Opcode
+    request_id: int
+    body: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ResponseMsg:
+    """A decoded response (``opcode`` is ResponseOpcode.ERROR for an error)."""
+
+    opcode: ResponseOpcode
+    request_id: int
+    body: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_error(self) -> bool:
+        return self.opcode == ResponseOpcode.ERROR
+
+    @property
+    def answers(self) -> Opcode | None:
+        """The request opcode this response answers (None for ERROR)."""
+        return None if self.is_error else Opcode(self.opcode & ~RESPONSE_BIT)
+
+
+def response_opcode(opcode: Opcode) -> ResponseOpcode:
+    """The response opcode of a request opcode."""
+    return ResponseOpcode(int(opcode) | RESPONSE_BIT)
+
+
+def _plain(obj: Any) -> Any:
+    """Containers -> dicts without construct's private keys, ListContainers -> lists."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items() if not k.startswith("_")}
+    if isinstance(obj, list):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _encode(
+    struct: Struct, bodies: Mapping[Any, Struct], opcode: int, request_id: int, body: Any
+) -> bytes:
+    name = getattr(opcode, "name", hex(int(opcode)))
+    if int(opcode) not in {int(k) for k in bodies}:
+        raise MessageError(Status.UNKNOWN_OPCODE, f"no message has opcode {int(opcode):#04x}")
+    if not isinstance(request_id, int) or not 0 <= request_id <= 0xFFFF_FFFF:
+        raise MessageError(Status.BAD_REQUEST, f"request_id must be a u32, got {request_id!r}")
+    try:
+        return bytes(
+            struct.build({"opcode": int(opcode), "request_id": request_id, "body": body or {}})
+        )
+    except (ConstructError, KeyError, TypeError, ValueError, OverflowError) as e:
+        raise MessageError(Status.BAD_REQUEST, f"cannot encode {name}: {e}") from None
+
+
+def encode_request(opcode: Opcode, request_id: int, body: Mapping[str, Any] | None = None) -> bytes:
+    """Bytes of a request message. Raises MessageError on a missing or out-of-range field."""
+    return _encode(Request, REQUEST_BODIES, opcode, request_id, body)
+
+
+def encode_response(
+    opcode: ResponseOpcode | Opcode, request_id: int, body: Mapping[str, Any] | None = None
+) -> bytes:
+    """Bytes of a response; ``opcode`` may be the request's Opcode (the response bit is set)."""
+    if isinstance(opcode, Opcode):
+        opcode = response_opcode(opcode)
+    return _encode(Response, RESPONSE_BODIES, opcode, request_id, body)
+
+
+def encode_error(request_id: int, status: Status, detail: str, request_opcode: int = 0) -> bytes:
+    """Bytes of an ERROR response (detail truncated to MAX_DETAIL_BYTES of UTF-8)."""
+    raw = detail.encode("utf-8")[:MAX_DETAIL_BYTES].decode("utf-8", errors="ignore")
+    body = {"status": status, "request_opcode": request_opcode & 0xFF, "detail": raw}
+    return encode_response(ResponseOpcode.ERROR, request_id, body)
+
+
+def _decode(struct: Struct, data: bytes, what: str) -> tuple[int, int, dict[str, Any]]:
+    data = bytes(data)
+    if len(data) < HEADER_SIZE:
+        raise MessageError(
+            Status.BAD_REQUEST,
+            f"{what} of {len(data)} bytes is shorter than the {HEADER_SIZE}-byte header",
+        )
+    opcode = data[0]
+    request_id = int.from_bytes(data[1:5], "little")
+    stream = io.BytesIO(data)
+    try:
+        obj = struct.parse_stream(stream)
+    except ExplicitError:
+        raise MessageError(
+            Status.UNKNOWN_OPCODE,
+            f"{what} opcode {opcode:#04x} is not defined in protocol "
+            f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}",
+            opcode=opcode,
+            request_id=request_id,
+        ) from None
+    except (ConstructError, ValueError, OverflowError) as e:
+        raise MessageError(
+            Status.BAD_REQUEST,
+            f"malformed {what} (opcode {opcode:#04x}): {e}",
+            opcode=opcode,
+            request_id=request_id,
+        ) from None
+    end = stream.tell()
+    if end != len(data):
+        raise MessageError(
+            Status.BAD_REQUEST,
+            f"{what} (opcode {opcode:#04x}) has {len(data) - end} trailing bytes after its body",
+            opcode=opcode,
+            request_id=request_id,
+        )
+    return opcode, request_id, _plain(obj.body)
+
+
+def decode_request(data: bytes) -> RequestMsg:
+    """Parse a request message. Raises MessageError (UNKNOWN_OPCODE or BAD_REQUEST)."""
+    opcode, request_id, body = _decode(Request, data, "request")
+    return RequestMsg(Opcode(opcode), request_id, body)
+
+
+def decode_response(data: bytes) -> ResponseMsg:
+    """Parse a response message. Raises MessageError (UNKNOWN_OPCODE or BAD_REQUEST)."""
+    opcode, request_id, body = _decode(Response, data, "response")
+    return ResponseMsg(ResponseOpcode(opcode), request_id, body)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def zero_scale() -> dict[str, int]:
+    """The Scale of a tensor without scale parameters."""
+    return {"frac_bits": 0, "shared_exp": 0, "exp_bias": 0, "stage": HfpStage.FORWARD}
+
+
+def tensor_message(
+    tensor_id: int,
+    codes: NDArray[np.generic],
+    dtype: DType,
+    scale: Mapping[str, int] | None = None,
+) -> tuple[dict[str, Any], bytes]:
+    """(TensorDesc dict, wire bytes) of a code array, with nbytes and the CRC-32 filled in."""
+    data = to_wire(codes, dtype)
+    shape = list(np.shape(codes))
+    assert len(data) == wire_nbytes(dtype, shape_count(shape))
+    desc = {
+        "id": tensor_id,
+        "dtype": DType(dtype),
+        "scale": {**zero_scale(), **(scale or {})},
+        "shape": shape,
+        "nbytes": len(data),
+        "crc32": zlib.crc32(data),
+    }
+    return desc, data
+
+
+def auth_tag(key: bytes, role: str, challenge: bytes, host_nonce: bytes, counter: int) -> bytes:
+    """The 8-byte AUTH proof: HMAC-SHA256(key, label | challenge | host_nonce | counter u64le),
+    truncated to 8 bytes; label is b"microtrain-auth-host" or b"microtrain-auth-device"."""
+    if role not in ("host", "device"):
+        raise ValueError(f"role must be 'host' or 'device', got {role!r}")
+    msg = (
+        b"microtrain-auth-" + role.encode() + challenge + host_nonce + counter.to_bytes(8, "little")
+    )
+    return hmac.new(key, msg, hashlib.sha256).digest()[:AUTH_TAG_SIZE]
+
+
+# ----------------------------------------------------------------------------- schema hash
+
+
+def schema_text(
+    requests: Mapping[Opcode, Struct] | None = None,
+    responses: Mapping[ResponseOpcode, Struct] | None = None,
+    records: Mapping[str, Struct] | None = None,
+    enums: Mapping[str, type[IntEnum] | type[IntFlag]] | None = None,
+) -> str:
+    """Canonical text of every definition (what ``schema_hash`` hashes).
+
+    Arguments default to this module's tables; tests pass modified copies to show that any
+    change of a definition changes the text.
+    """
+    requests = REQUEST_BODIES if requests is None else requests
+    responses = RESPONSE_BODIES if responses is None else responses
+    used_records, used_enums = referenced([*requests.values(), *responses.values()])
+    records = used_records if records is None else records
+    enums = (
+        {"Opcode": Opcode, "ResponseOpcode": ResponseOpcode, **used_enums}
+        if enums is None
+        else enums
+    )
+    lines = [f"microtrain-messages header={HEADER_SIZE} opcode:u8 request_id:u32"]
+    tables: list[tuple[str, Mapping[Any, Struct]]] = [
+        ("request", requests),
+        ("response", responses),
+    ]
+    for kind, table in tables:
+        for op in sorted(table, key=int):
+            lines.append(f"{kind} {op.name} {int(op):#04x}")
+            lines.extend(f"  {r.name}: {r.type} [{r.size}]" for r in layout_rows(table[op]))
+    for name in sorted(records):
+        lines.append(f"record {name}")
+        lines.extend(f"  {r.name}: {r.type} [{r.size}]" for r in layout_rows(records[name]))
+    for name in sorted(enums):
+        cls = enums[name]
+        kind = "flags" if issubclass(cls, IntFlag) else "enum"
+        lines.append(f"{kind} {name}: " + ", ".join(f"{m.name}={int(m)}" for m in cls))
+    return "\n".join(lines) + "\n"
+
+
+def schema_hash(text: str | None = None) -> bytes:
+    """First 8 bytes of SHA-256 of ``schema_text()`` (or of ``text``)."""
+    return hashlib.sha256((schema_text() if text is None else text).encode()).digest()[:8]
