@@ -14,6 +14,16 @@
 #include <string.h>
 
 #define GOLDEN 0x9E3779B97F4A7C15ULL
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+/* The hot loops are written as plain C the compiler vectorises; on x86-64 with GCC they are
+ * also compiled for AVX2 and AVX-512 and picked at load time (results are identical: integer
+ * arithmetic only). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
+#else
+#define VECTOR_CLONES
+#endif
 #define F32_QNAN 0x7FC00000u
 
 /* ---------------------------------------------------------------- SR generator */
@@ -359,46 +369,49 @@ void mt_decode_float(const void *codes, float *out, size_t n, const mt_float_fmt
 
 /* ---------------------------------------------------------------- fixed point */
 
-/* Code of x (float32 bits u) in nbits-bit two's complement with frac_bits fractional bits. */
-static inline int32_t encode_fixed1(uint32_t u, int nbits, int frac_bits, int rounding,
+/* Code of x (float32 bits u) in nbits-bit two's complement with frac_bits fractional bits.
+ * Branch-free so that the loops around it vectorise: |y| = |x| * 2^frac_bits = sig * 2^sh is
+ * split into kept = floor(|y|) and the k dropped bits rem; specials are selected at the end.
+ * Left shifts stop at 39: |y| >= 2^31 is beyond every code range (saturation), and
+ * sig << 39 has the same low 16 bits (all zero) as the true integer (wrap-around). */
+ALWAYS_INLINE int32_t encode_fixed1(uint32_t u, int nbits, int frac_bits, int rounding,
                                     int saturate, uint32_t r)
 {
     const int64_t hi = ((int64_t)1 << (nbits - 1)) - 1, lo = -hi - 1;
-    const int neg = (int)(u >> 31);
-    uint32_t a = u & 0x7FFFFFFFu;
-    if (a >= 0x7F800000u) /* NaN -> 0; +-inf always saturates */
-        return a > 0x7F800000u ? 0 : (int32_t)(neg ? lo : hi);
-    if (a == 0)
-        return 0;
-    int e2, ea;
-    uint64_t sig = split_mag(a, &e2, &ea);
-    int sh = e2 + frac_bits; /* |y| = sig * 2^sh */
-    int64_t v;
-    if (ea + frac_bits >= 31) { /* |y| >= 2^31: an exact integer beyond every code range */
-        if (saturate)
-            return (int32_t)(neg ? lo : hi);
-        uint64_t low = sh >= 40 ? 0 : sig << sh;
-        v = neg ? -(int64_t)low : (int64_t)low;
-    } else if (sh >= 0) {
-        v = (int64_t)(sig << sh);
-        v = neg ? -v : v;
-    } else {
-        int k = -sh > 63 ? 63 : -sh;
-        uint64_t kept = sig >> k, rem = sig & ((1ULL << k) - 1);
-        if (rounding == MT_ROUND_STOCHASTIC && neg && rem) {
-            /* y = -(kept + rem/2^k): floor(y) = -(kept + 1), frac = 1 - rem/2^k */
-            uint64_t g = k <= 32 ? rem << (32 - k) : (rem + (1ULL << (k - 32)) - 1) >> (k - 32);
-            uint64_t F = (1ULL << 32) - g;
-            v = -(int64_t)kept - 1 + (int64_t)((uint64_t)r < F);
-        } else {
-            v = (int64_t)(kept + round_up_mag(sig, k, kept, rounding, r));
-            v = neg ? -v : v;
-        }
+    const uint64_t neg = u >> 31;
+    const uint32_t a = u & 0x7FFFFFFFu;
+    const uint32_t ex = a >> 23;
+    const uint64_t sig = ex ? (uint64_t)((a & 0x7FFFFFu) | 0x800000u) : (uint64_t)a;
+    const int sh = (ex ? (int)ex : 1) - 150 + frac_bits;
+    const int ls = sh < 0 ? 0 : (sh > 39 ? 39 : sh);
+    const int k = sh > 0 ? 0 : (sh < -63 ? 63 : -sh); /* k > 63 changes no decision */
+    const uint64_t kept = (sig >> k) << ls;
+    const uint64_t rem = sig & ((1ULL << k) - 1);
+    uint64_t up = 0;
+    if (rounding == MT_ROUND_NEAREST) { /* half-even of |y| (symmetric) */
+        const uint64_t half = (1ULL << k) >> 1;
+        up = (uint64_t)(rem > half) | ((uint64_t)(rem == half) & (uint64_t)(k > 0) & kept & 1);
+    } else if (rounding == MT_ROUND_STOCHASTIC) {
+        /* y >= 0: up iff r < F = floor(frac * 2^32), frac = rem / 2^k. y < 0: the result is
+         * floor(y) + (r < 2^32 - G) with G = ceil(frac * 2^32), so the magnitude goes up iff
+         * ~r < G; G = F plus one when bits below 2^-32 are set (only when k > 32). */
+        const int s2 = k > 32 ? k - 32 : 0;
+        const uint64_t F = (rem << (32 - k + s2)) >> s2;
+        const uint64_t sticky = (rem & ((1ULL << s2) - 1)) != 0;
+        const uint64_t rr = (uint64_t)(r ^ (0u - (uint32_t)neg));
+        up = rr < F + (neg & sticky);
     }
-    if (saturate)
-        return (int32_t)(v > hi ? hi : (v < lo ? lo : v));
-    uint64_t w = (uint64_t)v & (((uint64_t)1 << nbits) - 1); /* wrap modulo 2^nbits */
-    return (int32_t)((int64_t)(w ^ ((uint64_t)1 << (nbits - 1))) - ((int64_t)1 << (nbits - 1)));
+    const uint64_t mag = kept + up;
+    int64_t v = (int64_t)((mag ^ (0 - neg)) + neg);
+    if (saturate) {
+        v = v > hi ? hi : (v < lo ? lo : v);
+    } else { /* wrap modulo 2^nbits */
+        const uint64_t sb = (uint64_t)1 << (nbits - 1);
+        v = (int64_t)((((uint64_t)v & ((sb << 1) - 1)) ^ sb) - sb);
+    }
+    v = a > 0x7F800000u ? 0 : v;                 /* NaN encodes as 0 */
+    v = a == 0x7F800000u ? (neg ? lo : hi) : v;  /* +-inf always saturates */
+    return (int32_t)v;
 }
 
 /* 2^e as a float (|e| <= 126). */
@@ -413,21 +426,59 @@ typedef struct {
     const uint32_t *rbits;
 } fixed_ctx;
 
-static void fixed_range(const void *p, size_t lo, size_t hi)
+/* Elements are processed in blocks: the block's random values first, then the rounding. */
+#define BLOCK 512
+
+ALWAYS_INLINE void fixed_blocks(const fixed_ctx *t, size_t lo, size_t hi, const int rounding,
+                                const int sat)
+{
+    const int nbits = t->nbits, f = t->frac_bits;
+    const float scale = pow2f(-f);
+    uint32_t rb[BLOCK];
+    int32_t cb[BLOCK];
+    for (size_t b = lo; b < hi; b += BLOCK) {
+        const size_t m = hi - b < BLOCK ? hi - b : BLOCK;
+        const uint32_t *r = rb;
+        if (rounding == MT_ROUND_STOCHASTIC) {
+            if (t->rbits)
+                r = t->rbits + b;
+            else
+                for (size_t j = 0; j < m; j++)
+                    rb[j] = sr_at(t->key, t->offset + b + j);
+        }
+        const float *x = t->x + b;
+#define FIXED_AT(j) \
+    encode_fixed1(f32_bits(x[j]), nbits, f, rounding, sat, \
+                  rounding == MT_ROUND_STOCHASTIC ? r[j] : 0)
+        if (t->out) { /* codes of the block, then their values (two simple loops) */
+            float *o = t->out + b;
+            for (size_t j = 0; j < m; j++)
+                cb[j] = FIXED_AT(j);
+            for (size_t j = 0; j < m; j++)
+                o[j] = (float)cb[j] * scale;
+        } else if (nbits <= 8) {
+            int8_t *o = (int8_t *)t->codes + b;
+            for (size_t j = 0; j < m; j++)
+                o[j] = (int8_t)FIXED_AT(j);
+        } else {
+            int16_t *o = (int16_t *)t->codes + b;
+            for (size_t j = 0; j < m; j++)
+                o[j] = (int16_t)FIXED_AT(j);
+        }
+#undef FIXED_AT
+    }
+}
+
+VECTOR_CLONES static void fixed_range(const void *p, size_t lo, size_t hi)
 {
     const fixed_ctx *t = p;
-    const int nbits = t->nbits, f = t->frac_bits, rounding = t->rounding, sat = t->saturate;
-    const float scale = pow2f(-f);
-    for (size_t j = lo; j < hi; j++) {
-        uint32_t r = rounding == MT_ROUND_STOCHASTIC ? rand_of(t->rbits, t->key, t->offset, j)
-                                                      : 0;
-        int32_t c = encode_fixed1(f32_bits(t->x[j]), nbits, f, rounding, sat, r);
-        if (t->out)
-            t->out[j] = (float)c * scale;
-        else if (nbits <= 8)
-            ((int8_t *)t->codes)[j] = (int8_t)c;
-        else
-            ((int16_t *)t->codes)[j] = (int16_t)c;
+    switch (t->rounding * 2 + t->saturate) {
+    case MT_ROUND_NEAREST * 2 + 0: fixed_blocks(t, lo, hi, MT_ROUND_NEAREST, 0); break;
+    case MT_ROUND_NEAREST * 2 + 1: fixed_blocks(t, lo, hi, MT_ROUND_NEAREST, 1); break;
+    case MT_ROUND_STOCHASTIC * 2 + 0: fixed_blocks(t, lo, hi, MT_ROUND_STOCHASTIC, 0); break;
+    case MT_ROUND_STOCHASTIC * 2 + 1: fixed_blocks(t, lo, hi, MT_ROUND_STOCHASTIC, 1); break;
+    case MT_ROUND_TRUNCATE * 2 + 0: fixed_blocks(t, lo, hi, MT_ROUND_TRUNCATE, 0); break;
+    default: fixed_blocks(t, lo, hi, MT_ROUND_TRUNCATE, 1); break;
     }
 }
 
