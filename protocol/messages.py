@@ -649,7 +649,9 @@ def _encode(
         return bytes(
             struct.build({"opcode": int(opcode), "request_id": request_id, "body": body or {}})
         )
-    except (ConstructError, KeyError, TypeError, ValueError, OverflowError) as e:
+    except KeyError as e:
+        raise MessageError(Status.BAD_REQUEST, f"cannot encode {name}: missing field {e}") from None
+    except (ConstructError, TypeError, ValueError, OverflowError) as e:
         raise MessageError(Status.BAD_REQUEST, f"cannot encode {name}: {e}") from None
 
 
