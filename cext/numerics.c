@@ -11,6 +11,7 @@
 #include "numerics_api.h"
 
 #include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define GOLDEN 0x9E3779B97F4A7C15ULL
@@ -156,21 +157,26 @@ static inline int cmp_scaled(uint64_t sig, int sh, uint64_t m)
     return (sig > w) - (sig < w);
 }
 
-/* Drop k >= 1 low bits of sig (k clamped to 63, which changes no decision since sig < 2^24):
- * kept = sig >> k; returns the rounding increment for nearest-even / stochastic / truncate of
- * the magnitude. */
-static inline uint32_t round_up_mag(uint64_t sig, int k, uint64_t kept, int rounding, uint32_t r)
+/* Rounding increment (0 or 1) of the magnitude kept + rem / 2^k, for 0 <= k <= 63 and
+ * rem < 2^k (a k clamped to 63 changes no decision: the magnitudes are below 2^24).
+ * nearest: half-even (kept's parity is the code's); truncate: 0; stochastic: up iff r < F =
+ * floor(frac * 2^32). neg = 1 selects fixed point's stochastic rule for a negative value y,
+ * which rounds y itself: floor(y) + (r < 2^32 - G), G = ceil(frac * 2^32), i.e. the magnitude
+ * goes up iff ~r < G (G is F plus one when bits below 2^-32 are set, only when k > 32).
+ * Branch-free for a constant rounding mode, so the loops around it vectorise. */
+ALWAYS_INLINE uint64_t round_inc(uint64_t kept, uint64_t rem, int k, uint64_t neg, int rounding,
+                                 uint32_t r)
 {
-    if (k > 63)
-        k = 63;
-    uint64_t rem = sig & ((1ULL << k) - 1);
     if (rounding == MT_ROUND_NEAREST) {
-        uint64_t half = 1ULL << (k - 1);
-        return rem > half || (rem == half && (kept & 1));
+        const uint64_t half = (1ULL << k) >> 1;
+        return (uint64_t)(rem > half) | ((uint64_t)(rem == half) & (uint64_t)(k > 0) & kept & 1);
     }
     if (rounding == MT_ROUND_STOCHASTIC) {
-        uint32_t F = k <= 32 ? (uint32_t)(rem << (32 - k)) : (uint32_t)(rem >> (k - 32));
-        return r < F;
+        const int s2 = k > 32 ? k - 32 : 0;
+        const uint64_t F = (rem << (32 - k + s2)) >> s2;
+        const uint64_t sticky = (rem & ((1ULL << s2) - 1)) != 0;
+        const uint64_t rr = (uint64_t)(r ^ (0u - (uint32_t)neg));
+        return rr < F + (neg & sticky);
     }
     return 0;
 }
@@ -178,7 +184,7 @@ static inline uint32_t round_up_mag(uint64_t sig, int k, uint64_t kept, int roun
 /* ---------------------------------------------------------------- float formats */
 
 typedef struct {
-    int M, emin, emax, family, scale;
+    int M, emin, emax, scale;
     int adj;           /* added to the magnitude code of a normal value (DLFloat: -2^M) */
     uint32_t maxcode;  /* magnitude code of the largest finite value */
     uint32_t nan;      /* canonical NaN magnitude code */
@@ -192,7 +198,6 @@ static fcfg float_cfg(const mt_float_fmt *f)
     int E = f->ebits, M = f->mbits;
     uint32_t top = (1u << E) - 1; /* all-ones exponent field */
     c.M = M;
-    c.family = f->family;
     c.scale = f->scale_exp;
     c.signbit = 1u << (E + M);
     c.adj = 0;
@@ -220,7 +225,7 @@ static fcfg float_cfg(const mt_float_fmt *f)
 /* DLFloat below its smallest positive value minpos = 2^emin * (1 + 2^-M): the neighbours are
  * 0 (code 0) and minpos (code 1), and frac = a / minpos is not dyadic. With a = sig * 2^e2 and
  * minpos = (2^M + 1) * 2^(emin - M), every decision is an exact integer comparison. */
-static inline uint32_t dl_underflow(const fcfg *c, uint32_t sig, int e2, int rounding, uint32_t r)
+static inline uint32_t dl_underflow(const fcfg *c, uint64_t sig, int e2, int rounding, uint32_t r)
 {
     uint64_t d = (1ULL << c->M) + 1; /* minpos in units of 2^(emin - M) */
     int rel = e2 - (c->emin - c->M);  /* a = sig * 2^rel units */
@@ -230,75 +235,68 @@ static inline uint32_t dl_underflow(const fcfg *c, uint32_t sig, int e2, int rou
         int sh = rel + 32;
         uint64_t num;
         if (sh >= 0)
-            num = (uint64_t)sig << sh; /* sh <= 32 + 9 since a < minpos */
+            num = sig << sh; /* < d * 2^32 since a < minpos */
         else
-            num = -sh > 63 ? 0 : (uint64_t)sig >> -sh;
+            num = -sh > 63 ? 0 : sig >> -sh;
         uint32_t F = (uint32_t)(num / d);
         return r < F;
     }
     return 0;
 }
 
-/* Magnitude code of a = sig * 2^e2 (ea = floor(log2 a)) after rounding; may exceed maxcode
- * (overflow), never for truncate. */
-static inline uint32_t float_mag(const fcfg *c, uint32_t sig, int e2, int ea, int rounding,
-                                 int saturate, uint32_t r)
+/* Code of x (float32 bits u), sign included. The magnitude a = sig * 2^e2 (scaled by
+ * 2^-scale for fp8-seb) lies in the binade ea = floor(log2 a); the grid step there is
+ * 2^(eb - M) with eb = max(ea, emin), so kept = floor(a / step) and the dropped bits decide
+ * the rounding. Magnitude codes are consecutive along the grid (the overflow point is the
+ * code after the largest finite), so the code is the binade's first code plus kept plus the
+ * rounding increment, and a carry into the next binade or past maxcode is automatic.
+ * family, rounding and saturate are constants in every caller; only DLFloat's underflow
+ * region takes a branch. */
+ALWAYS_INLINE uint32_t encode_float1(const fcfg *c, const int family, uint32_t u,
+                                     const int rounding, const int saturate, uint32_t r)
 {
-    if (ea > c->emax) /* at or past the overflow point */
-        return (saturate || rounding == MT_ROUND_TRUNCATE) ? c->maxcode : c->ovf;
-    if (c->family == MT_FLOAT_DL &&
-        (ea < c->emin || (ea == c->emin && cmp_scaled(sig, e2 - (c->emin - c->M),
-                                                      (1ULL << c->M) + 1) < 0)))
-        return dl_underflow(c, sig, e2, rounding, r);
-    int eb = ea > c->emin ? ea : c->emin;
-    int k = eb - c->M - e2; /* bits of sig below the grid step 2^(eb - M) */
-    uint32_t kept, code;
-    if (k <= 0) {
-        kept = sig << -k;
-        code = (uint32_t)(((eb - c->emin) << c->M) + c->adj) + kept;
-    } else {
-        kept = k > 31 ? 0 : sig >> k;
-        code = (uint32_t)(((eb - c->emin) << c->M) + c->adj) + kept;
-        code += round_up_mag(sig, k, kept, rounding, r);
-    }
-    if (code > c->maxcode)
-        return (saturate || rounding == MT_ROUND_TRUNCATE) ? c->maxcode : c->ovf;
-    return code;
+    const uint32_t a = u & 0x7FFFFFFFu;
+    const uint32_t sign = (u >> 31) ? c->signbit : 0;
+    const uint32_t ex = a >> 23;
+    const uint64_t sig = ex ? (uint64_t)((a & 0x7FFFFFu) | 0x800000u) : (uint64_t)a;
+    const int e2 = (ex ? (int)ex : 1) - 150 - c->scale;
+    /* floor(log2 a) for a normal a. For a float32 subnormal the true value is below -126,
+     * and -127 - scale (scale <= 64) is below every format's emin just as well: such an a
+     * is always in the format's lowest binade (eb = emin) or DLFloat's underflow region. */
+    const int ea = (int)ex - 127 - c->scale;
+    const int eb = ea > c->emin ? ea : c->emin;
+    int k = eb - c->M - e2;
+    const int ls = k < 0 ? -k : 0;
+    k = k < 0 ? 0 : (k > 63 ? 63 : k);
+    const uint64_t kept = (sig >> k) << ls;
+    const uint64_t rem = sig & ((1ULL << k) - 1);
+    const uint64_t code = ((uint64_t)(eb - c->emin) << c->M) + (uint64_t)(int64_t)c->adj + kept +
+                          round_inc(kept, rem, k, 0, rounding, r);
+    /* past the largest finite: +-max when saturating (truncate never leaves the finite range) */
+    const uint32_t big = (saturate || rounding == MT_ROUND_TRUNCATE) ? c->maxcode : c->ovf;
+    uint32_t mag = ((ea > c->emax) | (code > c->maxcode)) ? big : (uint32_t)code;
+    if (family == MT_FLOAT_DL && ea <= c->emin &&
+        (ea < c->emin || cmp_scaled(sig, e2 - (c->emin - c->M), (1ULL << c->M) + 1) < 0))
+        mag = dl_underflow(c, sig, e2, rounding, r);
+    mag = a == 0x7F800000u ? (saturate ? c->maxcode : c->ovf) : mag;
+    mag = a > 0x7F800000u ? c->nan : mag;
+    return mag | sign;
 }
 
-static inline uint32_t encode_float1(const fcfg *c, uint32_t u, int rounding, int saturate,
-                                     uint32_t r)
-{
-    uint32_t sign = (u >> 31) ? c->signbit : 0;
-    uint32_t a = u & 0x7FFFFFFFu;
-    if (a >= 0x7F800000u) {
-        if (a > 0x7F800000u)
-            return c->nan | sign;
-        return (saturate ? c->maxcode : c->ovf) | sign;
-    }
-    if (a == 0)
-        return sign;
-    int e2, ea;
-    uint32_t sig = split_mag(a, &e2, &ea);
-    e2 -= c->scale;
-    ea -= c->scale;
-    return float_mag(c, sig, e2, ea, rounding, saturate, r) | sign;
-}
-
-static inline uint32_t decode_float1(const fcfg *c, uint32_t code)
+static inline uint32_t decode_float1(const fcfg *c, int family, uint32_t code)
 {
     uint32_t sign = (code & c->signbit) ? 0x80000000u : 0;
     uint32_t mag = code & (c->signbit - 1);
     uint32_t e = mag >> c->M, m = mag & ((1u << c->M) - 1);
     uint32_t sig;
     int ex;
-    if (c->family == MT_FLOAT_IEEE) {
+    if (family == MT_FLOAT_IEEE) {
         if (mag >= c->ovf)
             return sign | (mag == c->ovf ? 0x7F800000u : F32_QNAN);
     } else if (mag == c->nan) {
         return sign | F32_QNAN;
     }
-    if (c->family == MT_FLOAT_DL) {
+    if (family == MT_FLOAT_DL) {
         if (mag == 0)
             return sign;
         sig = m | (1u << c->M);
@@ -318,26 +316,69 @@ static inline uint32_t decode_float1(const fcfg *c, uint32_t code)
 typedef struct {
     const float *x;
     void *codes;
-    const fcfg *c;
-    int bytes, rounding, saturate;
+    fcfg c;
+    int family, bytes, rounding, saturate;
     uint64_t key, offset;
     const uint32_t *rbits;
 } float_enc_ctx;
 
-static void float_enc_range(const void *p, size_t lo, size_t hi)
+/* Elements are processed in blocks: the block's random values, the codes, then the store. */
+#define BLOCK 512
+
+/* The block's random values: injected ones or the generator's (a loop that vectorises). */
+static inline const uint32_t *block_rbits(uint32_t *rb, const uint32_t *rbits, uint64_t key,
+                                          uint64_t first, size_t b, size_t m)
+{
+    if (rbits)
+        return rbits + b;
+    for (size_t j = 0; j < m; j++)
+        rb[j] = sr_at(key, first + j);
+    return rb;
+}
+
+ALWAYS_INLINE void float_enc_blocks(const float_enc_ctx *t, size_t lo, size_t hi,
+                                    const int family, const int rounding, const int sat)
+{
+    uint32_t rb[BLOCK], cb[BLOCK];
+    const fcfg c = t->c;
+    for (size_t b = lo; b < hi; b += BLOCK) {
+        const size_t m = hi - b < BLOCK ? hi - b : BLOCK;
+        const uint32_t *r = rb;
+        if (rounding == MT_ROUND_STOCHASTIC)
+            r = block_rbits(rb, t->rbits, t->key, t->offset + b, b, m);
+        const float *x = t->x + b;
+        for (size_t j = 0; j < m; j++)
+            cb[j] = encode_float1(&c, family, f32_bits(x[j]), rounding, sat,
+                                  rounding == MT_ROUND_STOCHASTIC ? r[j] : 0);
+        if (t->bytes == 1) {
+            uint8_t *o = (uint8_t *)t->codes + b;
+            for (size_t j = 0; j < m; j++)
+                o[j] = (uint8_t)cb[j];
+        } else if (t->bytes == 2) {
+            uint16_t *o = (uint16_t *)t->codes + b;
+            for (size_t j = 0; j < m; j++)
+                o[j] = (uint16_t)cb[j];
+        } else {
+            memcpy((uint32_t *)t->codes + b, cb, m * sizeof *cb);
+        }
+    }
+}
+
+#define FLOAT_CASE(fam, rnd, sat) \
+    case ((fam) * 3 + (rnd)) * 2 + (sat): float_enc_blocks(t, lo, hi, fam, rnd, sat); break
+#define FLOAT_CASES(fam) \
+    FLOAT_CASE(fam, MT_ROUND_NEAREST, 0); FLOAT_CASE(fam, MT_ROUND_NEAREST, 1); \
+    FLOAT_CASE(fam, MT_ROUND_STOCHASTIC, 0); FLOAT_CASE(fam, MT_ROUND_STOCHASTIC, 1); \
+    FLOAT_CASE(fam, MT_ROUND_TRUNCATE, 0); FLOAT_CASE(fam, MT_ROUND_TRUNCATE, 1)
+
+VECTOR_CLONES static void float_enc_range(const void *p, size_t lo, size_t hi)
 {
     const float_enc_ctx *t = p;
-    const fcfg *c = t->c;
-    for (size_t j = lo; j < hi; j++) {
-        uint32_t r = t->rounding == MT_ROUND_STOCHASTIC ? rand_of(t->rbits, t->key, t->offset, j)
-                                                         : 0;
-        uint32_t code = encode_float1(c, f32_bits(t->x[j]), t->rounding, t->saturate, r);
-        if (t->bytes == 1)
-            ((uint8_t *)t->codes)[j] = (uint8_t)code;
-        else if (t->bytes == 2)
-            ((uint16_t *)t->codes)[j] = (uint16_t)code;
-        else
-            ((uint32_t *)t->codes)[j] = code;
+    switch ((t->family * 3 + t->rounding) * 2 + t->saturate) {
+        FLOAT_CASES(MT_FLOAT_IEEE);
+        FLOAT_CASES(MT_FLOAT_FN);
+        FLOAT_CASES(MT_FLOAT_DL);
+    default: break;
     }
 }
 
@@ -345,25 +386,45 @@ void mt_encode_float(const float *x, void *codes, size_t n, const mt_float_fmt *
                      int rounding, int saturate, uint64_t seed, uint64_t stream,
                      uint64_t offset, const uint32_t *rbits)
 {
-    fcfg c = float_cfg(fmt);
-    float_enc_ctx t = {x,        codes,    &c, fmt->code_bytes, rounding, saturate != 0,
-                       sr_key(seed, stream), offset, rbits};
+    float_enc_ctx t = {x,        codes,         float_cfg(fmt),       fmt->family,
+                       fmt->code_bytes, rounding, saturate != 0, sr_key(seed, stream),
+                       offset,   rbits};
     run_split(float_enc_range, &t, n);
 }
 
+/* Decoding: a table of every code's float32 word when the array is much longer than the
+ * table (8- and 16-bit codes), else code by code. */
 void mt_decode_float(const void *codes, float *out, size_t n, const mt_float_fmt *fmt)
 {
     fcfg c = float_cfg(fmt);
+    const int fam = fmt->family;
     uint32_t mask = (c.signbit << 1) - 1;
+    uint32_t *o = (uint32_t *)out;
+    if (fmt->code_bytes == 1) {
+        uint32_t lut[256];
+        for (uint32_t v = 0; v < 256; v++)
+            lut[v] = decode_float1(&c, fam, v & mask);
+        const uint8_t *cs = codes;
+        for (size_t j = 0; j < n; j++)
+            o[j] = lut[cs[j]];
+        return;
+    }
+    uint32_t *lut = NULL;
+    if (fmt->code_bytes == 2 && n >= ((size_t)1 << 20))
+        lut = malloc(sizeof *lut << 16);
+    if (lut) {
+        for (uint32_t v = 0; v < (1u << 16); v++)
+            lut[v] = decode_float1(&c, fam, v & mask);
+        const uint16_t *cs = codes;
+        for (size_t j = 0; j < n; j++)
+            o[j] = lut[cs[j]];
+        free(lut);
+        return;
+    }
     for (size_t j = 0; j < n; j++) {
-        uint32_t code;
-        if (fmt->code_bytes == 1)
-            code = ((const uint8_t *)codes)[j];
-        else if (fmt->code_bytes == 2)
-            code = ((const uint16_t *)codes)[j];
-        else
-            code = ((const uint32_t *)codes)[j];
-        out[j] = f32_from_bits(decode_float1(&c, code & mask));
+        uint32_t code = fmt->code_bytes == 2 ? ((const uint16_t *)codes)[j]
+                                             : ((const uint32_t *)codes)[j];
+        o[j] = decode_float1(&c, fam, code & mask);
     }
 }
 
@@ -387,20 +448,7 @@ ALWAYS_INLINE int32_t encode_fixed1(uint32_t u, int nbits, int frac_bits, int ro
     const int k = sh > 0 ? 0 : (sh < -63 ? 63 : -sh); /* k > 63 changes no decision */
     const uint64_t kept = (sig >> k) << ls;
     const uint64_t rem = sig & ((1ULL << k) - 1);
-    uint64_t up = 0;
-    if (rounding == MT_ROUND_NEAREST) { /* half-even of |y| (symmetric) */
-        const uint64_t half = (1ULL << k) >> 1;
-        up = (uint64_t)(rem > half) | ((uint64_t)(rem == half) & (uint64_t)(k > 0) & kept & 1);
-    } else if (rounding == MT_ROUND_STOCHASTIC) {
-        /* y >= 0: up iff r < F = floor(frac * 2^32), frac = rem / 2^k. y < 0: the result is
-         * floor(y) + (r < 2^32 - G) with G = ceil(frac * 2^32), so the magnitude goes up iff
-         * ~r < G; G = F plus one when bits below 2^-32 are set (only when k > 32). */
-        const int s2 = k > 32 ? k - 32 : 0;
-        const uint64_t F = (rem << (32 - k + s2)) >> s2;
-        const uint64_t sticky = (rem & ((1ULL << s2) - 1)) != 0;
-        const uint64_t rr = (uint64_t)(r ^ (0u - (uint32_t)neg));
-        up = rr < F + (neg & sticky);
-    }
+    const uint64_t up = round_inc(kept, rem, k, neg, rounding, r);
     const uint64_t mag = kept + up;
     int64_t v = (int64_t)((mag ^ (0 - neg)) + neg);
     if (saturate) {
@@ -426,9 +474,6 @@ typedef struct {
     const uint32_t *rbits;
 } fixed_ctx;
 
-/* Elements are processed in blocks: the block's random values first, then the rounding. */
-#define BLOCK 512
-
 ALWAYS_INLINE void fixed_blocks(const fixed_ctx *t, size_t lo, size_t hi, const int rounding,
                                 const int sat)
 {
@@ -439,13 +484,8 @@ ALWAYS_INLINE void fixed_blocks(const fixed_ctx *t, size_t lo, size_t hi, const 
     for (size_t b = lo; b < hi; b += BLOCK) {
         const size_t m = hi - b < BLOCK ? hi - b : BLOCK;
         const uint32_t *r = rb;
-        if (rounding == MT_ROUND_STOCHASTIC) {
-            if (t->rbits)
-                r = t->rbits + b;
-            else
-                for (size_t j = 0; j < m; j++)
-                    rb[j] = sr_at(t->key, t->offset + b + j);
-        }
+        if (rounding == MT_ROUND_STOCHASTIC)
+            r = block_rbits(rb, t->rbits, t->key, t->offset + b, b, m);
         const float *x = t->x + b;
 #define FIXED_AT(j) \
     encode_fixed1(f32_bits(x[j]), nbits, f, rounding, sat, \
@@ -540,9 +580,10 @@ static void fgmp_range(const void *p, size_t lo, size_t hi)
         uint32_t a = u & 0x7FFFFFFFu;
         /* outlier: NaN, inf, or |x| > threshold (compared exactly in double) */
         if (a >= 0x7F800000u || (double)f32_from_bits(a) > t->threshold)
-            t->codes[j] = FGMP_OUTLIER | encode_float1(&t->high, u, t->rounding, t->saturate, r);
+            t->codes[j] = FGMP_OUTLIER |
+                          encode_float1(&t->high, MT_FLOAT_IEEE, u, t->rounding, t->saturate, r);
         else
-            t->codes[j] = encode_float1(&t->low, u, t->rounding, t->saturate, r);
+            t->codes[j] = encode_float1(&t->low, MT_FLOAT_FN, u, t->rounding, t->saturate, r);
     }
 }
 
@@ -561,8 +602,8 @@ void mt_decode_fgmp(const uint32_t *codes, float *out, size_t n)
     fcfg low = float_cfg(&FGMP_LOW), high = float_cfg(&FGMP_HIGH);
     for (size_t j = 0; j < n; j++) {
         uint32_t c = codes[j];
-        out[j] = f32_from_bits((c & FGMP_OUTLIER) ? decode_float1(&high, c & 0xFFFFu)
-                                                  : decode_float1(&low, c & 0xFFu));
+        out[j] = f32_from_bits((c & FGMP_OUTLIER) ? decode_float1(&high, MT_FLOAT_IEEE, c & 0xFFFFu)
+                                                  : decode_float1(&low, MT_FLOAT_FN, c & 0xFFu));
     }
 }
 
