@@ -112,3 +112,25 @@ def test_message_vectors_decode_as_they_say() -> None:
             decode(data)
         assert err.value.status.name == expect, name
     assert invalid >= 5
+
+
+def test_frame_vectors_decode_as_they_say() -> None:
+    framing = pytest.importorskip("protocol.framing", reason="protocol.framing not there yet")
+    vectors = read_vectors(VECTORS / "frames.hex")
+    expects = {v[1] for v in vectors}
+    # every framing error class of the reference decoder has a vector
+    assert {"CrcError", "CobsError", "ShortFrame", "BadVersion", "LengthMismatch"} <= expects
+    assert {"FrameTooLong", "UNKNOWN_OPCODE", "BAD_REQUEST", "ok"} <= expects
+    for name, expect, crc, wire in vectors:
+        (event,) = framing.FrameDecoder(framing.MAX_PAYLOAD).feed(wire)
+        if isinstance(event, framing.FramingError):
+            assert type(event).__name__ == expect, name
+            continue
+        assert crc == zlib.crc32(framing.cobs_decode(wire.strip(b"\x00"))[:-4]), name
+        decode = m.decode_response if "response_" in name else m.decode_request
+        if expect == "ok":
+            decode(event.payload)
+        else:
+            with pytest.raises(MessageError) as err:
+                decode(event.payload)
+            assert err.value.status.name == expect, name

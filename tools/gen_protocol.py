@@ -310,15 +310,22 @@ def _member_doc(cls: type, name: str | None) -> str:
 
 @functools.cache
 def _member_docs(cls: type) -> dict[str, str]:
+    """Member name -> its ``#:`` comment (inline, or on the lines just above it)."""
     try:
         src = inspect.getsource(cls)
     except (OSError, TypeError):
         return {}
     out = {}
+    pending: list[str] = []
     for line in src.splitlines():
         s = line.strip()
-        if "#:" in s and " = " in s:
-            out[s.split(" = ", 1)[0]] = s.split("#:", 1)[1].strip()
+        if s.startswith("#:"):
+            pending.append(s[2:].strip())
+            continue
+        if " = " in s:
+            inline = s.split("#:", 1)[1].strip() if "#:" in s else ""
+            out[s.split(" = ", 1)[0]] = " ".join([*pending, inline]).strip()
+        pending = []
     return out
 
 
@@ -424,8 +431,49 @@ def _module_constants(mod: ModuleType) -> list[tuple[str, str, str]]:
     return out
 
 
+def _framing_errors(framing: ModuleType) -> list[type]:
+    """The FramingError subclasses, in the order ``decode_frame`` checks them."""
+    return [
+        framing.FrameTooLong,  # encoded body longer than the negotiated maximum allows
+        framing.CobsError,
+        framing.ShortFrame,
+        framing.CrcError,
+        framing.BadVersion,
+        framing.LengthMismatch,
+    ]
+
+
 def _framing_details(framing: ModuleType) -> list[str]:
-    raise NotImplementedError  # filled once protocol/framing.py's API is known
+    out = ["### 1.1 Link header", "", *field_table(framing.HEADER_STRUCT, 0), ""]
+    out += [
+        f"The frame body before COBS is header ({framing.HEADER_SIZE} bytes) | payload "
+        f"(`length` bytes, at most the negotiated max payload, {framing.MIN_PAYLOAD}.."
+        f"{framing.MAX_PAYLOAD}, default {framing.DEFAULT_PAYLOAD}) | CRC-32 "
+        f"({framing.CRC_SIZE} bytes, little-endian, over header and payload).",
+        "",
+        "### 1.2 Frame types and flags",
+        "",
+        "#### FrameType",
+        "",
+        *enum_table(framing.FrameType),
+        "",
+        "#### FrameFlag",
+        "",
+        *enum_table(framing.FrameFlag),
+        "",
+        "### 1.3 Receiver checks",
+        "",
+        "A receiver checks each body between two delimiters in this order and drops it with the "
+        "first error that applies (the vectors name these errors):",
+        "",
+    ]
+    out += [
+        f"{i}. `{e.__name__}`: {_docstring(e)}" for i, e in enumerate(_framing_errors(framing), 1)
+    ]
+    out += ["", "### 1.4 Constants", "", "| name | value | meaning |", "|---|---|---|"]
+    out += [f"| `{n}` | {v} | {_md_escape(d)} |" for n, v, d in _module_constants(framing)]
+    out.append("")
+    return out
 
 
 def _message_sections() -> list[str]:
@@ -692,6 +740,25 @@ def _c_switch_fn(name: str, values: list[int], doc: str) -> list[str]:
     ]
 
 
+def _c_body_size_fn() -> list[str]:
+    by_size: dict[int, list[int]] = {}
+    for table in (m.REQUEST_BODIES, m.RESPONSE_BODIES):
+        for op, body in table.items():
+            size = fixed_size(body)
+            if size is not None:
+                by_size.setdefault(size, []).append(int(op))
+    out = [
+        "/* body bytes of a fixed-size message (request or response opcode); -1: variable body",
+        " * or unknown opcode. A fixed-size message of another length is BAD_REQUEST. */",
+        "static inline long mt_body_fixed_size(uint32_t opcode)",
+        "{",
+        "    switch (opcode) {",
+    ]
+    for size, ops in sorted(by_size.items()):
+        out += ["    " + " ".join(f"case {o:#x}:" for o in sorted(ops)), f"        return {size};"]
+    return [*out, "    default:", "        return -1;", "    }", "}", ""]
+
+
 def render_header() -> str:
     framing = _optional_module("protocol.framing")
     h = m.schema_hash()
@@ -752,6 +819,7 @@ def render_header() -> str:
         [int(o) for o in m.ResponseOpcode],
         "1 iff v is a response opcode",
     )
+    out += _c_body_size_fn()
     out += [
         "/* bits per element of a wire dtype on the wire (dfxp4 packs two per byte); 0: unknown */",
         "static inline uint32_t mt_dtype_element_bits(uint32_t dtype)",
@@ -800,6 +868,7 @@ def render_header() -> str:
         "",
     ]
     out += _header_helpers()
+    out += _header_frame_check(framing)
     out += ["#endif /* MICROTRAIN_PROTOCOL_H */", ""]
     return "\n".join(out)
 
@@ -807,7 +876,89 @@ def render_header() -> str:
 def _header_framing(framing: ModuleType | None) -> list[str]:
     if framing is None:
         return [f"/* {LINK_PENDING}: protocol/framing.py does not exist yet */", ""]
-    raise NotImplementedError
+    out = [
+        "/* ---- frames (protocol/framing.py) ---- */",
+        "",
+        "/* wire: 0x00 | COBS(header | payload | crc32 LE over header+payload) | 0x00 */",
+        f"#define MT_LINK_VERSION {framing.LINK_VERSION}",
+        f"#define MT_LINK_HEADER_SIZE {framing.HEADER_SIZE}",
+        f"#define MT_LINK_CRC_SIZE {framing.CRC_SIZE}",
+        f"#define MT_LINK_MIN_PAYLOAD {framing.MIN_PAYLOAD}",
+        f"#define MT_LINK_MAX_PAYLOAD {framing.MAX_PAYLOAD}",
+        f"#define MT_LINK_DEFAULT_PAYLOAD {framing.DEFAULT_PAYLOAD}",
+        "/* largest COBS body (no delimiters) of a frame with p payload bytes */",
+        "#define MT_LINK_MAX_ENCODED(p) \\",
+        "    ((MT_LINK_HEADER_SIZE + (p) + MT_LINK_CRC_SIZE) + "
+        "(MT_LINK_HEADER_SIZE + (p) + MT_LINK_CRC_SIZE) / 254 + 1)",
+        "",
+    ]
+    out += _c_enum("FRAME", framing.FrameType)
+    out += _c_enum("FRAME_FLAG", framing.FrameFlag)
+    lines = _c_struct("mt_link_header", framing.HEADER_STRUCT, {}, "link header")
+    assert lines is not None, "the link header has a fixed layout"
+    out += lines
+    errors = _framing_errors(framing)
+    out += ["/* result of mt_frame_check: OK or the framing error a receiver reports */"]
+    out += ["enum mt_frame_check {", "    MT_FRAME_CHECK_OK = 0,"]
+    out += [f"    {_verdict(e)} = {i}," for i, e in enumerate(errors, 1)]
+    out += ["};", "", "static inline const char *mt_frame_check_name(int v)", "{"]
+    out += ["    switch (v) {", "    case MT_FRAME_CHECK_OK:", '        return "ok";']
+    for e in errors:
+        out += [f"    case {_verdict(e)}:", f'        return "{e.__name__}";']
+    out += ["    default:", '        return "?";', "    }", "}", ""]
+    return out
+
+
+def _verdict(error: type) -> str:
+    return f"MT_FRAME_CHECK_{_snake(error.__name__).upper()}"
+
+
+def _header_frame_check(framing: ModuleType | None) -> list[str]:
+    """mt_frame_check: the receiver's checks of decode_frame, in the same order."""
+    if framing is None:
+        return []
+    reads = []
+    offset = 0
+    for sc in framing.HEADER_STRUCT.subcons:
+        size = sc.sizeof()
+        ctype = _C_TYPES[_fmt_label(sc.subcon)]
+        reads.append(f"    hdr->{sc.name} = ({ctype})mt_get_le(raw + {offset}, {size});")
+        offset += size
+    e = {cls.__name__: _verdict(cls) for cls in _framing_errors(framing)}
+    return [
+        "/* Check one frame body (the n bytes between two 0x00 delimiters) as",
+        " * protocol/framing.py decode_frame does, in the same order. It is COBS-decoded into",
+        " * raw (capacity cap; *raw_len = decoded length, (size_t)-1 if COBS failed). On",
+        " * MT_FRAME_CHECK_OK, *hdr holds the header and the payload is hdr->length bytes at",
+        " * raw + MT_LINK_HEADER_SIZE. */",
+        "static inline int mt_frame_check(const uint8_t *body, size_t n, size_t max_payload,",
+        "                                 uint8_t *raw, size_t cap, size_t *raw_len,",
+        "                                 struct mt_link_header *hdr)",
+        "{",
+        "    *raw_len = (size_t)-1;",
+        "    if (n > MT_LINK_MAX_ENCODED(max_payload))",
+        f"        return {e['FrameTooLong']};",
+        "    size_t r = mt_cobs_decode(body, n, raw, cap);",
+        "    if (r == (size_t)-1)",
+        f"        return {e['CobsError']};",
+        "    *raw_len = r;",
+        "    if (r < MT_LINK_HEADER_SIZE + MT_LINK_CRC_SIZE)",
+        f"        return {e['ShortFrame']};",
+        "    if ((uint32_t)mt_get_le(raw + r - MT_LINK_CRC_SIZE, 4) !=",
+        "        mt_crc32(0, raw, r - MT_LINK_CRC_SIZE))",
+        f"        return {e['CrcError']};",
+        *reads,
+        "    if (hdr->version != MT_LINK_VERSION)",
+        f"        return {e['BadVersion']};",
+        "    size_t plen = r - MT_LINK_HEADER_SIZE - MT_LINK_CRC_SIZE;",
+        "    if (plen > max_payload)",
+        f"        return {e['FrameTooLong']};",
+        "    if (hdr->length != plen)",
+        f"        return {e['LengthMismatch']};",
+        "    return MT_FRAME_CHECK_OK;",
+        "}",
+        "",
+    ]
 
 
 def _header_helpers() -> list[str]:
@@ -842,13 +993,15 @@ def _header_helpers() -> list[str]:
         "    return ~crc;",
         "}",
         "",
-        "/* COBS-decode n bytes (one frame without its 0x00 delimiter) into out (capacity cap).",
-        " * Returns the decoded length, or (size_t)-1 if the input holds a zero byte, a code runs",
-        " * past the end, or the output would exceed cap. */",
+        "/* COBS-decode n bytes (one frame without its 0x00 delimiters) into out (capacity cap).",
+        " * Returns the decoded length, or (size_t)-1 if the input is empty, holds a zero byte,",
+        " * a block runs past the end, or the output would exceed cap. */",
         "static inline size_t mt_cobs_decode(const uint8_t *in, size_t n,",
         "                                    uint8_t *out, size_t cap)",
         "{",
         "    size_t i = 0, o = 0;",
+        "    if (n == 0)",
+        "        return (size_t)-1;",
         "    while (i < n) {",
         "        uint8_t code = in[i++];",
         "        if (code == 0 || i + (size_t)(code - 1) > n)",
@@ -908,11 +1061,99 @@ def invalid_messages() -> list[tuple[str, str, bytes]]:
     ]
 
 
+def frame_vectors(framing: ModuleType) -> list[tuple[str, bytes]]:
+    """(name, wire bytes) of valid frames of every message and of invalid frames."""
+    data_type, last = framing.FrameType.DATA, framing.FrameFlag.LAST
+
+    def frame(payload: bytes, seq: int) -> bytes:
+        return bytes(framing.encode_frame(data_type, payload, seq=seq, flags=last, credits=8))
+
+    def raw_frame(raw: bytes, *, crc: int | None = None) -> bytes:
+        crc = zlib.crc32(raw) if crc is None else crc
+        return b"\x00" + bytes(framing.cobs_encode(raw + crc.to_bytes(4, "little"))) + b"\x00"
+
+    def head(length: int, version: int = framing.LINK_VERSION) -> bytes:
+        return bytes(framing.HEADER.pack(version, int(last), int(data_type), 0, 7, 0, length, 8))
+
+    out = [(f"frame_{name}", frame(msg, seq)) for seq, (name, msg) in enumerate(example_messages())]
+    reset = m.encode_request(m.Opcode.RESET, 6, REQUEST_EXAMPLES[m.Opcode.RESET])
+    good = frame(reset, 7)
+    raw = head(len(reset)) + reset
+    big = bytes(framing.MAX_PAYLOAD + 1)
+    out += [
+        ("bad_crc", raw_frame(raw, crc=zlib.crc32(raw) ^ 0x00000100)),
+        (
+            "bit_flip_in_payload",
+            raw_frame(head(len(reset)) + reset[:-1] + b"\x01", crc=zlib.crc32(raw)),
+        ),
+        ("truncated", good[:-4] + b"\x00"),
+        ("bad_cobs", b"\x00\x09\x01\x02\x00"),
+        ("short_header", raw_frame(raw[:8])),
+        ("bad_version", raw_frame(head(len(reset), version=framing.LINK_VERSION + 1) + reset)),
+        ("bad_length", raw_frame(head(len(reset) + 1) + reset)),
+        ("payload_too_long", raw_frame(head(0) + big)),
+        ("unknown_opcode_in_frame", frame(bytes([0x7E]) + (5).to_bytes(4, "little"), 8)),
+        ("truncated_message_in_frame", frame(reset[:-1], 9)),
+    ]
+    return out
+
+
+def frame_expectation(framing: ModuleType, name: str, wire: bytes) -> tuple[str, int | None]:
+    """(expected result, receiver CRC) of a frame vector, from the reference decoder."""
+    events = framing.FrameDecoder(framing.MAX_PAYLOAD).feed(wire)
+    if len(events) != 1:
+        raise AssertionError(f"vector {name} decodes to {len(events)} events, want 1")
+    try:
+        raw = framing.cobs_decode(wire.strip(b"\x00"))
+        crc = zlib.crc32(raw[: -framing.CRC_SIZE]) if len(raw) >= framing.CRC_SIZE else None
+    except framing.FramingError:
+        crc = None
+    event = events[0]
+    if isinstance(event, framing.FramingError):
+        return type(event).__name__, crc
+    decode = m.decode_response if "response_" in name else m.decode_request
+    try:
+        decode(event.payload)
+    except m.MessageError as e:
+        return e.status.name, crc
+    return "ok", crc
+
+
+#: What each invalid frame vector must produce (checked when the vectors are generated).
+FRAME_EXPECT = {
+    "bad_crc": "CrcError",
+    "bit_flip_in_payload": "CrcError",
+    "truncated": "CobsError",
+    "bad_cobs": "CobsError",
+    "short_header": "ShortFrame",
+    "bad_version": "BadVersion",
+    "bad_length": "LengthMismatch",
+    "payload_too_long": "FrameTooLong",
+    "unknown_opcode_in_frame": "UNKNOWN_OPCODE",
+    "truncated_message_in_frame": "BAD_REQUEST",
+}
+
+
 def render_frame_vectors() -> str | None:
+    """Wire frames (delimiters included): every message in a DATA frame, then bad frames."""
     framing = _optional_module("protocol.framing")
     if framing is None:
         return None
-    raise NotImplementedError
+    parts = [
+        "# microtrain frame vectors (wire bytes, both 0x00 delimiters). " + GENERATED_NOTE + "\n",
+        "# expect=ok: a valid DATA frame whose payload decodes; otherwise the framing error\n",
+        "# (protocol.framing) or the Status of the message inside. Max payload: "
+        f"{framing.MAX_PAYLOAD}.\n",
+    ]
+    for name, wire in frame_vectors(framing):
+        expect, crc = frame_expectation(framing, name, wire)
+        want = FRAME_EXPECT.get(name, "ok")
+        if expect != want:
+            raise AssertionError(
+                f"frame vector {name}: the reference decoder says {expect}, want {want}"
+            )
+        parts.append(_vector(name, expect, wire, crc))
+    return "".join(parts)
 
 
 def render_all() -> dict[Path, str]:

@@ -33,7 +33,80 @@
 #define MT_AUTH_NONCE_SIZE 16
 #define MT_AUTH_CHALLENGE_SIZE 16
 
-/* LINK SECTION PENDING: protocol/framing.py does not exist yet */
+/* ---- frames (protocol/framing.py) ---- */
+
+/* wire: 0x00 | COBS(header | payload | crc32 LE over header+payload) | 0x00 */
+#define MT_LINK_VERSION 1
+#define MT_LINK_HEADER_SIZE 12
+#define MT_LINK_CRC_SIZE 4
+#define MT_LINK_MIN_PAYLOAD 256
+#define MT_LINK_MAX_PAYLOAD 16384
+#define MT_LINK_DEFAULT_PAYLOAD 4096
+/* largest COBS body (no delimiters) of a frame with p payload bytes */
+#define MT_LINK_MAX_ENCODED(p) \
+    ((MT_LINK_HEADER_SIZE + (p) + MT_LINK_CRC_SIZE) + (MT_LINK_HEADER_SIZE + (p) + MT_LINK_CRC_SIZE) / 254 + 1)
+
+/* The ``type`` byte: what a frame carries (see protocol.link for the payloads). */
+enum mt_frame_type {
+    MT_FRAME_DATA = 0x1, /* A fragment of a message; ``seq`` numbers it, FLAG_LAST marks a message's last fragment. */
+    MT_FRAME_ACK = 0x2, /* Acknowledgement: ``ack`` is the next expected seq (all before it received); the payload is the selective-ack bitmap (protocol.link.SACK). */
+    MT_FRAME_NAK = 0x3, /* Negative ack: like ACK, and asks for an immediate retransmit of seq ``ack``. */
+    MT_FRAME_SYNC = 0x4, /* Link setup: "this is my session epoch and my limits" (protocol.link.SYNC_PAYLOAD). */
+    MT_FRAME_CONFIG = 0x5, /* Answer to SYNC: the agreed configuration and both epochs (protocol.link.CONFIG_PAYLOAD). */
+    MT_FRAME_RESET = 0x6, /* "I have no session with you": asks the peer to send SYNC (protocol.link). */
+};
+
+/* Bits of the ``flags`` byte. */
+enum mt_frame_flag {
+    MT_FRAME_FLAG_LAST = 0x1, /* DATA: this fragment ends a message. */
+    MT_FRAME_FLAG_POLL = 0x2, /* ACK/NAK: the sender wants an ACK back now (window probe, keepalive). */
+};
+
+/* link header (12 bytes) */
+struct MT_PACKED mt_link_header {
+    uint8_t version;
+    uint8_t flags;
+    uint8_t type;
+    uint8_t channel;
+    uint16_t seq;
+    uint16_t ack;
+    uint16_t length;
+    uint16_t credits;
+};
+_Static_assert(sizeof(struct mt_link_header) == 12, "mt_link_header is 12 bytes");
+
+/* result of mt_frame_check: OK or the framing error a receiver reports */
+enum mt_frame_check {
+    MT_FRAME_CHECK_OK = 0,
+    MT_FRAME_CHECK_FRAME_TOO_LONG = 1,
+    MT_FRAME_CHECK_COBS_ERROR = 2,
+    MT_FRAME_CHECK_SHORT_FRAME = 3,
+    MT_FRAME_CHECK_CRC_ERROR = 4,
+    MT_FRAME_CHECK_BAD_VERSION = 5,
+    MT_FRAME_CHECK_LENGTH_MISMATCH = 6,
+};
+
+static inline const char *mt_frame_check_name(int v)
+{
+    switch (v) {
+    case MT_FRAME_CHECK_OK:
+        return "ok";
+    case MT_FRAME_CHECK_FRAME_TOO_LONG:
+        return "FrameTooLong";
+    case MT_FRAME_CHECK_COBS_ERROR:
+        return "CobsError";
+    case MT_FRAME_CHECK_SHORT_FRAME:
+        return "ShortFrame";
+    case MT_FRAME_CHECK_CRC_ERROR:
+        return "CrcError";
+    case MT_FRAME_CHECK_BAD_VERSION:
+        return "BadVersion";
+    case MT_FRAME_CHECK_LENGTH_MISMATCH:
+        return "LengthMismatch";
+    default:
+        return "?";
+    }
+}
 
 /* ---- message enums ---- */
 
@@ -281,6 +354,40 @@ static inline int mt_response_opcode_known(uint32_t v)
         return 1;
     default:
         return 0;
+    }
+}
+
+/* body bytes of a fixed-size message (request or response opcode); -1: variable body
+ * or unknown opcode. A fixed-size message of another length is BAD_REQUEST. */
+static inline long mt_body_fixed_size(uint32_t opcode)
+{
+    switch (opcode) {
+    case 0x40: case 0x41: case 0x83: case 0xc1:
+        return 0;
+    case 0x3:
+        return 1;
+    case 0x33:
+        return 2;
+    case 0x12: case 0x32:
+        return 4;
+    case 0x31: case 0x90: case 0x91: case 0xa1:
+        return 8;
+    case 0x30:
+        return 9;
+    case 0x13: case 0x92:
+        return 12;
+    case 0x82:
+        return 16;
+    case 0x2:
+        return 32;
+    case 0xc0:
+        return 680;
+    case 0xb2:
+        return 688;
+    case 0xb1:
+        return 692;
+    default:
+        return -1;
     }
 }
 
@@ -596,13 +703,15 @@ static inline uint32_t mt_crc32(uint32_t crc, const uint8_t *p, size_t n)
     return ~crc;
 }
 
-/* COBS-decode n bytes (one frame without its 0x00 delimiter) into out (capacity cap).
- * Returns the decoded length, or (size_t)-1 if the input holds a zero byte, a code runs
- * past the end, or the output would exceed cap. */
+/* COBS-decode n bytes (one frame without its 0x00 delimiters) into out (capacity cap).
+ * Returns the decoded length, or (size_t)-1 if the input is empty, holds a zero byte,
+ * a block runs past the end, or the output would exceed cap. */
 static inline size_t mt_cobs_decode(const uint8_t *in, size_t n,
                                     uint8_t *out, size_t cap)
 {
     size_t i = 0, o = 0;
+    if (n == 0)
+        return (size_t)-1;
     while (i < n) {
         uint8_t code = in[i++];
         if (code == 0 || i + (size_t)(code - 1) > n)
@@ -619,6 +728,45 @@ static inline size_t mt_cobs_decode(const uint8_t *in, size_t n,
         }
     }
     return o;
+}
+
+/* Check one frame body (the n bytes between two 0x00 delimiters) as
+ * protocol/framing.py decode_frame does, in the same order. It is COBS-decoded into
+ * raw (capacity cap; *raw_len = decoded length, (size_t)-1 if COBS failed). On
+ * MT_FRAME_CHECK_OK, *hdr holds the header and the payload is hdr->length bytes at
+ * raw + MT_LINK_HEADER_SIZE. */
+static inline int mt_frame_check(const uint8_t *body, size_t n, size_t max_payload,
+                                 uint8_t *raw, size_t cap, size_t *raw_len,
+                                 struct mt_link_header *hdr)
+{
+    *raw_len = (size_t)-1;
+    if (n > MT_LINK_MAX_ENCODED(max_payload))
+        return MT_FRAME_CHECK_FRAME_TOO_LONG;
+    size_t r = mt_cobs_decode(body, n, raw, cap);
+    if (r == (size_t)-1)
+        return MT_FRAME_CHECK_COBS_ERROR;
+    *raw_len = r;
+    if (r < MT_LINK_HEADER_SIZE + MT_LINK_CRC_SIZE)
+        return MT_FRAME_CHECK_SHORT_FRAME;
+    if ((uint32_t)mt_get_le(raw + r - MT_LINK_CRC_SIZE, 4) !=
+        mt_crc32(0, raw, r - MT_LINK_CRC_SIZE))
+        return MT_FRAME_CHECK_CRC_ERROR;
+    hdr->version = (uint8_t)mt_get_le(raw + 0, 1);
+    hdr->flags = (uint8_t)mt_get_le(raw + 1, 1);
+    hdr->type = (uint8_t)mt_get_le(raw + 2, 1);
+    hdr->channel = (uint8_t)mt_get_le(raw + 3, 1);
+    hdr->seq = (uint16_t)mt_get_le(raw + 4, 2);
+    hdr->ack = (uint16_t)mt_get_le(raw + 6, 2);
+    hdr->length = (uint16_t)mt_get_le(raw + 8, 2);
+    hdr->credits = (uint16_t)mt_get_le(raw + 10, 2);
+    if (hdr->version != MT_LINK_VERSION)
+        return MT_FRAME_CHECK_BAD_VERSION;
+    size_t plen = r - MT_LINK_HEADER_SIZE - MT_LINK_CRC_SIZE;
+    if (plen > max_payload)
+        return MT_FRAME_CHECK_FRAME_TOO_LONG;
+    if (hdr->length != plen)
+        return MT_FRAME_CHECK_LENGTH_MISMATCH;
+    return MT_FRAME_CHECK_OK;
 }
 
 #endif /* MICROTRAIN_PROTOCOL_H */
