@@ -579,6 +579,85 @@ RESPONSE_BODIES: dict[ResponseOpcode, Struct] = {
     ),
 }
 
+#: What each request does and the status codes it may answer with (normative; rendered into
+#: docs/protocol.md). Every request may also get BAD_REQUEST, NOT_AUTHENTICATED (except HELLO
+#: and AUTH), BUSY and INTERNAL.
+MESSAGE_DOCS: dict[Opcode, str] = {
+    Opcode.HELLO: (
+        "First request of a session. The device answers with its versions, schema hash, "
+        "limits and capabilities whatever the host sent; the host refuses the link when the "
+        "major version or the schema hash differ (the device may also answer VERSION_MISMATCH "
+        "or SCHEMA_MISMATCH). Never needs authentication."
+    ),
+    Opcode.AUTH: (
+        "Proves the key (see Authentication). AUTH_FAILED on a wrong tag or a reused counter; "
+        "UNSUPPORTED when the device has no key."
+    ),
+    Opcode.RESET: (
+        "Clears device state: ALL = model, tensors and counters; MODEL = model and training "
+        "configuration; TENSORS = host tensors. The link session and authentication survive."
+    ),
+    Opcode.TENSOR_BEGIN: (
+        "Announces a tensor the host will send. A new id (or a different descriptor for an "
+        "existing id) allocates it and answers offset 0; the same id, nbytes and crc32 as an "
+        "unfinished transfer keeps the received bytes and answers their count (resume). "
+        "BAD_SHAPE if nbytes != wire bytes of dtype x shape or ndim > 8; UNSUPPORTED_FORMAT "
+        "for a dtype the device lacks; OUT_OF_MEMORY when it does not fit; LIMIT for an id "
+        "at or above 0x80000000."
+    ),
+    Opcode.TENSOR_DATA: (
+        "Bytes [offset, offset+len) of a begun tensor. offset must equal the receiver's offset "
+        "(else TRANSFER_INCOMPLETE, the detail names the expected offset; the host re-sends "
+        "TENSOR_BEGIN to learn it); LIMIT if the chunk runs past nbytes; UNKNOWN_TENSOR if "
+        "the id was not begun."
+    ),
+    Opcode.TENSOR_END: (
+        "Completes a transfer: TRANSFER_INCOMPLETE if fewer than nbytes arrived, "
+        "CHECKSUM_MISMATCH if the CRC-32 of the bytes differs from BEGIN's (the tensor is then "
+        "discarded). Only completed tensors can be used by other requests."
+    ),
+    Opcode.TENSOR_READ: (
+        "Reads bytes of any completed tensor (host or device id). The response carries at "
+        "most max_payload - 64 bytes of data; a read past the end returns fewer (zero) bytes. "
+        "UNKNOWN_TENSOR for an unknown id."
+    ),
+    Opcode.DEFINE_MODEL: (
+        "Replaces the model. Layer sizes must chain from input_shape (BAD_SHAPE), the model "
+        "with its training state must fit device memory (OUT_OF_MEMORY), weights list "
+        "uploaded tensors of the parameters' exact shape in fp32 or a supported format "
+        "(UNKNOWN_TENSOR, BAD_SHAPE, UNKNOWN_LAYER). Counters and the step count restart."
+    ),
+    Opcode.TRAIN_CONFIG: (
+        "Sets precision policy, algorithm, loss, optimizer, trainable set and pruning for "
+        "the defined model (NO_MODEL before DEFINE_MODEL). UNSUPPORTED_FORMAT, "
+        "UNSUPPORTED_ALGORITHM, UNKNOWN_LAYER (policy, masks), UNKNOWN_TENSOR (masks)."
+    ),
+    Opcode.FORWARD: (
+        "Runs the model on a completed input tensor of shape (batch, *input_shape) and stores "
+        "the output as output_id. NO_MODEL, UNKNOWN_TENSOR, BAD_SHAPE, OUT_OF_MEMORY."
+    ),
+    Opcode.TRAIN_STEP: (
+        "One training step: forward, loss against target, backward by the configured "
+        "algorithm, update. Targets are int class indices (cross-entropy) or values of the "
+        "output's shape (MSE). NO_MODEL, UNKNOWN_TENSOR, BAD_SHAPE."
+    ),
+    Opcode.BACKWARD: (
+        "Backward pass and update from an externally supplied output error (dLoss/dOutput, "
+        "shape of the last FORWARD's output), e.g. for distillation or host-side losses. "
+        "Requires a preceding FORWARD with KEEP_ACTIVATIONS (else BAD_REQUEST)."
+    ),
+    Opcode.GET_WEIGHTS: (
+        "Lists the device tensors holding the weights and biases of one layer or all "
+        "(UNKNOWN_LAYER, NO_MODEL); read them with TENSOR_READ."
+    ),
+    Opcode.READ_COUNTERS: (
+        "Counters accumulated since RESET_COUNTERS or DEFINE_MODEL; absent fields are "
+        "counters this backend cannot count."
+    ),
+    Opcode.RESET_COUNTERS: "Zeroes every counter.",
+}
+
+
 #: The whole request: header + body selected by opcode; unknown opcodes hit ``Error``.
 Request = Struct(
     "opcode" / U8 * "Opcode",

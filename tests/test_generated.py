@@ -77,7 +77,7 @@ def test_docs_cover_every_message_status_and_the_schema_hash() -> None:
     doc = (ROOT / gen.DOC_PATH).read_text()
     assert m.schema_hash().hex() in doc
     for op in m.Opcode:
-        assert f"#### {op.name}" in doc
+        assert f"#### {op.name}\n\n{m.MESSAGE_DOCS[op]}\n" in doc
         for row in layout_rows(m.REQUEST_BODIES[op]):
             assert f"`{row.name}`" in doc
     for status in Status:

@@ -162,7 +162,7 @@ def test_every_response_round_trips(
 
 
 def test_every_request_has_a_response_and_opcodes_pair() -> None:
-    assert set(m.REQUEST_BODIES) == set(m.Opcode)
+    assert set(m.REQUEST_BODIES) == set(m.Opcode) == set(m.MESSAGE_DOCS)
     assert set(m.RESPONSE_BODIES) == set(m.ResponseOpcode)
     for op in m.Opcode:
         assert m.response_opcode(op).name == op.name

@@ -266,7 +266,7 @@ def _md_escape(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def field_table(struct: Struct, base: int) -> list[str]:
+def field_table(struct: Struct, base: int, docs: Mapping[str, str] | None = None) -> list[str]:
     """Markdown table of a struct's fields with offsets from ``base`` while they are fixed."""
     lines = ["| offset | field | type | bytes | meaning |", "|---|---|---|---|---|"]
     offset: int | None = base
@@ -282,8 +282,9 @@ def field_table(struct: Struct, base: int) -> list[str]:
         for g in group:
             off = "-" if offset is None else str(offset)
             size = "var" if g.size is None else str(g.size)
+            doc = g.doc or (docs or {}).get(g.name, "")
             lines.append(
-                f"| {off} | `{g.name}` | {_md_escape(g.type)} | {size} | {_md_escape(g.doc)} |"
+                f"| {off} | `{g.name}` | {_md_escape(g.type)} | {size} | {_md_escape(doc)} |"
             )
         sizes = {g.size for g in group}
         offset = None if offset is None or None in sizes or len(sizes) > 1 else offset + r.size  # type: ignore[operator]
@@ -422,11 +423,7 @@ def _module_constants(mod: ModuleType) -> list[tuple[str, str, str]]:
     out = []
     for name, value in vars(mod).items():
         if name.isupper() and not name.startswith("_") and isinstance(value, int | float | str):
-            shown = (
-                f"{value:#x}"
-                if isinstance(value, int) and not isinstance(value, bool) and value > 9
-                else repr(value)
-            )
+            shown = repr(value)
             out.append((name, shown, docs.get(name, "")))
     return out
 
@@ -443,8 +440,23 @@ def _framing_errors(framing: ModuleType) -> list[type]:
     ]
 
 
+#: Meanings of the link header fields, used where protocol/framing.py's HEADER_STRUCT has no
+#: field docs (they restate its module docstring and protocol/link.py's use of the fields).
+_LINK_HEADER_DOCS = {
+    "version": "LINK_VERSION; any other value is BadVersion",
+    "flags": "FrameFlag bits",
+    "type": "FrameType",
+    "channel": "logical channel of the payload (see the link section)",
+    "seq": "sequence number of a DATA frame (mod 2^16)",
+    "ack": "cumulative ack: next seq expected from the peer",
+    "length": "payload bytes (must equal the bytes received)",
+    "credits": "flow-control credits advertised by the sender (see the link section)",
+}
+
+
 def _framing_details(framing: ModuleType) -> list[str]:
-    out = ["### 1.1 Link header", "", *field_table(framing.HEADER_STRUCT, 0), ""]
+    table = field_table(framing.HEADER_STRUCT, 0, _LINK_HEADER_DOCS)
+    out = ["### 1.1 Link header", "", *table, ""]
     out += [
         f"The frame body before COBS is header ({framing.HEADER_SIZE} bytes) | payload "
         f"(`length` bytes, at most the negotiated max payload, {framing.MIN_PAYLOAD}.."
@@ -517,7 +529,7 @@ def _message_sections() -> list[str]:
     ]
     for op in m.Opcode:
         rop = m.response_opcode(op)
-        out += [f"#### {op.name}", ""]
+        out += [f"#### {op.name}", "", m.MESSAGE_DOCS[op], ""]
         out += [f"Request, opcode `{int(op):#04x}`:", ""]
         out += field_table(m.REQUEST_BODIES[op], m.HEADER_SIZE)
         out += ["", f"Response, opcode `{int(rop):#04x}`:", ""]
