@@ -20,9 +20,11 @@ Generation is deterministic (no clock, no randomness), so ``--check`` can compar
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import importlib
 import inspect
+import struct
 import sys
 import textwrap
 import zlib
@@ -325,7 +327,8 @@ def _member_docs(cls: type) -> dict[str, str]:
             continue
         if " = " in s:
             inline = s.split("#:", 1)[1].strip() if "#:" in s else ""
-            out[s.split(" = ", 1)[0]] = " ".join([*pending, inline]).strip()
+            name = s.split(" = ", 1)[0].split(":", 1)[0].strip()
+            out[name] = " ".join([*pending, inline]).strip()
         pending = []
     return out
 
@@ -394,6 +397,8 @@ def _link_section(link: ModuleType | None) -> list[str]:
         if obj.__module__ != link.__name__ or name.startswith("_") or not obj.__doc__:
             continue
         out += [f"### `{name}`", "", _docstring(obj), ""]
+    out += _link_payloads(link)
+    out += _link_timing(link)
     consts = _module_constants(link)
     if consts:
         out += ["### Constants", "", "| name | value | meaning |", "|---|---|---|"]
@@ -402,30 +407,57 @@ def _link_section(link: ModuleType | None) -> list[str]:
     return out
 
 
+def _payload_layouts(mod: ModuleType) -> list[tuple[str, Any, str]]:
+    """(name, layout, ``#:`` doc) of a module's struct.Struct / construct Struct constants."""
+    docs = _member_docs(mod)  # a module's source parses like a class body
+    return [
+        (name, value, docs.get(name, ""))
+        for name, value in vars(mod).items()
+        if name.isupper() and isinstance(value, struct.Struct | Struct)
+    ]
+
+
+def _link_payloads(link: ModuleType) -> list[str]:
+    layouts = _payload_layouts(link)
+    if not layouts:
+        return []
+    out = ["### Link frame payloads", ""]
+    out += ["| name | layout | bytes | meaning |", "|---|---|---|---|"]
+    for name, layout, doc in layouts:
+        size: int | str
+        if isinstance(layout, struct.Struct):
+            shown, size = f"`{layout.format}` (Python struct format)", layout.size
+        else:
+            shown = ", ".join(f"{r.name} {r.type}" for r in layout_rows(layout))
+            size = fixed_size(layout) or "var"
+        out.append(f"| `{name}` | {_md_escape(shown)} | {size} | {_md_escape(doc)} |")
+    return [*out, ""]
+
+
+def _link_timing(link: ModuleType) -> list[str]:
+    cfg: Any = getattr(link, "LinkConfig", None)
+    if not isinstance(cfg, type) or not dataclasses.is_dataclass(cfg):
+        return []
+    docs = _member_docs(cfg)
+    out = ["### Link settings and timing defaults", "", _docstring(cfg), ""]
+    out += ["| setting | default | meaning |", "|---|---|---|"]
+    for f in dataclasses.fields(cfg):
+        out.append(f"| `{f.name}` | {f.default!r} | {_md_escape(docs.get(f.name, ''))} |")
+    return [*out, ""]
+
+
 def _module_constants(mod: ModuleType) -> list[tuple[str, str, str]]:
-    """(name, value, ``#:`` doc) of a module's UPPER_CASE int/float/str constants."""
-    try:
-        src = inspect.getsource(mod).splitlines()
-    except OSError:
-        src = []
-    docs: dict[str, str] = {}
-    pending: list[str] = []
-    for line in src:
-        s = line.strip()
-        if s.startswith("#:"):
-            pending.append(s[2:].strip())
-            continue
-        head = s.split("=", 1)[0].split(":", 1)[0].strip()
-        if head.isupper() and "=" in s:
-            inline = s.split("#:", 1)[1].strip() if "#:" in s else ""
-            docs[head] = " ".join([*pending, inline]).strip()
-        pending = []
-    out = []
-    for name, value in vars(mod).items():
-        if name.isupper() and not name.startswith("_") and isinstance(value, int | float | str):
-            shown = repr(value)
-            out.append((name, shown, docs.get(name, "")))
-    return out
+    """(name, value, ``#:`` doc) of the UPPER_CASE int/float/str constants a module assigns
+    itself (imported names are left to their own module's section)."""
+    docs = _member_docs(mod)
+    return [
+        (name, repr(value), docs[name])
+        for name, value in vars(mod).items()
+        if name in docs
+        and name.isupper()
+        and not name.startswith("_")
+        and isinstance(value, int | float | str)
+    ]
 
 
 def _framing_errors(framing: ModuleType) -> list[type]:
@@ -814,6 +846,7 @@ def render_header() -> str:
         "",
     ]
     out += _header_framing(framing)
+    out += _header_link(_optional_module("protocol.link"))
     out += ["/* ---- message enums ---- */", ""]
     out += _c_enum("OP", m.Opcode)
     out += _c_enum("RSP", m.ResponseOpcode)
@@ -919,6 +952,27 @@ def _header_framing(framing: ModuleType | None) -> list[str]:
         out += [f"    case {_verdict(e)}:", f'        return "{e.__name__}";']
     out += ["    default:", '        return "?";', "    }", "}", ""]
     return out
+
+
+def _header_link(link: ModuleType | None) -> list[str]:
+    if link is None:
+        return [f"/* {LINK_PENDING}: protocol/link.py does not exist yet */", ""]
+    out = ["/* ---- link (protocol/link.py; see docs/protocol.md section 2) ---- */", ""]
+    for name, layout, doc in _payload_layouts(link):
+        size = layout.size if isinstance(layout, struct.Struct) else fixed_size(layout)
+        if size is not None:
+            out.append(f"/* {doc} */" if doc else f"/* {name} */")
+            out.append(f"#define MT_LINK_{name}_SIZE {size}")
+    for name, value, doc in _module_constants(link):
+        if isinstance(getattr(link, name), int):
+            out.append(f"#define MT_LINK_{name} {value}" + (f" /* {doc} */" if doc else ""))
+    cfg: Any = getattr(link, "LinkConfig", None)
+    if isinstance(cfg, type) and dataclasses.is_dataclass(cfg):
+        out.append("/* LinkConfig defaults (times in seconds) */")
+        for f in dataclasses.fields(cfg):
+            if isinstance(f.default, int | float) and not isinstance(f.default, bool):
+                out.append(f"#define MT_LINK_CONFIG_{f.name.upper()} {f.default!r}")
+    return [*out, ""]
 
 
 def _verdict(error: type) -> str:

@@ -108,6 +108,25 @@ static inline const char *mt_frame_check_name(int v)
     }
 }
 
+/* ---- link (protocol/link.py; see docs/protocol.md section 2) ---- */
+
+/* SYNC payload: epoch u32, max_payload u16, window u8, reserved u8 (0). */
+#define MT_LINK_SYNC_PAYLOAD_SIZE 8
+/* CONFIG payload: epoch u32, echoed peer epoch u32, max_payload u16, window u8, reserved u8. */
+#define MT_LINK_CONFIG_PAYLOAD_SIZE 12
+/* ACK/NAK payload: selective-ack bitmap u64 (bit i: seq ack+1+i received). */
+#define MT_LINK_SACK_SIZE 8
+#define MT_LINK_MAX_WINDOW 64 /* Largest window: the SACK bitmap covers 64 frames beyond the cumulative ack. */
+#define MT_LINK_DEFAULT_WINDOW 8
+/* LinkConfig defaults (times in seconds) */
+#define MT_LINK_CONFIG_MAX_PAYLOAD 4096
+#define MT_LINK_CONFIG_WINDOW 8
+#define MT_LINK_CONFIG_RTO_INITIAL 0.25
+#define MT_LINK_CONFIG_RTO_MIN 0.02
+#define MT_LINK_CONFIG_RTO_MAX 4.0
+#define MT_LINK_CONFIG_FRAME_LIFETIME 1.0
+#define MT_LINK_CONFIG_RX_BUFFER 4194304
+
 /* ---- message enums ---- */
 
 /* Request opcode (u8). */
