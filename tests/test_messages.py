@@ -211,6 +211,18 @@ def test_unknown_opcode_gives_unknown_opcode_with_the_request_id(
     assert f"{opcode:#04x}" in str(err.value)
 
 
+def test_forged_counts_and_lengths_fail_without_allocating() -> None:
+    header = bytes([m.Opcode.DEFINE_MODEL]) + (1).to_bytes(4, "little")
+    # input_shape with 255 dims (limit 8), then 65535 layers with no bytes behind them
+    with pytest.raises(MessageError, match="exceeds the limit 8"):
+        m.decode_request(header + b"\xff")
+    with pytest.raises(MessageError, match="BAD_REQUEST"):
+        m.decode_request(header + b"\x00" + b"\xff\xff")
+    data = bytes([m.Opcode.TENSOR_DATA]) + bytes(12) + b"\xff\xff\xff\xff"
+    with pytest.raises(MessageError, match="BAD_REQUEST"):
+        m.decode_request(data)  # a 4 GiB blob announced, 0 bytes present
+
+
 @pytest.mark.parametrize("opcode", list(m.Opcode), ids=lambda o: o.name)
 @given(data=st.data())
 def test_truncated_or_extended_requests_are_bad_requests(
