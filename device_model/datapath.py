@@ -1,0 +1,480 @@
+"""The chip's datapath kernels: exact integer GEMM and convolution on DFXP codes with an
+explicit accumulator model, float GEMM with a defined accumulation order, and the operand
+statistics the cost model needs (docs/datapath.md is the definition).
+
+This module validates arguments, passes strided views to C without copying where the layout
+allows it (a transposed view is just the other ``trans`` flag), and builds the convolutions
+from the GEMM (im2col). The arithmetic is in ``cext/gemm.c`` and ``cext/gemm_float.c``; the
+numpy golden models are in ``device_model.gemm_reference``.
+
+Environment: ``MICROTRAIN_KERNEL`` = ``auto`` (default) | ``portable`` | ``avx512-vnni`` picks
+the integer kernel; ``MICROTRAIN_THREADS`` the number of worker threads (default 2). Both are
+read at each call, and each function also takes ``kernel=`` / ``threads=``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from device_model._chip import ffi, lib
+
+__all__ = [
+    "ACC_MODES",
+    "KERNELS",
+    "GemmStats",
+    "conv2d",
+    "conv2d_input_grad",
+    "conv2d_weight_grad",
+    "default_acc_bits",
+    "gemm_float",
+    "gemm_int",
+    "kernel_available",
+]
+
+KERNELS: dict[str, int] = {
+    "auto": lib.MT_KERNEL_AUTO,
+    "portable": lib.MT_KERNEL_PORTABLE,
+    "avx512-vnni": lib.MT_KERNEL_AVX512_VNNI,
+}
+_KERNEL_NAMES = {v: k for k, v in KERNELS.items()}
+ACC_MODES: dict[str, int] = {"saturate": lib.MT_ACC_SATURATE, "wrap": lib.MT_ACC_WRAP}
+ACC_BITS_RANGE = (8, 64)
+_INT_DTYPES = (np.dtype(np.int8), np.dtype(np.int16))
+_STAT_FIELDS = (
+    "macs",
+    "zeros_a",
+    "zeros_b",
+    "macs_a_zero",
+    "macs_b_zero",
+    "macs_both_zero",
+    "macs_executed",
+    "nzslices_a",
+    "nzslices_b",
+    "slice_ops",
+)
+
+
+@dataclass(frozen=True)
+class GemmStats:
+    """What one integer GEMM (or convolution, over its im2col operands) did.
+
+    Counts are over the M*N*K MACs of the GEMM; slices are the 4-bit slices of each operand's
+    magnitude (int8: 2, int16: 4). ``slow_rows`` says how many output rows needed the
+    sequential saturating path, ``kernel`` which kernel computed the exact sums.
+    """
+
+    macs: int
+    zeros_a: int
+    zeros_b: int
+    macs_a_zero: int
+    macs_b_zero: int
+    macs_both_zero: int
+    macs_executed: int
+    nzslices_a: int
+    nzslices_b: int
+    slice_ops: int
+    slow_rows: int
+    kernel: str
+    threads: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def counts(self) -> dict[str, int]:
+        """Only the MAC, zero and slice counts (what the numpy reference also computes)."""
+        return {f: int(getattr(self, f)) for f in _STAT_FIELDS}
+
+
+def kernel_available(name: str) -> bool:
+    """Whether the named integer kernel runs on this CPU."""
+    return bool(lib.mt_gemm_kernel_available(_kernel_code(name)))
+
+
+def default_acc_bits(a_dtype: Any, b_dtype: Any) -> int:
+    """32 bits when both operands are int8, 48 otherwise (docs/datapath.md says why)."""
+    both8 = np.dtype(a_dtype) == np.int8 and np.dtype(b_dtype) == np.int8
+    return 32 if both8 else 48
+
+
+def _kernel_code(name: str | None) -> int:
+    if name is None:
+        name = os.environ.get("MICROTRAIN_KERNEL", "auto").strip() or "auto"
+    if name not in KERNELS:
+        raise ValueError(f"unknown kernel {name!r}; accepted: {', '.join(KERNELS)}")
+    code = KERNELS[name]
+    if not lib.mt_gemm_kernel_available(code):
+        raise ValueError(f"kernel {name!r} does not run on this CPU; use 'auto' or 'portable'")
+    return code
+
+
+def _threads(threads: int | None) -> int:
+    if threads is None:
+        env = os.environ.get("MICROTRAIN_THREADS", "").strip()
+        if not env:
+            return 2
+        try:
+            threads = int(env)
+        except ValueError:
+            raise ValueError(f"MICROTRAIN_THREADS={env!r} is not an integer 1..16") from None
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 16:
+        raise ValueError(f"threads must be an integer 1..16, got {threads!r}")
+    return threads
+
+
+def _int_operand(x: object, name: str, trans: bool) -> tuple[np.ndarray, int, bool]:
+    """A 2-D int8/int16 array as (array whose rows have unit stride, row stride, trans).
+
+    A view with unit stride along its first axis (e.g. ``m.T``) is passed as the transpose
+    of its base layout with the trans flag flipped, so no copy is made."""
+    if not isinstance(x, np.ndarray):
+        raise ValueError(f"{name} must be a numpy array of int8 or int16 codes, got {type(x)}")
+    if x.dtype not in _INT_DTYPES:
+        raise ValueError(f"{name} must have dtype int8 or int16 (DFXP codes), got {x.dtype}")
+    return _strided(x, name, trans)
+
+
+def _strided(x: np.ndarray, name: str, trans: bool) -> tuple[np.ndarray, int, bool]:
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D, got shape {x.shape}")
+    if not x.flags.aligned:
+        x = x.copy()
+    item = x.itemsize
+    rows, cols = x.shape
+    s0, s1 = x.strides
+    if cols <= 1 or rows <= 1:
+        x = np.ascontiguousarray(x)  # at most one line: a copy is as cheap as a view
+        return x, max(cols, 1), trans
+    if s1 == item and s0 >= cols * item and s0 % item == 0:
+        return x, s0 // item, trans
+    if s0 == item and s1 >= rows * item and s1 % item == 0:
+        return x.T, s1 // item, not trans
+    raise ValueError(
+        f"{name} must have unit stride along one axis (a C- or F-ordered matrix or a "
+        f"slice of rows/columns of one), got strides {x.strides}; pass np.ascontiguousarray"
+    )
+
+
+def _ptr(x: np.ndarray, ctype: str) -> Any:
+    return ffi.cast(ctype, x.ctypes.data)
+
+
+def _check_acc(acc_bits: object, acc_mode: object) -> tuple[int, int]:
+    if isinstance(acc_bits, bool) or not isinstance(acc_bits, int | np.integer):
+        raise ValueError(f"acc_bits must be an integer {ACC_BITS_RANGE}, got {acc_bits!r}")
+    lo, hi = ACC_BITS_RANGE
+    if not lo <= int(acc_bits) <= hi:
+        raise ValueError(f"acc_bits must be in {lo}..{hi}, got {acc_bits}")
+    if acc_mode not in ACC_MODES:
+        raise ValueError(f"acc_mode must be one of {', '.join(ACC_MODES)}, got {acc_mode!r}")
+    return int(acc_bits), ACC_MODES[str(acc_mode)]
+
+
+def gemm_int(
+    a: np.ndarray,
+    b: np.ndarray,
+    *,
+    trans_a: bool = False,
+    trans_b: bool = False,
+    acc_bits: int | None = None,
+    acc_mode: str = "saturate",
+    init: Any = None,
+    kernel: str | None = None,
+    threads: int | None = None,
+) -> tuple[np.ndarray, GemmStats]:
+    """C = A.B on int8/int16 codes with the accumulator model, exact; returns (C int64, stats).
+
+    ``a`` holds A (M x K), or A transposed (K x M) when ``trans_a``; ``b`` holds B (K x N) or
+    B transposed (N x K) when ``trans_b``. Each output starts at ``init`` (broadcast to M x N;
+    0 when None; must fit the accumulator) and adds a[m,k]*b[k,n] for k in order, saturating
+    (``acc_mode="saturate"``) or wrapping (``"wrap"``) to ``acc_bits`` bits (8..64; default
+    32 for int8 x int8, 48 otherwise)."""
+    a2, lda, ta = _int_operand(a, "a", bool(trans_a))
+    b2, ldb, tb = _int_operand(b, "b", bool(trans_b))
+    m, ka = (a2.shape[1], a2.shape[0]) if ta else a2.shape
+    kb, n = (b2.shape[1], b2.shape[0]) if tb else b2.shape
+    if ka != kb:
+        raise ValueError(
+            f"inner dimensions differ: A is {m} x {ka}, B is {kb} x {n} (after trans flags)"
+        )
+    if acc_bits is None:
+        acc_bits = default_acc_bits(a.dtype, b.dtype)
+    bits, mode = _check_acc(acc_bits, acc_mode)
+    init_arr = _init(init, m, n, bits)
+    kcode = _kernel_code(kernel)
+    nthreads = _threads(threads)
+    c = np.empty((m, n), np.int64)
+    st = ffi.new("mt_gemm_stats *")
+    rc = lib.mt_gemm_int(
+        _ptr(a2, "void *"),
+        a2.itemsize,
+        lda,
+        int(ta),
+        _ptr(b2, "void *"),
+        b2.itemsize,
+        ldb,
+        int(tb),
+        m,
+        ka,
+        n,
+        ffi.NULL if init_arr is None else _ptr(init_arr, "int64_t *"),
+        _ptr(c, "int64_t *"),
+        bits,
+        mode,
+        kcode,
+        nthreads,
+        st,
+    )
+    _check_rc(rc, "gemm_int")
+    stats = GemmStats(
+        **{f: int(getattr(st, f)) for f in _STAT_FIELDS},
+        slow_rows=int(st.slow_rows),
+        kernel=_KERNEL_NAMES.get(int(st.kernel), str(st.kernel)),
+        threads=int(st.threads),
+    )
+    return c, stats
+
+
+def _init(init: Any, m: int, n: int, bits: int) -> np.ndarray | None:
+    if init is None:
+        return None
+    arr = np.asarray(init)
+    if arr.dtype.kind not in "iu":
+        raise ValueError(f"init must hold integers, got dtype {arr.dtype}")
+    try:
+        full = np.ascontiguousarray(np.broadcast_to(arr, (m, n)), dtype=np.int64)
+    except ValueError:
+        raise ValueError(f"init of shape {arr.shape} does not broadcast to ({m}, {n})") from None
+    if full.size and bits < 64:
+        lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+        if int(full.min()) < lo or int(full.max()) > hi:
+            raise ValueError(f"init values must lie in the {bits}-bit accumulator range {lo}..{hi}")
+    return full
+
+
+def _check_rc(rc: int, what: str) -> None:
+    if rc == lib.MT_GEMM_ENOMEM:
+        raise MemoryError(f"{what}: scratch buffers could not be allocated")
+    if rc != lib.MT_GEMM_OK:
+        raise ValueError(f"{what}: arguments rejected by the kernel (code {rc})")
+
+
+def gemm_float(
+    a: np.ndarray,
+    b: np.ndarray,
+    *,
+    trans_a: bool = False,
+    trans_b: bool = False,
+    chunk: int | None = None,
+    acc_format: tuple[int, int] = (5, 10),
+    threads: int | None = None,
+) -> np.ndarray:
+    """Float GEMM on float32 values (already quantized to the operand format).
+
+    ``chunk=None``: acc = fl32(acc + fl32(a*b)) sequentially over k from +0. ``chunk=L``:
+    within each run of L consecutive k, acc = round_accfmt(acc + fl32(a*b)) with
+    ``acc_format = (ebits, mbits)`` an IEEE-like format (default fp16 = (5, 10)), and the chunk
+    results added in order in float32."""
+    if not isinstance(a, np.ndarray) or not isinstance(b, np.ndarray):
+        raise ValueError("a and b must be numpy float32 arrays")
+    for x, name in ((a, "a"), (b, "b")):
+        if x.dtype != np.float32:
+            raise ValueError(f"{name} must have dtype float32, got {x.dtype}")
+    a2, lda, ta = _strided(a, "a", bool(trans_a))
+    b2, ldb, tb = _strided(b, "b", bool(trans_b))
+    m, ka = (a2.shape[1], a2.shape[0]) if ta else a2.shape
+    kb, n = (b2.shape[1], b2.shape[0]) if tb else b2.shape
+    if ka != kb:
+        raise ValueError(
+            f"inner dimensions differ: A is {m} x {ka}, B is {kb} x {n} (after trans flags)"
+        )
+    nthreads = _threads(threads)
+    c = np.empty((m, n), np.float32)
+    args = (_ptr(a2, "float *"), lda, int(ta), _ptr(b2, "float *"), ldb, int(tb), m, ka, n)
+    if chunk is None:
+        rc = lib.mt_gemm_f32(*args, _ptr(c, "float *"), nthreads)
+    else:
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+            raise ValueError(f"chunk must be a positive integer or None, got {chunk!r}")
+        eb, mb = _acc_format(acc_format)
+        rc = lib.mt_gemm_f32_chunked(*args, _ptr(c, "float *"), chunk, eb, mb, nthreads)
+    _check_rc(rc, "gemm_float")
+    return c
+
+
+def _acc_format(fmt: object) -> tuple[int, int]:
+    ok = isinstance(fmt, tuple) and len(fmt) == 2 and all(isinstance(v, int) for v in fmt)
+    if not ok or not (2 <= fmt[0] <= 8 and 1 <= fmt[1] <= 23):  # type: ignore[index]
+        raise ValueError(
+            f"acc_format must be (ebits, mbits) with ebits 2..8 and mbits 1..23, got {fmt!r}"
+        )
+    return fmt[0], fmt[1]  # type: ignore[index]
+
+
+def round_ieee_like(x: np.ndarray, ebits: int, mbits: int) -> np.ndarray:
+    """The chunked accumulator's rounding in C (for tests): float64 in, float64 out."""
+    eb, mb = _acc_format((ebits, mbits))
+    xs = np.ascontiguousarray(x, np.float64)
+    out = np.empty_like(xs)
+    lib.mt_round_ieee_like(_ptr(xs, "double *"), _ptr(out, "double *"), xs.size, eb, mb)
+    return out
+
+
+# ---------------------------------------------------------------- convolution
+
+
+def _pair(v: object, name: str, lo: int) -> tuple[int, int]:
+    vals = (v, v) if isinstance(v, int | np.integer) else v
+    if (
+        not isinstance(vals, tuple | list)
+        or len(vals) != 2
+        or not all(isinstance(t, int | np.integer) and not isinstance(t, bool) for t in vals)
+        or min(vals) < lo
+    ):
+        raise ValueError(f"{name} must be an integer >= {lo} or a pair of them, got {v!r}")
+    return int(vals[0]), int(vals[1])
+
+
+def _codes4(x: object, name: str) -> np.ndarray:
+    if not isinstance(x, np.ndarray) or x.dtype not in _INT_DTYPES:
+        raise ValueError(f"{name} must be a numpy int8 or int16 array (DFXP codes)")
+    if x.ndim != 4:
+        raise ValueError(f"{name} must be 4-D (NCHW / OIHW), got shape {x.shape}")
+    return x
+
+
+def _out_size(size: int, k: int, s: int, p: int, what: str) -> int:
+    o = (size + 2 * p - k) // s + 1
+    if size + 2 * p < k or o < 1:
+        raise ValueError(f"{what}: kernel {k} larger than the padded input {size + 2 * p}")
+    return o
+
+
+def _im2col(
+    x: np.ndarray, kh: int, kw: int, st: tuple[int, int], pad: tuple[int, int]
+) -> tuple[np.ndarray, int, int]:
+    """Rows (n, ho, wo), columns (c, i, j), as in gemm_reference.im2col_ref."""
+    nb, c, h, w = x.shape
+    ho = _out_size(h, kh, st[0], pad[0], "height")
+    wo = _out_size(w, kw, st[1], pad[1], "width")
+    xp = np.pad(x, ((0, 0), (0, 0), (pad[0], pad[0]), (pad[1], pad[1])))
+    win = sliding_window_view(xp, (kh, kw), axis=(2, 3))
+    win = win[:, :, : st[0] * (ho - 1) + 1 : st[0], : st[1] * (wo - 1) + 1 : st[1]]
+    cols = np.ascontiguousarray(win.transpose(0, 2, 3, 1, 4, 5)).reshape(nb * ho * wo, -1)
+    return cols, ho, wo
+
+
+def conv2d(
+    x: np.ndarray,
+    w: np.ndarray,
+    *,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    acc_bits: int | None = None,
+    acc_mode: str = "saturate",
+    kernel: str | None = None,
+    threads: int | None = None,
+) -> tuple[np.ndarray, GemmStats]:
+    """y = conv(x, w): x NCHW, w OIHW codes, zero padding; y int64 NCHW. Each output
+    accumulates over (c, i, j) in that order with the accumulator model of gemm_int."""
+    x = _codes4(x, "x")
+    w = _codes4(w, "w")
+    if x.shape[1] != w.shape[1]:
+        raise ValueError(f"channels differ: x has {x.shape[1]}, w expects {w.shape[1]}")
+    st, pad = _pair(stride, "stride", 1), _pair(padding, "padding", 0)
+    o, _, kh, kw = w.shape
+    cols, ho, wo = _im2col(x, kh, kw, st, pad)
+    if acc_bits is None:
+        acc_bits = default_acc_bits(x.dtype, w.dtype)
+    y, stats = gemm_int(
+        cols,
+        np.ascontiguousarray(w).reshape(o, -1),
+        trans_b=True,
+        acc_bits=acc_bits,
+        acc_mode=acc_mode,
+        kernel=kernel,
+        threads=threads,
+    )
+    y4 = np.ascontiguousarray(y.reshape(x.shape[0], ho, wo, o).transpose(0, 3, 1, 2))
+    return y4, stats
+
+
+def conv2d_input_grad(
+    dy: np.ndarray,
+    w: np.ndarray,
+    input_hw: tuple[int, int],
+    *,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    acc_bits: int | None = None,
+    acc_mode: str = "saturate",
+    kernel: str | None = None,
+    threads: int | None = None,
+) -> tuple[np.ndarray, GemmStats]:
+    """dx = the transposed convolution of the error dy (N, O, Ho, Wo) with w (O, C, kh, kw),
+    int64 (N, C, H, W) for input_hw = (H, W): a stride-1 convolution of dy with zeros inserted
+    between its elements (stride - 1 of them) and padded by kernel - 1 - padding, with w
+    rotated by 180 degrees and its channel axes swapped. Accumulation order (o, i, j)."""
+    dy = _codes4(dy, "dy")
+    w = _codes4(w, "w")
+    if dy.shape[1] != w.shape[0]:
+        raise ValueError(f"channels differ: dy has {dy.shape[1]}, w has {w.shape[0]} outputs")
+    st, pad = _pair(stride, "stride", 1), _pair(padding, "padding", 0)
+    h, wd = _pair(tuple(input_hw), "input_hw", 1)
+    o, c, kh, kw = w.shape
+    ho, wo = _out_size(h, kh, st[0], pad[0], "height"), _out_size(wd, kw, st[1], pad[1], "width")
+    if dy.shape[2:] != (ho, wo):
+        raise ValueError(
+            f"dy spatial shape {dy.shape[2:]} does not match the forward output {(ho, wo)} "
+            f"of input {(h, wd)}, kernel {(kh, kw)}, stride {st}, padding {pad}"
+        )
+    zh, zw = h + kh - 1, wd + kw - 1
+    z = np.zeros((dy.shape[0], o, zh, zw), dy.dtype)
+    rows = kh - 1 - pad[0] + st[0] * np.arange(ho)
+    cols = kw - 1 - pad[1] + st[1] * np.arange(wo)
+    vr = (rows >= 0) & (rows < zh)
+    vc = (cols >= 0) & (cols < zw)
+    z[:, :, rows[vr][:, None], cols[vc][None, :]] = dy[:, :, vr][:, :, :, vc]
+    wr = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    if acc_bits is None:
+        acc_bits = default_acc_bits(dy.dtype, w.dtype)
+    return conv2d(z, wr, acc_bits=acc_bits, acc_mode=acc_mode, kernel=kernel, threads=threads)
+
+
+def conv2d_weight_grad(
+    x: np.ndarray,
+    dy: np.ndarray,
+    kernel_hw: tuple[int, int],
+    *,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    acc_bits: int | None = None,
+    acc_mode: str = "saturate",
+    kernel: str | None = None,
+    threads: int | None = None,
+) -> tuple[np.ndarray, GemmStats]:
+    """dw[o, c, i, j] = correlation of the input x (N, C, H, W) with the error dy
+    (N, O, Ho, Wo), int64 (O, C, kh, kw); accumulation order (n, ho, wo)."""
+    x = _codes4(x, "x")
+    dy = _codes4(dy, "dy")
+    if x.shape[0] != dy.shape[0]:
+        raise ValueError(f"batch sizes differ: x has {x.shape[0]}, dy has {dy.shape[0]}")
+    st, pad = _pair(stride, "stride", 1), _pair(padding, "padding", 0)
+    kh, kw = _pair(tuple(kernel_hw), "kernel_hw", 1)
+    cols, ho, wo = _im2col(x, kh, kw, st, pad)
+    if dy.shape[2:] != (ho, wo):
+        raise ValueError(
+            f"dy spatial shape {dy.shape[2:]} does not match the forward output {(ho, wo)}"
+        )
+    o = dy.shape[1]
+    dy2 = np.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(o, -1)
+    if acc_bits is None:
+        acc_bits = default_acc_bits(x.dtype, dy.dtype)
+    dw, stats = gemm_int(
+        dy2, cols, acc_bits=acc_bits, acc_mode=acc_mode, kernel=kernel, threads=threads
+    )
+    return dw.reshape(o, x.shape[1], kh, kw), stats
