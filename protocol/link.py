@@ -1,0 +1,614 @@
+"""The reliable link: a sans-I/O state machine over the frame layer (protocol.framing).
+
+``Link`` owns no socket, thread or clock. Feed it what arrived with ``receive_bytes(data, now)``
+and the time with ``poll(now)``; write out what ``bytes_to_send(now)`` returns; take delivered
+messages with ``take_messages()``; wake up at ``next_deadline()``. The same class serves both
+ends; ``role`` only decides what happens to unanswered messages when a session ends.
+
+Session setup (symmetric, either end may start or restart at any time):
+
+* Every end has a random 32-bit *epoch*, new at every ``reset``. Until the peer has confirmed
+  it, an end sends SYNC{epoch, max_payload, window} (retried with backoff). Every SYNC is
+  answered by CONFIG{epoch, echo of the SYNC's epoch, max_payload, window}. An end is
+  *established* once it knows the peer's epoch and has received a CONFIG echoing its own.
+  Both ends use min(own, peer) for max payload and window.
+* A SYNC or CONFIG carrying an epoch other than the known peer epoch means the peer reset:
+  the session (sequence numbers, window, reassembly) starts over. A ``HOST`` end then re-sends,
+  in order, every message the upper layer has not yet declared answered (``mark_answered``);
+  a ``DEVICE`` end drops what it had not delivered (its responses belong to requests the host
+  replays, and the device's request-id cache answers those again).
+* Frames carry no epoch, so stale frames of an old session must not reach a new one: every
+  end stays silent for ``frame_lifetime`` seconds after the last frame of an old session (when
+  it resets, or when it sees its peer reset) before it sends anything of the new one. The
+  channel must not hold a frame longer than that (serial lines hold bytes for milliseconds;
+  the default is 1 s, and it only delays recovery after a reset).
+
+Data transfer:
+
+* ``send_message(channel, payload)`` queues a message and returns its id. It is cut into DATA
+  fragments of at most the agreed max payload; FLAG_LAST marks the last one. The receiver
+  delivers whole messages, in the order sent, each once per session.
+* Sliding window (default 8 frames, at most 64) with 16-bit sequence numbers. ACK carries the
+  cumulative ack (next seq expected) and SACK, a u64 bitmap whose bit i says seq ack+1+i was
+  received. The ack and credits fields of every frame are current, so DATA piggybacks them.
+* NAK (same payload as ACK) is sent at once on a CRC or other frame error, and on a gap (once
+  per missing seq); it asks for seq ``ack`` again.
+* Retransmit timeout: Jacobson/Karels SRTT/RTTVAR, Karn's rule (no samples from retransmitted
+  frames), doubling backoff on expiry, bounded by ``rto_min``/``rto_max``; on expiry every
+  unacknowledged, un-SACKed frame is sent again.
+* Credits: each frame advertises how many frames from its ack the sender may have in flight:
+  the window while the receiver's undelivered inbox is under ``rx_buffer`` bytes, else 0. A
+  sender held at 0 credits polls (ACK with FLAG_POLL) every RTO; freeing inbox space sends an
+  ACK with the new credits at once.
+
+Exactly once: within a session every message is delivered once, in order. Across a peer reset
+the link is at-least-once by design: the host replays each unanswered request, and the device
+above the link suppresses duplicates by request id (protocol.messages) and answers them from
+its response cache; the host marks a request answered when its response arrives, so it
+receives exactly one response per request.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from collections import deque
+from dataclasses import dataclass
+from enum import Enum
+from typing import NamedTuple
+
+from protocol.framing import (
+    DEFAULT_PAYLOAD,
+    MAX_PAYLOAD,
+    MIN_PAYLOAD,
+    Frame,
+    FrameDecoder,
+    FrameFlag,
+    FrameType,
+    FramingError,
+    encode_frame,
+)
+
+#: SYNC payload: epoch u32, max_payload u16, window u8, reserved u8 (0).
+SYNC_PAYLOAD = struct.Struct("<IHBB")
+#: CONFIG payload: epoch u32, echoed peer epoch u32, max_payload u16, window u8, reserved u8.
+CONFIG_PAYLOAD = struct.Struct("<IIHBB")
+#: ACK/NAK payload: selective-ack bitmap u64 (bit i: seq ack+1+i received).
+SACK = struct.Struct("<Q")
+#: Largest window: the SACK bitmap covers 64 frames beyond the cumulative ack.
+MAX_WINDOW = 64
+DEFAULT_WINDOW = 8
+
+_SEQ_MASK = 0xFFFF
+_LAST = int(FrameFlag.LAST)
+_POLL = int(FrameFlag.POLL)
+
+
+class Role(Enum):
+    """Which end a Link serves: decides the fate of unanswered messages after a reset."""
+
+    HOST = "host"
+    DEVICE = "device"
+
+
+class LinkError(ValueError):
+    """A bad argument to the link (out-of-range setting, unknown channel, oversize message)."""
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    """What an end offers and how it times out (seconds)."""
+
+    max_payload: int = DEFAULT_PAYLOAD
+    window: int = DEFAULT_WINDOW
+    rto_initial: float = 0.25
+    rto_min: float = 0.02
+    rto_max: float = 4.0
+    #: Longest a frame may live in the channel; silence kept after a session ends.
+    frame_lifetime: float = 1.0
+    #: Undelivered inbox bytes above which the end advertises 0 credits.
+    rx_buffer: int = 1 << 22
+
+    def __post_init__(self) -> None:
+        if not MIN_PAYLOAD <= self.max_payload <= MAX_PAYLOAD:
+            raise LinkError(
+                f"max_payload {self.max_payload} out of range; accepted "
+                f"{MIN_PAYLOAD}..{MAX_PAYLOAD}"
+            )
+        if not 1 <= self.window <= MAX_WINDOW:
+            raise LinkError(f"window {self.window} out of range; accepted 1..{MAX_WINDOW}")
+        if not 0 < self.rto_min <= self.rto_initial <= self.rto_max:
+            raise LinkError("timeouts must satisfy 0 < rto_min <= rto_initial <= rto_max")
+        if self.frame_lifetime < 0 or self.rx_buffer < 1:
+            raise LinkError("frame_lifetime must be >= 0 and rx_buffer >= 1")
+
+
+class Message(NamedTuple):
+    """A delivered message: the channel it was sent on and its bytes."""
+
+    channel: int
+    payload: bytes
+
+
+class _Out:
+    """A DATA frame in flight: its fields, when it was last sent, and its ack state."""
+
+    __slots__ = ("channel", "flags", "payload", "retransmitted", "sacked", "sent_at", "seq")
+
+    def __init__(self, seq: int, channel: int, flags: int, payload: bytes) -> None:
+        self.seq = seq
+        self.channel = channel
+        self.flags = flags
+        self.payload = payload
+        self.sent_at = 0.0
+        self.retransmitted = False
+        self.sacked = False
+
+
+class _Queued:
+    """A message waiting to be fragmented: the bytes not yet put into frames start at off."""
+
+    __slots__ = ("channel", "msg_id", "off", "payload")
+
+    def __init__(self, msg_id: int, channel: int, payload: bytes) -> None:
+        self.msg_id = msg_id
+        self.channel = channel
+        self.payload = payload
+        self.off = 0
+
+
+class Link:
+    """One end of the reliable link. See the module docstring for the protocol."""
+
+    # Session state, (re)initialised by _start and _new_session.
+    _peer_epoch: int | None
+    _quiet_until: float
+    _sync_interval: float
+    _sync_at: float
+    _probe_at: float
+    _inflight: dict[int, _Out]
+    _ooo: dict[int, Frame]
+    _queue: deque[_Queued]
+
+    def __init__(
+        self,
+        role: Role,
+        config: LinkConfig | None = None,
+        *,
+        epoch: int | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.role = role
+        self.config = config or LinkConfig()
+        self._rng = rng or random.Random()
+        self._decoder = FrameDecoder(self.config.max_payload)
+        self._next_msg_id = 0
+        #: HOST: every message sent and not yet answered, in send order (replayed on reset).
+        self._unanswered: dict[int, tuple[int, bytes]] = {}
+        self._inbox: deque[Message] = deque()
+        self._inbox_bytes = 0
+        self._now = 0.0
+        self._last_send = float("-inf")
+        self._srtt: float | None = None
+        self._rttvar = 0.0
+        self._rto = self.config.rto_initial
+        #: Counters: frames by fate, for tests and benchmarks.
+        self.stats: dict[str, int] = {
+            "frames_sent": 0,
+            "retransmits": 0,
+            "frame_errors": 0,
+            "naks_sent": 0,
+            "peer_resets": 0,
+            "bytes_sent": 0,
+        }
+        self.epoch = 0
+        self._start(epoch, quiet_until=float("-inf"))
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def established(self) -> bool:
+        """True while a session is set up and not in a post-reset silence."""
+        return self._peer_epoch is not None and self._confirmed and self._now >= self._quiet_until
+
+    @property
+    def max_payload(self) -> int:
+        """Payload bytes per frame agreed for this session (own offer before agreement)."""
+        return self._max_payload
+
+    @property
+    def window(self) -> int:
+        """Window in frames agreed for this session (own offer before agreement)."""
+        return self._window
+
+    @property
+    def peer_epoch(self) -> int | None:
+        """The peer's epoch in this session, None before the first SYNC/CONFIG."""
+        return self._peer_epoch
+
+    def send_message(self, channel: int, payload: bytes | bytearray | memoryview) -> int:
+        """Queue a message for delivery on ``channel`` (0..255); return its message id."""
+        if not 0 <= channel <= 0xFF:
+            raise LinkError(f"channel {channel} out of range; accepted 0..255")
+        data = bytes(payload)
+        msg_id = self._next_msg_id
+        self._next_msg_id += 1
+        if self.role is Role.HOST:
+            self._unanswered[msg_id] = (channel, data)
+        self._queue.append(_Queued(msg_id, channel, data))
+        return msg_id
+
+    def mark_answered(self, msg_id: int) -> None:
+        """HOST: the upper layer has the answer to ``msg_id``; never replay it."""
+        self._unanswered.pop(msg_id, None)
+
+    @property
+    def unanswered(self) -> list[int]:
+        """HOST: ids of messages that would be replayed after a reset, in order."""
+        return list(self._unanswered)
+
+    def take_messages(self) -> list[Message]:
+        """Delivered messages, in order; frees inbox space (and re-opens credits)."""
+        out = list(self._inbox)
+        was_blocked = self._credits() == 0
+        self._inbox.clear()
+        self._inbox_bytes = 0
+        if was_blocked and self.established:
+            self._ack_pending = True
+        return out
+
+    def receive_bytes(self, data: bytes | bytearray | memoryview, now: float) -> None:
+        """Process bytes from the line (any chunking)."""
+        self._now = now
+        for item in self._decoder.feed(data):
+            if isinstance(item, FramingError):
+                self.stats["frame_errors"] += 1
+                if self.established:
+                    self._nak_pending = True
+            else:
+                self._on_frame(item)
+
+    def poll(self, now: float) -> None:
+        """Advance time: run retransmit, SYNC and probe timers that are due."""
+        self._now = now
+        if now < self._quiet_until:
+            return
+        if self._peer_epoch is None or not self._confirmed:
+            if now >= self._sync_at:
+                self._sync_due = True
+            return
+        if self._inflight:
+            oldest = min((o.sent_at for o in self._inflight.values() if not o.sacked), default=None)
+            if oldest is not None and now >= oldest + self._rto:
+                self._rto = min(self._rto * 2, self.config.rto_max)
+                for o in self._inflight.values():
+                    if not o.sacked:
+                        o.retransmitted = True
+                        self._retx.append(o.seq)
+                        o.sent_at = now
+        elif self._queue and self._peer_credits == 0 and now >= self._probe_at:
+            self._poll_pending = True
+
+    def next_deadline(self) -> float | None:
+        """When ``poll`` must next be called, or None if no timer runs."""
+        if self._now < self._quiet_until:
+            return self._quiet_until
+        if self._peer_epoch is None or not self._confirmed:
+            return self._sync_at
+        if self._inflight:
+            oldest = min((o.sent_at for o in self._inflight.values() if not o.sacked), default=None)
+            return None if oldest is None else oldest + self._rto
+        if self._queue and self._peer_credits == 0:
+            return self._probe_at
+        return None
+
+    def idle(self) -> bool:
+        """Established with nothing queued, in flight or owed to the peer."""
+        return (
+            self.established
+            and not self._queue
+            and not self._inflight
+            and not self._ack_pending
+            and not self._nak_pending
+            and not self._ctrl
+        )
+
+    def reset(self, now: float, epoch: int | None = None) -> None:
+        """Lose the session (as a restarted end would) and set up a new one with a new epoch.
+
+        A HOST end keeps its unanswered messages and replays them; a DEVICE end drops its
+        queue. Delivered but untaken messages stay in the inbox."""
+        self._now = now
+        self._start(epoch, quiet_until=self._last_send + self.config.frame_lifetime)
+
+    def bytes_to_send(self, now: float | None = None) -> bytes:
+        """Everything the end wants on the line now: control frames, retransmissions, then
+        new DATA frames as far as the window and the peer's credits allow."""
+        if now is not None:
+            self._now = now
+        now = self._now
+        if now < self._quiet_until:
+            return b""
+        out: list[bytes] = []
+        credits = self._credits()
+        ack = self._rcv_nxt
+        if self._peer_epoch is None or not self._confirmed:
+            if self._ctrl:
+                out.extend(self._ctrl)
+                self._ctrl.clear()
+            if self._sync_due or now >= self._sync_at:
+                out.append(
+                    encode_frame(
+                        FrameType.SYNC,
+                        SYNC_PAYLOAD.pack(
+                            self.epoch, self.config.max_payload, self.config.window, 0
+                        ),
+                    )
+                )
+                self._sync_due = False
+                self._sync_at = now + self._sync_interval
+                self._sync_interval = min(self._sync_interval * 2, self.config.rto_max)
+            return self._emit(out)
+        if self._ctrl:
+            out.extend(self._ctrl)
+            self._ctrl.clear()
+        for seq in self._retx:
+            o = self._inflight.get(seq)
+            if o is not None and not o.sacked:
+                o.sent_at = now
+                o.retransmitted = True
+                self.stats["retransmits"] += 1
+                out.append(
+                    encode_frame(
+                        FrameType.DATA,
+                        o.payload,
+                        seq=seq,
+                        ack=ack,
+                        credits=credits,
+                        flags=o.flags,
+                        channel=o.channel,
+                    )
+                )
+        self._retx.clear()
+        sent_data = self._fill_window(out, ack, credits, now)
+        if self._nak_pending:
+            self.stats["naks_sent"] += 1
+            out.append(encode_frame(FrameType.NAK, self._sack(), ack=ack, credits=credits))
+            self._nak_pending = self._ack_pending = False
+        elif self._ack_pending or self._poll_pending:
+            if not (sent_data and not self._ooo and not self._poll_pending):
+                flags = _POLL if self._poll_pending else 0
+                out.append(
+                    encode_frame(FrameType.ACK, self._sack(), ack=ack, credits=credits, flags=flags)
+                )
+            if self._poll_pending:
+                self._probe_at = now + self._rto
+            self._ack_pending = self._poll_pending = False
+        return self._emit(out)
+
+    # ------------------------------------------------------------------ session
+
+    def _start(self, epoch: int | None, quiet_until: float) -> None:
+        old = self.epoch
+        if epoch is None:
+            epoch = old
+            while epoch in (0, old):
+                epoch = self._rng.getrandbits(32)
+        self.epoch = epoch
+        self._peer_epoch = None
+        self._quiet_until = quiet_until
+        self._sync_interval = self.config.rto_initial
+        self._sync_at = quiet_until
+        self._sync_due = False
+        self._new_session()
+
+    def _new_session(self) -> None:
+        """Forget sequence state; requeue (HOST) or drop (DEVICE) what was not delivered."""
+        self._confirmed = False
+        self._max_payload = self.config.max_payload
+        self._window = self.config.window
+        self._decoder.set_max_payload(self.config.max_payload)
+        self._snd_una = 0
+        self._snd_nxt = 0
+        self._inflight = {}
+        self._retx: list[int] = []
+        self._peer_credits = self._window
+        self._rcv_nxt = 0
+        self._ooo = {}
+        self._parts: list[bytes] = []
+        self._nak_for: int | None = None
+        self._ctrl: list[bytes] = []
+        self._ack_pending = False
+        self._nak_pending = False
+        self._poll_pending = False
+        self._probe_at = 0.0
+        self._queue = deque()
+        if self.role is Role.HOST:
+            for msg_id, (channel, data) in self._unanswered.items():
+                self._queue.append(_Queued(msg_id, channel, data))
+
+    def _peer_reset(self, new_epoch: int) -> None:
+        self.stats["peer_resets"] += 1
+        self._quiet_until = max(self._quiet_until, self._last_send + self.config.frame_lifetime)
+        self._sync_interval = self.config.rto_initial
+        self._sync_at = self._quiet_until
+        self._new_session()
+        self._peer_epoch = new_epoch
+
+    def _agree(self, max_payload: int, window: int) -> None:
+        self._max_payload = max(MIN_PAYLOAD, min(self.config.max_payload, max_payload))
+        self._window = max(1, min(self.config.window, window, MAX_WINDOW))
+        self._decoder.set_max_payload(self.config.max_payload)
+
+    def _on_sync(self, f: Frame) -> None:
+        if len(f.payload) != SYNC_PAYLOAD.size:
+            self.stats["frame_errors"] += 1
+            return
+        epoch, max_payload, window, _ = SYNC_PAYLOAD.unpack(f.payload)
+        if self._peer_epoch is not None and epoch != self._peer_epoch:
+            self._peer_reset(epoch)
+        self._peer_epoch = epoch
+        self._agree(max_payload, window)
+        self._ctrl.append(
+            encode_frame(
+                FrameType.CONFIG,
+                CONFIG_PAYLOAD.pack(
+                    self.epoch, epoch, self.config.max_payload, self.config.window, 0
+                ),
+            )
+        )
+
+    def _on_config(self, f: Frame) -> None:
+        if len(f.payload) != CONFIG_PAYLOAD.size:
+            self.stats["frame_errors"] += 1
+            return
+        epoch, echo, max_payload, window, _ = CONFIG_PAYLOAD.unpack(f.payload)
+        if echo != self.epoch:
+            return  # answer to a SYNC of an earlier epoch of ours
+        if self._peer_epoch is not None and epoch != self._peer_epoch:
+            self._peer_reset(epoch)
+            return  # the new session starts after the silence, with our SYNC
+        self._peer_epoch = epoch
+        self._agree(max_payload, window)
+        self._confirmed = True
+
+    # ------------------------------------------------------------------ receiving
+
+    def _on_frame(self, f: Frame) -> None:
+        t = f.type
+        if t == FrameType.SYNC:
+            if self._now >= self._quiet_until or self._peer_epoch is None:
+                self._on_sync(f)
+            return
+        if t == FrameType.CONFIG:
+            if self._now >= self._quiet_until:
+                self._on_config(f)
+            return
+        if not self.established:
+            return
+        self._on_ack(f.ack, f.credits)
+        if t == FrameType.DATA:
+            self._on_data(f)
+        elif t == FrameType.ACK or t == FrameType.NAK:
+            if len(f.payload) == SACK.size:
+                self._on_sack(f.ack, SACK.unpack(f.payload)[0])
+            if t == FrameType.NAK:
+                o = self._inflight.get(f.ack)
+                if o is not None and not o.sacked:
+                    self._retx.append(f.ack)
+            if f.flags & _POLL:
+                self._ack_pending = True
+
+    def _on_ack(self, ack: int, credits: int) -> None:
+        n = (ack - self._snd_una) & _SEQ_MASK
+        if n > ((self._snd_nxt - self._snd_una) & _SEQ_MASK):
+            return  # stale or bogus ack
+        self._peer_credits = credits
+        if n == 0:
+            return
+        sample: float | None = None
+        for _ in range(n):
+            o = self._inflight.pop(self._snd_una)
+            if not o.retransmitted and sample is None:
+                sample = self._now - o.sent_at
+            self._snd_una = (self._snd_una + 1) & _SEQ_MASK
+        if sample is not None:
+            self._rtt_sample(sample)
+        self._probe_at = self._now + self._rto
+
+    def _on_sack(self, ack: int, bitmap: int) -> None:
+        i = 0
+        while bitmap:
+            if bitmap & 1:
+                o = self._inflight.get((ack + 1 + i) & _SEQ_MASK)
+                if o is not None:
+                    o.sacked = True
+            bitmap >>= 1
+            i += 1
+
+    def _rtt_sample(self, r: float) -> None:
+        cfg = self.config
+        if self._srtt is None:
+            self._srtt = r
+            self._rttvar = r / 2
+        else:
+            self._rttvar = 0.75 * self._rttvar + 0.25 * abs(self._srtt - r)
+            self._srtt = 0.875 * self._srtt + 0.125 * r
+        self._rto = min(
+            cfg.rto_max, max(cfg.rto_min, self._srtt + max(cfg.rto_min, 4 * self._rttvar))
+        )
+
+    def _on_data(self, f: Frame) -> None:
+        self._ack_pending = True
+        d = (f.seq - self._rcv_nxt) & _SEQ_MASK
+        if d >= self._window or len(f.payload) > self._max_payload:
+            return  # duplicate of something delivered, or outside the window
+        if d > 0:
+            self._ooo[f.seq] = f
+            if self._nak_for != self._rcv_nxt:
+                self._nak_for = self._rcv_nxt
+                self._nak_pending = True
+            return
+        self._deliver(f)
+        while self._rcv_nxt in self._ooo:
+            self._deliver(self._ooo.pop(self._rcv_nxt))
+
+    def _deliver(self, f: Frame) -> None:
+        self._rcv_nxt = (self._rcv_nxt + 1) & _SEQ_MASK
+        self._parts.append(f.payload)
+        if f.flags & _LAST:
+            payload = b"".join(self._parts) if len(self._parts) > 1 else self._parts[0]
+            self._parts = []
+            self._inbox.append(Message(f.channel, payload))
+            self._inbox_bytes += len(payload)
+
+    def _sack(self) -> bytes:
+        bits = 0
+        base = self._rcv_nxt
+        for seq in self._ooo:
+            bits |= 1 << (((seq - base) & _SEQ_MASK) - 1)
+        return SACK.pack(bits & 0xFFFF_FFFF_FFFF_FFFF)
+
+    def _credits(self) -> int:
+        return self._window if self._inbox_bytes < self.config.rx_buffer else 0
+
+    # ------------------------------------------------------------------ sending
+
+    def _fill_window(self, out: list[bytes], ack: int, credits: int, now: float) -> bool:
+        limit = min(self._window, self._peer_credits)
+        sent = False
+        mp = self._max_payload
+        while self._queue and ((self._snd_nxt - self._snd_una) & _SEQ_MASK) < limit:
+            q = self._queue[0]
+            chunk = q.payload[q.off : q.off + mp]
+            q.off += len(chunk)
+            flags = 0
+            if q.off >= len(q.payload):
+                flags = _LAST
+                self._queue.popleft()
+            o = _Out(self._snd_nxt, q.channel, flags, chunk)
+            o.sent_at = now
+            self._inflight[o.seq] = o
+            self._snd_nxt = (self._snd_nxt + 1) & _SEQ_MASK
+            out.append(
+                encode_frame(
+                    FrameType.DATA,
+                    chunk,
+                    seq=o.seq,
+                    ack=ack,
+                    credits=credits,
+                    flags=flags,
+                    channel=q.channel,
+                )
+            )
+            sent = True
+        return sent
+
+    def _emit(self, out: list[bytes]) -> bytes:
+        if not out:
+            return b""
+        data = b"".join(out)
+        self._last_send = self._now
+        self.stats["frames_sent"] += len(out)
+        self.stats["bytes_sent"] += len(data)
+        return data

@@ -1,0 +1,372 @@
+"""The reliable link over a hostile channel, with a simulated clock.
+
+The channel model carries each frame with its own random delay (so frames reorder) no longer
+than the link's frame lifetime, and the rules corrupt, drop, duplicate frames, inject garbage
+and reset either end. Above the links sit a host application that sends numbered requests and
+a device application that executes each request id once (a request-id cache answers
+duplicates) and responds.
+
+Laws: within each session, each end delivers messages in the order sent without duplicates;
+the device executes every request exactly once, in order; the host receives exactly one
+response per request, in order; and once the channel behaves, both ends reach idle.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+import struct
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from protocol.framing import FrameType, decode_frame, encode_frame
+from protocol.link import Link, LinkConfig, LinkError, Message, Role
+
+CFG = LinkConfig(
+    max_payload=256, window=4, rto_initial=0.05, rto_min=0.01, rto_max=0.4, frame_lifetime=0.3
+)
+MAX_DELAY = 0.25  # below CFG.frame_lifetime: the channel's bound on how long a frame lives
+REQ = struct.Struct("<I")
+
+
+def split_frames(data: bytes) -> list[bytes]:
+    return [b"\x00" + p + b"\x00" for p in data.split(b"\x00") if p]
+
+
+class Channel:
+    """Frames in flight in one direction: a heap of (arrival time, tiebreak, bytes)."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.heap: list[tuple[float, int, bytes]] = []
+        self.n = 0
+
+    def put(self, data: bytes, now: float, delay: float) -> None:
+        for fr in split_frames(data):
+            self.n += 1
+            heapq.heappush(self.heap, (now + self.rng.uniform(0, delay), self.n, fr))
+
+    def due(self, now: float) -> bytes:
+        out = []
+        while self.heap and self.heap[0][0] <= now:
+            out.append(heapq.heappop(self.heap)[2])
+        return b"".join(out)
+
+    def next_time(self) -> float | None:
+        return self.heap[0][0] if self.heap else None
+
+
+class HostApp:
+    def __init__(self, link: Link) -> None:
+        self.link = link
+        self.next_req = 0
+        self.msg_of: dict[int, int] = {}
+        self.answers: list[int] = []
+
+    def request(self, size: int) -> None:
+        r = self.next_req
+        self.next_req += 1
+        self.msg_of[r] = self.link.send_message(1, REQ.pack(r) + bytes([r & 0xFF]) * size)
+
+    def pump(self) -> list[Message]:
+        msgs = self.link.take_messages()
+        for m in msgs:
+            (r,) = REQ.unpack_from(m.payload)
+            assert r in self.msg_of, f"response to unknown request {r}"
+            self.answers.append(r)
+            self.link.mark_answered(self.msg_of[r])
+        return msgs
+
+
+class DeviceApp:
+    def __init__(self, link: Link) -> None:
+        self.link = link
+        self.executed: list[int] = []
+        self.cache: set[int] = set()
+
+    def pump(self) -> list[Message]:
+        msgs = self.link.take_messages()
+        for m in msgs:
+            (r,) = REQ.unpack_from(m.payload)
+            assert m.payload == REQ.pack(r) + bytes([r & 0xFF]) * (len(m.payload) - 4)
+            assert m.channel == 1
+            if r not in self.cache:  # execute once; a duplicate is answered from the cache
+                self.cache.add(r)
+                self.executed.append(r)
+            self.link.send_message(2, REQ.pack(r))
+        return msgs
+
+
+def session_ids(msgs: list[Message]) -> list[int]:
+    return [REQ.unpack_from(m.payload)[0] for m in msgs]
+
+
+class LinkMachine(RuleBasedStateMachine):
+    @initialize(seed=st.integers(0, 2**32 - 1))
+    def setup(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.now = 0.0
+        self.host = Link(Role.HOST, CFG, rng=random.Random(seed + 1))
+        self.dev = Link(Role.DEVICE, CFG, rng=random.Random(seed + 2))
+        self.to_dev = Channel(self.rng)
+        self.to_host = Channel(self.rng)
+        self.happ = HostApp(self.host)
+        self.dapp = DeviceApp(self.dev)
+        # Deliveries in the current session of each receiving end (reset by either end).
+        self.dev_session: list[int] = []
+        self.host_session: list[int] = []
+        self.sessions = (self.host.epoch, self.dev.epoch, None, None)
+
+    # ---------------------------------------------------------------- plumbing
+
+    def exchange(self, delay: float = MAX_DELAY) -> None:
+        for link in (self.host, self.dev):
+            link.poll(self.now)
+        self.to_dev.put(self.host.bytes_to_send(self.now), self.now, delay)
+        self.to_host.put(self.dev.bytes_to_send(self.now), self.now, delay)
+        self.dev.receive_bytes(self.to_dev.due(self.now), self.now)
+        self.host.receive_bytes(self.to_host.due(self.now), self.now)
+        self.check_session()
+        self.dev_session += session_ids(self.dapp.pump())
+        self.host_session += session_ids(self.happ.pump())
+
+    def check_session(self) -> None:
+        key = (self.host.epoch, self.dev.epoch, self.host.peer_epoch, self.dev.peer_epoch)
+        if key != self.sessions:
+            self.sessions = key
+            self.dev_session = []
+            self.host_session = []
+
+    def channel(self) -> Channel:
+        return self.rng.choice([self.to_dev, self.to_host])
+
+    # ---------------------------------------------------------------- rules
+
+    @rule(size=st.integers(0, 900) | st.just(252))
+    def request(self, size: int) -> None:
+        self.happ.request(size)
+
+    @rule(dt=st.floats(0, 0.2))
+    def step(self, dt: float) -> None:
+        self.now += dt
+        self.exchange()
+
+    @rule(data=st.data())
+    def corrupt(self, data: st.DataObject) -> None:
+        ch = self.channel()
+        if ch.heap:
+            i = data.draw(st.integers(0, len(ch.heap) - 1))
+            t, n, fr = ch.heap[i]
+            b = bytearray(fr)
+            bit = data.draw(st.integers(8, 8 * len(b) - 9))
+            b[bit // 8] ^= 1 << (bit % 8)
+            ch.heap[i] = (t, n, bytes(b))
+
+    @rule(data=st.data())
+    def drop(self, data: st.DataObject) -> None:
+        ch = self.channel()
+        if ch.heap:
+            ch.heap.pop(data.draw(st.integers(0, len(ch.heap) - 1)))
+            heapq.heapify(ch.heap)
+
+    @rule(data=st.data())
+    def duplicate(self, data: st.DataObject) -> None:
+        ch = self.channel()
+        if ch.heap:
+            t, _, fr = ch.heap[data.draw(st.integers(0, len(ch.heap) - 1))]
+            ch.put(fr, max(self.now, t - MAX_DELAY), MAX_DELAY)
+
+    @rule(garbage=st.binary(min_size=1, max_size=40))
+    def inject_garbage(self, garbage: bytes) -> None:
+        self.channel().put(garbage + b"\x00", self.now, MAX_DELAY)
+
+    @rule()
+    def reset_host(self) -> None:
+        self.host.reset(self.now)
+
+    @rule()
+    def reset_device(self) -> None:
+        self.dev.reset(self.now)
+
+    # ---------------------------------------------------------------- laws
+
+    @invariant()
+    def in_order_without_duplicates_per_session(self) -> None:
+        if not hasattr(self, "host"):
+            return
+        assert self.dev_session == sorted(set(self.dev_session))
+        assert self.host_session == sorted(set(self.host_session))
+        assert self.dapp.executed == list(range(len(self.dapp.executed)))
+        assert self.happ.answers == list(range(len(self.happ.answers)))
+
+    def teardown(self) -> None:
+        if not hasattr(self, "host"):
+            return
+        # The channel now behaves: both ends must finish everything and go idle.
+        for _ in range(5000):
+            if (
+                self.host.idle()
+                and self.dev.idle()
+                and not self.to_dev.heap
+                and not self.to_host.heap
+                and len(self.happ.answers) == self.happ.next_req
+            ):
+                break
+            times = [
+                t
+                for t in (
+                    self.host.next_deadline(),
+                    self.dev.next_deadline(),
+                    self.to_dev.next_time(),
+                    self.to_host.next_time(),
+                )
+                if t is not None
+            ]
+            self.now = max(self.now, min(times)) if times else self.now + 0.01
+            self.exchange(delay=0.01)
+        assert self.happ.answers == list(range(self.happ.next_req))
+        assert self.dapp.executed == list(range(self.happ.next_req))
+        assert self.host.idle() and self.dev.idle()
+        assert self.host.unanswered == []
+
+
+TestLinkMachine = LinkMachine.TestCase
+TestLinkMachine.settings = settings(stateful_step_count=40, deadline=None)
+
+
+# ---------------------------------------------------------------------- direct tests
+
+
+def pair(cfg_h: LinkConfig = CFG, cfg_d: LinkConfig = CFG) -> tuple[Link, Link]:
+    return Link(Role.HOST, cfg_h, rng=random.Random(1)), Link(
+        Role.DEVICE, cfg_d, rng=random.Random(2)
+    )
+
+
+def run(a: Link, b: Link, now: float, rounds: int = 20) -> None:
+    for _ in range(rounds):
+        b.receive_bytes(a.bytes_to_send(now), now)
+        a.receive_bytes(b.bytes_to_send(now), now)
+
+
+def test_setup_negotiates_minimum_payload_and_window() -> None:
+    h, d = pair(CFG, LinkConfig(max_payload=1024, window=16))
+    run(h, d, 0.0)
+    assert h.established and d.established
+    assert (h.max_payload, h.window) == (d.max_payload, d.window) == (256, 4)
+    assert h.peer_epoch == d.epoch and d.peer_epoch == h.epoch
+
+
+def test_large_message_is_fragmented_and_reassembled() -> None:
+    h, d = pair()
+    run(h, d, 0.0)
+    big = bytes(range(256)) * 40
+    h.send_message(7, big)
+    run(h, d, 0.0, rounds=60)
+    assert d.take_messages() == [Message(7, big)]
+    assert h.idle() and d.idle()
+
+
+def test_gap_triggers_nak_and_immediate_retransmit() -> None:
+    h, d = pair()
+    run(h, d, 0.0)
+    h.send_message(1, b"a")
+    h.send_message(1, b"b")
+    frames = split_frames(h.bytes_to_send(0.0))
+    assert len(frames) == 2
+    d.receive_bytes(frames[1], 0.0)  # the first frame is lost
+    reply = d.bytes_to_send(0.0)
+    assert FrameType.NAK in [decode_frame(f[1:-1]).type for f in split_frames(reply)]
+    h.receive_bytes(reply, 0.001)
+    again = h.bytes_to_send(0.001)  # retransmitted before any timeout
+    assert again and h.stats["retransmits"] == 1
+    d.receive_bytes(again, 0.002)
+    assert [m.payload for m in d.take_messages()] == [b"a", b"b"]
+
+
+def test_timeout_backs_off_and_karn_skips_retransmitted_samples() -> None:
+    h, d = pair()
+    run(h, d, 0.0)
+    h.send_message(1, b"x")
+    h.bytes_to_send(0.0)  # lost
+    first = h.next_deadline()
+    assert first is not None
+    h.poll(first)
+    h.bytes_to_send(first)  # lost again
+    second = h.next_deadline()
+    assert second is not None and second - first == pytest.approx(2 * (first - 0.0))
+    h.poll(second)
+    d.receive_bytes(h.bytes_to_send(second), second)
+    h.receive_bytes(d.bytes_to_send(second), second + 5.0)
+    assert h.idle() and h._srtt is None  # the only ack was for a retransmitted frame
+
+
+def test_credits_stop_the_sender_until_the_inbox_drains() -> None:
+    h = Link(Role.HOST, CFG, rng=random.Random(1))
+    d = Link(Role.DEVICE, LinkConfig(**{**CFG.__dict__, "rx_buffer": 300}), rng=random.Random(2))
+    run(h, d, 0.0)
+    for _ in range(8):
+        h.send_message(1, bytes(200))
+    run(h, d, 0.0)
+    # The first window (sent on the initial credits) lands; then credits are 0.
+    assert len(d._inbox) == 4 and h._queue
+    assert len(d.take_messages()) == 4
+    run(h, d, 0.0)
+    assert len(d.take_messages()) == 4 and h.idle()
+
+
+def test_device_reset_replays_unanswered_requests_only() -> None:
+    h, d = pair()
+    run(h, d, 0.0)
+    a = h.send_message(1, b"answered")
+    b = h.send_message(1, b"unanswered")
+    run(h, d, 0.0)
+    assert [m.payload for m in d.take_messages()] == [b"answered", b"unanswered"]
+    h.mark_answered(a)
+    d.reset(0.0)
+    t = 0.0
+    for _ in range(50):
+        t += 0.05
+        h.poll(t)
+        d.poll(t)
+        run(h, d, t, rounds=3)
+    assert h.stats["peer_resets"] == 1 and h.unanswered == [b]
+    assert [m.payload for m in d.take_messages()] == [b"unanswered"]
+
+
+def test_stale_session_data_is_not_accepted_after_a_reset() -> None:
+    h, d = pair()
+    run(h, d, 0.0)
+    h.send_message(1, b"old")
+    stale = h.bytes_to_send(0.0)
+    h.reset(0.0)  # host restarts: quiet for the frame lifetime before its new SYNC
+    assert h.bytes_to_send(0.1) == b""
+    t = 0.0
+    for _ in range(40):
+        t += 0.05
+        h.poll(t)
+        d.poll(t)
+        run(h, d, t, rounds=3)
+    assert [m.payload for m in d.take_messages()] == [b"old"]  # replayed once, new session
+    d.receive_bytes(stale, t)  # a copy from the old session (would violate the lifetime)
+    assert d.take_messages() == []  # seq 0 of the new session was already delivered
+
+
+def test_bad_arguments_are_refused() -> None:
+    with pytest.raises(LinkError, match=r"256\.\.16384"):
+        LinkConfig(max_payload=100)
+    with pytest.raises(LinkError, match=r"1\.\.64"):
+        LinkConfig(window=65)
+    with pytest.raises(LinkError, match="channel"):
+        Link(Role.HOST).send_message(256, b"")
+
+
+def test_garbage_and_foreign_frames_do_not_disturb_setup() -> None:
+    h, d = pair()
+    d.receive_bytes(b"\x01\x02\x00" + encode_frame(FrameType.DATA, b"zz", seq=0), 0.0)
+    d.receive_bytes(encode_frame(FrameType.SYNC, b"short"), 0.0)
+    run(h, d, 0.0)
+    assert h.established and d.established and d.take_messages() == []
