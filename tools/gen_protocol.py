@@ -39,15 +39,18 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
-from construct import Bytes, Construct, FormatField, Renamed, Struct  # noqa: E402
+from construct import Adapter, Bytes, Construct, FormatField, Renamed, Struct  # noqa: E402
 
 from protocol import dtypes as wd  # noqa: E402
 from protocol import messages as m  # noqa: E402
 from protocol.messages_counters import COUNTER_FIELDS, FLOAT_LEAVES, empty_counters  # noqa: E402
 from protocol.messages_types import (  # noqa: E402
+    Blob,
     Code,
     Flags,
+    List,
     Ranged,
+    Text,
     fixed_size,
     layout_rows,
     referenced,
@@ -708,7 +711,11 @@ def _c_field(con: Construct, name: str, records: Mapping[int, str]) -> str | Non
     while isinstance(con, Renamed):
         con = con.subcon
     if id(con) in records:
+        if fixed_size(con) is None:
+            return None  # a variable record has only a _head struct
         return f"struct mt_{_snake(records[id(con)])} {name};"
+    if isinstance(con, Adapter) and id(con.subcon) in records:  # a record behind a value map
+        return _c_field(con.subcon, name, records)
     if isinstance(con, Code | Flags | Ranged):
         return _c_field(con.subcon, name, records)
     if isinstance(con, FormatField):
@@ -749,6 +756,58 @@ def _c_struct(cname: str, struct: Struct, records: Mapping[int, str], doc: str) 
         "",
     ]
     return lines
+
+
+def _c_head_struct(
+    cname: str, struct: Struct, records: Mapping[int, str], doc: str
+) -> list[str] | None:
+    """The fixed head of a variable-length struct: its fixed fields up to the first variable
+    one, plus that field's length or count; None if there is no such head."""
+    fields: list[str] = []
+    rest: list[str] = []
+    for sc in struct.subcons:
+        inner = sc
+        while isinstance(inner, Renamed):
+            inner = inner.subcon
+        if rest:
+            rest.append(sc.name)
+            continue
+        decl = _c_field(sc, sc.name, records)
+        if decl is not None:
+            fields.append(decl)
+            continue
+        lenfield = inner.lenfield if isinstance(inner, Blob | Text) else None
+        if isinstance(inner, List):
+            lenfield = inner.countfield
+        if lenfield is not None:
+            suffix = "count" if isinstance(inner, List) else "len"
+            fields.append(f"{_C_TYPES[_fmt_label(lenfield)]} {sc.name}_{suffix};")
+            rest.append(f"{sc.name} ({'items' if suffix == 'count' else 'bytes'})")
+        else:
+            rest.append(sc.name)
+    if not fields or not rest:
+        return None
+    size = sum(fixed_size(_field_con(sc)) or 0 for sc in struct.subcons[: len(fields)])
+    lines = [
+        f"/* {doc}: fixed head ({size} byte{'' if size == 1 else 's'}); then {', '.join(rest)} */",
+        f"struct MT_PACKED {cname} {{",
+        *(f"    {f}" for f in fields),
+        "};",
+        f'_Static_assert(sizeof(struct {cname}) == {size}, "{cname} is {size} bytes");',
+        "",
+    ]
+    return lines
+
+
+def _field_con(sc: Construct) -> Construct:
+    """A field's construct, or for a variable field its length/count prefix."""
+    while isinstance(sc, Renamed):
+        sc = sc.subcon
+    if isinstance(sc, Text | Blob):
+        return sc.lenfield
+    if isinstance(sc, List):
+        return sc.countfield
+    return sc
 
 
 def _c_enum(
@@ -890,9 +949,13 @@ def render_header() -> str:
     ]
     variable: list[str] = []
     for name in sorted(records, key=lambda n: (n != "Scale", n)):
+        if not records[name].subcons:
+            continue  # an empty record (no parameters) has no layout
         lines = _c_struct(f"mt_{_snake(name)}", records[name], rec_ids, f"record {name}")
         if lines is None:
             variable.append(f"record {name}")
+            cname = f"mt_{_snake(name)}_head"
+            out += _c_head_struct(cname, records[name], rec_ids, f"record {name}") or []
         else:
             out += lines
     for kind, table in (("req", m.REQUEST_BODIES), ("rsp", m.RESPONSE_BODIES)):
@@ -904,6 +967,8 @@ def render_header() -> str:
             if lines is None:
                 if body.subcons:
                     variable.append(f"{kind} {op.name}")
+                    what = f"{'request' if kind == 'req' else 'response'} {op.name} body"
+                    out += _c_head_struct(f"{cname}_head", body, rec_ids, what) or []
             else:
                 out += lines
     out += [

@@ -447,6 +447,12 @@ struct MT_PACKED mt_scale {
 };
 _Static_assert(sizeof(struct mt_scale) == 4, "mt_scale is 4 bytes");
 
+/* record ChipParam: fixed head (1 byte); then name (bytes), value */
+struct MT_PACKED mt_chip_param_head {
+    uint8_t name_len;
+};
+_Static_assert(sizeof(struct mt_chip_param_head) == 1, "mt_chip_param_head is 1 bytes");
+
 /* record Conv2dParams (21 bytes) */
 struct MT_PACKED mt_conv2d_params {
     uint32_t in_channels;
@@ -550,6 +556,12 @@ struct MT_PACKED mt_counters {
 };
 _Static_assert(sizeof(struct mt_counters) == 680, "mt_counters is 680 bytes");
 
+/* record Layer: fixed head (1 byte); then params */
+struct MT_PACKED mt_layer_head {
+    uint8_t kind;
+};
+_Static_assert(sizeof(struct mt_layer_head) == 1, "mt_layer_head is 1 bytes");
+
 /* record LeakyReLUParams (4 bytes) */
 struct MT_PACKED mt_leaky_relu_params {
     float negative_slope;
@@ -571,6 +583,13 @@ struct MT_PACKED mt_param_ref {
     uint32_t tensor_id;
 };
 _Static_assert(sizeof(struct mt_param_ref) == 7, "mt_param_ref is 7 bytes");
+
+/* record ParamTensor: fixed head (3 bytes); then tensor */
+struct MT_PACKED mt_param_tensor_head {
+    uint16_t layer;
+    uint8_t param;
+};
+_Static_assert(sizeof(struct mt_param_tensor_head) == 3, "mt_param_tensor_head is 3 bytes");
 
 /* record PolicyEntry (11 bytes) */
 struct MT_PACKED mt_policy_entry {
@@ -595,6 +614,24 @@ struct MT_PACKED mt_pool_params {
 };
 _Static_assert(sizeof(struct mt_pool_params) == 12, "mt_pool_params is 12 bytes");
 
+/* record TensorDesc: fixed head (10 bytes); then shape (items), nbytes, crc32 */
+struct MT_PACKED mt_tensor_desc_head {
+    uint32_t id;
+    uint8_t dtype;
+    struct mt_scale scale;
+    uint8_t shape_count;
+};
+_Static_assert(sizeof(struct mt_tensor_desc_head) == 10, "mt_tensor_desc_head is 10 bytes");
+
+/* request HELLO body: fixed head (13 bytes); then client (bytes) */
+struct MT_PACKED mt_req_hello_head {
+    uint16_t protocol_major;
+    uint16_t protocol_minor;
+    uint8_t schema_hash[8];
+    uint8_t client_len;
+};
+_Static_assert(sizeof(struct mt_req_hello_head) == 13, "mt_req_hello_head is 13 bytes");
+
 /* request AUTH body (32 bytes) */
 struct MT_PACKED mt_req_auth {
     uint8_t host_nonce[16];
@@ -609,6 +646,14 @@ struct MT_PACKED mt_req_reset {
 };
 _Static_assert(sizeof(struct mt_req_reset) == 1, "mt_req_reset is 1 bytes");
 
+/* request TENSOR_DATA body: fixed head (12 bytes); then data (bytes) */
+struct MT_PACKED mt_req_tensor_data_head {
+    uint32_t id;
+    uint32_t offset;
+    uint32_t data_len;
+};
+_Static_assert(sizeof(struct mt_req_tensor_data_head) == 12, "mt_req_tensor_data_head is 12 bytes");
+
 /* request TENSOR_END body (4 bytes) */
 struct MT_PACKED mt_req_tensor_end {
     uint32_t id;
@@ -622,6 +667,12 @@ struct MT_PACKED mt_req_tensor_read {
     uint32_t length;
 };
 _Static_assert(sizeof(struct mt_req_tensor_read) == 12, "mt_req_tensor_read is 12 bytes");
+
+/* request DEFINE_MODEL body: fixed head (1 byte); then input_shape (items), layers, init_seed, weights */
+struct MT_PACKED mt_req_define_model_head {
+    uint8_t input_shape_count;
+};
+_Static_assert(sizeof(struct mt_req_define_model_head) == 1, "mt_req_define_model_head is 1 bytes");
 
 /* request FORWARD body (9 bytes) */
 struct MT_PACKED mt_req_forward {
@@ -649,6 +700,15 @@ struct MT_PACKED mt_req_get_weights {
     uint16_t layer;
 };
 _Static_assert(sizeof(struct mt_req_get_weights) == 2, "mt_req_get_weights is 2 bytes");
+
+/* response HELLO body: fixed head (13 bytes); then firmware (bytes), preset, parameters, max_payload, window, dtypes, formats, algorithms, features, auth_challenge */
+struct MT_PACKED mt_rsp_hello_head {
+    uint16_t protocol_major;
+    uint16_t protocol_minor;
+    uint8_t schema_hash[8];
+    uint8_t firmware_len;
+};
+_Static_assert(sizeof(struct mt_rsp_hello_head) == 13, "mt_rsp_hello_head is 13 bytes");
 
 /* response AUTH body (16 bytes) */
 struct MT_PACKED mt_rsp_auth {
@@ -679,17 +739,59 @@ struct MT_PACKED mt_rsp_tensor_end {
 };
 _Static_assert(sizeof(struct mt_rsp_tensor_end) == 12, "mt_rsp_tensor_end is 12 bytes");
 
+/* response DEFINE_MODEL body: fixed head (11 bytes); then output_shape (items), memory_bytes */
+struct MT_PACKED mt_rsp_define_model_head {
+    uint16_t layer_count;
+    uint64_t parameter_count;
+    uint8_t output_shape_count;
+};
+_Static_assert(sizeof(struct mt_rsp_define_model_head) == 11, "mt_rsp_define_model_head is 11 bytes");
+
 /* response TRAIN_CONFIG body (8 bytes) */
 struct MT_PACKED mt_rsp_train_config {
     uint64_t memory_bytes;
 };
 _Static_assert(sizeof(struct mt_rsp_train_config) == 8, "mt_rsp_train_config is 8 bytes");
 
+/* response TRAIN_STEP body (692 bytes) */
+struct MT_PACKED mt_rsp_train_step {
+    float loss;
+    uint64_t step;
+    struct mt_counters counters;
+};
+_Static_assert(sizeof(struct mt_rsp_train_step) == 692, "mt_rsp_train_step is 692 bytes");
+
+/* response BACKWARD body (688 bytes) */
+struct MT_PACKED mt_rsp_backward {
+    uint64_t step;
+    struct mt_counters counters;
+};
+_Static_assert(sizeof(struct mt_rsp_backward) == 688, "mt_rsp_backward is 688 bytes");
+
+/* response GET_WEIGHTS body: fixed head (2 bytes); then params (items) */
+struct MT_PACKED mt_rsp_get_weights_head {
+    uint16_t params_count;
+};
+_Static_assert(sizeof(struct mt_rsp_get_weights_head) == 2, "mt_rsp_get_weights_head is 2 bytes");
+
+/* response READ_COUNTERS body (680 bytes) */
+struct MT_PACKED mt_rsp_read_counters {
+    struct mt_counters counters;
+};
+_Static_assert(sizeof(struct mt_rsp_read_counters) == 680, "mt_rsp_read_counters is 680 bytes");
+
+/* response ERROR body: fixed head (5 bytes); then detail (bytes) */
+struct MT_PACKED mt_rsp_error_head {
+    uint16_t status;
+    uint8_t request_opcode;
+    uint16_t detail_len;
+};
+_Static_assert(sizeof(struct mt_rsp_error_head) == 5, "mt_rsp_error_head is 5 bytes");
+
 /* variable-length bodies and records (parse them field by field, see docs/protocol.md):
- * record ChipParam, record Layer, record NoParams, record ParamTensor, record TensorDesc,
- * req HELLO, req TENSOR_BEGIN, req TENSOR_DATA, req DEFINE_MODEL, req TRAIN_CONFIG, rsp
- * HELLO, rsp TENSOR_READ, rsp DEFINE_MODEL, rsp FORWARD, rsp TRAIN_STEP, rsp BACKWARD,
- * rsp GET_WEIGHTS, rsp READ_COUNTERS, rsp ERROR
+ * record ChipParam, record Layer, record ParamTensor, record TensorDesc, req HELLO, req
+ * TENSOR_BEGIN, req TENSOR_DATA, req DEFINE_MODEL, req TRAIN_CONFIG, rsp HELLO, rsp
+ * TENSOR_READ, rsp DEFINE_MODEL, rsp FORWARD, rsp GET_WEIGHTS, rsp ERROR
  */
 
 /* ---- helpers ---- */
