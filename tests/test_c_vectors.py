@@ -39,13 +39,14 @@ def program(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return exe
 
 
-def _run(exe: Path, mode: str, path: Path) -> dict[str, tuple[str, str]]:
+def _run(exe: Path, mode: str, path: Path) -> dict[str, list[str]]:
+    """name -> [verdict, crc, fields read through the packed structs...]"""
     proc = subprocess.run([str(exe), mode, str(path)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     out = {}
     for line in proc.stdout.splitlines():
-        name, verdict, crc = line.split()
-        out[name] = (verdict, crc)
+        name, *rest = line.split()
+        out[name] = rest
     return out
 
 
@@ -80,8 +81,11 @@ def test_c_reads_message_vectors_with_identical_crcs_and_verdicts(program: Path)
     assert set(got) == {v[0] for v in vectors}
     caught = set()
     for name, expect, crc, data in vectors:
-        verdict, c_crc = got[name]
+        verdict, c_crc, c_opcode, c_request_id = got[name]
         assert c_crc == f"{zlib.crc32(data):08x}" == f"{crc:08x}", name
+        if len(data) >= 5:  # mt_msg_header reads the same opcode and request id
+            assert c_opcode == f"{data[0]:02x}", name
+            assert int(c_request_id) == int.from_bytes(data[1:5], "little"), name
         if expect == "ok":
             assert verdict in MESSAGE_VERDICTS["ok"], (name, verdict)
         elif verdict not in ("size_ok", "unchecked"):
@@ -98,9 +102,13 @@ def test_c_reads_frame_vectors_like_the_reference_decoder(program: Path) -> None
     vectors = read_vectors(path)
     got = _run(program, "frame", path)
     assert set(got) == {v[0] for v in vectors}
-    for name, expect, crc, _data in vectors:
-        verdict, c_crc = got[name]
+    framing = pytest.importorskip("protocol.framing")
+    for name, expect, crc, data in vectors:
+        verdict, c_crc, c_seq = got[name]
         assert c_crc == ("-" if crc is None else f"{crc:08x}"), name
+        (event,) = framing.FrameDecoder(framing.MAX_PAYLOAD).feed(data)
+        if not isinstance(event, framing.FramingError):
+            assert int(c_seq) == event.seq, name  # mt_link_header reads the same seq
         # the C program checks every framing error and the message header; deeper body
         # errors it reports as ok (it does not parse every field)
         if expect in ("ok", "BAD_REQUEST") and verdict == "ok":

@@ -1,5 +1,7 @@
 /* Reads a tests/vectors/NAME.hex file with the generated microtrain_protocol.h only, and prints
- * one line per vector: "<name> <verdict> <crc32 as 8 hex digits or ->".
+ * one line per vector: "<name> <verdict> <crc32 as 8 hex digits or -> <fields...>", the
+ * fields read through the generated packed structs: a message's opcode and request id, a
+ * frame's seq.
  *
  *   vectors message FILE   each vector is a bare message (link payload)
  *   vectors frame FILE     each vector is a wire frame (COBS bytes + 0x00 delimiter)
@@ -55,11 +57,12 @@ static const char *check_message(const uint8_t *p, size_t n)
     if (fixed >= 0)
         return (long)(n - MT_MSG_HEADER_SIZE) == fixed ? "size_ok" : "BAD_REQUEST";
     if (h.opcode == MT_OP_TENSOR_DATA) {
-        /* id u32, offset u32, data: u32 length + bytes */
-        if (n < MT_MSG_HEADER_SIZE + 12)
+        /* the packed head (id, offset, data_len), then data_len bytes */
+        struct mt_req_tensor_data_head head;
+        if (n < MT_MSG_HEADER_SIZE + sizeof head)
             return "BAD_REQUEST";
-        uint64_t len = mt_get_le(p + MT_MSG_HEADER_SIZE + 8, 4);
-        return len == n - MT_MSG_HEADER_SIZE - 12 ? "size_ok" : "BAD_REQUEST";
+        memcpy(&head, p + MT_MSG_HEADER_SIZE, sizeof head);
+        return head.data_len == n - MT_MSG_HEADER_SIZE - sizeof head ? "size_ok" : "BAD_REQUEST";
     }
     return "unchecked";
 }
@@ -86,12 +89,23 @@ static void check_frame(const char *name, const uint8_t *wire, size_t n)
                  (unsigned)mt_crc32(0, raw, crc_len - MT_LINK_CRC_SIZE));
     int v = mt_frame_check(body, n, MT_LINK_MAX_PAYLOAD, raw, sizeof raw, &raw_len, &hdr);
     const char *verdict = mt_frame_check_name(v);
+    char seq[16] = "-";
+    if (v == MT_FRAME_CHECK_OK) {
+        /* the packed struct must read the same fields as the byte-wise loads */
+        struct mt_link_header packed;
+        memcpy(&packed, raw, sizeof packed);
+        if (packed.version != hdr.version || packed.flags != hdr.flags ||
+            packed.type != hdr.type || packed.channel != hdr.channel || packed.seq != hdr.seq ||
+            packed.ack != hdr.ack || packed.length != hdr.length || packed.credits != hdr.credits)
+            verdict = "layout_mismatch";
+        snprintf(seq, sizeof seq, "%u", (unsigned)packed.seq);
+    }
     if (v == MT_FRAME_CHECK_OK && hdr.type == MT_FRAME_DATA) {
         verdict = check_message(raw + MT_LINK_HEADER_SIZE, hdr.length);
         if (strcmp(verdict, "size_ok") == 0 || strcmp(verdict, "unchecked") == 0)
             verdict = "ok";
     }
-    printf("%s %s %s\n", name, verdict, crc);
+    printf("%s %s %s %s\n", name, verdict, crc, seq);
 }
 #endif
 
@@ -134,7 +148,15 @@ int main(int argc, char **argv)
             return 2;
 #endif
         } else {
-            printf("%s %s %08x\n", name, check_message(bytes, n), (unsigned)mt_crc32(0, bytes, n));
+            struct mt_msg_header h;
+            char head[32] = "- -";
+            if (n >= sizeof h) {
+                memcpy(&h, bytes, sizeof h);
+                snprintf(head, sizeof head, "%02x %lu", (unsigned)h.opcode,
+                         (unsigned long)h.request_id);
+            }
+            printf("%s %s %08x %s\n", name, check_message(bytes, n),
+                   (unsigned)mt_crc32(0, bytes, n), head);
         }
         name[0] = '\0';
         count++;
