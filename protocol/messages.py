@@ -485,7 +485,9 @@ REQUEST_BODIES: dict[Opcode, Struct] = {
         / Struct(
             "mode" / Code(U8, TrainableMode),
             "last_k" / U16 * "LAST_K: number of trailing parameterised layers",
-            "masks" / List(U16, ParamRef) * "MASKS: uint8 0/1 tensors, shape of the param",
+            "masks"
+            / List(U16, ParamRef)
+            * "MASKS: uint8 0/1 tensors, shape of the param or (out_channels,) per channel",
         ),
         "pruning"
         / Struct(
