@@ -157,7 +157,7 @@ def _key_part(value: object, name: str) -> int:
 
 def _as_f32(x: npt.ArrayLike) -> npt.NDArray[np.float32]:
     with np.errstate(over="ignore"):  # float64 beyond float32's range becomes +-inf
-        return np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+        return np.asarray(x, dtype=np.float32, order="C")
 
 
 def _check_rbits(rbits: npt.ArrayLike | None, shape: tuple[int, ...]) -> npt.NDArray[Any] | None:
@@ -365,10 +365,10 @@ def decode(codes: npt.ArrayLike, fmt: str, **params: Any) -> npt.NDArray[np.floa
     _check_params(fmt, params)
     cs = _as_codes(codes, fmt)
     if fmt == "fp32":
-        return np.ascontiguousarray(cs).view(np.float32).copy()
+        return np.asarray(cs, order="C").view(np.float32).copy()
     if _is_fixed(fmt):
         v = _scale_param(None, fmt, params)
-        return decode_fixed(cs, -v if fmt == "flex16" else v)
+        return np.asarray(decode_fixed(cs, -v if fmt == "flex16" else v)).reshape(cs.shape)
     flat = cs.reshape(-1)
     out = np.empty(flat.shape, dtype=np.float32)
     if fmt == "fgmp":
