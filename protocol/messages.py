@@ -18,6 +18,12 @@ message may be longer than one frame). It starts with a 5-byte header, little-en
 * Tensor bytes are ``Blob`` fields (a length and raw bytes), converted with
   ``protocol.dtypes.from_wire`` (numpy.frombuffer), never element by element.
 
+A typical session: HELLO (check versions and schema hash) -> AUTH if the device requires it ->
+TENSOR_BEGIN/DATA/END for initial weights -> DEFINE_MODEL -> TRAIN_CONFIG -> per step: upload
+input and target tensors, TRAIN_STEP (or FORWARD with KEEP_ACTIVATIONS, upload the output
+error, BACKWARD) -> READ_COUNTERS -> GET_WEIGHTS and TENSOR_READ of each listed tensor. The
+host may pipeline requests up to the link window; the device answers them in order.
+
 ``schema_hash()`` is the first 8 bytes of SHA-256 over ``schema_text()``, a canonical rendering
 of every definition (opcodes, field names, types, sizes, records, enums): HELLO carries it and a
 mismatch refuses the link. Change any definition and the hash changes; bump PROTOCOL_MINOR for
@@ -91,6 +97,12 @@ AUTH_CHALLENGE_SIZE = 16
 AUTH_NONCE_SIZE = 16
 AUTH_TAG_SIZE = 8
 SCHEMA_HASH_SIZE = 8
+#: Largest TensorDesc: id, dtype, scale, ndim + MAX_NDIM dims, nbytes, crc32.
+MAX_TENSOR_DESC_SIZE = 4 + 1 + 4 + 1 + 4 * MAX_NDIM + 4 + 4
+#: Bytes of a TENSOR_DATA request around its data: header, id, offset, data length.
+DATA_OVERHEAD = HEADER_SIZE + 12
+#: Most bytes of a TENSOR_READ response around its data: header, descriptor, offset, length.
+READ_OVERHEAD = HEADER_SIZE + MAX_TENSOR_DESC_SIZE + 8
 
 
 # ----------------------------------------------------------------------------- enums
@@ -603,12 +615,15 @@ MESSAGE_DOCS: dict[Opcode, str] = {
         "Announces a tensor the host will send. A new id (or a different descriptor for an "
         "existing id) allocates it and answers offset 0; the same id, nbytes and crc32 as an "
         "unfinished transfer keeps the received bytes and answers their count (resume). "
-        "BAD_SHAPE if nbytes != wire bytes of dtype x shape or ndim > 8; UNSUPPORTED_FORMAT "
+        "BAD_SHAPE if nbytes != wire bytes of dtype x shape (more than 8 dimensions do not "
+        "parse: BAD_REQUEST); UNSUPPORTED_FORMAT "
         "for a dtype the device lacks; OUT_OF_MEMORY when it does not fit; LIMIT for an id "
         "at or above 0x80000000."
     ),
     Opcode.TENSOR_DATA: (
-        "Bytes [offset, offset+len) of a begun tensor. offset must equal the receiver's offset "
+        "Bytes [offset, offset+len) of a begun tensor; the host sends chunks of at most "
+        f"max_payload - {DATA_OVERHEAD} bytes so each request fits one frame. offset must "
+        "equal the receiver's offset "
         "(else TRANSFER_INCOMPLETE, the detail names the expected offset; the host re-sends "
         "TENSOR_BEGIN to learn it); LIMIT if the chunk runs past nbytes; UNKNOWN_TENSOR if "
         "the id was not begun."
@@ -620,8 +635,8 @@ MESSAGE_DOCS: dict[Opcode, str] = {
     ),
     Opcode.TENSOR_READ: (
         "Reads bytes of any completed tensor (host or device id). The response carries at "
-        "most max_payload - 64 bytes of data; a read past the end returns fewer (zero) bytes. "
-        "UNKNOWN_TENSOR for an unknown id."
+        f"most min(length, max_payload - {READ_OVERHEAD}) bytes of data, so it fits one frame; "
+        "a read at or past the end returns zero bytes. UNKNOWN_TENSOR for an unknown id."
     ),
     Opcode.DEFINE_MODEL: (
         "Replaces the model. Layer sizes must chain from input_shape (BAD_SHAPE), the model "
@@ -834,6 +849,21 @@ def tensor_message(
         "crc32": zlib.crc32(data),
     }
     return desc, data
+
+
+def data_chunks(
+    tensor_id: int, data: bytes, max_payload: int, offset: int = 0
+) -> list[dict[str, Any]]:
+    """TENSOR_DATA bodies sending ``data[offset:]`` in chunks that each fit one frame of
+    ``max_payload`` bytes (slices of a memoryview: no copy until encoding)."""
+    step = max_payload - DATA_OVERHEAD
+    if step <= 0:
+        raise ValueError(f"max_payload {max_payload} leaves no room for data")
+    view = memoryview(data)
+    return [
+        {"id": tensor_id, "offset": o, "data": view[o : o + step]}
+        for o in range(offset, len(data), step)
+    ]
 
 
 def auth_tag(key: bytes, role: str, challenge: bytes, host_nonce: bytes, counter: int) -> bytes:

@@ -513,3 +513,34 @@ def test_auth_tags_bind_role_counter_and_nonces() -> None:
     assert host != m.auth_tag(b"x" * 32, "host", ch, nonce, 1)
     with pytest.raises(ValueError, match="role"):
         m.auth_tag(key, "peer", ch, nonce, 1)
+
+
+@given(
+    data=st.binary(max_size=3000),
+    max_payload=st.integers(256, 1024),
+    start=st.integers(0, 3000),
+)
+def test_data_chunks_fit_one_frame_and_reassemble(
+    data: bytes, max_payload: int, start: int
+) -> None:
+    start = min(start, len(data))
+    chunks = m.data_chunks(9, data, max_payload, offset=start)
+    wires = [m.encode_request(m.Opcode.TENSOR_DATA, i, c) for i, c in enumerate(chunks)]
+    assert all(len(w) <= max_payload for w in wires)
+    bodies = [m.decode_request(w).body for w in wires]
+    assert b"".join(b["data"] for b in bodies) == data[start:]
+    offsets = [b["offset"] for b in bodies]
+    assert offsets == sorted(offsets) and (not offsets or offsets[0] == start)
+
+
+def test_largest_read_response_overhead_is_read_overhead() -> None:
+    desc = {
+        "id": 2**32 - 1,
+        "dtype": wd.DType.FP32,
+        "scale": m.zero_scale(),
+        "shape": [1] * m.MAX_NDIM,
+        "nbytes": 4,
+        "crc32": 0,
+    }
+    body = {"tensor": desc, "offset": 0, "data": b""}
+    assert len(m.encode_response(m.Opcode.TENSOR_READ, 1, body)) == m.READ_OVERHEAD
