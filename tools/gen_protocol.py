@@ -902,6 +902,11 @@ def render_header() -> str:
         f"#define MT_AUTH_TAG_SIZE {m.AUTH_TAG_SIZE}",
         f"#define MT_AUTH_NONCE_SIZE {m.AUTH_NONCE_SIZE}",
         f"#define MT_AUTH_CHALLENGE_SIZE {m.AUTH_CHALLENGE_SIZE}",
+        f"#define MT_MAX_TENSOR_DESC_SIZE {m.MAX_TENSOR_DESC_SIZE}",
+        "/* TENSOR_DATA chunks carry at most max_payload - MT_DATA_OVERHEAD data bytes */",
+        f"#define MT_DATA_OVERHEAD {m.DATA_OVERHEAD}",
+        "/* TENSOR_READ responses carry at most max_payload - MT_READ_OVERHEAD data bytes */",
+        f"#define MT_READ_OVERHEAD {m.READ_OVERHEAD}",
         "",
     ]
     out += _header_framing(framing)

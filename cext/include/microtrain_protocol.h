@@ -32,6 +32,11 @@
 #define MT_AUTH_TAG_SIZE 8
 #define MT_AUTH_NONCE_SIZE 16
 #define MT_AUTH_CHALLENGE_SIZE 16
+#define MT_MAX_TENSOR_DESC_SIZE 50
+/* TENSOR_DATA chunks carry at most max_payload - MT_DATA_OVERHEAD data bytes */
+#define MT_DATA_OVERHEAD 17
+/* TENSOR_READ responses carry at most max_payload - MT_READ_OVERHEAD data bytes */
+#define MT_READ_OVERHEAD 63
 
 /* ---- frames (protocol/framing.py) ---- */
 
