@@ -37,17 +37,21 @@ def split_frames(data: bytes) -> list[bytes]:
 
 
 class Channel:
-    """Frames in flight in one direction: a heap of (arrival time, tiebreak, bytes)."""
+    """Frames in flight in one direction: a heap of (arrival, tiebreak, bytes, sent at).
+
+    Every frame arrives within MAX_DELAY of the time it was sent, duplicates included."""
 
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng
-        self.heap: list[tuple[float, int, bytes]] = []
+        self.heap: list[tuple[float, int, bytes, float]] = []
         self.n = 0
 
-    def put(self, data: bytes, now: float, delay: float) -> None:
+    def put(self, data: bytes, now: float, delay: float, sent: float | None = None) -> None:
+        sent = now if sent is None else sent
         for fr in split_frames(data):
             self.n += 1
-            heapq.heappush(self.heap, (now + self.rng.uniform(0, delay), self.n, fr))
+            at = self.rng.uniform(now, max(now, sent + delay))
+            heapq.heappush(self.heap, (at, self.n, fr, sent))
 
     def due(self, now: float) -> bytes:
         out = []
@@ -118,7 +122,12 @@ class LinkMachine(RuleBasedStateMachine):
         # Deliveries in the current session of each receiving end (reset by either end).
         self.dev_session: list[int] = []
         self.host_session: list[int] = []
-        self.sessions = (self.host.epoch, self.dev.epoch, None, None)
+        self.sessions: tuple[int, int, int | None, int | None] = (
+            self.host.epoch,
+            self.dev.epoch,
+            None,
+            None,
+        )
 
     # ---------------------------------------------------------------- plumbing
 
@@ -159,11 +168,11 @@ class LinkMachine(RuleBasedStateMachine):
         ch = self.channel()
         if ch.heap:
             i = data.draw(st.integers(0, len(ch.heap) - 1))
-            t, n, fr = ch.heap[i]
+            t, n, fr, sent = ch.heap[i]
             b = bytearray(fr)
             bit = data.draw(st.integers(8, 8 * len(b) - 9))
             b[bit // 8] ^= 1 << (bit % 8)
-            ch.heap[i] = (t, n, bytes(b))
+            ch.heap[i] = (t, n, bytes(b), sent)
 
     @rule(data=st.data())
     def drop(self, data: st.DataObject) -> None:
@@ -176,8 +185,8 @@ class LinkMachine(RuleBasedStateMachine):
     def duplicate(self, data: st.DataObject) -> None:
         ch = self.channel()
         if ch.heap:
-            t, _, fr = ch.heap[data.draw(st.integers(0, len(ch.heap) - 1))]
-            ch.put(fr, max(self.now, t - MAX_DELAY), MAX_DELAY)
+            _, _, fr, sent = ch.heap[data.draw(st.integers(0, len(ch.heap) - 1))]
+            ch.put(fr, self.now, MAX_DELAY, sent)
 
     @rule(garbage=st.binary(min_size=1, max_size=40))
     def inject_garbage(self, garbage: bytes) -> None:
