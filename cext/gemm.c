@@ -22,6 +22,7 @@
  * The operand statistics (zeros, non-zero 4-bit slices, per-k sums for the MAC counts) are
  * computed in one pass over each operand in its storage layout, A and B on two threads.
  */
+#define _POSIX_C_SOURCE 200809L
 #include "gemm_api.h"
 
 #include <pthread.h>
@@ -144,7 +145,10 @@ typedef struct {
     int trans;        /* storage is the transpose of the logical matrix (A: M x K, B: K x N) */
     int krows;        /* storage rows run over k (A transposed, B not transposed) */
     int64_t outer;    /* M for A, N for B */
-    mstats st;        /* statistics of the storage */
+    mstats st;        /* full statistics of the storage (computed only when needed) */
+    int full;         /* st is filled */
+    int64_t *qbuf;    /* 2 K values: zeros and non-zero slices per k (quick statistics) */
+    int64_t maxabs;
     const int64_t *l1_outer, *sum_outer, *zeros_k, *slices_k;
 } operand;
 
@@ -152,8 +156,11 @@ static int operand_stats_alloc(operand *op, int64_t K)
 {
     int64_t R = op->krows ? K : op->outer, C = op->krows ? op->outer : K;
     int64_t *buf = calloc((size_t)(4 * (R + C)) + 1, sizeof(int64_t));
-    if (!buf)
+    op->qbuf = calloc((size_t)(2 * K) + 1, sizeof(int64_t));
+    if (!buf || !op->qbuf) {
+        free(buf);
         return -1;
+    }
     op->st.row_l1 = buf;
     op->st.row_sum = buf + R;
     op->st.row_zeros = buf + 2 * R;
@@ -176,32 +183,239 @@ static int operand_stats_alloc(operand *op, int64_t K)
     return 0;
 }
 
-static void operand_stats(operand *op, int64_t K)
+static void operand_full_stats(operand *op, int64_t K)
 {
+    if (op->full)
+        return;
     int64_t R = op->krows ? K : op->outer, C = op->krows ? op->outer : K;
     if (op->bytes == 1)
         stats_i8(op->p, op->ld, R, C, &op->st);
     else
         stats_i16(op->p, op->ld, R, C, &op->st);
+    op->full = 1;
+    op->maxabs = op->st.maxabs;
 }
+
+static int quick_stats(operand *op, int64_t K);
+
+/* Zeros and slices per k and max |x|: the quick AVX-512 pass, else the full statistics. */
+static void operand_stats(operand *op, int64_t K)
+{
+    if (quick_stats(op, K))
+        return;
+    operand_full_stats(op, K);
+    op->zeros_k = op->krows ? op->st.row_zeros : op->st.col_zeros;
+    op->slices_k = op->krows ? op->st.row_slices : op->st.col_slices;
+}
+
 
 typedef struct {
     operand *a, *b;
     int64_t K;
+    int full;
 } stats_ctx;
 
 static void stats_job(void *p, int tid, int nt)
 {
     stats_ctx *s = p;
-    if (nt == 1) {
-        operand_stats(s->a, s->K);
-        operand_stats(s->b, s->K);
-    } else if (tid == 0) {
-        operand_stats(s->a, s->K);
-    } else if (tid == 1) {
-        operand_stats(s->b, s->K);
+    operand *ops[2] = {s->a, s->b};
+    for (int i = tid; i < 2; i += nt) {
+        if (s->full)
+            operand_full_stats(ops[i], s->K);
+        else
+            operand_stats(ops[i], s->K);
     }
 }
+
+/* ---------------------------------------------------------------- quick statistics (AVX-512) */
+
+#if MT_HAVE_X86
+#define TARGET_BW __attribute__((target("avx512f,avx512bw,popcnt")))
+
+static int bw_available(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("popcnt");
+}
+
+/* Storage rows run over k: per-row reductions. */
+TARGET_BW static void qstats_rows_i8(const int8_t *x, int64_t ld, int64_t R, int64_t C,
+                                     int64_t *zk, int64_t *sk, int64_t *mx)
+{
+    const __m512i zero = _mm512_setzero_si512(), lo = _mm512_set1_epi8(0x0F),
+                  hi = _mm512_set1_epi8((char)0xF0);
+    __m512i vmax = zero;
+    for (int64_t r = 0; r < R; r++) {
+        const int8_t *row = x + r * ld;
+        int64_t z = 0, s = 0;
+        for (int64_t c = 0; c < C; c += 64) {
+            __mmask64 km = C - c >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (C - c)) - 1);
+            __m512i v = _mm512_maskz_loadu_epi8(km, row + c);
+            __m512i a = _mm512_abs_epi8(v);
+            z += __builtin_popcountll(_mm512_mask_cmpeq_epi8_mask(km, v, zero));
+            s += __builtin_popcountll(_mm512_test_epi8_mask(a, lo));
+            s += __builtin_popcountll(_mm512_test_epi8_mask(a, hi));
+            vmax = _mm512_max_epu8(vmax, a);
+        }
+        zk[r] = z;
+        sk[r] = s;
+    }
+    uint8_t t[64];
+    _mm512_storeu_si512((void *)t, vmax);
+    int64_t m = 0;
+    for (int i = 0; i < 64; i++)
+        m = t[i] > m ? t[i] : m;
+    *mx = m;
+}
+
+TARGET_BW static void qstats_rows_i16(const int16_t *x, int64_t ld, int64_t R, int64_t C,
+                                      int64_t *zk, int64_t *sk, int64_t *mx)
+{
+    const __m512i zero = _mm512_setzero_si512();
+    __m512i nib[4];
+    for (int i = 0; i < 4; i++)
+        nib[i] = _mm512_set1_epi16((short)(0xF << (4 * i)));
+    __m512i vmax = zero;
+    for (int64_t r = 0; r < R; r++) {
+        const int16_t *row = x + r * ld;
+        int64_t z = 0, s = 0;
+        for (int64_t c = 0; c < C; c += 32) {
+            __mmask32 km = C - c >= 32 ? ~(__mmask32)0 : (((__mmask32)1 << (C - c)) - 1);
+            __m512i v = _mm512_maskz_loadu_epi16(km, row + c);
+            __m512i a = _mm512_abs_epi16(v);
+            z += __builtin_popcount(_mm512_mask_cmpeq_epi16_mask(km, v, zero));
+            for (int i = 0; i < 4; i++)
+                s += __builtin_popcount(_mm512_test_epi16_mask(a, nib[i]));
+            vmax = _mm512_max_epu16(vmax, a);
+        }
+        zk[r] = z;
+        sk[r] = s;
+    }
+    uint16_t t[32];
+    _mm512_storeu_si512((void *)t, vmax);
+    int64_t m = 0;
+    for (int i = 0; i < 32; i++)
+        m = t[i] > m ? t[i] : m;
+    *mx = m;
+}
+
+/* Storage columns run over k: narrow per-column counters, flushed before they can wrap. */
+TARGET_BW static void qstats_cols_i8(const int8_t *x, int64_t ld, int64_t R, int64_t C,
+                                     int64_t *zk, int64_t *sk, int64_t *mx, uint8_t *cnt)
+{
+    const __m512i zero = _mm512_setzero_si512(), one = _mm512_set1_epi8(1),
+                  lo = _mm512_set1_epi8(0x0F), hi = _mm512_set1_epi8((char)0xF0);
+    int64_t Cp = (C + 63) / 64 * 64;
+    uint8_t *zc = cnt, *sc = cnt + Cp;
+    __m512i vmax = zero;
+    for (int64_t r0 = 0; r0 < R; r0 += 127) { /* <= 2 slices per row: 127 rows fit in u8 */
+        int64_t r1 = R - r0 < 127 ? R : r0 + 127;
+        memset(cnt, 0, (size_t)(2 * Cp));
+        for (int64_t r = r0; r < r1; r++) {
+            const int8_t *row = x + r * ld;
+            for (int64_t c = 0; c < C; c += 64) {
+                __mmask64 km = C - c >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (C - c)) - 1);
+                __m512i v = _mm512_maskz_loadu_epi8(km, row + c);
+                __m512i a = _mm512_abs_epi8(v);
+                __m512i zv = _mm512_loadu_si512((const void *)(zc + c));
+                __m512i sv = _mm512_loadu_si512((const void *)(sc + c));
+                zv = _mm512_mask_add_epi8(zv, _mm512_mask_cmpeq_epi8_mask(km, v, zero), zv, one);
+                sv = _mm512_mask_add_epi8(sv, _mm512_test_epi8_mask(a, lo), sv, one);
+                sv = _mm512_mask_add_epi8(sv, _mm512_test_epi8_mask(a, hi), sv, one);
+                _mm512_storeu_si512((void *)(zc + c), zv);
+                _mm512_storeu_si512((void *)(sc + c), sv);
+                vmax = _mm512_max_epu8(vmax, a);
+            }
+        }
+        for (int64_t c = 0; c < C; c++) {
+            zk[c] += zc[c];
+            sk[c] += sc[c];
+        }
+    }
+    uint8_t t[64];
+    _mm512_storeu_si512((void *)t, vmax);
+    int64_t m = 0;
+    for (int i = 0; i < 64; i++)
+        m = t[i] > m ? t[i] : m;
+    *mx = m;
+}
+
+TARGET_BW static void qstats_cols_i16(const int16_t *x, int64_t ld, int64_t R, int64_t C,
+                                      int64_t *zk, int64_t *sk, int64_t *mx, uint16_t *cnt)
+{
+    const __m512i zero = _mm512_setzero_si512(), one = _mm512_set1_epi16(1);
+    __m512i nib[4];
+    for (int i = 0; i < 4; i++)
+        nib[i] = _mm512_set1_epi16((short)(0xF << (4 * i)));
+    int64_t Cp = (C + 31) / 32 * 32;
+    uint16_t *zc = cnt, *sc = cnt + Cp;
+    __m512i vmax = zero;
+    for (int64_t r0 = 0; r0 < R; r0 += 16383) { /* <= 4 slices per row */
+        int64_t r1 = R - r0 < 16383 ? R : r0 + 16383;
+        memset(cnt, 0, (size_t)(2 * Cp) * sizeof(uint16_t));
+        for (int64_t r = r0; r < r1; r++) {
+            const int16_t *row = x + r * ld;
+            for (int64_t c = 0; c < C; c += 32) {
+                __mmask32 km = C - c >= 32 ? ~(__mmask32)0 : (((__mmask32)1 << (C - c)) - 1);
+                __m512i v = _mm512_maskz_loadu_epi16(km, row + c);
+                __m512i a = _mm512_abs_epi16(v);
+                __m512i zv = _mm512_loadu_si512((const void *)(zc + c));
+                __m512i sv = _mm512_loadu_si512((const void *)(sc + c));
+                zv = _mm512_mask_add_epi16(zv, _mm512_mask_cmpeq_epi16_mask(km, v, zero), zv, one);
+                for (int i = 0; i < 4; i++)
+                    sv = _mm512_mask_add_epi16(sv, _mm512_test_epi16_mask(a, nib[i]), sv, one);
+                _mm512_storeu_si512((void *)(zc + c), zv);
+                _mm512_storeu_si512((void *)(sc + c), sv);
+                vmax = _mm512_max_epu16(vmax, a);
+            }
+        }
+        for (int64_t c = 0; c < C; c++) {
+            zk[c] += zc[c];
+            sk[c] += sc[c];
+        }
+    }
+    uint16_t t[32];
+    _mm512_storeu_si512((void *)t, vmax);
+    int64_t m = 0;
+    for (int i = 0; i < 32; i++)
+        m = t[i] > m ? t[i] : m;
+    *mx = m;
+}
+
+static int quick_stats(operand *op, int64_t K)
+{
+    if (!bw_available())
+        return 0;
+    int64_t R = op->krows ? K : op->outer, C = op->krows ? op->outer : K;
+    int64_t *zk = op->qbuf, *sk = op->qbuf + K;
+    if (op->krows) {
+        if (op->bytes == 1)
+            qstats_rows_i8(op->p, op->ld, R, C, zk, sk, &op->maxabs);
+        else
+            qstats_rows_i16(op->p, op->ld, R, C, zk, sk, &op->maxabs);
+    } else {
+        void *cnt = alloc64((size_t)(2 * ((C + 63) / 64 * 64)) * 2);
+        if (!cnt)
+            return 0;
+        if (op->bytes == 1)
+            qstats_cols_i8(op->p, op->ld, R, C, zk, sk, &op->maxabs, cnt);
+        else
+            qstats_cols_i16(op->p, op->ld, R, C, zk, sk, &op->maxabs, cnt);
+        free(cnt);
+    }
+    op->zeros_k = zk;
+    op->slices_k = sk;
+    return 1;
+}
+#else
+static int quick_stats(operand *op, int64_t K)
+{
+    (void)op;
+    (void)K;
+    return 0;
+}
+#endif
 
 /* ---------------------------------------------------------------- row loads */
 
@@ -228,6 +442,7 @@ static void load_row(int32_t *dst, const void *x, int bytes, int64_t ld, int tra
     }
 }
 
+
 /* ---------------------------------------------------------------- the job */
 
 typedef struct {
@@ -235,15 +450,15 @@ typedef struct {
     int64_t M, K, N;
     const int64_t *init;
     int64_t *c;
-    int acc_bits, acc_mode, kernel, threads;
+    int acc_bits, acc_mode, threads;
     int64_t acc_max, acc_min;
+    int use_vnni, is8;   /* which fast kernel; int8 x int8 or the int16 one */
     unsigned char *slow; /* M flags: row computed by the sequential path */
     int64_t nslow;
     int32_t *b32;        /* K x N int32 copy of B (portable and sequential paths) */
-    int64_t *corr;       /* M values subtracted from the fast sums (int8 bias trick) */
     int32_t *arows;      /* one K-element row buffer per thread */
-    /* packed operands of the VNNI kernels */
-    void *apack, *bpack;
+    int64_t *corr;       /* M values subtracted from the fast sums (int8 bias trick) */
+    void *apack, *bpack; /* packed operands of the VNNI kernels */
     int64_t kgroups;     /* K / 4 (int8) or K / 2 (int16), rounded up */
     int64_t mpanels, npanels;
 } gemm_job;
@@ -264,17 +479,29 @@ static int64_t add_sat(int64_t x, int64_t y)
     return r;
 }
 
-/* Mark the rows whose partial sums might leave the accumulator range (saturate mode). */
+static int64_t abs_sat(int64_t v) { return v < 0 ? (v == INT64_MIN ? INT64_MAX : -v) : v; }
+
+/* Mark the rows whose partial sums might leave the accumulator range (saturate mode): first
+ * the global bound max|init| + max|A| * max|B| * K, then per output
+ * |init| + min(L1(a_row) * max|B|, max|A| * L1(b_col)). */
 static void find_slow_rows(gemm_job *g)
 {
-    int64_t maxa = g->a.st.maxabs, maxb = g->b.st.maxabs;
+    int64_t maxa = g->a.maxabs, maxb = g->b.maxabs, maxinit_all = 0;
     g->nslow = 0;
+    if (g->init)
+        for (int64_t i = 0; i < g->M * g->N; i++) {
+            int64_t u = abs_sat(g->init[i]);
+            maxinit_all = u > maxinit_all ? u : maxinit_all;
+        }
+    if (add_sat(mul_sat(mul_sat(maxa, maxb), g->K), maxinit_all) <= g->acc_max)
+        return;
+    stats_ctx sc = {&g->a, &g->b, g->K, 1};
+    run_parallel(stats_job, &sc, g->threads < 2 ? 1 : 2);
     for (int64_t m = 0; m < g->M; m++) {
         int64_t maxinit = 0;
         if (g->init)
             for (int64_t n = 0; n < g->N; n++) {
-                int64_t v = g->init[m * g->N + n];
-                int64_t u = v < 0 ? (v == INT64_MIN ? INT64_MAX : -v) : v;
+                int64_t u = abs_sat(g->init[m * g->N + n]);
                 maxinit = u > maxinit ? u : maxinit;
             }
         int64_t row_bound = mul_sat(g->a.l1_outer[m], maxb);
@@ -283,8 +510,7 @@ static void find_slow_rows(gemm_job *g)
             for (int64_t n = 0; n < g->N && !slow; n++) {
                 int64_t col_bound = mul_sat(maxa, g->b.l1_outer[n]);
                 int64_t bound = row_bound < col_bound ? row_bound : col_bound;
-                int64_t v = g->init ? g->init[m * g->N + n] : 0;
-                int64_t u = v < 0 ? (v == INT64_MIN ? INT64_MAX : -v) : v;
+                int64_t u = g->init ? abs_sat(g->init[m * g->N + n]) : 0;
                 slow = add_sat(bound, u) > g->acc_max;
             }
         }
@@ -293,16 +519,42 @@ static void find_slow_rows(gemm_job *g)
     }
 }
 
+static int64_t wrap_bits(int64_t v, int bits)
+{
+    if (bits >= 64)
+        return v;
+    uint64_t u = (uint64_t)v << (64 - bits);
+    return (int64_t)u >> (64 - bits); /* arithmetic shift (GCC) sign-extends */
+}
+
+/* c[m, n0..n0+nv) holds exact sums (before the int8 correction): make them final values. */
+static void finish_segment(const gemm_job *g, int64_t m, int64_t n0, int64_t nv)
+{
+    int64_t *crow = g->c + m * g->N + n0;
+    const int64_t *irow = g->init ? g->init + m * g->N + n0 : NULL;
+    int64_t corr = g->corr ? g->corr[m] : 0;
+    if (g->acc_mode == MT_ACC_WRAP) {
+        for (int64_t j = 0; j < nv; j++) {
+            uint64_t v = (uint64_t)crow[j] - (uint64_t)corr + (irow ? (uint64_t)irow[j] : 0);
+            crow[j] = wrap_bits((int64_t)v, g->acc_bits);
+        }
+    } else if (corr || irow) {
+        for (int64_t j = 0; j < nv; j++)
+            crow[j] = crow[j] - corr + (irow ? irow[j] : 0);
+    }
+}
+
 /* ---------------------------------------------------------------- portable kernel */
 
-static void build_b32_job(void *p, int tid, int nt)
+static void build_b32_rows(gemm_job *g, int tid, int nt)
 {
-    gemm_job *g = p;
     int64_t lo, hi;
     split_range(g->K, tid, nt, &lo, &hi);
     for (int64_t k = lo; k < hi; k++)
         load_row(g->b32 + k * g->N, g->b.p, g->b.bytes, g->b.ld, g->b.trans, k, g->N);
 }
+
+static void build_b32_job(void *p, int tid, int nt) { build_b32_rows(p, tid, nt); }
 
 VECTOR_CLONES static void row_sum_exact(int64_t *acc, const int32_t *arow, const int32_t *b32,
                                         int64_t K, int64_t N)
@@ -319,9 +571,8 @@ VECTOR_CLONES static void row_sum_exact(int64_t *acc, const int32_t *arow, const
     }
 }
 
-static void portable_job(void *p, int tid, int nt)
+static void portable_rows(gemm_job *g, int tid, int nt)
 {
-    gemm_job *g = p;
     int64_t lo, hi;
     split_range(g->M, tid, nt, &lo, &hi);
     int32_t *arow = g->arows + tid * (g->K + 1);
@@ -330,6 +581,7 @@ static void portable_job(void *p, int tid, int nt)
             continue;
         load_row(arow, g->a.p, g->a.bytes, g->a.ld, g->a.trans, m, g->K);
         row_sum_exact(g->c + m * g->N, arow, g->b32, g->K, g->N);
+        finish_segment(g, m, 0, g->N);
     }
 }
 
@@ -369,46 +621,72 @@ static void row_saturating64(int64_t *acc, const int32_t *arow, const int32_t *b
     }
 }
 
-static int64_t wrap_bits(int64_t v, int bits)
-{
-    if (bits >= 64)
-        return v;
-    uint64_t u = (uint64_t)v << (64 - bits);
-    return (int64_t)u >> (64 - bits); /* arithmetic shift (GCC) sign-extends */
-}
-
-/* Final values: fast rows get init + S - corr (wrapped in wrap mode); slow rows run the
- * sequential saturating loop. */
-static void finish_job(void *p, int tid, int nt)
+static void slow_job(void *p, int tid, int nt)
 {
     gemm_job *g = p;
-    int64_t lo, hi;
-    split_range(g->M, tid, nt, &lo, &hi);
     int32_t *arow = g->arows + tid * (g->K + 1);
-    for (int64_t m = lo; m < hi; m++) {
-        int64_t *crow = g->c + m * g->N;
-        const int64_t *irow = g->init ? g->init + m * g->N : NULL;
-        if (g->slow[m]) {
-            load_row(arow, g->a.p, g->a.bytes, g->a.ld, g->a.trans, m, g->K);
-            for (int64_t n = 0; n < g->N; n++)
-                crow[n] = irow ? irow[n] : 0;
-            if (g->acc_bits == 64)
-                row_saturating64(crow, arow, g->b32, g->K, g->N);
-            else
-                row_saturating(crow, arow, g->b32, g->K, g->N, g->acc_min, g->acc_max);
+    int64_t seen = 0, lo, hi;
+    split_range(g->nslow, tid, nt, &lo, &hi); /* this thread's share of the slow rows */
+    for (int64_t m = 0; m < g->M; m++) {
+        if (!g->slow[m])
             continue;
-        }
-        int64_t corr = g->corr ? g->corr[m] : 0;
-        if (g->acc_mode == MT_ACC_WRAP) {
-            for (int64_t n = 0; n < g->N; n++) {
-                uint64_t v = (uint64_t)crow[n] - (uint64_t)corr + (irow ? (uint64_t)irow[n] : 0);
-                crow[n] = wrap_bits((int64_t)v, g->acc_bits);
-            }
-        } else {
-            for (int64_t n = 0; n < g->N; n++)
-                crow[n] = crow[n] - corr + (irow ? irow[n] : 0);
-        }
+        int64_t mine = seen >= lo && seen < hi;
+        seen++;
+        if (!mine)
+            continue;
+        int64_t *crow = g->c + m * g->N;
+        load_row(arow, g->a.p, g->a.bytes, g->a.ld, g->a.trans, m, g->K);
+        for (int64_t n = 0; n < g->N; n++)
+            crow[n] = g->init ? g->init[m * g->N + n] : 0;
+        if (g->acc_bits == 64)
+            row_saturating64(crow, arow, g->b32, g->K, g->N);
+        else
+            row_saturating(crow, arow, g->b32, g->K, g->N, g->acc_min, g->acc_max);
     }
+}
+
+/* ---------------------------------------------------------------- scratch memory */
+
+/* One cached scratch block for the packed operands, so repeated GEMMs do not pay for fresh
+ * pages each call; a concurrent call (or one needing over SCRATCH_CACHE_MAX) allocates its own. */
+#define SCRATCH_CACHE_MAX ((size_t)256 << 20)
+static pthread_mutex_t g_scratch_lock = PTHREAD_MUTEX_INITIALIZER;
+static void *g_scratch;
+static size_t g_scratch_size;
+static int g_scratch_busy;
+
+static void *scratch_get(size_t bytes, int *owned)
+{
+    *owned = 1;
+    if (bytes <= SCRATCH_CACHE_MAX) {
+        pthread_mutex_lock(&g_scratch_lock);
+        if (!g_scratch_busy) {
+            if (g_scratch_size < bytes) {
+                free(g_scratch);
+                g_scratch = alloc64(bytes);
+                g_scratch_size = g_scratch ? bytes : 0;
+            }
+            if (g_scratch) {
+                g_scratch_busy = 1;
+                *owned = 0;
+                pthread_mutex_unlock(&g_scratch_lock);
+                return g_scratch;
+            }
+        }
+        pthread_mutex_unlock(&g_scratch_lock);
+    }
+    return alloc64(bytes);
+}
+
+static void scratch_put(void *p, int owned)
+{
+    if (owned) {
+        free(p);
+        return;
+    }
+    pthread_mutex_lock(&g_scratch_lock);
+    g_scratch_busy = 0;
+    pthread_mutex_unlock(&g_scratch_lock);
 }
 
 /* ---------------------------------------------------------------- AVX-512 VNNI kernels */
@@ -418,10 +696,11 @@ static void finish_job(void *p, int tid, int nt)
 #define MR8 8
 #define NR8 32
 #define KC8Q 128
-/* int16: micro-tile 6 x 32 with a high-byte and a low-byte accumulator each (24 zmm),
- * K blocks of KC16P pairs of k. Per pair a lane gains at most 2 * 32768 * 255 = 16711680
- * (low byte) or 2 * 32768 * 128 = 2^23 (high byte): 128 pairs stay within +-2^31 - 1
- * (128 * 16711680 = 2139095040 < 2147483647). */
+/* int16: A is split into its high byte (a >> 8, -128..127) and low byte (a & 255), both as
+ * int16, a = 256 * hi + lo; micro-tile 6 x 32 with a high and a low accumulator each (24 zmm),
+ * K blocks of KC16P pairs of k. Per pair a lane gains at most 2 * 255 * 32768 = 16711680
+ * (low byte) or 2 * 128 * 32768 = 2^23 (high byte): 128 pairs stay within +-(2^31 - 1)
+ * (128 * 16711680 = 2139095040 < 2147483647), and (-32768)^2 never occurs in one product. */
 #define MR16 6
 #define NR16 32
 #define KC16P 128
@@ -435,7 +714,7 @@ static int vnni_available(void)
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
 }
 
-/* tile[r][j] = sum over nq quads of sum_t ap[q][r][t] * (bp[q][j][t]) (bp is u8). */
+/* tile[r][j] = sum over nq quads of sum_t ap[q][r][t] * bp[q][j][t] (ap s8, bp u8). */
 TARGET_VNNI static void ukr8(const int8_t *ap, const uint8_t *bp, int64_t nq, int32_t *tile)
 {
     __m512i acc[MR8][2];
@@ -458,11 +737,12 @@ TARGET_VNNI static void ukr8(const int8_t *ap, const uint8_t *bp, int64_t nq, in
     }
 #pragma GCC unroll 8
     for (int r = 0; r < MR8; r++) {
-        _mm512_storeu_si512((void *)(tile + r * NR8), acc[r][0]);
-        _mm512_storeu_si512((void *)(tile + r * NR8 + 16), acc[r][1]);
+        _mm512_store_si512((void *)(tile + r * NR8), acc[r][0]);
+        _mm512_store_si512((void *)(tile + r * NR8 + 16), acc[r][1]);
     }
 }
 
+/* hi[r][j] / lo[r][j] = sum over np pairs of the high / low byte of a times b. */
 TARGET_VNNI static void ukr16(const int16_t *ap, const int16_t *bp, int64_t np, int32_t *hi,
                               int32_t *lo)
 {
@@ -471,33 +751,33 @@ TARGET_VNNI static void ukr16(const int16_t *ap, const int16_t *bp, int64_t np, 
     for (int r = 0; r < MR16; r++)
         h[r][0] = h[r][1] = l[r][0] = l[r][1] = _mm512_setzero_si512();
     for (int64_t q = 0; q < np; q++) {
-        __m512i bh0 = _mm512_load_si512((const void *)bp);
-        __m512i bh1 = _mm512_load_si512((const void *)(bp + 32));
-        __m512i bl0 = _mm512_load_si512((const void *)(bp + 64));
-        __m512i bl1 = _mm512_load_si512((const void *)(bp + 96));
+        __m512i b0 = _mm512_load_si512((const void *)bp);
+        __m512i b1 = _mm512_load_si512((const void *)(bp + 32));
 #pragma GCC unroll 6
         for (int r = 0; r < MR16; r++) {
-            int32_t w;
-            memcpy(&w, ap + 2 * r, 4);
-            __m512i av = _mm512_set1_epi32(w);
-            h[r][0] = _mm512_dpwssd_epi32(h[r][0], bh0, av);
-            h[r][1] = _mm512_dpwssd_epi32(h[r][1], bh1, av);
-            l[r][0] = _mm512_dpwssd_epi32(l[r][0], bl0, av);
-            l[r][1] = _mm512_dpwssd_epi32(l[r][1], bl1, av);
+            int32_t wh, wl;
+            memcpy(&wh, ap + 4 * r, 4);
+            memcpy(&wl, ap + 4 * r + 2, 4);
+            __m512i ah = _mm512_set1_epi32(wh), al = _mm512_set1_epi32(wl);
+            h[r][0] = _mm512_dpwssd_epi32(h[r][0], b0, ah);
+            h[r][1] = _mm512_dpwssd_epi32(h[r][1], b1, ah);
+            l[r][0] = _mm512_dpwssd_epi32(l[r][0], b0, al);
+            l[r][1] = _mm512_dpwssd_epi32(l[r][1], b1, al);
         }
-        ap += 2 * MR16;
-        bp += 4 * NR16;
+        ap += 4 * MR16;
+        bp += 2 * NR16;
     }
 #pragma GCC unroll 6
     for (int r = 0; r < MR16; r++) {
-        _mm512_storeu_si512((void *)(hi + r * NR16), h[r][0]);
-        _mm512_storeu_si512((void *)(hi + r * NR16 + 16), h[r][1]);
-        _mm512_storeu_si512((void *)(lo + r * NR16), l[r][0]);
-        _mm512_storeu_si512((void *)(lo + r * NR16 + 16), l[r][1]);
+        _mm512_store_si512((void *)(hi + r * NR16), h[r][0]);
+        _mm512_store_si512((void *)(hi + r * NR16 + 16), h[r][1]);
+        _mm512_store_si512((void *)(lo + r * NR16), l[r][0]);
+        _mm512_store_si512((void *)(lo + r * NR16 + 16), l[r][1]);
     }
 }
 
-/* Pack A (int8 x int8 case): panel p holds rows p*MR8.. as [quad][MR8][4] bytes. */
+/* Pack A (int8 x int8): panel p holds rows p*MR8.. as [quad][MR8][4] bytes; also
+ * corr[m] = 128 * sum_k a[m,k]. */
 static void pack_a8(const gemm_job *g, int64_t p0, int64_t p1)
 {
     int64_t M = g->M, K = g->K, Kq = g->kgroups;
@@ -509,6 +789,7 @@ static void pack_a8(const gemm_job *g, int64_t p0, int64_t p1)
             int64_t m = p * MR8 + r;
             if (m >= M)
                 break;
+            int64_t sum = 0;
             if (!g->a.trans) {
                 const int8_t *row = src + m * g->a.ld;
                 int64_t q = 0;
@@ -516,15 +797,21 @@ static void pack_a8(const gemm_job *g, int64_t p0, int64_t p1)
                     memcpy(d + (q * MR8 + r) * 4, row + 4 * q, 4);
                 for (int64_t k = 4 * q; k < K; k++)
                     d[(q * MR8 + r) * 4 + (k - 4 * q)] = row[k];
-            } else {
                 for (int64_t k = 0; k < K; k++)
-                    d[((k >> 2) * MR8 + r) * 4 + (k & 3)] = src[k * g->a.ld + m];
+                    sum += row[k];
+            } else {
+                for (int64_t k = 0; k < K; k++) {
+                    int8_t v = src[k * g->a.ld + m];
+                    d[((k >> 2) * MR8 + r) * 4 + (k & 3)] = v;
+                    sum += v;
+                }
             }
+            g->corr[m] = 128 * sum; /* sum_k a (b + 128) - 128 sum_k a = sum_k a b */
         }
     }
 }
 
-/* Pack B (int8 x int8 case): panel p holds columns p*NR8.. as [quad][NR8][4] bytes b + 128. */
+/* Pack B (int8 x int8): panel p holds columns p*NR8.. as [quad][NR8][4] bytes b + 128. */
 static void pack_b8(const gemm_job *g, int64_t p0, int64_t p1)
 {
     int64_t N = g->N, K = g->K, Kq = g->kgroups;
@@ -534,31 +821,32 @@ static void pack_b8(const gemm_job *g, int64_t p0, int64_t p1)
     for (int64_t p = p0; p < p1; p++) {
         uint8_t *d = (uint8_t *)g->bpack + p * Kq * NR8 * 4;
         int64_t n0 = p * NR8, nv = N - n0 < NR8 ? N - n0 : NR8;
-        memset(d, 0x80, (size_t)(Kq * NR8 * 4));
-        if (!g->b.trans) {
-            int64_t q = 0;
-            if (nv == NR8) {
-                for (; 4 * q + 4 <= K; q++) {
-                    const int8_t *s0 = src + (4 * q) * ld + n0;
-                    for (int grp = 0; grp < NR8 / 16; grp++) {
-                        __m128i r0 = _mm_loadu_si128((const __m128i *)(s0 + 16 * grp));
-                        __m128i r1 = _mm_loadu_si128((const __m128i *)(s0 + ld + 16 * grp));
-                        __m128i r2 = _mm_loadu_si128((const __m128i *)(s0 + 2 * ld + 16 * grp));
-                        __m128i r3 = _mm_loadu_si128((const __m128i *)(s0 + 3 * ld + 16 * grp));
-                        r0 = _mm_xor_si128(r0, flip);
-                        r1 = _mm_xor_si128(r1, flip);
-                        r2 = _mm_xor_si128(r2, flip);
-                        r3 = _mm_xor_si128(r3, flip);
-                        __m128i lo01 = _mm_unpacklo_epi8(r0, r1), hi01 = _mm_unpackhi_epi8(r0, r1);
-                        __m128i lo23 = _mm_unpacklo_epi8(r2, r3), hi23 = _mm_unpackhi_epi8(r2, r3);
-                        uint8_t *o = d + (q * NR8 + 16 * grp) * 4;
-                        _mm_storeu_si128((__m128i *)o, _mm_unpacklo_epi16(lo01, lo23));
-                        _mm_storeu_si128((__m128i *)(o + 16), _mm_unpackhi_epi16(lo01, lo23));
-                        _mm_storeu_si128((__m128i *)(o + 32), _mm_unpacklo_epi16(hi01, hi23));
-                        _mm_storeu_si128((__m128i *)(o + 48), _mm_unpackhi_epi16(hi01, hi23));
-                    }
+        int64_t q = 0;
+        if (!g->b.trans && nv == NR8) {
+            for (; 4 * q + 4 <= K; q++) {
+                const int8_t *s0 = src + (4 * q) * ld + n0;
+                for (int grp = 0; grp < NR8 / 16; grp++) {
+                    __m128i r0 = _mm_loadu_si128((const __m128i *)(s0 + 16 * grp));
+                    __m128i r1 = _mm_loadu_si128((const __m128i *)(s0 + ld + 16 * grp));
+                    __m128i r2 = _mm_loadu_si128((const __m128i *)(s0 + 2 * ld + 16 * grp));
+                    __m128i r3 = _mm_loadu_si128((const __m128i *)(s0 + 3 * ld + 16 * grp));
+                    r0 = _mm_xor_si128(r0, flip);
+                    r1 = _mm_xor_si128(r1, flip);
+                    r2 = _mm_xor_si128(r2, flip);
+                    r3 = _mm_xor_si128(r3, flip);
+                    __m128i lo01 = _mm_unpacklo_epi8(r0, r1), hi01 = _mm_unpackhi_epi8(r0, r1);
+                    __m128i lo23 = _mm_unpacklo_epi8(r2, r3), hi23 = _mm_unpackhi_epi8(r2, r3);
+                    uint8_t *o = d + (q * NR8 + 16 * grp) * 4;
+                    _mm_store_si128((__m128i *)o, _mm_unpacklo_epi16(lo01, lo23));
+                    _mm_store_si128((__m128i *)(o + 16), _mm_unpackhi_epi16(lo01, lo23));
+                    _mm_store_si128((__m128i *)(o + 32), _mm_unpacklo_epi16(hi01, hi23));
+                    _mm_store_si128((__m128i *)(o + 48), _mm_unpackhi_epi16(hi01, hi23));
                 }
             }
+        }
+        /* the rest (partial panel, K tail, transposed B): padding is 0x80, i.e. b = 0 */
+        memset(d + q * NR8 * 4, 0x80, (size_t)((Kq - q) * NR8 * 4));
+        if (!g->b.trans) {
             for (int64_t k = 4 * q; k < K; k++) {
                 const int8_t *row = src + k * ld + n0;
                 uint8_t *o = d + ((k >> 2) * NR8) * 4 + (k & 3);
@@ -568,15 +856,15 @@ static void pack_b8(const gemm_job *g, int64_t p0, int64_t p1)
         } else {
             for (int64_t j = 0; j < nv; j++) {
                 const int8_t *row = src + (n0 + j) * ld;
-                int64_t q = 0;
-                for (; 4 * q + 4 <= K; q++) {
+                int64_t qq = 0;
+                for (; 4 * qq + 4 <= K; qq++) {
                     uint32_t w;
-                    memcpy(&w, row + 4 * q, 4);
+                    memcpy(&w, row + 4 * qq, 4);
                     w ^= 0x80808080u;
-                    memcpy(d + (q * NR8 + j) * 4, &w, 4);
+                    memcpy(d + (qq * NR8 + j) * 4, &w, 4);
                 }
-                for (int64_t k = 4 * q; k < K; k++)
-                    d[(q * NR8 + j) * 4 + (k - 4 * q)] = (uint8_t)(row[k] ^ (int8_t)0x80);
+                for (int64_t k = 4 * qq; k < K; k++)
+                    d[(qq * NR8 + j) * 4 + (k - 4 * qq)] = (uint8_t)(row[k] ^ (int8_t)0x80);
             }
         }
     }
@@ -587,184 +875,209 @@ static inline int32_t elem(const void *p, int bytes, int64_t i)
     return bytes == 1 ? ((const int8_t *)p)[i] : ((const int16_t *)p)[i];
 }
 
-/* Pack A (int16 case): panel p holds rows p*MR16.. as [pair][MR16][2] int16. */
+/* Pack A (int16 kernel): panel p holds rows p*MR16.. as
+ * [pair][MR16][hi(k), hi(k+1), lo(k), lo(k+1)] int16. */
 static void pack_a16(const gemm_job *g, int64_t p0, int64_t p1)
 {
     int64_t M = g->M, K = g->K, Kp = g->kgroups;
     for (int64_t p = p0; p < p1; p++) {
-        int16_t *d = (int16_t *)g->apack + p * Kp * MR16 * 2;
-        memset(d, 0, (size_t)(Kp * MR16 * 2) * sizeof(int16_t));
+        int16_t *d = (int16_t *)g->apack + p * Kp * MR16 * 4;
+        memset(d, 0, (size_t)(Kp * MR16 * 4) * sizeof(int16_t));
         for (int r = 0; r < MR16; r++) {
             int64_t m = p * MR16 + r;
             if (m >= M)
                 break;
-            if (!g->a.trans) {
-                int64_t base = m * g->a.ld;
-                for (int64_t k = 0; k < K; k++)
-                    d[((k >> 1) * MR16 + r) * 2 + (k & 1)] =
-                        (int16_t)elem(g->a.p, g->a.bytes, base + k);
-            } else {
-                for (int64_t k = 0; k < K; k++)
-                    d[((k >> 1) * MR16 + r) * 2 + (k & 1)] =
-                        (int16_t)elem(g->a.p, g->a.bytes, k * g->a.ld + m);
+            for (int64_t k = 0; k < K; k++) {
+                int64_t idx = g->a.trans ? k * g->a.ld + m : m * g->a.ld + k;
+                int32_t v = elem(g->a.p, g->a.bytes, idx);
+                int16_t *o = d + ((k >> 1) * MR16 + r) * 4 + (k & 1);
+                o[0] = (int16_t)(v >> 8);
+                o[2] = (int16_t)(v & 255);
             }
         }
     }
 }
 
-/* Pack B (int16 case): panel p holds columns p*NR16.. as [pair][hi, lo][NR16][2] int16 with
- * b = 256 * hi + lo, hi = b >> 8 in -128..127, lo = b & 255. */
-static void pack_b16(const gemm_job *g, int64_t p0, int64_t p1)
+/* Pack B (int16 kernel): panel p holds columns p*NR16.. as [pair][NR16][2] int16. */
+TARGET_VNNI static void pack_b16(const gemm_job *g, int64_t p0, int64_t p1)
 {
     int64_t N = g->N, K = g->K, Kp = g->kgroups;
+    /* ilv0 / ilv1 interleave columns 0..15 / 16..31 of two rows: out[2j + t] = row_t[j]. */
+    short i0[32], i1[32];
+    for (int i = 0; i < 32; i++) {
+        i0[i] = (short)((i & 1) * 32 + i / 2);
+        i1[i] = (short)((i & 1) * 32 + 16 + i / 2);
+    }
+    const __m512i ilv0 = _mm512_loadu_si512((const void *)i0);
+    const __m512i ilv1 = _mm512_loadu_si512((const void *)i1);
     for (int64_t p = p0; p < p1; p++) {
-        int16_t *d = (int16_t *)g->bpack + p * Kp * NR16 * 4;
+        int16_t *d = (int16_t *)g->bpack + p * Kp * NR16 * 2;
         int64_t n0 = p * NR16, nv = N - n0 < NR16 ? N - n0 : NR16;
-        memset(d, 0, (size_t)(Kp * NR16 * 4) * sizeof(int16_t));
-        for (int64_t k = 0; k < K; k++) {
-            int16_t *o = d + (k >> 1) * NR16 * 4 + (k & 1);
+        int64_t k0 = 0;
+        if (!g->b.trans && g->b.bytes == 2 && nv == NR16) {
+            const int16_t *src = g->b.p;
+            int64_t ld = g->b.ld;
+            for (; k0 + 2 <= K; k0 += 2) {
+                const int16_t *s0 = src + k0 * ld + n0;
+                __m512i r0 = _mm512_loadu_si512((const void *)s0);
+                __m512i r1 = _mm512_loadu_si512((const void *)(s0 + ld));
+                int16_t *o = d + (k0 >> 1) * NR16 * 2;
+                _mm512_store_si512((void *)o, _mm512_permutex2var_epi16(r0, ilv0, r1));
+                _mm512_store_si512((void *)(o + 32), _mm512_permutex2var_epi16(r0, ilv1, r1));
+            }
+        }
+        memset(d + (k0 >> 1) * NR16 * 2, 0, (size_t)((Kp - (k0 >> 1)) * NR16 * 2) * 2);
+        if (g->b.trans && g->b.bytes == 2) {
+            const int16_t *src = g->b.p;
+            for (int64_t j = 0; j < nv; j++) {
+                const int16_t *row = src + (n0 + j) * g->b.ld;
+                int64_t q = 0;
+                for (; 2 * q + 2 <= K; q++)
+                    memcpy(d + (q * NR16 + j) * 2, row + 2 * q, 4);
+                if (2 * q < K)
+                    d[(q * NR16 + j) * 2] = row[2 * q];
+            }
+            continue;
+        }
+        for (int64_t k = k0; k < K; k++) {
+            int16_t *o = d + (k >> 1) * NR16 * 2 + (k & 1);
             for (int64_t j = 0; j < nv; j++) {
                 int64_t idx = g->b.trans ? (n0 + j) * g->b.ld + k : k * g->b.ld + n0 + j;
-                int32_t v = elem(g->b.p, g->b.bytes, idx);
-                o[2 * j] = (int16_t)(v >> 8);
-                o[2 * NR16 + 2 * j] = (int16_t)(v & 255);
+                o[2 * j] = (int16_t)elem(g->b.p, g->b.bytes, idx);
             }
         }
     }
 }
 
-static void pack_job(void *p, int tid, int nt)
+static void vnni_pack(gemm_job *g, int tid, int nt)
 {
-    gemm_job *g = p;
     int64_t lo, hi;
-    int is8 = g->kernel == 8;
     split_range(g->mpanels, tid, nt, &lo, &hi);
-    if (is8)
+    if (g->is8)
         pack_a8(g, lo, hi);
     else
         pack_a16(g, lo, hi);
     split_range(g->npanels, tid, nt, &lo, &hi);
-    if (is8)
+    if (g->is8)
         pack_b8(g, lo, hi);
     else
         pack_b16(g, lo, hi);
 }
 
-static void vnni_job(void *p, int tid, int nt)
+static int panel_all_slow(const gemm_job *g, int64_t m0, int64_t mv)
 {
-    gemm_job *g = p;
+    if (!g->nslow)
+        return 0;
+    for (int64_t r = 0; r < mv; r++)
+        if (!g->slow[m0 + r])
+            return 0;
+    return 1;
+}
+
+static void vnni_compute(gemm_job *g, int tid, int nt)
+{
     int64_t lo, hi, M = g->M, N = g->N, Kg = g->kgroups;
     split_range(g->npanels, tid, nt, &lo, &hi);
-    if (g->kernel == 8) {
-        _Alignas(64) int32_t tile[MR8 * NR8];
-        for (int64_t np = lo; np < hi; np++) {
-            int64_t n0 = np * NR8, nv = N - n0 < NR8 ? N - n0 : NR8;
-            for (int64_t q0 = 0; q0 < Kg; q0 += KC8Q) {
-                int64_t nq = Kg - q0 < KC8Q ? Kg - q0 : KC8Q;
-                const uint8_t *bp = (const uint8_t *)g->bpack + (np * Kg + q0) * NR8 * 4;
-                for (int64_t mp = 0; mp < g->mpanels; mp++) {
-                    int64_t m0 = mp * MR8, mv = M - m0 < MR8 ? M - m0 : MR8;
-                    if (g->nslow) {
-                        int any = 0;
-                        for (int64_t r = 0; r < mv; r++)
-                            any |= !g->slow[m0 + r];
-                        if (!any)
-                            continue;
-                    }
-                    const int8_t *ap = (const int8_t *)g->apack + (mp * Kg + q0) * MR8 * 4;
-                    ukr8(ap, bp, nq, tile);
-                    for (int64_t r = 0; r < mv; r++) {
-                        int64_t *crow = g->c + (m0 + r) * N + n0;
-                        const int32_t *t = tile + r * NR8;
-                        if (q0 == 0)
-                            for (int64_t j = 0; j < nv; j++)
-                                crow[j] = t[j];
-                        else
-                            for (int64_t j = 0; j < nv; j++)
-                                crow[j] += t[j];
-                    }
-                }
-            }
-        }
-    } else {
-        _Alignas(64) int32_t th[MR16 * NR16];
-        _Alignas(64) int32_t tl[MR16 * NR16];
-        for (int64_t np = lo; np < hi; np++) {
-            int64_t n0 = np * NR16, nv = N - n0 < NR16 ? N - n0 : NR16;
-            for (int64_t q0 = 0; q0 < Kg; q0 += KC16P) {
-                int64_t nq = Kg - q0 < KC16P ? Kg - q0 : KC16P;
-                const int16_t *bp = (const int16_t *)g->bpack + (np * Kg + q0) * NR16 * 4;
-                for (int64_t mp = 0; mp < g->mpanels; mp++) {
-                    int64_t m0 = mp * MR16, mv = M - m0 < MR16 ? M - m0 : MR16;
-                    if (g->nslow) {
-                        int any = 0;
-                        for (int64_t r = 0; r < mv; r++)
-                            any |= !g->slow[m0 + r];
-                        if (!any)
-                            continue;
-                    }
-                    const int16_t *ap = (const int16_t *)g->apack + (mp * Kg + q0) * MR16 * 2;
-                    ukr16(ap, bp, nq, th, tl);
-                    for (int64_t r = 0; r < mv; r++) {
-                        int64_t *crow = g->c + (m0 + r) * N + n0;
-                        const int32_t *h = th + r * NR16, *l = tl + r * NR16;
-                        if (q0 == 0)
-                            for (int64_t j = 0; j < nv; j++)
-                                crow[j] = (int64_t)h[j] * 256 + l[j];
-                        else
-                            for (int64_t j = 0; j < nv; j++)
-                                crow[j] += (int64_t)h[j] * 256 + l[j];
-                    }
+    int64_t mr = g->is8 ? MR8 : MR16, nr = g->is8 ? NR8 : NR16, kc = g->is8 ? KC8Q : KC16P;
+    _Alignas(64) int32_t t1[MR8 * NR8];
+    _Alignas(64) int32_t t2[MR16 * NR16];
+    for (int64_t np = lo; np < hi; np++) {
+        int64_t n0 = np * nr, nv = N - n0 < nr ? N - n0 : nr;
+        for (int64_t q0 = 0; q0 < Kg; q0 += kc) {
+            int64_t nq = Kg - q0 < kc ? Kg - q0 : kc;
+            int last = q0 + nq >= Kg;
+            for (int64_t mp = 0; mp < g->mpanels; mp++) {
+                int64_t m0 = mp * mr, mv = M - m0 < mr ? M - m0 : mr;
+                if (panel_all_slow(g, m0, mv))
+                    continue;
+                if (g->is8)
+                    ukr8((const int8_t *)g->apack + (mp * Kg + q0) * MR8 * 4,
+                         (const uint8_t *)g->bpack + (np * Kg + q0) * NR8 * 4, nq, t1);
+                else
+                    ukr16((const int16_t *)g->apack + (mp * Kg + q0) * MR16 * 4,
+                          (const int16_t *)g->bpack + (np * Kg + q0) * NR16 * 2, nq, t1, t2);
+                for (int64_t r = 0; r < mv; r++) {
+                    int64_t *crow = g->c + (m0 + r) * N + n0;
+                    const int32_t *x = t1 + r * nr, *y = t2 + r * nr;
+                    if (g->is8 && q0 == 0)
+                        for (int64_t j = 0; j < nv; j++)
+                            crow[j] = x[j];
+                    else if (g->is8)
+                        for (int64_t j = 0; j < nv; j++)
+                            crow[j] += x[j];
+                    else if (q0 == 0)
+                        for (int64_t j = 0; j < nv; j++)
+                            crow[j] = (int64_t)x[j] * 256 + y[j];
+                    else
+                        for (int64_t j = 0; j < nv; j++)
+                            crow[j] += (int64_t)x[j] * 256 + y[j];
+                    if (last && !g->slow[m0 + r])
+                        finish_segment(g, m0 + r, n0, nv);
                 }
             }
         }
     }
 }
 
-/* Pack and run the VNNI kernel into g->c. Returns 0 or MT_GEMM_ENOMEM. */
-static int run_vnni(gemm_job *g)
+/* Sizes of the packed operands; the caller allocates them. */
+static void vnni_plan(gemm_job *g, size_t *abytes, size_t *bbytes)
 {
-    int is8 = g->a.bytes == 1 && g->b.bytes == 1;
-    g->kernel = is8 ? 8 : 16;
-    int64_t mr = is8 ? MR8 : MR16, nr = is8 ? NR8 : NR16;
-    g->kgroups = is8 ? (g->K + 3) / 4 : (g->K + 1) / 2;
+    g->is8 = g->a.bytes == 1 && g->b.bytes == 1;
+    int64_t mr = g->is8 ? MR8 : MR16, nr = g->is8 ? NR8 : NR16;
+    g->kgroups = g->is8 ? (g->K + 3) / 4 : (g->K + 1) / 2;
     g->mpanels = (g->M + mr - 1) / mr;
     g->npanels = (g->N + nr - 1) / nr;
-    size_t abytes = (size_t)(g->mpanels * g->kgroups * mr) * 4;
-    size_t bbytes = (size_t)(g->npanels * g->kgroups * nr) * (is8 ? 4 : 8);
-    g->apack = alloc64(abytes);
-    g->bpack = alloc64(bbytes);
-    if (is8)
-        g->corr = malloc((size_t)g->M * sizeof(int64_t) + 8);
-    if (!g->apack || !g->bpack || (is8 && !g->corr)) {
-        free(g->apack);
-        free(g->bpack);
-        free(g->corr);
-        g->apack = g->bpack = NULL;
-        g->corr = NULL;
-        return MT_GEMM_ENOMEM;
-    }
-    if (is8)
-        for (int64_t m = 0; m < g->M; m++)
-            g->corr[m] = 128 * g->a.sum_outer[m];
-    run_parallel(pack_job, g, g->threads);
-    run_parallel(vnni_job, g, g->threads);
-    free(g->apack);
-    free(g->bpack);
-    g->apack = g->bpack = NULL;
-    return 0;
+    *abytes = (size_t)(g->mpanels * g->kgroups * mr) * (g->is8 ? 4 : 8);
+    *bbytes = (size_t)(g->npanels * g->kgroups * nr) * 4;
 }
 
 #else /* !MT_HAVE_X86 */
 
 static int vnni_available(void) { return 0; }
-static int run_vnni(gemm_job *g)
+static void vnni_pack(gemm_job *g, int tid, int nt)
 {
     (void)g;
-    return MT_GEMM_EBADARG;
+    (void)tid;
+    (void)nt;
+}
+static void vnni_compute(gemm_job *g, int tid, int nt)
+{
+    (void)g;
+    (void)tid;
+    (void)nt;
+}
+static void vnni_plan(gemm_job *g, size_t *abytes, size_t *bbytes)
+{
+    (void)g;
+    *abytes = *bbytes = 0;
 }
 
 #endif
+
+/* ---------------------------------------------------------------- phases */
+
+/* Phase 1: operand statistics (A on thread 0, B on thread 1) and the operand copies the
+ * chosen kernel reads (packed panels, or the int32 B). */
+static void prep_job(void *p, int tid, int nt)
+{
+    gemm_job *g = p;
+    stats_ctx sc = {&g->a, &g->b, g->K, 0};
+    stats_job(&sc, tid, nt < 2 ? 1 : 2);
+    if (g->use_vnni)
+        vnni_pack(g, tid, nt);
+    else
+        build_b32_rows(g, tid, nt);
+}
+
+/* Phase 2: exact sums and final values of every row not marked slow. */
+static void main_job(void *p, int tid, int nt)
+{
+    gemm_job *g = p;
+    if (g->use_vnni)
+        vnni_compute(g, tid, nt);
+    else
+        portable_rows(g, tid, nt);
+}
 
 /* ---------------------------------------------------------------- entry points */
 
@@ -799,6 +1112,9 @@ static void fill_stats(const gemm_job *g, mt_gemm_stats *s)
     s->nzslices_a = sa;
     s->nzslices_b = sb;
     s->slice_ops = sops;
+    s->slow_rows = g->nslow;
+    s->kernel = g->use_vnni ? MT_KERNEL_AVX512_VNNI : MT_KERNEL_PORTABLE;
+    s->threads = g->threads;
 }
 
 int mt_gemm_int(const void *a, int a_bytes, int64_t lda, int trans_a,
@@ -822,9 +1138,9 @@ int mt_gemm_int(const void *a, int a_bytes, int64_t lda, int trans_a,
     gemm_job g;
     memset(&g, 0, sizeof g);
     g.a = (operand){.p = a, .bytes = a_bytes, .ld = lda, .trans = !!trans_a,
-                       .krows = !!trans_a, .outer = m};
+                    .krows = !!trans_a, .outer = m};
     g.b = (operand){.p = b, .bytes = b_bytes, .ld = ldb, .trans = !!trans_b,
-                       .krows = !trans_b, .outer = n};
+                    .krows = !trans_b, .outer = n};
     g.M = m;
     g.K = k;
     g.N = n;
@@ -839,52 +1155,68 @@ int mt_gemm_int(const void *a, int a_bytes, int64_t lda, int trans_a,
         for (int64_t i = 0; i < m * n; i++)
             if (init[i] < g.acc_min || init[i] > g.acc_max)
                 return MT_GEMM_EBADARG;
+    g.use_vnni = kernel == MT_KERNEL_AVX512_VNNI ||
+                 (kernel == MT_KERNEL_AUTO && vnni_available());
 
-    int rc = MT_GEMM_ENOMEM;
+    int rc = MT_GEMM_ENOMEM, owned = 1;
+    void *scratch = NULL;
     g.slow = calloc((size_t)m + 1, 1);
     g.arows = malloc((size_t)(threads * (k + 1)) * sizeof(int32_t));
     if (!g.slow || !g.arows || operand_stats_alloc(&g.a, k) || operand_stats_alloc(&g.b, k))
         goto out;
-    stats_ctx sc = {&g.a, &g.b, k};
-    run_parallel(stats_job, &sc, threads < 2 ? 1 : 2);
-    if (acc_mode == MT_ACC_SATURATE)
-        find_slow_rows(&g);
-
-    int use_vnni = kernel == MT_KERNEL_AVX512_VNNI ||
-                   (kernel == MT_KERNEL_AUTO && vnni_available());
-    int need_b32 = !use_vnni || g.nslow > 0;
-    if (need_b32 && k > 0 && n > 0) {
+    if (k == 0 || m == 0 || n == 0) {
+        memset(c, 0, (size_t)(m * n) * sizeof(int64_t));
+        for (int64_t i = 0; init && i < m * n; i++)
+            c[i] = init[i];
+        stats_ctx sc = {&g.a, &g.b, k, 0};
+        stats_job(&sc, 0, 1);
+        rc = MT_GEMM_OK;
+        goto done;
+    }
+    if (g.use_vnni) {
+        size_t ab, bb;
+        vnni_plan(&g, &ab, &bb);
+        ab = (ab + 63) / 64 * 64;
+        scratch = scratch_get(ab + bb, &owned);
+        if (g.is8)
+            g.corr = malloc((size_t)m * sizeof(int64_t));
+        if (!scratch || (g.is8 && !g.corr))
+            goto out;
+        g.apack = scratch;
+        g.bpack = (char *)scratch + ab;
+    } else {
         g.b32 = malloc((size_t)(k * n) * sizeof(int32_t));
         if (!g.b32)
             goto out;
-        run_parallel(build_b32_job, &g, threads);
     }
-    int run_fast = g.nslow < m && k > 0 && n > 0;
-    if (!run_fast || k == 0)
-        memset(c, 0, (size_t)(m * n) * sizeof(int64_t));
-    if (run_fast) {
-        if (use_vnni) {
-            rc = run_vnni(&g);
-            if (rc)
+    run_parallel(prep_job, &g, threads);
+    if (acc_mode == MT_ACC_SATURATE)
+        find_slow_rows(&g);
+    if (g.nslow < m)
+        run_parallel(main_job, &g, threads);
+    if (g.nslow) {
+        if (!g.b32) {
+            g.b32 = malloc((size_t)(k * n) * sizeof(int32_t));
+            if (!g.b32)
                 goto out;
-        } else {
-            run_parallel(portable_job, &g, threads);
+            run_parallel(build_b32_job, &g, threads);
         }
+        run_parallel(slow_job, &g, threads);
     }
-    run_parallel(finish_job, &g, threads);
     rc = MT_GEMM_OK;
-    if (stats) {
+done:
+    if (stats)
         fill_stats(&g, stats);
-        stats->slow_rows = g.nslow;
-        stats->kernel = use_vnni ? MT_KERNEL_AVX512_VNNI : MT_KERNEL_PORTABLE;
-        stats->threads = threads;
-    }
 out:
+    if (scratch)
+        scratch_put(scratch, owned);
     free(g.slow);
     free(g.arows);
     free(g.b32);
     free(g.corr);
     free((void *)g.a.st.row_l1);
     free((void *)g.b.st.row_l1);
+    free(g.a.qbuf);
+    free(g.b.qbuf);
     return rc;
 }
