@@ -64,16 +64,23 @@ def _text(lenfield: Construct, max_len: int | None) -> st.SearchStrategy[str]:
 
 
 def _counters() -> st.SearchStrategy[dict[str, Any]]:
-    def leaf(path: str) -> st.SearchStrategy[Any]:
-        if path.rsplit(".", 1)[-1] in FLOAT_LEAVES:
-            value: st.SearchStrategy[Any] = st.floats(allow_nan=False)
-        else:
-            value = st.integers(0, 2**64 - 1)
-        return st.none() | value
+    """Counters with a random set of present fields; values from a seeded generator (two
+    draws instead of 83 keeps the strategy fast), edge values included."""
+    edges_int = [0, 1, 2**63, 2**64 - 1]
+    edges_float = [0.0, -0.0, 1.5, 1e-300, -2.5e300, float("inf")]
 
-    def build(values: list[Any]) -> dict[str, Any]:
+    def build(mask: int, seed: int) -> dict[str, Any]:
+        rng = np.random.default_rng(seed)
         out = empty_counters()
-        for path, v in zip(COUNTER_FIELDS, values, strict=True):
+        for i, path in enumerate(COUNTER_FIELDS):
+            if not mask >> i & 1:
+                continue
+            if path.rsplit(".", 1)[-1] in FLOAT_LEAVES:
+                pick = rng.integers(0, len(edges_float) + 1)
+                v: Any = float(rng.normal() * 1e6) if pick == 0 else edges_float[pick - 1]
+            else:
+                pick = rng.integers(0, len(edges_int) + 1)
+                v = int(rng.integers(0, 2**63)) if pick == 0 else edges_int[pick - 1]
             *parents, name = path.split(".")
             node = out
             for p in parents:
@@ -81,7 +88,8 @@ def _counters() -> st.SearchStrategy[dict[str, Any]]:
             node[name] = v
         return out
 
-    return st.tuples(*(leaf(p) for p in COUNTER_FIELDS)).map(lambda t: build(list(t)))
+    n = len(COUNTER_FIELDS)
+    return st.builds(build, st.integers(0, 2**n - 1), st.integers(0, 2**32 - 1))
 
 
 def strategy_for(con: Construct) -> st.SearchStrategy[Any]:
