@@ -108,7 +108,7 @@ def test_update_refuses_a_bad_threshold():
 
 def test_laps_counts_only_large_differences():
     high = np.array([10.0, -10.0, 5.0, 1.0])
-    low = high + np.array([0.0, 0.5, 0.1, -0.2])
+    low = high + np.array([0.0, 0.5, 0.15, -0.2])
     assert laps_large_differences(high, low, tolerance=0.01) == 3  # > 0.1
     assert laps_large_differences(high, low, tolerance=0.04) == 1  # > 0.4
     with pytest.raises(ValueError, match="shape"):
