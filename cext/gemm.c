@@ -481,6 +481,9 @@ static int64_t add_sat(int64_t x, int64_t y)
 
 static int64_t abs_sat(int64_t v) { return v < 0 ? (v == INT64_MIN ? INT64_MAX : -v) : v; }
 
+/* A bound computed with saturating arithmetic proves safety only below INT64_MAX. */
+static int bound_fits(int64_t bound, int64_t acc_max) { return bound < INT64_MAX && bound <= acc_max; }
+
 /* Mark the rows whose partial sums might leave the accumulator range (saturate mode): first
  * the global bound max|init| + max|A| * max|B| * K, then per output
  * |init| + min(L1(a_row) * max|B|, max|A| * L1(b_col)). */
@@ -493,7 +496,7 @@ static void find_slow_rows(gemm_job *g)
             int64_t u = abs_sat(g->init[i]);
             maxinit_all = u > maxinit_all ? u : maxinit_all;
         }
-    if (add_sat(mul_sat(mul_sat(maxa, maxb), g->K), maxinit_all) <= g->acc_max)
+    if (bound_fits(add_sat(mul_sat(mul_sat(maxa, maxb), g->K), maxinit_all), g->acc_max))
         return;
     stats_ctx sc = {&g->a, &g->b, g->K, 1};
     run_parallel(stats_job, &sc, g->threads < 2 ? 1 : 2);
@@ -506,12 +509,12 @@ static void find_slow_rows(gemm_job *g)
             }
         int64_t row_bound = mul_sat(g->a.l1_outer[m], maxb);
         int slow = 0;
-        if (add_sat(row_bound, maxinit) > g->acc_max) {
+        if (!bound_fits(add_sat(row_bound, maxinit), g->acc_max)) {
             for (int64_t n = 0; n < g->N && !slow; n++) {
                 int64_t col_bound = mul_sat(maxa, g->b.l1_outer[n]);
                 int64_t bound = row_bound < col_bound ? row_bound : col_bound;
                 int64_t u = g->init ? abs_sat(g->init[m * g->N + n]) : 0;
-                slow = add_sat(bound, u) > g->acc_max;
+                slow = !bound_fits(add_sat(bound, u), g->acc_max);
             }
         }
         g->slow[m] = (unsigned char)slow;

@@ -358,7 +358,7 @@ def _im2col(
     x: np.ndarray, kh: int, kw: int, st: tuple[int, int], pad: tuple[int, int]
 ) -> tuple[np.ndarray, int, int]:
     """Rows (n, ho, wo), columns (c, i, j), as in gemm_reference.im2col_ref."""
-    nb, c, h, w = x.shape
+    nb, _, h, w = x.shape
     ho = _out_size(h, kh, st[0], pad[0], "height")
     wo = _out_size(w, kw, st[1], pad[1], "width")
     xp = np.pad(x, ((0, 0), (0, 0), (pad[0], pad[0]), (pad[1], pad[1])))
@@ -425,7 +425,7 @@ def conv2d_input_grad(
         raise ValueError(f"channels differ: dy has {dy.shape[1]}, w has {w.shape[0]} outputs")
     st, pad = _pair(stride, "stride", 1), _pair(padding, "padding", 0)
     h, wd = _pair(tuple(input_hw), "input_hw", 1)
-    o, c, kh, kw = w.shape
+    o, _, kh, kw = w.shape
     ho, wo = _out_size(h, kh, st[0], pad[0], "height"), _out_size(wd, kw, st[1], pad[1], "width")
     if dy.shape[2:] != (ho, wo):
         raise ValueError(

@@ -156,7 +156,10 @@ def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
 
 
 def im2col_ref(
-    x: np.ndarray, kernel_hw: tuple[int, int], stride: int | tuple[int, int], padding: int | tuple[int, int]
+    x: np.ndarray,
+    kernel_hw: tuple[int, int],
+    stride: int | tuple[int, int],
+    padding: int | tuple[int, int],
 ) -> np.ndarray:
     """Rows (n, ho, wo), columns (c, i, j): the value x_padded[n, c, ho*sh + i, wo*sw + j]."""
     (kh, kw), (sh, sw), (ph, pw) = kernel_hw, _pair(stride), _pair(padding)
@@ -173,7 +176,11 @@ def im2col_ref(
 
 
 def conv2d_ref(
-    x: np.ndarray, w: np.ndarray, *, stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0
+    x: np.ndarray,
+    w: np.ndarray,
+    *,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
 ) -> np.ndarray:
     """y[n, o, ho, wo] = sum_{c,i,j} x_padded[n, c, ho*sh + i, wo*sw + j] * w[o, c, i, j]."""
     (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
@@ -206,7 +213,9 @@ def conv2d_input_grad_ref(
     dxp = np.zeros((nb, c, h + 2 * ph + sh * ho + kh, wd + 2 * pw + sw * wo + kw), np.int64)
     for i in range(kh):
         for j in range(kw):
-            contrib = np.einsum("nohw,oc->nchw", dy.astype(np.int64), w[:, :, i, j].astype(np.int64))
+            contrib = np.einsum(
+                "nohw,oc->nchw", dy.astype(np.int64), w[:, :, i, j].astype(np.int64)
+            )
             dxp[:, :, i : i + sh * ho : sh, j : j + sw * wo : sw] += contrib
     return dxp[:, :, ph : ph + h, pw : pw + wd]
 
