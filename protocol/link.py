@@ -108,6 +108,10 @@ class LinkConfig:
     frame_lifetime: float = 1.0
     #: Undelivered inbox bytes above which the end advertises 0 credits.
     rx_buffer: int = 1 << 22
+    #: In-order DATA frames received before an ACK goes out at once (0: half the window).
+    ack_every: int = 0
+    #: Longest an ACK for in-order data waits for more frames (or DATA to ride on).
+    ack_delay: float = 0.002
 
     def __post_init__(self) -> None:
         if not MIN_PAYLOAD <= self.max_payload <= MAX_PAYLOAD:
@@ -121,6 +125,8 @@ class LinkConfig:
             raise LinkError("timeouts must satisfy 0 < rto_min <= rto_initial <= rto_max")
         if self.frame_lifetime < 0 or self.rx_buffer < 1:
             raise LinkError("frame_lifetime must be >= 0 and rx_buffer >= 1")
+        if self.ack_every < 0 or not 0 <= self.ack_delay < self.rto_min:
+            raise LinkError("ack_every must be >= 0 and 0 <= ack_delay < rto_min")
 
 
 class Message(NamedTuple):
@@ -133,10 +139,20 @@ class Message(NamedTuple):
 class _Out:
     """A DATA frame in flight: its fields, when it was last sent, and its ack state."""
 
-    __slots__ = ("channel", "flags", "payload", "retransmitted", "sacked", "sent_at", "seq")
+    __slots__ = (
+        "channel",
+        "flags",
+        "msg_id",
+        "payload",
+        "retransmitted",
+        "sacked",
+        "sent_at",
+        "seq",
+    )
 
-    def __init__(self, seq: int, channel: int, flags: int, payload: bytes) -> None:
+    def __init__(self, seq: int, channel: int, flags: int, payload: bytes, msg_id: int) -> None:
         self.seq = seq
+        self.msg_id = msg_id
         self.channel = channel
         self.flags = flags
         self.payload = payload
@@ -166,6 +182,7 @@ class Link:
     _sync_interval: float
     _sync_at: float
     _probe_at: float
+    _ack_at: float | None
     _inflight: dict[int, _Out]
     _ooo: dict[int, Frame]
     _queue: deque[_Queued]
@@ -183,6 +200,7 @@ class Link:
         self._rng = rng or random.Random()
         self._decoder = FrameDecoder(self.config.max_payload)
         self._next_msg_id = 0
+        self._acked_through = -1
         #: HOST: every message sent and not yet answered, in send order (replayed on reset).
         self._unanswered: dict[int, tuple[int, bytes]] = {}
         self._inbox: deque[Message] = deque()
@@ -238,6 +256,12 @@ class Link:
         self._queue.append(_Queued(msg_id, channel, data))
         return msg_id
 
+    def acked(self, msg_id: int) -> bool:
+        """True once the peer has acknowledged every fragment of ``msg_id`` (in some session):
+        the message reached the peer's link. Whether it was *answered* is the upper layer's
+        business (``mark_answered``)."""
+        return msg_id <= self._acked_through
+
     def mark_answered(self, msg_id: int) -> None:
         """HOST: the upper layer has the answer to ``msg_id``; never replay it."""
         self._unanswered.pop(msg_id, None)
@@ -277,6 +301,8 @@ class Link:
             if now >= self._sync_at:
                 self._sync_due = True
             return
+        if self._ack_at is not None and now >= self._ack_at:
+            self._ack_pending = True
         if self._inflight:
             oldest = min((o.sent_at for o in self._inflight.values() if not o.sacked), default=None)
             if oldest is not None and now >= oldest + self._rto:
@@ -295,12 +321,14 @@ class Link:
             return self._quiet_until
         if self._peer_epoch is None or not self._confirmed:
             return self._sync_at
+        t = self._ack_at
         if self._inflight:
             oldest = min((o.sent_at for o in self._inflight.values() if not o.sacked), default=None)
-            return None if oldest is None else oldest + self._rto
-        if self._queue and self._peer_credits == 0:
-            return self._probe_at
-        return None
+            if oldest is not None:
+                t = oldest + self._rto if t is None else min(t, oldest + self._rto)
+        elif self._queue and self._peer_credits == 0:
+            t = self._probe_at if t is None else min(t, self._probe_at)
+        return t
 
     def idle(self) -> bool:
         """Established with nothing queued, in flight or owed to the peer."""
@@ -309,6 +337,7 @@ class Link:
             and not self._queue
             and not self._inflight
             and not self._ack_pending
+            and self._ack_at is None
             and not self._nak_pending
             and not self._ctrl
         )
@@ -352,9 +381,11 @@ class Link:
         if self._ctrl:
             out.extend(self._ctrl)
             self._ctrl.clear()
-        for seq in self._retx:
+        carried = False
+        for seq in dict.fromkeys(self._retx):
             o = self._inflight.get(seq)
             if o is not None and not o.sacked:
+                carried = True
                 o.sent_at = now
                 o.retransmitted = True
                 self.stats["retransmits"] += 1
@@ -370,20 +401,27 @@ class Link:
                     )
                 )
         self._retx.clear()
-        sent_data = self._fill_window(out, ack, credits, now)
+        if self._fill_window(out, ack, credits, now) or carried:
+            # DATA carries the cumulative ack and credits; only a SACK needs an ACK of its own.
+            if not self._ooo:
+                self._ack_pending = False
+                self._ack_at = None
+                self._rx_unacked = 0
         if self._nak_pending:
             self.stats["naks_sent"] += 1
             out.append(encode_frame(FrameType.NAK, self._sack(), ack=ack, credits=credits))
-            self._nak_pending = self._ack_pending = False
         elif self._ack_pending or self._poll_pending:
-            if not (sent_data and not self._ooo and not self._poll_pending):
-                flags = _POLL if self._poll_pending else 0
-                out.append(
-                    encode_frame(FrameType.ACK, self._sack(), ack=ack, credits=credits, flags=flags)
-                )
+            flags = _POLL if self._poll_pending else 0
+            out.append(
+                encode_frame(FrameType.ACK, self._sack(), ack=ack, credits=credits, flags=flags)
+            )
             if self._poll_pending:
                 self._probe_at = now + self._rto
-            self._ack_pending = self._poll_pending = False
+        else:
+            return self._emit(out)
+        self._nak_pending = self._ack_pending = self._poll_pending = False
+        self._ack_at = None
+        self._rx_unacked = 0
         return self._emit(out)
 
     # ------------------------------------------------------------------ session
@@ -419,6 +457,8 @@ class Link:
         self._nak_for: int | None = None
         self._ctrl: list[bytes] = []
         self._ack_pending = False
+        self._ack_at = None
+        self._rx_unacked = 0
         self._nak_pending = False
         self._poll_pending = False
         self._probe_at = 0.0
@@ -509,6 +549,8 @@ class Link:
         sample: float | None = None
         for _ in range(n):
             o = self._inflight.pop(self._snd_una)
+            if o.flags & _LAST:
+                self._acked_through = max(self._acked_through, o.msg_id)
             if not o.retransmitted and sample is None:
                 sample = self._now - o.sent_at
             self._snd_una = (self._snd_una + 1) & _SEQ_MASK
@@ -539,19 +581,27 @@ class Link:
         )
 
     def _on_data(self, f: Frame) -> None:
-        self._ack_pending = True
         d = (f.seq - self._rcv_nxt) & _SEQ_MASK
         if d >= self._window or len(f.payload) > self._max_payload:
-            return  # duplicate of something delivered, or outside the window
+            self._ack_pending = True  # a copy of something delivered: our ack was lost
+            return
         if d > 0:
+            self._ack_pending = True
             self._ooo[f.seq] = f
             if self._nak_for != self._rcv_nxt:
                 self._nak_for = self._rcv_nxt
                 self._nak_pending = True
             return
         self._deliver(f)
-        while self._rcv_nxt in self._ooo:
-            self._deliver(self._ooo.pop(self._rcv_nxt))
+        if self._ooo:
+            self._ack_pending = True  # a hole was filled: tell the sender at once
+            while self._rcv_nxt in self._ooo:
+                self._deliver(self._ooo.pop(self._rcv_nxt))
+        self._rx_unacked += 1
+        if self._rx_unacked >= (self.config.ack_every or max(1, self._window // 2)):
+            self._ack_pending = True
+        elif self._ack_at is None:
+            self._ack_at = self._now + self.config.ack_delay
 
     def _deliver(self, f: Frame) -> None:
         self._rcv_nxt = (self._rcv_nxt + 1) & _SEQ_MASK
@@ -586,7 +636,7 @@ class Link:
             if q.off >= len(q.payload):
                 flags = _LAST
                 self._queue.popleft()
-            o = _Out(self._snd_nxt, q.channel, flags, chunk)
+            o = _Out(self._snd_nxt, q.channel, flags, chunk, q.msg_id)
             o.sent_at = now
             self._inflight[o.seq] = o
             self._snd_nxt = (self._snd_nxt + 1) & _SEQ_MASK
