@@ -122,10 +122,13 @@ def update_frac_bits(
     """
     if not 0.0 <= threshold < 1.0:
         raise ValueError(f"threshold must be in [0, 1), got {threshold!r}")
-    kw = {"stochastic": stochastic, "seed": seed, "stream": stream}
-    if overflow_ratio(x, bits, frac_bits, **kw) > threshold:
+
+    def ratio(f: int) -> float:
+        return overflow_ratio(x, bits, f, stochastic=stochastic, seed=seed, stream=stream)
+
+    if ratio(frac_bits) > threshold:
         return max(FRAC_BITS_MIN, int(frac_bits) - 1)
-    if frac_bits < FRAC_BITS_MAX and overflow_ratio(x, bits, frac_bits + 1, **kw) <= threshold:
+    if frac_bits < FRAC_BITS_MAX and ratio(frac_bits + 1) <= threshold:
         return int(frac_bits) + 1
     return int(frac_bits)
 
