@@ -51,6 +51,7 @@ FORMATS: tuple[str, ...] = (
 )
 _PARAM_RANGE = (-64, 64)  # frac_bits and shared_exp
 _HFP8_BIAS = (0, 15)
+_HFP8_STAGES = ("forward", "backward")
 _MASK64 = (1 << 64) - 1
 
 if os.environ.get("MICROTRAIN_THREADS", "").strip() == "1":
@@ -142,8 +143,8 @@ def _threshold(params: dict[str, Any]) -> float:
 def _hfp8(params: dict[str, Any]) -> tuple[_Float, bool]:
     """The format hfp8 stands for with these params, and whether it is the forward one."""
     stage = params.get("stage", "forward")
-    if stage not in ("forward", "backward"):
-        raise ValueError(f"stage must be 'forward' or 'backward', got {stage!r}")
+    if not isinstance(stage, str) or stage not in _HFP8_STAGES:
+        raise ValueError(f"stage must be one of {', '.join(_HFP8_STAGES)}; got {stage!r}")
     bias = _int_param(params, "bias", *_HFP8_BIAS)
     if stage == "backward":
         return _FLOATS["e5m2"], False
@@ -165,7 +166,10 @@ def _key(value: object, name: str) -> int:
 
 
 def _as_f32(x: npt.ArrayLike) -> np.ndarray:
-    return np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+    """x as a C-contiguous float32 array of its own shape (0-d stays 0-d); values beyond
+    float32's range become +-inf, as numpy's cast does (not a warning: it is the spec)."""
+    with np.errstate(over="ignore"):
+        return np.asarray(x, dtype=np.float32, order="C")
 
 
 def _rbits(rbits: npt.ArrayLike | None, shape: tuple[int, ...]) -> tuple[np.ndarray | None, Any]:
@@ -177,8 +181,16 @@ def _rbits(rbits: npt.ArrayLike | None, shape: tuple[int, ...]) -> tuple[np.ndar
         raise ValueError(f"rbits must be a uint32 array, got dtype {r.dtype}")
     if r.shape != shape:
         raise ValueError(f"rbits must have the shape of x {shape}, got {r.shape}")
-    r = np.ascontiguousarray(r)
+    r = np.asarray(r, order="C")
     return r, ffi.from_buffer("uint32_t[]", r)
+
+
+def _as_codes(codes: npt.ArrayLike, fmt: str) -> np.ndarray:
+    """codes as a C-contiguous array of fmt's code dtype (integer input only)."""
+    c = np.asarray(codes)
+    if c.dtype.kind not in "iu":
+        raise ValueError(f"{fmt} codes must be an integer array, got dtype {c.dtype}")
+    return np.asarray(c.astype(code_dtype(fmt), copy=False), order="C")
 
 
 def _fixed_bits(fmt: str) -> int:
@@ -280,7 +292,16 @@ def encode(
     if fmt == "fgmp":
         out = np.empty(xs.shape, dtype=np.uint32)
         lib.mt_encode_fgmp(
-            _f32_ptr(flat), _buf(out), n, _threshold(params), rnd, sat, k_seed, k_stream, 0, rptr
+            _f32_ptr(flat),
+            ffi.from_buffer("uint32_t[]", out),
+            n,
+            _threshold(params),
+            rnd,
+            sat,
+            k_seed,
+            k_stream,
+            0,
+            rptr,
         )
         return out
     if fmt == "flex16" or fmt.startswith("dfxp"):
@@ -317,8 +338,7 @@ def decode(codes: npt.ArrayLike, fmt: str, **params: Any) -> np.ndarray:
     """float32 values of ``codes`` in ``fmt`` (same shape)."""
     fmt = _check_format(fmt)
     _check_params(fmt, params)
-    dt = code_dtype(fmt)
-    cs = np.ascontiguousarray(np.asarray(codes).astype(dt, copy=False))
+    cs = _as_codes(codes, fmt)
     out = np.empty(cs.shape, dtype=np.float32)
     n = cs.size
     if fmt == "fp32":
@@ -395,7 +415,7 @@ def quantize(
 
 def outlier_ratio(codes: npt.ArrayLike) -> float:
     """Share of fgmp codes that are outliers (kept in fp16); 0.0 for no codes."""
-    cs = np.ascontiguousarray(np.asarray(codes).astype(np.uint32, copy=False))
+    cs = _as_codes(codes, "fgmp")
     if cs.size == 0:
         return 0.0
     return int(lib.mt_count_outliers(ffi.from_buffer("uint32_t[]", cs), cs.size)) / cs.size
