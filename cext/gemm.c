@@ -41,6 +41,9 @@
 
 #define MAX_THREADS 16
 #define DEFAULT_THREADS 2
+/* Below this much work per thread, waking a second thread costs more than it saves
+ * (measured on the 2-core development machine with a loaded neighbour). */
+#define MIN_MACS_PER_THREAD ((int64_t)1 << 24)
 
 /* ---------------------------------------------------------------- threads */
 
@@ -60,7 +63,7 @@ static void *par_thread(void *p)
 }
 
 /* Run fn(ctx, t, nt) for t = 0..nt-1, t > 0 on new threads (inline if one cannot start). */
-static void run_parallel(par_fn fn, void *ctx, int nt)
+static void run_spawned(par_fn fn, void *ctx, int nt)
 {
     pthread_t th[MAX_THREADS];
     par_job jobs[MAX_THREADS];
@@ -76,6 +79,103 @@ static void run_parallel(par_fn fn, void *ctx, int nt)
         else
             fn(ctx, t, nt);
     }
+}
+
+/* A pool of parked worker threads (tids 1..nworkers), started on first use and kept: waking
+ * a parked thread costs far less than creating one, which matters for GEMMs of a fraction of
+ * a millisecond. One caller owns the pool at a time; a concurrent caller spawns its own
+ * threads. After fork() the child starts with an empty pool. */
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t wake, done;
+    int nworkers, busy, pending, nt;
+    unsigned long gen;
+    par_fn fn;
+    void *ctx;
+} g_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER,
+            0, 0, 0, 0, 0, NULL, NULL};
+static unsigned long g_start_gen[MAX_THREADS];
+static pthread_once_t g_pool_once = PTHREAD_ONCE_INIT;
+
+static void pool_after_fork_child(void)
+{
+    pthread_mutex_init(&g_pool.lock, NULL);
+    pthread_cond_init(&g_pool.wake, NULL);
+    pthread_cond_init(&g_pool.done, NULL);
+    g_pool.nworkers = g_pool.busy = g_pool.pending = 0;
+}
+
+static void pool_init_once(void) { pthread_atfork(NULL, NULL, pool_after_fork_child); }
+
+static void *pool_worker(void *arg)
+{
+    int tid = (int)(intptr_t)arg;
+    pthread_mutex_lock(&g_pool.lock);
+    unsigned long seen = g_start_gen[tid];
+    for (;;) {
+        while (g_pool.gen == seen)
+            pthread_cond_wait(&g_pool.wake, &g_pool.lock);
+        seen = g_pool.gen;
+        if (tid < g_pool.nt) {
+            par_fn fn = g_pool.fn;
+            void *ctx = g_pool.ctx;
+            int nt = g_pool.nt;
+            pthread_mutex_unlock(&g_pool.lock);
+            fn(ctx, tid, nt);
+            pthread_mutex_lock(&g_pool.lock);
+            if (--g_pool.pending == 0)
+                pthread_cond_signal(&g_pool.done);
+        }
+    }
+    return NULL;
+}
+
+/* Run fn(ctx, t, nt) for t = 0..nt-1: t = 0 on the caller, the others on pool workers (or
+ * inline on the caller when a worker cannot be started). */
+static void run_parallel(par_fn fn, void *ctx, int nt)
+{
+    if (nt <= 1) {
+        fn(ctx, 0, 1);
+        return;
+    }
+    pthread_once(&g_pool_once, pool_init_once);
+    pthread_mutex_lock(&g_pool.lock);
+    if (g_pool.busy) {
+        pthread_mutex_unlock(&g_pool.lock);
+        run_spawned(fn, ctx, nt);
+        return;
+    }
+    g_pool.busy = 1;
+    while (g_pool.nworkers < nt - 1) {
+        int t = g_pool.nworkers + 1;
+        pthread_t th;
+        pthread_attr_t attr;
+        g_start_gen[t] = g_pool.gen;
+        if (pthread_attr_init(&attr) != 0)
+            break;
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        int ok = pthread_create(&th, &attr, pool_worker, (void *)(intptr_t)t) == 0;
+        pthread_attr_destroy(&attr);
+        if (!ok)
+            break;
+        g_pool.nworkers = t;
+    }
+    int usable = g_pool.nworkers + 1 < nt ? g_pool.nworkers + 1 : nt;
+    g_pool.fn = fn;
+    g_pool.ctx = ctx;
+    g_pool.nt = nt;
+    g_pool.pending = usable - 1;
+    g_pool.gen++;
+    pthread_cond_broadcast(&g_pool.wake);
+    pthread_mutex_unlock(&g_pool.lock);
+    fn(ctx, 0, nt);
+    for (int t = usable; t < nt; t++)
+        fn(ctx, t, nt);
+    pthread_mutex_lock(&g_pool.lock);
+    while (g_pool.pending > 0)
+        pthread_cond_wait(&g_pool.done, &g_pool.lock);
+    g_pool.busy = 0;
+    pthread_mutex_unlock(&g_pool.lock);
 }
 
 static void split_range(int64_t n, int tid, int nt, int64_t *lo, int64_t *hi)
@@ -1133,8 +1233,10 @@ int mt_gemm_int(const void *a, int a_bytes, int64_t lda, int trans_a,
         return MT_GEMM_EBADARG;
     if ((trans_a ? lda < m : lda < k) || (trans_b ? ldb < k : ldb < n))
         return MT_GEMM_EBADARG;
-    if (threads <= 0)
-        threads = DEFAULT_THREADS;
+    if (threads <= 0) { /* automatic: the default, but at least MIN_MACS_PER_THREAD each */
+        int64_t macs = m * n * k, most = macs / MIN_MACS_PER_THREAD;
+        threads = most < DEFAULT_THREADS ? (most < 1 ? 1 : (int)most) : DEFAULT_THREADS;
+    }
     if (threads > MAX_THREADS)
         threads = MAX_THREADS;
 

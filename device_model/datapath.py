@@ -42,8 +42,17 @@ KERNELS: dict[str, int] = {
     "avx512-vnni": lib.MT_KERNEL_AVX512_VNNI,
 }
 _KERNEL_NAMES = {v: k for k, v in KERNELS.items()}
+_AVAILABLE = {v: bool(lib.mt_gemm_kernel_available(v)) for v in KERNELS.values()}
 ACC_MODES: dict[str, int] = {"saturate": lib.MT_ACC_SATURATE, "wrap": lib.MT_ACC_WRAP}
 ACC_BITS_RANGE = (8, 64)
+_INT_TYPES = (int, np.integer)
+_OK, _ENOMEM = lib.MT_GEMM_OK, lib.MT_GEMM_ENOMEM
+_ARRAY_TYPE = {
+    "void *": "char[]",
+    "int64_t *": "int64_t[]",
+    "float *": "float[]",
+    "double *": "double[]",
+}
 _INT_DTYPES = (np.dtype(np.int8), np.dtype(np.int16))
 _STAT_FIELDS = (
     "macs",
@@ -97,7 +106,7 @@ def kernel_available(name: str) -> bool:
 
 def default_acc_bits(a_dtype: Any, b_dtype: Any) -> int:
     """32 bits when both operands are int8, 48 otherwise (docs/datapath.md says why)."""
-    both8 = np.dtype(a_dtype) == np.int8 and np.dtype(b_dtype) == np.int8
+    both8 = np.dtype(a_dtype).itemsize == 1 and np.dtype(b_dtype).itemsize == 1
     return 32 if both8 else 48
 
 
@@ -107,16 +116,17 @@ def _kernel_code(name: str | None) -> int:
     if name not in KERNELS:
         raise ValueError(f"unknown kernel {name!r}; accepted: {', '.join(KERNELS)}")
     code = KERNELS[name]
-    if not lib.mt_gemm_kernel_available(code):
+    if not _AVAILABLE[code]:
         raise ValueError(f"kernel {name!r} does not run on this CPU; use 'auto' or 'portable'")
     return code
 
 
 def _threads(threads: int | None) -> int:
+    """The thread count to pass to C; 0 = automatic (2, fewer for small GEMMs)."""
     if threads is None:
         env = os.environ.get("MICROTRAIN_THREADS", "").strip()
         if not env:
-            return 2
+            return 0
         try:
             threads = int(env)
         except ValueError:
@@ -160,11 +170,13 @@ def _strided(x: np.ndarray, name: str, trans: bool) -> tuple[np.ndarray, int, bo
 
 
 def _ptr(x: np.ndarray, ctype: str) -> Any:
-    return ffi.cast(ctype, x.ctypes.data)
+    if x.flags.c_contiguous:  # the cheap way
+        return ffi.from_buffer(_ARRAY_TYPE[ctype], x, require_writable=False)
+    return ffi.cast(ctype, x.__array_interface__["data"][0])
 
 
 def _check_acc(acc_bits: object, acc_mode: object) -> tuple[int, int]:
-    if isinstance(acc_bits, bool) or not isinstance(acc_bits, int | np.integer):
+    if isinstance(acc_bits, bool) or not isinstance(acc_bits, _INT_TYPES):
         raise ValueError(f"acc_bits must be an integer {ACC_BITS_RANGE}, got {acc_bits!r}")
     lo, hi = ACC_BITS_RANGE
     if not lo <= int(acc_bits) <= hi:
@@ -230,12 +242,10 @@ def gemm_int(
         st,
     )
     _check_rc(rc, "gemm_int")
-    stats = GemmStats(
-        **{f: int(getattr(st, f)) for f in _STAT_FIELDS},
-        slow_rows=int(st.slow_rows),
-        kernel=_KERNEL_NAMES.get(int(st.kernel), str(st.kernel)),
-        threads=int(st.threads),
-    )
+    raw = bytes(ffi.buffer(st))  # mt_gemm_stats: 11 int64 fields, then kernel and threads
+    counts = np.frombuffer(raw, np.int64, count=11).tolist()
+    kcode, nthr = np.frombuffer(raw, np.int32, count=2, offset=88).tolist()
+    stats = GemmStats(*counts, kernel=_KERNEL_NAMES.get(kcode, str(kcode)), threads=nthr)
     return c, stats
 
 
@@ -257,9 +267,11 @@ def _init(init: Any, m: int, n: int, bits: int) -> np.ndarray | None:
 
 
 def _check_rc(rc: int, what: str) -> None:
-    if rc == lib.MT_GEMM_ENOMEM:
+    if rc == _OK:
+        return
+    if rc == _ENOMEM:
         raise MemoryError(f"{what}: scratch buffers could not be allocated")
-    if rc != lib.MT_GEMM_OK:
+    if rc != _OK:
         raise ValueError(f"{what}: arguments rejected by the kernel (code {rc})")
 
 

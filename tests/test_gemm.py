@@ -8,6 +8,8 @@ counts over every MAC.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -51,9 +53,12 @@ def gemm_cases(draw: st.DrawFn, max_dim: int = 40) -> dict:
     case=gemm_cases(),
     bits=st.sampled_from([16, 20, 24, 32, 48, 64]),
     mode=st.sampled_from(["saturate", "wrap"]),
+    threads=st.sampled_from([1, 2, 3]),
 )
-def test_gemm_equals_sequential_reference(kernel: str, case: dict, bits: int, mode: str) -> None:
-    c, stats = dp.gemm_int(**case, acc_bits=bits, acc_mode=mode, kernel=kernel)
+def test_gemm_equals_sequential_reference(
+    kernel: str, case: dict, bits: int, mode: str, threads: int
+) -> None:
+    c, stats = dp.gemm_int(**case, acc_bits=bits, acc_mode=mode, kernel=kernel, threads=threads)
     expect = ref.gemm_int_ref(**case, acc_bits=bits, acc_mode=mode)
     np.testing.assert_array_equal(c, expect)
     assert c.dtype == np.int64
@@ -99,7 +104,7 @@ def test_fast_path_on_large_shapes(kernel: str, dtype: type) -> None:
     rng = np.random.default_rng(11)
     a = _codes(rng, (70, 1100), dtype, 0.1)
     b = _codes(rng, (1100, 67), dtype, 0.1)
-    c, stats = dp.gemm_int(a, b, acc_bits=64, kernel=kernel)
+    c, stats = dp.gemm_int(a, b, acc_bits=64, kernel=kernel, threads=2)
     np.testing.assert_array_equal(c, a.astype(np.int64) @ b.astype(np.int64))
     assert stats.slow_rows == 0
 
@@ -339,3 +344,17 @@ def test_accumulator_rounding_against_float16() -> None:
 def test_float_bad_input(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         dp.gemm_float(**kwargs)
+
+
+def test_concurrent_callers_get_their_own_results() -> None:
+    """Python threads calling at once (the C call releases the GIL) share the worker pool
+    or spawn their own threads; every caller must still get its own exact result."""
+    rng = np.random.default_rng(21)
+    jobs = [
+        (_codes(rng, (40, 300), np.int8, 0.1), _codes(rng, (300, 50), np.int16, 0.1))
+        for _ in range(6)
+    ]
+    with ThreadPoolExecutor(max_workers=4) as ex:
+        results = list(ex.map(lambda ab: dp.gemm_int(*ab, threads=2)[0], jobs * 3))
+    for (a, b), c in zip(jobs * 3, results, strict=True):
+        np.testing.assert_array_equal(c, a.astype(np.int64) @ b.astype(np.int64))
