@@ -134,13 +134,11 @@ class LengthMismatch(FramingError):
 _CODE = [bytes([i]) for i in range(256)]
 
 
-def cobs_encode(data: bytes | bytearray | memoryview) -> bytes:
-    """COBS-encode ``data``: the result holds no 0x00 and is ``len + len // 254 + 1`` bytes at
-    most. The work is done by bytes.split and join (C loops inside CPython)."""
-    out: list[bytes] = []
+def _cobs_blocks(data: bytes, out: list[bytes]) -> None:
+    """Append the COBS blocks of ``data`` to ``out`` as alternating code bytes and runs."""
     append = out.append
     code = _CODE
-    for seg in bytes(data).split(b"\x00"):
+    for seg in data.split(b"\x00"):
         n = len(seg)
         if n < 254:
             append(code[n + 1])
@@ -153,35 +151,48 @@ def cobs_encode(data: bytes | bytearray | memoryview) -> bytes:
                 i += 254
             append(code[n - i + 1])
             append(seg[i:])
+
+
+def cobs_encode(data: bytes | bytearray | memoryview) -> bytes:
+    """COBS-encode ``data``: the result holds no 0x00 and is ``len + len // 254 + 1`` bytes at
+    most. The work is done by bytes.split, slicing and join (C loops inside CPython)."""
+    out: list[bytes] = []
+    _cobs_blocks(bytes(data), out)
     return b"".join(out)
 
 
-def cobs_decode(data: bytes | bytearray | memoryview) -> bytes:
-    """Invert ``cobs_encode``. Raises CobsError if ``data`` holds a 0x00 or a block runs past
-    the end."""
-    enc = bytes(data)
+def _cobs_decode(enc: bytes) -> bytes:
+    """cobs_decode for ``enc`` known to hold no 0x00 (a piece of a split on the delimiter)."""
     n = len(enc)
-    if n == 0:
-        raise CobsError("empty COBS block: at least one code byte is required")
-    if 0 in enc:
-        raise CobsError(f"0x00 at offset {enc.index(0)} inside a COBS frame (0x00 only delimits)")
     out: list[bytes] = []
     append = out.append
     i = 0
     while True:
         code = enc[i]
         j = i + code
-        if j > n:
-            raise CobsError(
-                f"COBS block at offset {i} claims {code - 1} data bytes but only {n - i - 1} remain"
-            )
+        if j >= n:
+            if j > n:
+                raise CobsError(
+                    f"COBS block at offset {i} claims {code - 1} data bytes but only "
+                    f"{n - i - 1} remain"
+                )
+            append(enc[i + 1 : j])
+            return b"".join(out)
         append(enc[i + 1 : j])
-        if j == n:
-            break
         if code != 0xFF:
             append(b"\x00")
         i = j
-    return b"".join(out)
+
+
+def cobs_decode(data: bytes | bytearray | memoryview) -> bytes:
+    """Invert ``cobs_encode``. Raises CobsError if ``data`` is empty, holds a 0x00 or a block
+    runs past the end."""
+    enc = bytes(data)
+    if not enc:
+        raise CobsError("empty COBS block: at least one code byte is required")
+    if 0 in enc:
+        raise CobsError(f"0x00 at offset {enc.index(0)} inside a COBS frame (0x00 only delimits)")
+    return _cobs_decode(enc)
 
 
 def max_encoded_size(payload_len: int) -> int:
@@ -236,20 +247,33 @@ def encode_frame(
         raise FramingError(
             f"header field out of range ({e}): flags/type/channel are u8, seq/ack/credits are u16"
         ) from None
-    body = head + bytes(payload)
-    return b"\x00" + cobs_encode(body + _CRC.pack(zlib.crc32(body))) + b"\x00"
+    crc = zlib.crc32(payload, zlib.crc32(head))
+    out: list[bytes] = [b"\x00"]
+    _cobs_blocks(b"".join((head, payload, _CRC.pack(crc))), out)
+    out.append(b"\x00")
+    return b"".join(out)
 
 
 def decode_frame(body: bytes | bytearray | memoryview, max_payload: int = MAX_PAYLOAD) -> Frame:
     """Decode the bytes between two delimiters. Raises a FramingError subclass: CobsError,
     ShortFrame, CrcError (checked before any field is read), BadVersion, FrameTooLong (payload
     above ``max_payload``) or LengthMismatch."""
+    enc = bytes(body)
+    if not enc:
+        raise CobsError("empty COBS block: at least one code byte is required")
+    if 0 in enc:
+        raise CobsError(f"0x00 at offset {enc.index(0)} inside a COBS frame (0x00 only delimits)")
+    return _decode_body(enc, max_payload)
+
+
+def _decode_body(body: bytes, max_payload: int) -> Frame:
+    """decode_frame for a non-empty ``body`` known to hold no 0x00."""
     if len(body) > max_encoded_size(max_payload):
         raise FrameTooLong(
             f"{len(body)} encoded bytes; a frame with at most {max_payload} payload bytes "
             f"encodes to at most {max_encoded_size(max_payload)}"
         )
-    raw = cobs_decode(body)
+    raw = _cobs_decode(body)
     n = len(raw)
     if n < HEADER_SIZE + CRC_SIZE:
         raise ShortFrame(
@@ -301,41 +325,35 @@ class FrameDecoder:
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame | FramingError]:
         """Consume ``data``; return the frames it completed and an error per bad frame."""
-        data = bytes(data)
+        pieces = bytes(data).split(b"\x00")
+        tail = pieces.pop()  # the bytes after the last delimiter: a frame still arriving
         out: list[Frame | FramingError] = []
-        buf = self._buf
-        limit = self._limit
-        start = 0
-        n = len(data)
-        while start < n:
-            z = data.find(0, start)
-            if z < 0:
-                if not self._discarding:
-                    if len(buf) + n - start > limit:
-                        out.append(
-                            FrameTooLong(
-                                f"over {limit} bytes without a delimiter; dropped up to the next "
-                                "0x00"
-                            )
-                        )
-                        buf.clear()
-                        self._discarding = True
-                    else:
-                        buf += data[start:]
-                break
+        if pieces:
+            buf = self._buf
             if self._discarding:
+                pieces[0] = b""  # the rest of a frame already reported as too long
                 self._discarding = False
-            else:
-                if buf:
-                    buf += data[start:z]
-                    body = bytes(buf)
-                    buf.clear()
-                else:
-                    body = data[start:z]
+            elif buf:
+                buf += pieces[0]
+                pieces[0] = bytes(buf)
+                buf.clear()
+            mp = self.max_payload
+            append = out.append
+            for body in pieces:
                 if body:
                     try:
-                        out.append(decode_frame(body, self.max_payload))
+                        append(_decode_body(body, mp))
                     except FramingError as e:
-                        out.append(e)
-            start = z + 1
+                        append(e)
+        if tail and not self._discarding:
+            if len(self._buf) + len(tail) > self._limit:
+                out.append(
+                    FrameTooLong(
+                        f"over {self._limit} bytes without a delimiter; dropped up to the next 0x00"
+                    )
+                )
+                self._buf.clear()
+                self._discarding = True
+            else:
+                self._buf += tail
         return out
