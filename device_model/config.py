@@ -132,6 +132,7 @@ class ChipPreset:
     #: Dynamic energy of one 4b x 4b slice product, pJ: the top of the power range minus static
     #: power, spent by the full array at its slice rate (``_slice_mac_pj``). Includes operand
     #: registers and accumulation inside the PE; SRAM and DRAM bytes are costed separately.
+    #: 0.0 (the default) means "derive it"; any positive value is taken as given.
     slice_mac_pj: float = 0.0
     #: Device memory the firmware may allocate (models, tensors, optimizer state): 64 MiB
     #: (assumption: a DRAM carve-out for the accelerator on a mobile SoC).
