@@ -43,6 +43,8 @@ KERNELS: dict[str, int] = {
 }
 _KERNEL_NAMES = {v: k for k, v in KERNELS.items()}
 _AVAILABLE = {v: bool(lib.mt_gemm_kernel_available(v)) for v in KERNELS.values()}
+if ffi.sizeof("mt_gemm_stats") != 96 or ffi.offsetof("mt_gemm_stats", "kernel") != 88:
+    raise ImportError("mt_gemm_stats layout changed: update gemm_int's unpacking")
 ACC_MODES: dict[str, int] = {"saturate": lib.MT_ACC_SATURATE, "wrap": lib.MT_ACC_WRAP}
 ACC_BITS_RANGE = (8, 64)
 _INT_TYPES = (int, np.integer)
@@ -245,7 +247,8 @@ def gemm_int(
     raw = bytes(ffi.buffer(st))  # mt_gemm_stats: 11 int64 fields, then kernel and threads
     counts = np.frombuffer(raw, np.int64, count=11).tolist()
     kcode, nthr = np.frombuffer(raw, np.int32, count=2, offset=88).tolist()
-    stats = GemmStats(*counts, kernel=_KERNEL_NAMES.get(kcode, str(kcode)), threads=nthr)
+    fields = dict(zip((*_STAT_FIELDS, "slow_rows"), counts, strict=True))
+    stats = GemmStats(**fields, kernel=_KERNEL_NAMES.get(kcode, str(kcode)), threads=nthr)
     return c, stats
 
 
