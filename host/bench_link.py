@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import random
 import select
+import sys
 import time
 import tty
 from typing import Any
@@ -31,6 +32,11 @@ from protocol.link import Link, LinkConfig, Role
 
 CHUNK = 1 << 16
 READ_SIZE = 1 << 16
+REPEATS = 3
+#: The link settings of the pty transfer: default max payload; a window of 32 frames because
+#: a pty moves ~100 MB/s with ~1 ms scheduling round trips (bandwidth-delay product ~100 KiB),
+#: which the default window of 8 x 4 KiB cannot cover. A UART needs far less.
+BENCH_CONFIG = LinkConfig(window=32)
 
 
 def _kinds(n: int) -> dict[str, bytes]:
@@ -49,33 +55,32 @@ def wire_efficiency() -> dict[str, dict[str, float]]:
     return out
 
 
-def _framing(payload: bytes, seconds: float) -> tuple[float, float]:
-    """Seconds per frame to encode, and to decode, frames carrying ``payload``."""
-    frames = [encode_frame(FrameType.DATA, payload, seq=i) for i in range(16)]
+def _framing(payload: bytes, rounds: int) -> tuple[float, float]:
+    """Best seconds per frame to encode, and to decode, frames carrying ``payload``: the
+    minimum over ``rounds`` rounds of 32 frames (the least disturbed by other processes)."""
+    frames = [encode_frame(FrameType.DATA, payload, seq=i) for i in range(32)]
     dec = FrameDecoder(max(DEFAULT_PAYLOAD, len(payload)))
-    n = 0
-    t_enc = t_dec = 0.0
-    while t_enc + t_dec < seconds:
+    best_enc = best_dec = float("inf")
+    for _ in range(rounds):
         t0 = time.perf_counter()
-        for i in range(16):
+        for i in range(32):
             encode_frame(FrameType.DATA, payload, seq=i)
         t1 = time.perf_counter()
         for f in frames:
             dec.feed(f)
         t2 = time.perf_counter()
-        t_enc += t1 - t0
-        t_dec += t2 - t1
-        n += 16
-    return t_enc / n, t_dec / n
+        best_enc = min(best_enc, (t1 - t0) / 32)
+        best_dec = min(best_dec, (t2 - t1) / 32)
+    return best_enc, best_dec
 
 
 def framing(quick: bool = False) -> dict[str, Any]:
     """Frame encode/decode throughput on one core (MB/s of payload)."""
-    seconds = 0.2 if quick else 0.6
+    rounds = 50 if quick else 300
     res: dict[str, Any] = {}
     by_kind: dict[str, float] = {}
     for kind, p in _kinds(DEFAULT_PAYLOAD).items():
-        enc, dec = _framing(p, seconds if kind == "random" else seconds / 3)
+        enc, dec = _framing(p, rounds if kind == "random" else max(3, rounds // 30))
         by_kind[kind] = round(len(p) / (enc + dec) / 1e6, 1)
         if kind == "random":
             res["framing_mb_s"] = by_kind[kind]
@@ -219,13 +224,27 @@ def link_pty(total: int, cfg: LinkConfig) -> tuple[float, dict[str, int]]:
 
 
 def run(quick: bool = False, progress: bool = True) -> dict[str, Any]:
-    """All link figures as one JSON-ready dict."""
+    """All link figures as one JSON-ready dict. The pty transfers run raw, link, raw, link...
+    (``REPEATS`` times each, once with ``quick``) and the best of each is kept."""
+
+    def say(msg: str) -> None:
+        if progress:
+            print(msg, file=sys.stderr, flush=True)
+
     total = (16 if quick else 64) << 20
+    say("framing ...")
     res: dict[str, Any] = framing(quick)
     res["wire_efficiency"] = wire_efficiency()
-    cfg = LinkConfig()
-    raw = raw_pty(total)
-    goodput, stats = link_pty(total, cfg)
+    cfg = BENCH_CONFIG
+    raw = goodput = 0.0
+    stats: dict[str, int] = {}
+    for i in range(1 if quick else REPEATS):
+        say(f"pty transfer {i + 1}: raw ...")
+        raw = max(raw, raw_pty(total))
+        say(f"pty transfer {i + 1}: link ...")
+        g, st = link_pty(total, cfg)
+        if g > goodput:
+            goodput, stats = g, st
     res["pty_goodput_mb_s"] = round(goodput, 1)
     res["raw_pty_mb_s"] = round(raw, 1)
     res["pty_goodput_ratio"] = round(goodput / raw, 3)
@@ -233,6 +252,7 @@ def run(quick: bool = False, progress: bool = True) -> dict[str, Any]:
     res["pty_link"] = {
         "max_payload": cfg.max_payload,
         "window": cfg.window,
+        "message_bytes": CHUNK,
         "retransmits": stats["retransmits"],
         "frame_errors": stats["frame_errors"],
     }

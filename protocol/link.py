@@ -57,6 +57,9 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import NamedTuple
 
+from construct import Int8ul, Int16ul, Int32ul, Int64ul
+from construct import Struct as CStruct
+
 from protocol.framing import (
     DEFAULT_PAYLOAD,
     MAX_PAYLOAD,
@@ -75,6 +78,19 @@ SYNC_PAYLOAD = struct.Struct("<IHBB")
 CONFIG_PAYLOAD = struct.Struct("<IIHBB")
 #: ACK/NAK payload: selective-ack bitmap u64 (bit i: seq ack+1+i received).
 SACK = struct.Struct("<Q")
+#: The same layouts as construct Structs, for documentation and generated headers.
+SYNC_STRUCT = CStruct(
+    "epoch" / Int32ul, "max_payload" / Int16ul, "window" / Int8ul, "reserved" / Int8ul
+)
+CONFIG_STRUCT = CStruct(
+    "epoch" / Int32ul,
+    "echo_epoch" / Int32ul,
+    "max_payload" / Int16ul,
+    "window" / Int8ul,
+    "reserved" / Int8ul,
+)
+SACK_STRUCT = CStruct("sack" / Int64ul)
+assert SYNC_STRUCT.sizeof() == SYNC_PAYLOAD.size and CONFIG_STRUCT.sizeof() == CONFIG_PAYLOAD.size
 #: Largest window: the SACK bitmap covers 64 frames beyond the cumulative ack.
 MAX_WINDOW = 64
 DEFAULT_WINDOW = 8
@@ -478,7 +494,7 @@ class Link:
     def _agree(self, max_payload: int, window: int) -> None:
         self._max_payload = max(MIN_PAYLOAD, min(self.config.max_payload, max_payload))
         self._window = max(1, min(self.config.window, window, MAX_WINDOW))
-        self._decoder.set_max_payload(self.config.max_payload)
+        self._decoder.set_max_payload(self._max_payload)
 
     def _on_sync(self, f: Frame) -> None:
         if len(f.payload) != SYNC_PAYLOAD.size:

@@ -243,7 +243,10 @@ class LinkMachine(RuleBasedStateMachine):
 
 
 TestLinkMachine = LinkMachine.TestCase
-TestLinkMachine.settings = settings(stateful_step_count=40, deadline=None)
+# Five times the profile's example count: each example is cheap (ci: 300 runs, ~5 s).
+TestLinkMachine.settings = settings(
+    max_examples=5 * settings().max_examples, stateful_step_count=50, deadline=None
+)
 
 
 # ---------------------------------------------------------------------- direct tests
