@@ -39,5 +39,17 @@ def round_steps(
         return np.trunc(y)
     if r is None:
         raise ValueError("stochastic rounding needs random values")
-    lo = np.floor(y)
-    return lo + (r < sr_threshold(y - lo))
+    return np.floor(y) + (r < sr_threshold_of(y))
+
+
+def sr_threshold_of(y: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """F = floor((y - floor(y)) * 2^32), exactly.
+
+    For y >= 0, y - floor(y) is exact (the bits of y below 1). For y < 0 it is 1 - g with g
+    the fraction of |y|, which float64 cannot always hold (|y| tiny: 1 - 2^-70), so F is
+    formed as 2^32 - ceil(g * 2^32) (and 0 when g = 0), every step exact.
+    """
+    m = np.abs(y)
+    g = m - np.floor(m)
+    neg_f = np.where(g > 0, _TWO32 - np.ceil(g * _TWO32), 0.0)
+    return np.where(y >= 0, sr_threshold(g), neg_f)

@@ -275,6 +275,17 @@ def test_fixed_point_wraps_without_saturation() -> None:
     assert list(nx.encode(x, "dfxp4", frac_bits=0)) == [7, 7, -8, 7, -8, 7]
 
 
+def test_stochastic_fixed_point_threshold_is_exact_for_tiny_negative_values() -> None:
+    """y = -127.5 * 2^-64: floor(y) = -1 and F = floor((1 - 127.5 * 2^-64) * 2^32) = 2^32 - 1,
+    which float64 cannot form as 1 - |y| (it rounds to 1)."""
+    x = np.full(3, -127.5, np.float32)
+    r = np.array([2**32 - 1, 2**32 - 2, 0], np.uint32)
+    got = nx.encode(x, "dfxp4", rounding="stochastic", frac_bits=-64, rbits=r)
+    assert list(got) == [-1, 0, 0]
+    got = nx.encode(-x, "dfxp4", rounding="stochastic", frac_bits=-64, rbits=r)
+    assert list(got) == [0, 0, 0]  # F = floor(127.5 * 2^-32) = 0 upward
+
+
 # ---------------------------------------------------------------- per-tensor scaling
 
 
