@@ -62,8 +62,11 @@ void mt_sr_bits(uint32_t *out, size_t n, uint64_t seed, uint64_t stream, uint64_
 /* ---------------------------------------------------------------- threads */
 
 static int g_threads = 2;
+static int g_portable = 0;
 
 void mt_numerics_set_threads(int n) { g_threads = n < 2 ? 1 : 2; }
+
+void mt_numerics_set_portable(int portable) { g_portable = portable != 0; }
 
 /* Arrays at least this long are split across two threads. */
 #define SPLIT_MIN ((size_t)1 << 18)
@@ -371,7 +374,7 @@ ALWAYS_INLINE void float_enc_blocks(const float_enc_ctx *t, size_t lo, size_t hi
     FLOAT_CASE(fam, MT_ROUND_STOCHASTIC, 0); FLOAT_CASE(fam, MT_ROUND_STOCHASTIC, 1); \
     FLOAT_CASE(fam, MT_ROUND_TRUNCATE, 0); FLOAT_CASE(fam, MT_ROUND_TRUNCATE, 1)
 
-VECTOR_CLONES static void float_enc_range(const void *p, size_t lo, size_t hi)
+ALWAYS_INLINE void float_enc_dispatch(const void *p, size_t lo, size_t hi)
 {
     const float_enc_ctx *t = p;
     switch ((t->family * 3 + t->rounding) * 2 + t->saturate) {
@@ -382,6 +385,16 @@ VECTOR_CLONES static void float_enc_range(const void *p, size_t lo, size_t hi)
     }
 }
 
+VECTOR_CLONES static void float_enc_range(const void *p, size_t lo, size_t hi)
+{
+    float_enc_dispatch(p, lo, hi);
+}
+
+static void float_enc_range_portable(const void *p, size_t lo, size_t hi)
+{
+    float_enc_dispatch(p, lo, hi);
+}
+
 void mt_encode_float(const float *x, void *codes, size_t n, const mt_float_fmt *fmt,
                      int rounding, int saturate, uint64_t seed, uint64_t stream,
                      uint64_t offset, const uint32_t *rbits)
@@ -389,7 +402,7 @@ void mt_encode_float(const float *x, void *codes, size_t n, const mt_float_fmt *
     float_enc_ctx t = {x,        codes,         float_cfg(fmt),       fmt->family,
                        fmt->code_bytes, rounding, saturate != 0, sr_key(seed, stream),
                        offset,   rbits};
-    run_split(float_enc_range, &t, n);
+    run_split(g_portable ? float_enc_range_portable : float_enc_range, &t, n);
 }
 
 /* Decoding: a table of every code's float32 word when the array is much longer than the
@@ -509,7 +522,7 @@ ALWAYS_INLINE void fixed_blocks(const fixed_ctx *t, size_t lo, size_t hi, const 
     }
 }
 
-VECTOR_CLONES static void fixed_range(const void *p, size_t lo, size_t hi)
+ALWAYS_INLINE void fixed_dispatch(const void *p, size_t lo, size_t hi)
 {
     const fixed_ctx *t = p;
     switch (t->rounding * 2 + t->saturate) {
@@ -522,13 +535,23 @@ VECTOR_CLONES static void fixed_range(const void *p, size_t lo, size_t hi)
     }
 }
 
+VECTOR_CLONES static void fixed_range(const void *p, size_t lo, size_t hi)
+{
+    fixed_dispatch(p, lo, hi);
+}
+
+static void fixed_range_portable(const void *p, size_t lo, size_t hi)
+{
+    fixed_dispatch(p, lo, hi);
+}
+
 void mt_encode_fixed(const float *x, void *codes, size_t n, int nbits, int frac_bits,
                      int rounding, int saturate, uint64_t seed, uint64_t stream,
                      uint64_t offset, const uint32_t *rbits)
 {
     fixed_ctx t = {x,        codes,  NULL, nbits, frac_bits, rounding, saturate != 0,
                    sr_key(seed, stream), offset, rbits};
-    run_split(fixed_range, &t, n);
+    run_split(g_portable ? fixed_range_portable : fixed_range, &t, n);
 }
 
 void mt_quantize_fixed(const float *x, float *out, size_t n, int nbits, int frac_bits,
@@ -537,7 +560,7 @@ void mt_quantize_fixed(const float *x, float *out, size_t n, int nbits, int frac
 {
     fixed_ctx t = {x,        NULL,   out, nbits, frac_bits, rounding, saturate != 0,
                    sr_key(seed, stream), offset, rbits};
-    run_split(fixed_range, &t, n);
+    run_split(g_portable ? fixed_range_portable : fixed_range, &t, n);
 }
 
 void mt_decode_fixed(const void *codes, float *out, size_t n, int nbits, int frac_bits)

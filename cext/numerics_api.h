@@ -69,4 +69,7 @@ int mt_scale_seb(uint32_t amax_bits);
 
 /* Threads used by the array entry points for large arrays (1 or 2; default 2). */
 void mt_numerics_set_threads(int n);
+/* 1: use the loops compiled for the baseline instruction set only, not the AVX2/AVX-512
+ * clones chosen at load time (same results; lets tests check both). Default 0. */
+void mt_numerics_set_portable(int portable);
 #endif

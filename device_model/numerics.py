@@ -54,8 +54,11 @@ _HFP8_BIAS = (0, 15)
 _HFP8_STAGES = ("forward", "backward")
 _MASK64 = (1 << 64) - 1
 
+# Environment switches shared with the other kernels: one thread; baseline-ISA loops only.
 if os.environ.get("MICROTRAIN_THREADS", "").strip() == "1":
     lib.mt_numerics_set_threads(1)
+if os.environ.get("MICROTRAIN_KERNEL", "").strip() == "portable":
+    lib.mt_numerics_set_portable(1)
 
 
 @dataclass(frozen=True)

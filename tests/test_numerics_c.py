@@ -363,6 +363,29 @@ def test_two_threads_give_the_single_thread_result() -> None:
     assert_same_codes(two[0], ref.encode(x, "dfxp8", rounding="stochastic", seed=1))
 
 
+@pytest.mark.parametrize("rounding", ROUNDINGS)
+def test_portable_loops_give_the_vectorised_result(rounding: str) -> None:
+    """The baseline-ISA loops (MICROTRAIN_KERNEL=portable) and the AVX2/AVX-512 clones
+    picked at load time must agree on every bit (the clones are what the other tests run)."""
+    x = SAMPLE[::4].view(np.float32)
+    cases: list[tuple[str, dict[str, Any]]] = [
+        ("dfxp8", {"frac_bits": 3}), ("dfxp13", {"frac_bits": -2}), ("flex16", {}),
+        ("e4m3", {}), ("bf16", {}), ("tf32", {}), ("dlfloat16", {}), ("fp8-seb", {}),
+    ]  # fmt: skip
+    for sat in (True, False):
+        try:
+            _chip.lib.mt_numerics_set_portable(1)
+            slow = [cnum.encode(x, f, rounding=rounding, saturate=sat, **p) for f, p in cases]
+            slow_q = cnum.quantize(x, "dfxp8", rounding=rounding, saturate=sat, frac_bits=3)
+        finally:
+            _chip.lib.mt_numerics_set_portable(0)
+        fast = [cnum.encode(x, f, rounding=rounding, saturate=sat, **p) for f, p in cases]
+        fast_q = cnum.quantize(x, "dfxp8", rounding=rounding, saturate=sat, frac_bits=3)
+        for a, b in zip(slow, fast, strict=True):
+            assert_same_codes(a, b)
+        assert_same_values(slow_q, fast_q)
+
+
 # -------------------------------------------------------------------------- bad input
 
 BAD_CALLS: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
