@@ -30,6 +30,7 @@ Every error this module raises or returns is a ``FramingError`` subclass (which 
 
 from __future__ import annotations
 
+import re
 import struct
 import zlib
 from enum import IntEnum, IntFlag
@@ -132,9 +133,13 @@ class LengthMismatch(FramingError):
 # ----------------------------------------------------------------------------- COBS
 
 _CODE = [bytes([i]) for i in range(256)]
+_ZERO = b"\x00"
+_ONE = b"\x01"
+_ZERO_RUNS = re.compile(b"(\x00\x00+)")
+_ONES = re.compile(b"\x01+")
 
 
-def _cobs_blocks(data: bytes, out: list[bytes]) -> None:
+def _cobs_segments(data: bytes, out: list[bytes]) -> None:
     """Append the COBS blocks of ``data`` to ``out`` as alternating code bytes and runs."""
     append = out.append
     code = _CODE
@@ -153,6 +158,20 @@ def _cobs_blocks(data: bytes, out: list[bytes]) -> None:
             append(seg[i:])
 
 
+def _cobs_blocks(data: bytes, out: list[bytes]) -> None:
+    """Append the COBS encoding of ``data`` to ``out``. A run of k > 1 zeros is k - 1 empty
+    blocks (0x01 each) after the block its first zero ends: emitted as one string, so zero-filled
+    tensors cost one step per run, not one per byte."""
+    if b"\x00\x00" not in data:
+        _cobs_segments(data, out)
+        return
+    parts = _ZERO_RUNS.split(data)
+    for k in range(0, len(parts) - 1, 2):
+        _cobs_segments(parts[k], out)
+        out.append(_ONE * (len(parts[k + 1]) - 1))
+    _cobs_segments(parts[-1], out)
+
+
 def cobs_encode(data: bytes | bytearray | memoryview) -> bytes:
     """COBS-encode ``data``: the result holds no 0x00 and is ``len + len // 254 + 1`` bytes at
     most. The work is done by bytes.split, slicing and join (C loops inside CPython)."""
@@ -169,6 +188,14 @@ def _cobs_decode(enc: bytes) -> bytes:
     i = 0
     while True:
         code = enc[i]
+        if code == 1:  # a run of empty blocks: one zero each (the last block adds none)
+            e = _ONES.match(enc, i).end()  # type: ignore[union-attr]
+            if e >= n:
+                append(_ZERO * (e - i - 1))
+                return b"".join(out)
+            append(_ZERO * (e - i))
+            i = e
+            continue
         j = i + code
         if j >= n:
             if j > n:

@@ -12,8 +12,21 @@ from hypothesis import strategies as st
 from protocol import framing as fr
 from protocol.framing import Frame, FrameDecoder, FrameType
 
-payloads = st.binary(max_size=2048) | st.builds(
-    lambda b, n: b * n, st.sampled_from([b"\x00", b"\xc0", b"\x00\x01"]), st.integers(0, 1200)
+# Sparse data: runs of zeros between runs of other bytes (lengths around the 254-byte block).
+runs = st.lists(
+    st.tuples(
+        st.integers(0, 300), st.sampled_from([b"\x01", b"\xff", b"\x5a"]), st.integers(0, 300)
+    ),
+    max_size=8,
+).map(lambda rs: b"".join(b"\x00" * z + c * n for z, c, n in rs))
+payloads = (
+    st.binary(max_size=2048)
+    | runs
+    | st.builds(
+        lambda b, n: b * n,
+        st.sampled_from([b"\x00", b"\xc0", b"\x00\x01", b"\x01"]),
+        st.integers(0, 1200),
+    )
 )
 frames = st.builds(
     Frame,
