@@ -29,7 +29,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__) && \
+    !defined(MT_NO_X86)
 #define MT_HAVE_X86 1
 #include <immintrin.h>
 #define VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
@@ -299,9 +300,9 @@ static void operand_full_stats(operand *op, int64_t K)
 static int quick_stats(operand *op, int64_t K);
 
 /* Zeros and slices per k and max |x|: the quick AVX-512 pass, else the full statistics. */
-static void operand_stats(operand *op, int64_t K)
+static void operand_stats(operand *op, int64_t K, int portable)
 {
-    if (quick_stats(op, K))
+    if (!portable && quick_stats(op, K))
         return;
     operand_full_stats(op, K);
     op->zeros_k = op->krows ? op->st.row_zeros : op->st.col_zeros;
@@ -313,6 +314,7 @@ typedef struct {
     operand *a, *b;
     int64_t K;
     int full;
+    int portable; /* plain C statistics (the portable kernel) */
 } stats_ctx;
 
 static void stats_job(void *p, int tid, int nt)
@@ -323,7 +325,7 @@ static void stats_job(void *p, int tid, int nt)
         if (s->full)
             operand_full_stats(ops[i], s->K);
         else
-            operand_stats(ops[i], s->K);
+            operand_stats(ops[i], s->K, s->portable);
     }
 }
 
@@ -598,7 +600,7 @@ static void find_slow_rows(gemm_job *g)
         }
     if (bound_fits(add_sat(mul_sat(mul_sat(maxa, maxb), g->K), maxinit_all), g->acc_max))
         return;
-    stats_ctx sc = {&g->a, &g->b, g->K, 1};
+    stats_ctx sc = {&g->a, &g->b, g->K, 1, 0};
     run_parallel(stats_job, &sc, g->threads < 2 ? 1 : 2);
     for (int64_t m = 0; m < g->M; m++) {
         int64_t maxinit = 0;
@@ -1164,7 +1166,7 @@ static void vnni_plan(gemm_job *g, size_t *abytes, size_t *bbytes)
 static void prep_job(void *p, int tid, int nt)
 {
     gemm_job *g = p;
-    stats_ctx sc = {&g->a, &g->b, g->K, 0};
+    stats_ctx sc = {&g->a, &g->b, g->K, 0, !g->use_vnni};
     stats_job(&sc, tid, nt < 2 ? 1 : 2);
     if (g->use_vnni)
         vnni_pack(g, tid, nt);
@@ -1273,7 +1275,7 @@ int mt_gemm_int(const void *a, int a_bytes, int64_t lda, int trans_a,
         memset(c, 0, (size_t)(m * n) * sizeof(int64_t));
         for (int64_t i = 0; init && i < m * n; i++)
             c[i] = init[i];
-        stats_ctx sc = {&g.a, &g.b, k, 0};
+        stats_ctx sc = {&g.a, &g.b, k, 0, !g.use_vnni};
         stats_job(&sc, 0, 1);
         rc = MT_GEMM_OK;
         goto done;
