@@ -1,0 +1,701 @@
+"""The device end of the protocol at the message layer: a sans-I/O firmware object.
+
+``Firmware.receive(message)`` takes one request message (what the link delivered) and returns
+the list of response messages: always exactly one, the request's own response or ERROR with a
+specific ``Status`` and a detail text saying what was wrong and what is accepted. The firmware
+never raises and never crashes on any input: every exception inside a handler becomes an ERROR
+(INTERNAL for unexpected ones), and every handler validates the whole request before it
+changes any state, so a refused request leaves the device as it was.
+
+State it holds: the tensor store (host uploads, FORWARD outputs, weight snapshots), the model
+(an ``Engine`` built by DEFINE_MODEL), its training configuration, the step count, the
+authentication state, and a cache of recent responses by request id (exactly-once commands: a
+duplicate request is answered from the cache without executing again). Device memory is the
+preset's ``device_memory_bytes``: the engine's memory plus the stored tensors must fit in it.
+
+The link end that turns bytes into messages and back is ``device_model.firmware_link``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import importlib
+import os
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from device_model.config import ChipPreset, get_preset
+from device_model.firmware_model import ModelPlan, param_name, parse_param_name, plan_model
+from device_model.firmware_tensors import (
+    POLICY_FORMATS,
+    STORABLE,
+    FirmwareError,
+    TensorStore,
+)
+from protocol import messages as m
+from protocol.dtypes import DType
+from protocol.framing import DEFAULT_PAYLOAD
+from protocol.link import DEFAULT_WINDOW
+from protocol.messages import (
+    ALL_LAYERS,
+    AUTH_CHALLENGE_SIZE,
+    DEVICE_TENSOR_ID_BASE,
+    NO_REQUEST_ID,
+    READ_OVERHEAD,
+    Algorithm,
+    Feature,
+    ForwardFlags,
+    Loss,
+    Opcode,
+    ParamKind,
+    ResetScope,
+    TrainableMode,
+)
+from protocol.messages_counters import COUNTER_FIELDS, empty_counters
+from protocol.status import MessageError, Status
+
+FIRMWARE_NAME = "microtrain-emu 0.1.0"
+#: Largest batch a FORWARD / TRAIN_STEP takes (issue 4: batch sizes 1 to 256).
+MAX_BATCH = 256
+#: Responses kept for duplicate request ids.
+DEFAULT_CACHE_SIZE = 64
+#: Statuses that change no state and may succeed later: not cached, so a retry executes.
+_TRANSIENT = frozenset({Status.NOT_AUTHENTICATED, Status.BUSY})
+_ALGORITHM_NAMES = {"bp": Algorithm.BP, "dfa": Algorithm.DFA, "pdfa": Algorithm.PIPELINED_DFA}
+
+#: Builds an engine: (input_shape, layer specs, preset, init_seed=, weights=) -> engine.
+EngineFactory = Callable[..., Any]
+
+
+def _real_engine_modules() -> Any:
+    # Imported late: the firmware works (tensors, HELLO, ...) before any model exists.
+    return importlib.import_module("device_model.engine")
+
+
+def default_engine_factory(
+    input_shape: tuple[int, ...],
+    layers: list[tuple[str, dict[str, Any]]],
+    preset: ChipPreset,
+    *,
+    init_seed: int,
+    weights: dict[str, np.ndarray] | None,
+) -> Any:
+    """Build a ``device_model.engine.Engine`` from the firmware's validated layer table."""
+    eng = _real_engine_modules()
+    specs = [eng.LayerSpec(kind, **kw) for kind, kw in layers]
+    return eng.Engine(input_shape, specs, preset, init_seed=init_seed, weights=weights)
+
+
+def default_config_factory(body: dict[str, Any]) -> Any:
+    """``EngineConfig.from_message`` of a TRAIN_CONFIG body (mask ParamRefs carry ``mask``)."""
+    return _real_engine_modules().EngineConfig.from_message(body)
+
+
+def _engine_status(exc: BaseException) -> tuple[Status, str] | None:
+    """(status, detail) of an EngineError-like exception (a ValueError with a Status)."""
+    status = getattr(exc, "status", None)
+    if isinstance(status, Status) and status != Status.OK:
+        return status, str(getattr(exc, "detail", exc))
+    return None
+
+
+def zero_counters() -> dict[str, Any]:
+    """Counters with every field present and zero (nothing counted yet)."""
+    out = empty_counters()
+    for path in COUNTER_FIELDS:
+        *parents, leaf = path.split(".")
+        node = out
+        for p in parents:
+            node = node[p]
+        node[leaf] = 0.0 if leaf in ("energy_pj", "latency_s") else 0
+    return out
+
+
+def normalize_counters(tree: Any) -> dict[str, Any]:
+    """The engine's counters in the wire schema: every known leaf copied as a plain number,
+    missing leaves None (the backend cannot count them), unknown keys ignored."""
+    out = empty_counters()
+    for path in COUNTER_FIELDS:
+        node: Any = tree
+        for p in path.split("."):
+            node = node.get(p) if isinstance(node, dict) else None
+        if node is None:
+            continue
+        *parents, leaf = path.split(".")
+        dst = out
+        for p in parents:
+            dst = dst[p]
+        dst[leaf] = float(node) if leaf in ("energy_pj", "latency_s") else int(node)
+    return out
+
+
+class Firmware:
+    """The emulated device at the message layer (see the module docstring).
+
+    ``preset``: a ChipPreset or its name. ``seed``: seed of the device's own randomness (the
+    link end's session epochs; auth challenges always come from the OS's CSPRNG). ``key``:
+    the authentication key; with a key, every request but
+    HELLO/AUTH answers NOT_AUTHENTICATED until an AUTH proves it. ``engine_factory`` /
+    ``config_factory`` build the engine and its training configuration (tests inject fakes).
+    """
+
+    def __init__(
+        self,
+        preset: ChipPreset | str,
+        *,
+        seed: int = 0,
+        key: bytes | None = None,
+        max_payload: int = DEFAULT_PAYLOAD,
+        window: int = DEFAULT_WINDOW,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        engine_factory: EngineFactory | None = None,
+        config_factory: Callable[[dict[str, Any]], Any] | None = None,
+    ) -> None:
+        self.preset = get_preset(preset) if isinstance(preset, str) else preset
+        if key is not None and not isinstance(key, (bytes, bytearray)):
+            raise TypeError(f"key must be bytes or None, got {type(key).__name__}")
+        if cache_size < 1:
+            raise ValueError(f"cache_size must be >= 1, got {cache_size}")
+        self.seed = seed
+        self.key = bytes(key) if key is not None else None
+        #: Payload bytes per frame; the link end sets the agreed value (TENSOR_READ sizes).
+        self.max_payload = max_payload
+        self.window = window
+        self._engine_factory = engine_factory or default_engine_factory
+        self._config_factory = config_factory or default_config_factory
+        self._cache: OrderedDict[int, tuple[bytes, bytes]] = OrderedDict()
+        self._cache_size = cache_size
+        self.tensors = TensorStore()
+        self.engine: Any = None
+        self.plan: ModelPlan | None = None
+        self.loss = Loss.SOFTMAX_CROSS_ENTROPY
+        self.step = 0
+        #: Output shape of the last FORWARD with KEEP_ACTIVATIONS (BACKWARD needs it).
+        self._kept: tuple[int, ...] | None = None
+        self.authenticated = self.key is None
+        self._challenge: bytes | None = None
+        self._auth_counter = -1
+        #: Requests executed (not answered from the cache), for tests and statistics.
+        self.executed = 0
+        self._handlers: dict[Opcode, Callable[[dict[str, Any]], dict[str, Any]]] = {
+            Opcode.HELLO: self._hello,
+            Opcode.AUTH: self._auth,
+            Opcode.RESET: self._reset,
+            Opcode.TENSOR_BEGIN: self._tensor_begin,
+            Opcode.TENSOR_DATA: self._tensor_data,
+            Opcode.TENSOR_END: self._tensor_end,
+            Opcode.TENSOR_READ: self._tensor_read,
+            Opcode.DEFINE_MODEL: self._define_model,
+            Opcode.TRAIN_CONFIG: self._train_config,
+            Opcode.FORWARD: self._forward,
+            Opcode.TRAIN_STEP: self._train_step,
+            Opcode.BACKWARD: self._backward,
+            Opcode.GET_WEIGHTS: self._get_weights,
+            Opcode.READ_COUNTERS: self._read_counters,
+            Opcode.RESET_COUNTERS: self._reset_counters,
+        }
+
+    # ------------------------------------------------------------------ entry point
+
+    def receive(self, message: bytes | bytearray | memoryview) -> list[bytes]:
+        """Answer one request message: a list holding exactly one response message."""
+        data = bytes(message)
+        if len(data) < m.HEADER_SIZE:
+            return [
+                self._error(
+                    NO_REQUEST_ID,
+                    0,
+                    Status.BAD_REQUEST,
+                    f"message of {len(data)} bytes is shorter than the {m.HEADER_SIZE}-byte "
+                    "header (opcode u8, request_id u32)",
+                )
+            ]
+        opcode = data[0]
+        request_id = int.from_bytes(data[1:5], "little")
+        digest = hashlib.sha256(data).digest()
+        cached = self._cache.get(request_id)
+        if cached is not None and cached[0] == digest:
+            self._cache.move_to_end(request_id)
+            return [cached[1]]
+        status, response = self._execute(data, opcode, request_id)
+        if status not in _TRANSIENT:
+            self._cache[request_id] = (digest, response)
+            self._cache.move_to_end(request_id)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return [response]
+
+    def _execute(self, data: bytes, opcode: int, request_id: int) -> tuple[Status, bytes]:
+        if not self.authenticated and opcode not in (Opcode.HELLO, Opcode.AUTH):
+            return Status.NOT_AUTHENTICATED, self._error(
+                request_id,
+                opcode,
+                Status.NOT_AUTHENTICATED,
+                "this device has a key: send HELLO, then AUTH with the proof; only HELLO and "
+                "AUTH are accepted until then",
+            )
+        try:
+            req = m.decode_request(data)
+        except MessageError as e:
+            return e.status, self._error(request_id, opcode, e.status, e.detail)
+        self.executed += 1
+        try:
+            body = self._handlers[req.opcode](req.body)
+            return Status.OK, m.encode_response(req.opcode, request_id, body)
+        except FirmwareError as e:
+            return e.status, self._error(request_id, opcode, e.status, e.detail)
+        except MessageError as e:
+            detail = f"the device could not encode its answer: {e.detail}"
+            return Status.INTERNAL, self._error(request_id, opcode, Status.INTERNAL, detail)
+        except MemoryError:
+            detail = "the host process ran out of memory executing the request"
+            return Status.OUT_OF_MEMORY, self._error(
+                request_id, opcode, Status.OUT_OF_MEMORY, detail
+            )
+        except Exception as e:  # the device never crashes: every fault becomes an ERROR
+            known = _engine_status(e)
+            if known is not None:
+                return known[0], self._error(request_id, opcode, known[0], known[1])
+            detail = f"internal fault in {req.opcode.name}: {type(e).__name__}: {e}"
+            return Status.INTERNAL, self._error(request_id, opcode, Status.INTERNAL, detail)
+
+    @staticmethod
+    def _error(request_id: int, opcode: int, status: Status, detail: str) -> bytes:
+        return m.encode_error(request_id, status, detail, opcode)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _need_model(self) -> tuple[Any, ModelPlan]:
+        if self.engine is None or self.plan is None:
+            raise FirmwareError(Status.NO_MODEL, "no model is defined; send DEFINE_MODEL first")
+        return self.engine, self.plan
+
+    def _free_bytes(self, *, replacing: int | None = None, engine: Any = None) -> int:
+        eng = self.engine if engine is None else engine
+        used = self.tensors.held_bytes(exclude=replacing)
+        if eng is not None:
+            used += int(eng.memory_bytes())
+        return self.preset.device_memory_bytes - used
+
+    def _oom(self, what: str, need: int, free: int) -> FirmwareError:
+        return FirmwareError(
+            Status.OUT_OF_MEMORY,
+            f"{what} needs {need} bytes but {max(free, 0)} of the device's "
+            f"{self.preset.device_memory_bytes} bytes are free; RESET TENSORS or define a "
+            "smaller model",
+        )
+
+    def _batch_input(self, tensor_id: int) -> np.ndarray:
+        _, plan = self._need_model()
+        x = self.tensors.values(tensor_id, "input")
+        want = plan.input_shape
+        if x.ndim != len(want) + 1 or tuple(x.shape[1:]) != want:
+            raise FirmwareError(
+                Status.BAD_SHAPE,
+                f"input {tensor_id} has shape {tuple(x.shape)}; the model takes "
+                f"(batch, {', '.join(map(str, want))}) with batch 1..{MAX_BATCH}",
+            )
+        if not 1 <= x.shape[0] <= MAX_BATCH:
+            raise FirmwareError(
+                Status.LIMIT, f"batch {x.shape[0]} is outside the accepted 1..{MAX_BATCH}"
+            )
+        return x
+
+    def _check_output_id(self, output_id: int) -> None:
+        if output_id >= DEVICE_TENSOR_ID_BASE:
+            raise FirmwareError(
+                Status.LIMIT,
+                f"output id {output_id:#x} is in the device range; use an id below "
+                f"{DEVICE_TENSOR_ID_BASE:#x}",
+            )
+
+    def _layer(self, layer: int, plan: ModelPlan, what: str) -> None:
+        if not 0 <= layer < len(plan.specs):
+            raise FirmwareError(
+                Status.UNKNOWN_LAYER,
+                f"{what}: layer {layer} is outside the model's layers 0..{len(plan.specs) - 1}",
+            )
+
+    def _param_shape(self, ref: dict[str, Any], plan: ModelPlan, what: str) -> tuple[int, ...]:
+        layer, kind = int(ref["layer"]), ParamKind(ref["param"])
+        self._layer(layer, plan, what)
+        shape = plan.params.get((layer, kind))
+        if shape is None:
+            have = [param_name(i, k) for (i, k) in plan.params if i == layer] or ["none"]
+            raise FirmwareError(
+                Status.UNKNOWN_LAYER,
+                f"{what}: layer {layer} ({plan.specs[layer][0]}) has no {kind.name.lower()}; "
+                f"its parameters: {', '.join(have)}",
+            )
+        return shape
+
+    # ------------------------------------------------------------------ HELLO / AUTH / RESET
+
+    def hello_body(self, challenge: bytes) -> dict[str, Any]:
+        """The HELLO response body of this device (with ``challenge``)."""
+        p = self.preset
+        params: list[dict[str, Any]] = []
+        for name, value in p.as_dict().items():
+            if isinstance(value, bool | int | float):
+                params.append({"name": name, "value": float(value)})
+            elif (
+                isinstance(value, tuple)
+                and len(value) == 2
+                and all(isinstance(v, int | float) for v in value)
+            ):
+                params.append({"name": f"{name}.min", "value": float(value[0])})
+                params.append({"name": f"{name}.max", "value": float(value[1])})
+        features = (
+            Feature.AUTH
+            | Feature.STOCHASTIC_ROUNDING
+            | Feature.FGMP
+            | Feature.SELECTIVE_TRAINING
+            | Feature.BACKWARD
+            | Feature.RESUME
+            | Feature.COUNTERS
+            | Feature.PACKED_DFXP4
+            | Feature.PRUNING
+        )
+        if self.key is not None:
+            features |= Feature.AUTH_REQUIRED
+        if p.stochastic_thresholding:
+            features |= Feature.STOCHASTIC_THRESHOLDING
+        if p.laps:
+            features |= Feature.LAPS
+        return {
+            "protocol_major": m.PROTOCOL_MAJOR,
+            "protocol_minor": m.PROTOCOL_MINOR,
+            "schema_hash": m.schema_hash(),
+            "firmware": FIRMWARE_NAME,
+            "preset": p.name,
+            "parameters": params,
+            "max_payload": self.max_payload,
+            "window": self.window,
+            "dtypes": sorted(STORABLE),
+            "formats": sorted(POLICY_FORMATS),
+            "algorithms": [_ALGORITHM_NAMES[a] for a in p.algorithms if a in _ALGORITHM_NAMES],
+            "features": features,
+            "auth_challenge": challenge,
+        }
+
+    def _hello(self, body: dict[str, Any]) -> dict[str, Any]:
+        if body["protocol_major"] != m.PROTOCOL_MAJOR:
+            raise FirmwareError(
+                Status.VERSION_MISMATCH,
+                f"host speaks protocol {body['protocol_major']}.{body['protocol_minor']}; this "
+                f"device speaks {m.PROTOCOL_MAJOR}.{m.PROTOCOL_MINOR} (same major required)",
+            )
+        if body["schema_hash"] != m.schema_hash():
+            raise FirmwareError(
+                Status.SCHEMA_MISMATCH,
+                f"host schema hash {body['schema_hash'].hex()} differs from the device's "
+                f"{m.schema_hash().hex()}: host and device were built from different message "
+                "definitions",
+            )
+        challenge = bytes(AUTH_CHALLENGE_SIZE)
+        if self.key is not None:
+            challenge = os.urandom(AUTH_CHALLENGE_SIZE)
+            self._challenge = challenge
+        return self.hello_body(challenge)
+
+    def _auth(self, body: dict[str, Any]) -> dict[str, Any]:
+        if self.key is None:
+            raise FirmwareError(
+                Status.UNSUPPORTED, "this device has no key: AUTH is not needed (no AUTH_REQUIRED)"
+            )
+        if self._challenge is None:
+            raise FirmwareError(
+                Status.AUTH_FAILED, "no challenge issued yet: send HELLO first, then AUTH"
+            )
+        counter = int(body["counter"])
+        if counter <= self._auth_counter:
+            raise FirmwareError(
+                Status.AUTH_FAILED,
+                f"counter {counter} was already used; send a counter above {self._auth_counter}",
+            )
+        nonce = body["host_nonce"]
+        want = m.auth_tag(self.key, "host", self._challenge, nonce, counter)
+        if not hmac.compare_digest(want, body["tag"]):
+            raise FirmwareError(
+                Status.AUTH_FAILED,
+                "wrong tag: expected auth_tag(key, 'host', challenge of the last HELLO, "
+                "host_nonce, counter)",
+            )
+        self._auth_counter = counter
+        self.authenticated = True
+        tag = m.auth_tag(self.key, "device", self._challenge, nonce, counter)
+        return {"counter": counter, "tag": tag}
+
+    def deauthenticate(self) -> None:
+        """Forget a proven key (a new host connection must AUTH again)."""
+        self.authenticated = self.key is None
+        self._challenge = None
+
+    def _drop_model(self) -> None:
+        self.engine = None
+        self.plan = None
+        self.loss = Loss.SOFTMAX_CROSS_ENTROPY
+        self.step = 0
+        self._kept = None
+        self.tensors.drop_mirrors()
+
+    def _reset(self, body: dict[str, Any]) -> dict[str, Any]:
+        scope = ResetScope(body["scope"])
+        if scope in (ResetScope.ALL, ResetScope.MODEL):
+            self._drop_model()
+        if scope == ResetScope.ALL:
+            self.tensors.clear()
+        elif scope == ResetScope.TENSORS:
+            self.tensors.clear(host=True, device=False)
+        return {}
+
+    # ------------------------------------------------------------------ tensors
+
+    def _tensor_begin(self, body: dict[str, Any]) -> dict[str, Any]:
+        desc = body["tensor"]
+        tid = int(desc["id"])
+        resumed = self.tensors.check_begin(desc, STORABLE)
+        if resumed is not None:
+            return {"id": tid, "offset": resumed.received}
+        need = int(desc["nbytes"])
+        free = self._free_bytes(replacing=tid)
+        if need > free:
+            raise self._oom(f"tensor {tid}", need, free)
+        self.tensors.begin(desc)
+        return {"id": tid, "offset": 0}
+
+    def _tensor_data(self, body: dict[str, Any]) -> dict[str, Any]:
+        tid = int(body["id"])
+        offset = self.tensors.data(tid, int(body["offset"]), body["data"])
+        return {"id": tid, "offset": offset}
+
+    def _tensor_end(self, body: dict[str, Any]) -> dict[str, Any]:
+        t = self.tensors.end(int(body["id"]))
+        return {"id": t.desc["id"], "nbytes": t.desc["nbytes"], "crc32": t.desc["crc32"]}
+
+    def _tensor_read(self, body: dict[str, Any]) -> dict[str, Any]:
+        limit = max(0, self.max_payload - READ_OVERHEAD)
+        t, data = self.tensors.read(
+            int(body["id"]), int(body["offset"]), int(body["length"]), limit
+        )
+        return {"tensor": t.desc, "offset": int(body["offset"]), "data": data}
+
+    # ------------------------------------------------------------------ model
+
+    def _initial_weights(
+        self, refs: list[dict[str, Any]], plan: ModelPlan
+    ) -> dict[str, np.ndarray] | None:
+        if not refs:
+            return None
+        weights: dict[str, np.ndarray] = {}
+        for ref in refs:
+            shape = self._param_shape(ref, plan, "weights")
+            tid = int(ref["tensor_id"])
+            values = self.tensors.values(tid, "weight tensor")
+            if tuple(values.shape) != shape:
+                raise FirmwareError(
+                    Status.BAD_SHAPE,
+                    f"weight tensor {tid} has shape {tuple(values.shape)}; "
+                    f"{param_name(int(ref['layer']), ParamKind(ref['param']))} takes {shape}",
+                )
+            weights[param_name(int(ref["layer"]), ParamKind(ref["param"]))] = values
+        return weights
+
+    def _define_model(self, body: dict[str, Any]) -> dict[str, Any]:
+        plan = plan_model(body["input_shape"], body["layers"], self.preset.max_layers)
+        weights = self._initial_weights(body["weights"], plan)
+        # Parameters alone (fp32) plus one sample's activations must fit before we allocate.
+        floor = 4 * (plan.parameter_count + plan.activation_count)
+        free_now = self.preset.device_memory_bytes - self.tensors.held_bytes()
+        if floor > free_now:
+            raise self._oom("the model's parameters and activations", floor, free_now)
+        engine = self._engine_factory(
+            plan.input_shape,
+            list(plan.specs),
+            self.preset,
+            init_seed=int(body["init_seed"]),
+            weights=weights,
+        )
+        need = int(engine.memory_bytes())
+        if need > free_now:
+            raise self._oom("the model with its training state", need, free_now)
+        self._drop_model()
+        self.engine, self.plan = engine, plan
+        return {
+            "layer_count": len(plan.specs),
+            "parameter_count": plan.parameter_count,
+            "output_shape": list(plan.output_shape),
+            "memory_bytes": need,
+        }
+
+    def _resolve_masks(
+        self, refs: list[dict[str, Any]], plan: ModelPlan, what: str
+    ) -> list[dict[str, Any]]:
+        out = []
+        for ref in refs:
+            shape = self._param_shape(ref, plan, what)
+            tid = int(ref["tensor_id"])
+            mask = self.tensors.integers(tid, f"{what} mask")
+            per_channel = (plan.out_channels(int(ref["layer"])),)
+            if tuple(mask.shape) not in (shape, per_channel):
+                raise FirmwareError(
+                    Status.BAD_SHAPE,
+                    f"{what} mask {tid} has shape {tuple(mask.shape)}; accepted {shape} "
+                    f"(per weight) or {per_channel} (per channel)",
+                )
+            if mask.size and (mask.min() < 0 or mask.max() > 1):
+                raise FirmwareError(Status.BAD_REQUEST, f"{what} mask {tid} must hold only 0 and 1")
+            out.append({**ref, "mask": mask.astype(np.uint8)})
+        return out
+
+    def _train_config(self, body: dict[str, Any]) -> dict[str, Any]:
+        engine, plan = self._need_model()
+        for entry in body["precision"]["policy"]:
+            if entry["layer"] != ALL_LAYERS:
+                self._layer(int(entry["layer"]), plan, "precision policy")
+            fmt = DType(entry["format"])
+            if fmt not in POLICY_FORMATS:
+                accepted = ", ".join(d.format_name for d in sorted(POLICY_FORMATS))
+                raise FirmwareError(
+                    Status.UNSUPPORTED_FORMAT,
+                    f"{fmt.format_name} is not a number format of the precision policy; "
+                    f"accepted: {accepted}",
+                )
+        algo = Algorithm(body["algorithm"]["kind"])
+        offered = [_ALGORITHM_NAMES[a] for a in self.preset.algorithms if a in _ALGORITHM_NAMES]
+        if algo not in offered:
+            raise FirmwareError(
+                Status.UNSUPPORTED_ALGORITHM,
+                f"{algo.name} is not offered by {self.preset.name}; accepted: "
+                f"{', '.join(a.name for a in offered)}",
+            )
+        trainable = dict(body["trainable"])
+        if trainable["mode"] == TrainableMode.LAST_K:
+            n_param_layers = len({i for i, _ in plan.params})
+            if not 1 <= trainable["last_k"] <= n_param_layers:
+                raise FirmwareError(
+                    Status.UNKNOWN_LAYER,
+                    f"last_k {trainable['last_k']} outside 1..{n_param_layers} "
+                    "(the model's layers with parameters)",
+                )
+        trainable["masks"] = self._resolve_masks(trainable["masks"], plan, "trainable")
+        pruning = dict(body["pruning"])
+        pruning["masks"] = self._resolve_masks(pruning["masks"], plan, "pruning")
+        resolved = {**body, "trainable": trainable, "pruning": pruning}
+        config = self._config_factory(resolved)
+        engine.configure(config)
+        self.loss = Loss(body["loss"])
+        self._kept = None
+        return {"memory_bytes": int(engine.memory_bytes())}
+
+    # ------------------------------------------------------------------ training
+
+    def _forward(self, body: dict[str, Any]) -> dict[str, Any]:
+        engine, plan = self._need_model()
+        x = self._batch_input(int(body["input_id"]))
+        out_id = int(body["output_id"])
+        self._check_output_id(out_id)
+        need = 4 * x.shape[0] * int(np.prod(plan.output_shape))
+        free = self._free_bytes(replacing=out_id)
+        if need > free:
+            raise self._oom(f"output {out_id}", need, free)
+        flags = ForwardFlags(body["flags"])
+        keep = bool(flags & ForwardFlags.KEEP_ACTIVATIONS)
+        y = np.asarray(engine.forward(x, keep_activations=keep), dtype=np.float32)
+        t = self.tensors.put(out_id, y, device_made=False)
+        self._kept = tuple(y.shape) if keep else None
+        data = bytes(t.buf) if flags & ForwardFlags.INLINE_OUTPUT else b""
+        return {"output": t.desc, "data": data}
+
+    def _target(self, tensor_id: int, batch: int, plan: ModelPlan) -> np.ndarray:
+        if self.loss == Loss.SOFTMAX_CROSS_ENTROPY:
+            y = self.tensors.integers(tensor_id, "target")
+            classes = int(np.prod(plan.output_shape))
+            if tuple(y.shape) != (batch,):
+                raise FirmwareError(
+                    Status.BAD_SHAPE,
+                    f"target {tensor_id} has shape {tuple(y.shape)}; cross-entropy takes "
+                    f"({batch},) class indices",
+                )
+            if y.size and (y.min() < 0 or y.max() >= classes):
+                raise FirmwareError(
+                    Status.BAD_REQUEST,
+                    f"target {tensor_id} holds class indices outside 0..{classes - 1}",
+                )
+            return y
+        t = self.tensors.values(tensor_id, "target")
+        want = (batch, *plan.output_shape)
+        if tuple(t.shape) != want:
+            raise FirmwareError(
+                Status.BAD_SHAPE,
+                f"target {tensor_id} has shape {tuple(t.shape)}; MSE takes {want}",
+            )
+        return t
+
+    def _train_step(self, body: dict[str, Any]) -> dict[str, Any]:
+        engine, plan = self._need_model()
+        x = self._batch_input(int(body["input_id"]))
+        target = self._target(int(body["target_id"]), x.shape[0], plan)
+        self._kept = None
+        res = engine.train_step(x, target)
+        self.step += 1
+        return {
+            "loss": float(res.loss),
+            "step": self.step,
+            "counters": normalize_counters(res.counters),
+        }
+
+    def _backward(self, body: dict[str, Any]) -> dict[str, Any]:
+        engine, _ = self._need_model()
+        if self._kept is None:
+            raise FirmwareError(
+                Status.BAD_REQUEST,
+                "BACKWARD needs a preceding FORWARD with KEEP_ACTIVATIONS (and no TRAIN_STEP, "
+                "TRAIN_CONFIG or BACKWARD since)",
+            )
+        err = self.tensors.values(int(body["error_id"]), "output error")
+        if tuple(err.shape) != self._kept:
+            raise FirmwareError(
+                Status.BAD_SHAPE,
+                f"output error {body['error_id']} has shape {tuple(err.shape)}; the last "
+                f"FORWARD output has shape {self._kept}",
+            )
+        res = engine.backward(err)
+        self._kept = None
+        self.step += 1
+        return {"step": self.step, "counters": normalize_counters(res.counters)}
+
+    def _get_weights(self, body: dict[str, Any]) -> dict[str, Any]:
+        engine, plan = self._need_model()
+        layer = int(body["layer"])
+        if layer != ALL_LAYERS:
+            self._layer(layer, plan, "GET_WEIGHTS")
+        weights = engine.get_weights()
+        listed: list[tuple[int, ParamKind, np.ndarray]] = []
+        for name, arr in weights.items():
+            key = parse_param_name(name)
+            if key is None or key not in plan.params:
+                continue
+            if layer in (ALL_LAYERS, key[0]):
+                listed.append((key[0], key[1], np.asarray(arr, dtype=np.float32)))
+        listed.sort(key=lambda e: (e[0], int(e[1])))
+        params = []
+        for i, kind, arr in listed:
+            tid = DEVICE_TENSOR_ID_BASE + 2 * i + int(kind)
+            t = self.tensors.put(tid, arr, device_made=True, mirror=True)
+            params.append({"layer": i, "param": kind, "tensor": t.desc})
+        return {"params": params}
+
+    def _read_counters(self, body: dict[str, Any]) -> dict[str, Any]:
+        if self.engine is None:
+            return {"counters": zero_counters()}
+        return {"counters": normalize_counters(self.engine.counters())}
+
+    def _reset_counters(self, body: dict[str, Any]) -> dict[str, Any]:
+        if self.engine is not None:
+            self.engine.reset_counters()
+        return {}

@@ -1,0 +1,64 @@
+"""The device's link end: ``protocol.link.Link`` in the DEVICE role wrapped around a
+``Firmware``, so that bytes from the line go in and the device's bytes come out.
+
+Sans-I/O like the link itself: the caller feeds bytes and the time, and writes out what
+``bytes_to_send`` returns. Every message the link delivers is answered at once by the firmware
+(one response per request, sent on the request's channel), so a caller that feeds the host's
+bytes and then asks for output gets the responses in the same call. The agreed max payload is
+handed to the firmware before each message, so TENSOR_READ answers fit one frame.
+"""
+
+from __future__ import annotations
+
+import random
+
+from device_model.firmware import Firmware
+from protocol.link import Link, LinkConfig, Role
+
+
+class DeviceLink:
+    """A firmware behind its link end: ``feed(data, now) -> bytes`` is the whole device."""
+
+    def __init__(
+        self,
+        firmware: Firmware,
+        config: LinkConfig | None = None,
+        *,
+        seed: int | None = None,
+    ) -> None:
+        self.firmware = firmware
+        cfg = config or LinkConfig(max_payload=firmware.max_payload, window=firmware.window)
+        rng = random.Random(firmware.seed if seed is None else seed)
+        self.link = Link(Role.DEVICE, cfg, rng=rng)
+
+    def receive_bytes(self, data: bytes | bytearray | memoryview, now: float) -> None:
+        """Bytes from the host: frames are decoded, and every delivered request is answered."""
+        self.link.receive_bytes(data, now)
+        self._serve()
+
+    def poll(self, now: float) -> None:
+        """Advance the link's timers (retransmissions, SYNC retries, delayed ACKs)."""
+        self.link.poll(now)
+        self._serve()
+
+    def bytes_to_send(self, now: float) -> bytes:
+        """Everything the device wants on the line now."""
+        return self.link.bytes_to_send(now)
+
+    def next_deadline(self) -> float | None:
+        """When ``poll`` must next be called (None: nothing pending)."""
+        return self.link.next_deadline()
+
+    def feed(self, data: bytes | bytearray | memoryview, now: float) -> bytes:
+        """Receive ``data``, run due timers and return the device's output."""
+        if data:
+            self.link.receive_bytes(data, now)
+        self.link.poll(now)
+        self._serve()
+        return self.link.bytes_to_send(now)
+
+    def _serve(self) -> None:
+        for msg in self.link.take_messages():
+            self.firmware.max_payload = self.link.max_payload
+            for response in self.firmware.receive(msg.payload):
+                self.link.send_message(msg.channel, response)
