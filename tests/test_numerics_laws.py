@@ -247,6 +247,32 @@ def test_stochastic_is_one_of_the_two_neighbours(
     assert np.array_equal(up[big_frac], hi[big_frac])
 
 
+@given(case=cases, seed=seeds)
+def test_stochastic_threshold_is_floor_of_frac_times_2_32_exactly(
+    case: tuple[str, dict[str, Any]], seed: int
+) -> None:
+    """With F = floor(frac * 2^32) computed in rationals from the grid model, r = F - 1
+    rounds up and r = F rounds down (also where frac is not dyadic: dlfloat16 below its
+    smallest positive value, and for negative fixed-point values far below the step)."""
+    fmt, params = case
+    x = _samples(fmt, params, seed)
+    nb = _neighbours(fmt, params, x)
+    ok = nb.in_range & (nb.hi <= nb.max_finite)
+    x, lo, hi, key = x[ok], nb.lo[ok], nb.hi[ok], nb.key[ok]
+    sign = nb.sign[ok]
+    f_exact = [
+        (Fraction(float(k)) - Fraction(float(a))) / (Fraction(float(b)) - Fraction(float(a)))
+        for k, a, b in zip(key, lo, hi, strict=True)
+    ]
+    big_f = np.array([int(f * 2**32) for f in f_exact], dtype=np.int64)  # floor: f >= 0
+    up_r = np.clip(big_f - 1, 0, 2**32 - 1).astype(np.uint32)
+    down_r = np.clip(big_f, 0, 2**32 - 1).astype(np.uint32)
+    q_up = _q(x, fmt, params, rounding="stochastic", rbits=up_r)
+    q_down = _q(x, fmt, params, rounding="stochastic", rbits=down_r)
+    assert np.array_equal(q_up[big_f > 0], (hi * sign)[big_f > 0])
+    assert np.array_equal(q_down, lo * sign)
+
+
 def _grid_point_between(
     grid_vals: npt.NDArray[np.float64], data: st.DataObject, k: int
 ) -> tuple[Fraction, Fraction, Fraction]:

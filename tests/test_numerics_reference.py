@@ -275,6 +275,19 @@ def test_fixed_point_wraps_without_saturation() -> None:
     assert list(nx.encode(x, "dfxp4", frac_bits=0)) == [7, 7, -8, 7, -8, 7]
 
 
+def test_dlfloat16_underflow_stochastic_threshold() -> None:
+    """Halfway between 0 and p = 2^-31 * 513/512: F = floor(2^32 / 2) exactly."""
+    p = 2.0**-31 * (1 + 1 / 512)
+    x = np.full(3, p / 2, np.float32)
+    r = np.array([2**31 - 1, 2**31, 0], np.uint32)
+    assert list(nx.encode(x, "dlfloat16", rounding="stochastic", rbits=r)) == [1, 0, 1]
+    assert list(nx.encode(-x, "dlfloat16", rounding="stochastic", rbits=r)) == [
+        0x8001,
+        0x8000,
+        0x8001,
+    ]
+
+
 def test_stochastic_fixed_point_threshold_is_exact_for_tiny_negative_values() -> None:
     """y = -127.5 * 2^-64: floor(y) = -1 and F = floor((1 - 127.5 * 2^-64) * 2^32) = 2^32 - 1,
     which float64 cannot form as 1 - |y| (it rounds to 1)."""
