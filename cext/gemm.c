@@ -255,13 +255,19 @@ typedef struct {
 
 static int operand_stats_alloc(operand *op, int64_t K)
 {
+    op->qbuf = calloc((size_t)(2 * K) + 1, sizeof(int64_t));
+    return op->qbuf ? 0 : -1;
+}
+
+/* The buffers of the full statistics, allocated only when they are needed. */
+static int operand_full_alloc(operand *op, int64_t K)
+{
+    if (op->st.row_l1)
+        return 0;
     int64_t R = op->krows ? K : op->outer, C = op->krows ? op->outer : K;
     int64_t *buf = calloc((size_t)(4 * (R + C)) + 1, sizeof(int64_t));
-    op->qbuf = calloc((size_t)(2 * K) + 1, sizeof(int64_t));
-    if (!buf || !op->qbuf) {
-        free(buf);
+    if (!buf)
         return -1;
-    }
     op->st.row_l1 = buf;
     op->st.row_sum = buf + R;
     op->st.row_zeros = buf + 2 * R;
@@ -511,6 +517,7 @@ static int quick_stats(operand *op, int64_t K)
     return 1;
 }
 #else
+static int bw_available(void) { return 0; }
 static int quick_stats(operand *op, int64_t K)
 {
     (void)op;
@@ -600,6 +607,11 @@ static void find_slow_rows(gemm_job *g)
         }
     if (bound_fits(add_sat(mul_sat(mul_sat(maxa, maxb), g->K), maxinit_all), g->acc_max))
         return;
+    if (operand_full_alloc(&g->a, g->K) || operand_full_alloc(&g->b, g->K)) {
+        memset(g->slow, 1, (size_t)g->M); /* no memory for the bound: the slow path is exact */
+        g->nslow = g->M;
+        return;
+    }
     stats_ctx sc = {&g->a, &g->b, g->K, 1, 0};
     run_parallel(stats_job, &sc, g->threads < 2 ? 1 : 2);
     for (int64_t m = 0; m < g->M; m++) {
@@ -1079,7 +1091,7 @@ static int panel_all_slow(const gemm_job *g, int64_t m0, int64_t mv)
     return 1;
 }
 
-static void vnni_compute(gemm_job *g, int tid, int nt)
+TARGET_VNNI static void vnni_compute(gemm_job *g, int tid, int nt)
 {
     int64_t lo, hi, M = g->M, N = g->N, Kg = g->kgroups;
     split_range(g->npanels, tid, nt, &lo, &hi);
@@ -1271,6 +1283,9 @@ int mt_gemm_int(const void *a, int a_bytes, int64_t lda, int trans_a,
     g.arows = malloc((size_t)(threads * (k + 1)) * sizeof(int32_t));
     if (!g.slow || !g.arows || operand_stats_alloc(&g.a, k) || operand_stats_alloc(&g.b, k))
         goto out;
+    if ((!g.use_vnni || !bw_available()) &&
+        (operand_full_alloc(&g.a, k) || operand_full_alloc(&g.b, k)))
+        goto out; /* the plain C statistics fill the full buffers */
     if (k == 0 || m == 0 || n == 0) {
         memset(c, 0, (size_t)(m * n) * sizeof(int64_t));
         for (int64_t i = 0; init && i < m * n; i++)
