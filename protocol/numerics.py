@@ -224,10 +224,10 @@ def _smallest_exp(amax: float, limit: int) -> int:
     if amax == 0.0:
         return 0
     _, e = np.frexp(amax)  # amax in [2^(e-1), 2^e)
-    s = int(e) - limit.bit_length()  # amax * 2^-s >= 2^(bits-1) ... close: fix up below
-    while amax > float(np.ldexp(float(limit), s)):
-        s += 1
-    while amax <= float(np.ldexp(float(limit), s - 1)):
+    # limit in [2^(b-1), 2^b): s = e - b + 1 satisfies amax < 2^e <= limit * 2^s, and
+    # s - 2 cannot (limit * 2^(e-b-1) < 2^(e-1) <= amax), so s or s - 1 is the answer
+    s = int(e) - limit.bit_length() + 1
+    if amax <= float(np.ldexp(float(limit), s - 1)):
         s -= 1
     return min(max(s, _SCALE_RANGE[0]), _SCALE_RANGE[1])
 
@@ -300,7 +300,11 @@ def _encoder(
     return lambda x, r: encode_float(x, spec, rounding, saturate, r).astype(dtype)
 
 
-def _float_spec(xs: npt.NDArray[np.float32] | None, fmt: str, params: dict[str, Any]) -> Any:
+def _float_spec(
+    xs: npt.NDArray[np.float32] | None, fmt: str, params: dict[str, Any]
+) -> FloatFormat:
+    """The float format of ``fmt`` with its parameters (fp8-seb's shared exponent given, or
+    computed from xs when encoding)."""
     if fmt == "hfp8":
         return _hfp8(params)
     if fmt == "fp8-seb":
