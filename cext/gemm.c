@@ -831,66 +831,104 @@ static int vnni_available(void)
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
 }
 
-/* tile[r][j] = sum over nq quads of sum_t ap[q][r][t] * bp[q][j][t] (ap s8, bp u8). */
-TARGET_VNNI static void ukr8(const int8_t *ap, const uint8_t *bp, int64_t nq, int32_t *tile)
+static inline int32_t ld32(const void *p)
 {
-    __m512i acc[MR8][2];
-#pragma GCC unroll 8
-    for (int r = 0; r < MR8; r++)
-        acc[r][0] = acc[r][1] = _mm512_setzero_si512();
+    int32_t w;
+    memcpy(&w, p, 4);
+    return w;
+}
+
+/* The micro-kernels name every accumulator, and issue the dot-product instructions through
+ * inline asm that ties the accumulator to the destination: with the intrinsics GCC 12 copies
+ * every accumulator and spills it to the stack on each iteration. AT&T operand order:
+ * acc += sum over the lane's pairs/quads of %1 * %2 (vpdpbusd: %1 unsigned, %2 signed). */
+#define VPDPBUSD(acc, u8, s8) __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u8), "v"(s8))
+#define VPDPWSSD(acc, x, y) __asm__("vpdpwssd %2, %1, %0" : "+v"(acc) : "v"(x), "v"(y))
+#define Z _mm512_setzero_si512()
+#define DP8(r)                                                 \
+    do {                                                       \
+        __m512i av = _mm512_set1_epi32(ld32(ap + 4 * (r)));    \
+        VPDPBUSD(c##r##0, b0, av);                             \
+        VPDPBUSD(c##r##1, b1, av);                             \
+    } while (0)
+#define ST8(r)                                                         \
+    do {                                                               \
+        _mm512_store_si512((void *)(tile + (r) * NR8), c##r##0);       \
+        _mm512_store_si512((void *)(tile + (r) * NR8 + 16), c##r##1);  \
+    } while (0)
+
+/* tile[r][j] = sum over nq quads of sum_t ap[q][r][t] * bp[q][j][t] (ap s8, bp u8). */
+TARGET_VNNI __attribute__((noinline)) static void ukr8(const int8_t *ap, const uint8_t *bp,
+                                                        int64_t nq, int32_t *tile)
+{
+    __m512i c00 = Z, c01 = Z, c10 = Z, c11 = Z, c20 = Z, c21 = Z, c30 = Z, c31 = Z;
+    __m512i c40 = Z, c41 = Z, c50 = Z, c51 = Z, c60 = Z, c61 = Z, c70 = Z, c71 = Z;
     for (int64_t q = 0; q < nq; q++) {
         __m512i b0 = _mm512_load_si512((const void *)bp);
         __m512i b1 = _mm512_load_si512((const void *)(bp + 64));
-#pragma GCC unroll 8
-        for (int r = 0; r < MR8; r++) {
-            int32_t w;
-            memcpy(&w, ap + 4 * r, 4);
-            __m512i av = _mm512_set1_epi32(w);
-            acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], b0, av);
-            acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], b1, av);
-        }
+        DP8(0);
+        DP8(1);
+        DP8(2);
+        DP8(3);
+        DP8(4);
+        DP8(5);
+        DP8(6);
+        DP8(7);
         ap += 4 * MR8;
         bp += 4 * NR8;
     }
-#pragma GCC unroll 8
-    for (int r = 0; r < MR8; r++) {
-        _mm512_store_si512((void *)(tile + r * NR8), acc[r][0]);
-        _mm512_store_si512((void *)(tile + r * NR8 + 16), acc[r][1]);
-    }
+    ST8(0);
+    ST8(1);
+    ST8(2);
+    ST8(3);
+    ST8(4);
+    ST8(5);
+    ST8(6);
+    ST8(7);
 }
 
+#define DP16(r)                                                   \
+    do {                                                          \
+        __m512i ah = _mm512_set1_epi32(ld32(ap + 4 * (r)));       \
+        __m512i al = _mm512_set1_epi32(ld32(ap + 4 * (r) + 2));   \
+        VPDPWSSD(h##r##0, b0, ah);                                \
+        VPDPWSSD(h##r##1, b1, ah);                                \
+        VPDPWSSD(l##r##0, b0, al);                                \
+        VPDPWSSD(l##r##1, b1, al);                                \
+    } while (0)
+#define ST16(r)                                                       \
+    do {                                                              \
+        _mm512_store_si512((void *)(hi + (r) * NR16), h##r##0);       \
+        _mm512_store_si512((void *)(hi + (r) * NR16 + 16), h##r##1);  \
+        _mm512_store_si512((void *)(lo + (r) * NR16), l##r##0);       \
+        _mm512_store_si512((void *)(lo + (r) * NR16 + 16), l##r##1);  \
+    } while (0)
+
 /* hi[r][j] / lo[r][j] = sum over np pairs of the high / low byte of a times b. */
-TARGET_VNNI static void ukr16(const int16_t *ap, const int16_t *bp, int64_t np, int32_t *hi,
-                              int32_t *lo)
+TARGET_VNNI __attribute__((noinline)) static void ukr16(const int16_t *ap, const int16_t *bp,
+                                                         int64_t np, int32_t *hi, int32_t *lo)
 {
-    __m512i h[MR16][2], l[MR16][2];
-#pragma GCC unroll 6
-    for (int r = 0; r < MR16; r++)
-        h[r][0] = h[r][1] = l[r][0] = l[r][1] = _mm512_setzero_si512();
+    __m512i h00 = Z, h01 = Z, l00 = Z, l01 = Z, h10 = Z, h11 = Z, l10 = Z, l11 = Z;
+    __m512i h20 = Z, h21 = Z, l20 = Z, l21 = Z, h30 = Z, h31 = Z, l30 = Z, l31 = Z;
+    __m512i h40 = Z, h41 = Z, l40 = Z, l41 = Z, h50 = Z, h51 = Z, l50 = Z, l51 = Z;
     for (int64_t q = 0; q < np; q++) {
         __m512i b0 = _mm512_load_si512((const void *)bp);
         __m512i b1 = _mm512_load_si512((const void *)(bp + 32));
-#pragma GCC unroll 6
-        for (int r = 0; r < MR16; r++) {
-            int32_t wh, wl;
-            memcpy(&wh, ap + 4 * r, 4);
-            memcpy(&wl, ap + 4 * r + 2, 4);
-            __m512i ah = _mm512_set1_epi32(wh), al = _mm512_set1_epi32(wl);
-            h[r][0] = _mm512_dpwssd_epi32(h[r][0], b0, ah);
-            h[r][1] = _mm512_dpwssd_epi32(h[r][1], b1, ah);
-            l[r][0] = _mm512_dpwssd_epi32(l[r][0], b0, al);
-            l[r][1] = _mm512_dpwssd_epi32(l[r][1], b1, al);
-        }
+        DP16(0);
+        DP16(1);
+        DP16(2);
+        DP16(3);
+        DP16(4);
+        DP16(5);
         ap += 4 * MR16;
         bp += 2 * NR16;
     }
-#pragma GCC unroll 6
-    for (int r = 0; r < MR16; r++) {
-        _mm512_store_si512((void *)(hi + r * NR16), h[r][0]);
-        _mm512_store_si512((void *)(hi + r * NR16 + 16), h[r][1]);
-        _mm512_store_si512((void *)(lo + r * NR16), l[r][0]);
-        _mm512_store_si512((void *)(lo + r * NR16 + 16), l[r][1]);
-    }
+    ST16(0);
+    ST16(1);
+    ST16(2);
+    ST16(3);
+    ST16(4);
+    ST16(5);
 }
 
 /* Pack A (int8 x int8): panel p holds rows p*MR8.. as [quad][MR8][4] bytes; also
