@@ -90,9 +90,9 @@ def default_engine_factory(
     return eng.Engine(input_shape, specs, preset, init_seed=init_seed, weights=weights)
 
 
-def default_config_factory(body: dict[str, Any]) -> Any:
-    """``EngineConfig.from_message`` of a TRAIN_CONFIG body (mask ParamRefs carry ``mask``)."""
-    return _real_engine_modules().EngineConfig.from_message(body)
+def default_config_factory(body: dict[str, Any], masks: dict[int, np.ndarray]) -> Any:
+    """``EngineConfig.from_message`` of a TRAIN_CONFIG body, mask tensor ids resolved."""
+    return _real_engine_modules().EngineConfig.from_message(body, masks)
 
 
 def _engine_status(exc: BaseException) -> tuple[Status, str] | None:
@@ -153,7 +153,7 @@ class Firmware:
         window: int = DEFAULT_WINDOW,
         cache_size: int = DEFAULT_CACHE_SIZE,
         engine_factory: EngineFactory | None = None,
-        config_factory: Callable[[dict[str, Any]], Any] | None = None,
+        config_factory: Callable[[dict[str, Any], dict[int, np.ndarray]], Any] | None = None,
     ) -> None:
         self.preset = get_preset(preset) if isinstance(preset, str) else preset
         if key is not None and not isinstance(key, (bytes, bytearray)):
@@ -533,9 +533,9 @@ class Firmware:
         }
 
     def _resolve_masks(
-        self, refs: list[dict[str, Any]], plan: ModelPlan, what: str
-    ) -> list[dict[str, Any]]:
-        out = []
+        self, refs: list[dict[str, Any]], plan: ModelPlan, what: str, out: dict[int, np.ndarray]
+    ) -> None:
+        """Check every mask ParamRef and add its tensor (uint8 0/1) to ``out`` by id."""
         for ref in refs:
             shape = self._param_shape(ref, plan, what)
             tid = int(ref["tensor_id"])
@@ -549,8 +549,7 @@ class Firmware:
                 )
             if mask.size and (mask.min() < 0 or mask.max() > 1):
                 raise FirmwareError(Status.BAD_REQUEST, f"{what} mask {tid} must hold only 0 and 1")
-            out.append({**ref, "mask": mask.astype(np.uint8)})
-        return out
+            out[tid] = mask.astype(np.uint8)
 
     def _train_config(self, body: dict[str, Any]) -> dict[str, Any]:
         engine, plan = self._need_model()
@@ -573,7 +572,7 @@ class Firmware:
                 f"{algo.name} is not offered by {self.preset.name}; accepted: "
                 f"{', '.join(a.name for a in offered)}",
             )
-        trainable = dict(body["trainable"])
+        trainable = body["trainable"]
         if trainable["mode"] == TrainableMode.LAST_K:
             n_param_layers = len({i for i, _ in plan.params})
             if not 1 <= trainable["last_k"] <= n_param_layers:
@@ -582,11 +581,10 @@ class Firmware:
                     f"last_k {trainable['last_k']} outside 1..{n_param_layers} "
                     "(the model's layers with parameters)",
                 )
-        trainable["masks"] = self._resolve_masks(trainable["masks"], plan, "trainable")
-        pruning = dict(body["pruning"])
-        pruning["masks"] = self._resolve_masks(pruning["masks"], plan, "pruning")
-        resolved = {**body, "trainable": trainable, "pruning": pruning}
-        config = self._config_factory(resolved)
+        masks: dict[int, np.ndarray] = {}
+        self._resolve_masks(trainable["masks"], plan, "trainable", masks)
+        self._resolve_masks(body["pruning"]["masks"], plan, "pruning", masks)
+        config = self._config_factory(body, masks)
         engine.configure(config)
         self.loss = Loss(body["loss"])
         self._kept = None
