@@ -8,6 +8,7 @@ oracle overflows (to inf, or to NaN for e4m3fn) is +-max instead, and the rest i
 The inputs are chosen where rounding goes wrong: exact ties between neighbours, one float32
 ulp either side of them, subnormals of the target and of float32, the largest finite values
 and just above, zeros, infinities, NaNs, plus random values and random float32 bit patterns.
+tf32, which no library has, is checked against integer rounding of the float32 word.
 """
 
 from __future__ import annotations
@@ -143,3 +144,21 @@ def test_fp16_is_ieee_binary16_by_default() -> None:
     x = _random_inputs("fp16", 3)
     assert np.array_equal(nx.encode(x, "fp16"), nx.encode(x, "fp16", saturate=False))
     assert np.array_equal(nx.encode(_f32([65520.0, -1e9]), "fp16"), [0x7C00, 0xFC00])
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "truncate"])
+def test_tf32_is_float32_rounded_to_10_mantissa_bits(rounding: str) -> None:
+    """No library has tf32; its nearest/truncate are the textbook integer rounding of the
+    float32 word to its top 19 bits (carries run into the exponent, up to inf)."""
+    rng = np.random.default_rng(4)
+    u = rng.integers(0, 1 << 32, 100_000, dtype=np.uint64)
+    ties = (rng.integers(0, 1 << 19, 2_000, dtype=np.uint64) << np.uint64(13)) | np.uint64(0x1000)
+    u = np.concatenate([u, ties, ties + np.uint64(1), ties - np.uint64(1)]) & np.uint64(0xFFFFFFFF)
+    x = u.astype(np.uint32).view(F32)
+    finite = np.isfinite(x)
+    if rounding == "nearest":
+        want = (u + np.uint64(0xFFF) + ((u >> np.uint64(13)) & np.uint64(1))) >> np.uint64(13)
+    else:
+        want = u >> np.uint64(13)
+    got = nx.encode(x, "tf32", rounding=rounding, saturate=False)
+    assert np.array_equal(got[finite], want[finite].astype(np.uint32))
