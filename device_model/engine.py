@@ -1,0 +1,711 @@
+"""The training engine of the emulated chip: FF, EP, WG and the update of every layer in the
+configured number formats, through the chip's datapath, with the work counted per stage.
+
+``Engine`` holds one model (layers, master weights, optimizer state, precision-policy state)
+and runs forward passes, training steps (FF, loss, EP by BP or DFA, WG, update) and backward
+passes from a host-supplied output error. Tensors of an integer format (dfxpN, flex16) go
+through the exact integer kernels on their codes and are rescaled once to float32; float
+formats are quantized to their grid and multiplied with fp32 sequential accumulation.
+Layers without parameters compute in float32 (exact for ReLU, max pool and flatten).
+
+What is quantized where, the SR stream numbering, the DFA feedback matrices and the skip
+accounting are defined in device_model.engine_policy, engine_setup and engine_counts.
+EP is computed only where an earlier layer is trainable (no error is propagated into frozen
+features or the input); WG only for layers with a trainable parameter.
+
+The numpy reference (device_model.engine_reference) is this class with numpy kernels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from device_model.config import ChipPreset
+from device_model.costs import StageCounters, StageWork, counters_dict, stage_costs
+from device_model.costs_schedule import LayerCycles, bp_latency, dfa_latency, pdfa_period
+from device_model.engine_config import EngineConfig, EngineError, PolicyEntry
+from device_model.engine_counts import count_macs, masked_slice_ops, nzslices
+from device_model.engine_kernels import ChipKernels, Kernels
+from device_model.engine_layers import Layer, LayerSpec, build_layers, col2im, im2col
+from device_model.engine_layers import pool_backward, pool_forward
+from device_model.engine_policy import (
+    PART_BIAS,
+    PART_DATA,
+    PART_WEIGHT,
+    Policy,
+    QTensor,
+    format_bits,
+    is_int_format,
+    rescale,
+)
+from device_model.engine_setup import Setup, feedback_matrix, feedback_shapes, prepare
+from device_model.memory_model import LayerMemory, memory_peak_bytes
+from protocol.status import Status
+
+__all__ = [
+    "Engine",
+    "EngineConfig",
+    "EngineError",
+    "LayerSpec",
+    "PolicyEntry",
+    "StepResult",
+]
+
+MAX_BATCH = 256
+_STAGES = ("ff", "ep", "wg", "update")
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """Result of a training step or backward pass: loss (None for BACKWARD), the counters
+    delta of this call (schema of protocol/messages_counters.py) and the model outputs."""
+
+    loss: float | None
+    counters: dict[str, Any]
+    outputs: np.ndarray | None = None
+
+
+@dataclass
+class _Step:
+    """Work of one call: stage counters per layer, memory of the step."""
+
+    per_layer: dict[int, dict[str, StageCounters]] = field(default_factory=dict)
+
+    def add(self, layer: int, c: StageCounters, stage: str) -> None:
+        d = self.per_layer.setdefault(layer, {})
+        d[stage] = d.get(stage, StageCounters()) + c
+
+    def stages(self) -> dict[str, StageCounters]:
+        out = {s: StageCounters() for s in _STAGES}
+        for d in self.per_layer.values():
+            for s, c in d.items():
+                out[s] = out[s] + c
+        return out
+
+
+def _bytes(n: int, bits: int) -> int:
+    return math.ceil(n * bits / 8)
+
+
+class Engine:
+    """One model on the emulated chip (see the module docstring)."""
+
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        layers: Sequence[LayerSpec],
+        preset: ChipPreset,
+        *,
+        init_seed: int = 0,
+        weights: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
+        if not isinstance(preset, ChipPreset):
+            raise EngineError(Status.BAD_REQUEST, f"preset must be a ChipPreset, got {preset!r}")
+        if len(layers) > preset.max_layers:
+            raise EngineError(
+                Status.LIMIT, f"{len(layers)} layers; preset {preset.name} takes at most "
+                f"{preset.max_layers}",
+            )
+        self.layers: list[Layer] = build_layers(input_shape, layers)
+        self.input_shape = tuple(int(d) for d in input_shape)
+        self.output_shape = self.layers[-1].out_shape
+        self.preset = preset
+        self._k: Kernels = self._make_kernels()
+        self._params = self._init_params(int(init_seed))
+        if weights is not None:
+            self.set_weights(weights)
+        self._momentum: dict[str, np.ndarray] = {}
+        self._pass = 0
+        self._kept: dict[str, Any] | None = None
+        self._total: dict[str, StageCounters] = {s: StageCounters() for s in _STAGES}
+        self._latency_cycles = 0
+        self._mem_peak: dict[str, int] = {}
+        self.configure(EngineConfig())
+
+    # ------------------------------------------------------------------ setup
+    def _make_kernels(self) -> Kernels:
+        return ChipKernels()
+
+    def _init_params(self, seed: int) -> dict[str, np.ndarray]:
+        """Kaiming-uniform as PyTorch's default init: weight and bias ~ U(-b, b) with
+        b = 1/sqrt(fan_in), drawn in layer order (weight, then bias) from default_rng(seed)."""
+        rng = np.random.default_rng(seed)
+        out: dict[str, np.ndarray] = {}
+        for x in self.layers:
+            if not x.has_params:
+                continue
+            b = 1.0 / math.sqrt(x.fan_in)
+            out[f"{x.index}.weight"] = rng.uniform(-b, b, x.weight_shape).astype(np.float32)
+            if x.bias:
+                out[f"{x.index}.bias"] = rng.uniform(-b, b, x.out_shape[0]).astype(np.float32)
+        return out
+
+    def configure(self, cfg: EngineConfig) -> None:
+        """Install a training configuration (atomic: on EngineError nothing changes). The
+        momentum state restarts; pruned weights are zeroed."""
+        if not isinstance(cfg, EngineConfig):
+            raise EngineError(Status.BAD_REQUEST, f"configure takes an EngineConfig, got {cfg!r}")
+        setup = prepare(cfg, self.layers, self._params, self.preset)
+        policy = Policy(cfg, self.layers, self._k, self.preset.laps,
+                        self.preset.stochastic_thresholding)  # fmt: skip
+        self._setup: Setup = setup
+        self._policy = policy
+        self._momentum = {}
+        self._kept = None
+        for n, m in setup.keep.items():
+            self._params[n] = np.where(m, self._params[n], np.float32(0)).astype(np.float32)
+
+    # ------------------------------------------------------------------ weights
+    def get_weights(self) -> dict[str, np.ndarray]:
+        """Copies of the master weights by state-dict name."""
+        return {n: v.copy() for n, v in self._params.items()}
+
+    def set_weights(self, mapping: Mapping[str, np.ndarray]) -> None:
+        """Replace some or all parameters (checked first; pruned entries stay zero)."""
+        new: dict[str, np.ndarray] = {}
+        for n, v in mapping.items():
+            if n not in self._params:
+                raise EngineError(
+                    Status.UNKNOWN_LAYER,
+                    f"no parameter {n!r}; accepted: {', '.join(self._params)}",
+                )
+            a = np.asarray(v)
+            if a.shape != self._params[n].shape:
+                raise EngineError(
+                    Status.BAD_SHAPE,
+                    f"{n} has shape {self._params[n].shape}, got {a.shape}",
+                )
+            if a.dtype.kind not in "fiu":
+                raise EngineError(Status.UNSUPPORTED_FORMAT, f"{n}: dtype {a.dtype} is not numeric")
+            new[n] = np.array(a, dtype=np.float32)
+        keep = self._setup.keep if hasattr(self, "_setup") else {}
+        for n, a in new.items():
+            self._params[n] = np.where(keep[n], a, np.float32(0)) if n in keep else a
+        self._kept = None
+
+    # ------------------------------------------------------------------ counters
+    def counters(self) -> dict[str, Any]:
+        """Counters accumulated since construction or reset_counters()."""
+        return counters_dict(self._total, self.preset, memory_peak_bytes=self._mem_peak or None,
+                             latency_cycles=self._latency_cycles)  # fmt: skip
+
+    def reset_counters(self) -> None:
+        self._total = {s: StageCounters() for s in _STAGES}
+        self._latency_cycles = 0
+        self._mem_peak = {}
+
+    def _fmt_bits(self, layer: int, cls: str) -> int:
+        return format_bits(self._policy.entry(layer, cls).format)
+
+    def _memory(self, batch: int) -> dict[str, int]:
+        lm, grads, opt = [], 0, 0
+        plays = [x for x in self.layers if x.has_params]
+        shapes = feedback_shapes(self.layers)
+        for x in plays:
+            i = x.index
+            nparam = sum(self._params[n].size for n in self._params if n.startswith(f"{i}."))
+            fb = 0
+            if self._setup.feedback_stored and self._setup.algorithm != "bp" and i in shapes:
+                fb = _bytes(int(np.prod(shapes[i])), self._fmt_bits(i, "weights"))
+            lm.append(
+                LayerMemory(
+                    activations=_bytes(batch * int(np.prod(x.in_shape)),
+                                       self._fmt_bits(i, "activations")),
+                    errors=_bytes(batch * int(np.prod(x.out_shape)), self._fmt_bits(i, "errors")),
+                    weights=_bytes(nparam, self._fmt_bits(i, "master_weights")),
+                    feedback=fb,
+                )
+            )  # fmt: skip
+            grads += _bytes(nparam, self._fmt_bits(i, "gradients"))
+            if self._setup.momentum > 0:
+                opt += _bytes(nparam, self._fmt_bits(i, "momentum"))
+        method = "bp" if self._setup.algorithm == "bp" else "dfa"
+        return memory_peak_bytes(lm, method, gradients=grads, optimizer=opt)
+
+    def memory_bytes(self, batch: int = 1) -> int:
+        """Bytes the model needs on the device for training at ``batch``: master weights,
+        gradients, optimizer state, activations and errors kept for a step, stored feedback."""
+        return int(self._memory(batch)["total"])
+
+    def _finish(self, step: _Step, batch: int) -> dict[str, Any]:
+        stages = step.stages()
+        for s in _STAGES:
+            self._total[s] = self._total[s] + stages[s]
+        cyc = []
+        for li in sorted(step.per_layer):
+            d = step.per_layer[li]
+            cyc.append(LayerCycles(**{s: d[s].cycles if s in d else 0 for s in _STAGES}))
+        alg = self._setup.algorithm
+        has_bw = any(c.backward for c in cyc)
+        if not cyc:
+            lat = 0
+        elif alg == "bp" or not has_bw:
+            lat = bp_latency(cyc)
+        elif alg == "dfa":
+            lat = dfa_latency(cyc)
+        else:
+            lat = pdfa_period(cyc)
+        self._latency_cycles += lat
+        mem = self._memory(batch)
+        for k, v in mem.items():
+            self._mem_peak[k] = max(self._mem_peak.get(k, 0), v)
+        return counters_dict(stages, self.preset, memory_peak_bytes=mem, latency_cycles=lat)
+
+    # ------------------------------------------------------------------ input checks
+    def _check_x(self, x: np.ndarray) -> np.ndarray:
+        a = np.asarray(x)
+        if a.dtype.kind not in "fiu":
+            raise EngineError(Status.UNSUPPORTED_FORMAT, f"input dtype {a.dtype} is not numeric")
+        if a.ndim != len(self.input_shape) + 1 or a.shape[1:] != self.input_shape:
+            raise EngineError(
+                Status.BAD_SHAPE,
+                f"input shape {a.shape}; expected (batch, {', '.join(map(str, self.input_shape))})",
+            )
+        if not 1 <= a.shape[0] <= MAX_BATCH:
+            raise EngineError(Status.LIMIT, f"batch {a.shape[0]}; accepted 1..{MAX_BATCH}")
+        return np.ascontiguousarray(a, np.float32)
+
+    def _check_target(self, t: np.ndarray, batch: int) -> np.ndarray:
+        a = np.asarray(t)
+        if self._setup.loss == "softmax_cross_entropy":
+            n = int(np.prod(self.output_shape))
+            if len(self.output_shape) != 1:
+                raise EngineError(Status.BAD_SHAPE, "cross-entropy needs a 1-D output per sample")
+            if a.dtype.kind not in "iu" or a.shape != (batch,):
+                raise EngineError(
+                    Status.BAD_SHAPE,
+                    f"cross-entropy targets must be integer class indices of shape ({batch},), "
+                    f"got {a.dtype} {a.shape}",
+                )
+            if a.size and (a.min() < 0 or a.max() >= n):
+                raise EngineError(Status.BAD_REQUEST, f"class indices must be in 0..{n - 1}")
+            return a.astype(np.int64)
+        if a.dtype.kind not in "fiu" or a.shape != (batch, *self.output_shape):
+            raise EngineError(
+                Status.BAD_SHAPE,
+                f"MSE targets must be numbers of shape {(batch, *self.output_shape)}, got "
+                f"{a.dtype} {a.shape}",
+            )
+        return a.astype(np.float32)
+
+    # ------------------------------------------------------------------ public passes
+    def forward(self, x: np.ndarray, *, keep_activations: bool = False) -> np.ndarray:
+        """Outputs (float32) of a batch; keep_activations keeps what BACKWARD needs."""
+        xs = self._check_x(x)
+        step = _Step()
+        y, cache = self._forward(xs, step, laps=False)
+        self._finish(step, xs.shape[0])
+        self._kept = {"cache": cache, "pass": self._pass - 1, "y": y} if keep_activations else None
+        return y
+
+    def train_step(self, x: np.ndarray, target: np.ndarray) -> StepResult:
+        """FF, loss, EP (BP or DFA), WG and update on one batch."""
+        xs = self._check_x(x)
+        t = self._check_target(target, xs.shape[0])
+        step = _Step()
+        y, cache = self._forward(xs, step, laps=True)
+        loss, grad = self._loss(y, t)
+        self._backward(grad, cache, self._pass - 1, step)
+        self._kept = None
+        return StepResult(loss, self._finish(step, xs.shape[0]), y)
+
+    def backward(self, output_error: np.ndarray) -> StepResult:
+        """EP, WG and update from dLoss/dOutput of the last forward(keep_activations=True)."""
+        if self._kept is None:
+            raise EngineError(
+                Status.BAD_REQUEST, "BACKWARD needs a preceding FORWARD with keep_activations"
+            )
+        y = self._kept["y"]
+        e = np.asarray(output_error)
+        if e.dtype.kind not in "fiu" or e.shape != y.shape:
+            raise EngineError(
+                Status.BAD_SHAPE, f"output error must be numbers of shape {y.shape}, got {e.shape}"
+            )
+        step = _Step()
+        self._backward(e.astype(np.float32), self._kept["cache"], self._kept["pass"], step)
+        self._kept = None
+        return StepResult(None, self._finish(step, y.shape[0]), None)
+
+    # ------------------------------------------------------------------ loss
+    def _loss(self, y: np.ndarray, t: np.ndarray) -> tuple[float, np.ndarray]:
+        if self._setup.loss == "softmax_cross_entropy":
+            z = y.astype(np.float64)
+            z = z - z.max(axis=1, keepdims=True)
+            lse = np.log(np.exp(z).sum(axis=1))
+            p = np.exp(z - lse[:, None])
+            n = y.shape[0]
+            loss = float(np.mean(lse - z[np.arange(n), t]))
+            p[np.arange(n), t] -= 1.0
+            return loss, (p / n).astype(np.float32)
+        d = y.astype(np.float64) - t.astype(np.float64)
+        return float(np.mean(d * d)), (2.0 * d / d.size).astype(np.float32)
+
+    # ------------------------------------------------------------------ forward
+    def _weights_q(self, x: Layer, pass_no: int) -> tuple[QTensor, QTensor | None]:
+        i = x.index
+        w = self._policy.quantize(self._params[f"{i}.weight"], i, "weights", PART_WEIGHT, pass_no)
+        b = None
+        if x.bias:
+            b = self._policy.quantize(self._params[f"{i}.bias"], i, "weights", PART_BIAS, pass_no)
+        return w, b
+
+    def _forward(self, x: np.ndarray, step: _Step, *, laps: bool) -> tuple[np.ndarray, list[Any]]:
+        pass_no = self._pass
+        self._pass += 1
+        cache: list[Any] = []
+        for layer in self.layers:
+            kind = layer.kind
+            if kind in ("linear", "conv2d"):
+                y, c = self._ff_param(layer, x, pass_no, step, laps)
+            elif kind == "relu":
+                c = {"pos": x > 0}
+                y = np.where(c["pos"], x, np.float32(0)).astype(np.float32)
+            elif kind == "leaky_relu":
+                c = {"pos": x > 0}
+                y = np.where(c["pos"], x, x * np.float32(layer.slope)).astype(np.float32)
+            elif kind in ("max_pool2d", "avg_pool2d"):
+                y, arg = pool_forward(x, layer)
+                c = {"arg": arg}
+            else:
+                y, c = x.reshape(x.shape[0], -1), {}
+            cache.append(c)
+            x = y
+        return x, cache
+
+    def _ff_param(
+        self, layer: Layer, x: np.ndarray, pass_no: int, step: _Step, laps: bool
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        i, k, pol = layer.index, self._k, self._policy
+        xa = pol.quantize(x, i, "activations", PART_DATA, pass_no)
+        w, b = self._weights_q(layer, pass_no)
+        nb = x.shape[0]
+        so = None
+        if layer.kind == "linear":
+            p_nat = xa.values
+            if xa.is_int and w.is_int:
+                acc, so = k.gemm_int(xa.codes, w.codes, trans_a=False, trans_b=True)  # type: ignore[arg-type]
+                y = rescale(acc, xa.frac + w.frac)
+            else:
+                y = k.gemm_float(xa.values, w.values, trans_a=False, trans_b=True)
+        else:
+            p_nat = im2col(xa.values, layer)
+            o = layer.out_shape[0]
+            if xa.is_int and w.is_int:
+                acc, so = k.conv2d(xa.codes, w.codes, layer.stride, layer.padding)  # type: ignore[arg-type]
+                y = rescale(acc, xa.frac + w.frac)
+            else:
+                y2 = k.gemm_float(p_nat, w.values.reshape(o, -1), trans_a=False, trans_b=True)
+                ho, wo = layer.out_shape[1:]
+                y = np.ascontiguousarray(y2.reshape(nb, ho, wo, o).transpose(0, 3, 1, 2))
+        if b is not None:
+            shape = (1, -1) + (1,) * (y.ndim - 2)
+            y = (y + b.values.reshape(shape)).astype(np.float32)
+        if laps and i in pol.laps:
+            xf = x if layer.kind == "linear" else im2col(x, layer)
+            wf = self._params[f"{i}.weight"].reshape(layer.out_shape[0], -1)
+            high = xf.astype(np.float64) @ wf.astype(np.float64).T
+            o = layer.out_shape[0]
+            ylow = y if layer.kind == "linear" else y.transpose(0, 2, 3, 1).reshape(-1, o)
+            ylow = ylow.astype(np.float64)
+            if b is not None:
+                ylow = ylow - b.values.astype(np.float64)
+            pol.observe_laps(i, high, ylow)
+        q_nat = w.values.reshape(layer.out_shape[0], -1).T
+        keep = self._setup.keep.get(f"{i}.weight")
+        pr = None if keep is None else ~keep.reshape(layer.out_shape[0], -1).T
+        skips = self.preset.skips("ff")
+        cnt = count_macs(p_nat, q_nat, a_is_p=True, skips=skips, stage="ff", pruned_b=pr)
+        sl = so if (so is not None and "zero_slice" in skips) else None
+        wbytes = _bytes(w.values.size, w.bits)
+        ibytes = _bytes(x.size, xa.bits)
+        obytes = _bytes(y.size, xa.bits)
+        work = StageWork("ff", **cnt, slice_ops=sl, a_bits=xa.bits, b_bits=w.bits,
+                         dram_read_bytes=wbytes + ibytes, dram_write_bytes=obytes,
+                         sram_read_bytes=wbytes + ibytes, sram_write_bytes=obytes)  # fmt: skip
+        step.add(i, stage_costs(work, self.preset), "ff")
+        return y, {"xa": xa, "w": w, "cols": p_nat if layer.kind == "conv2d" else None}
+
+    # ------------------------------------------------------------------ backward
+    def _relu_mask_before(self, idx: int, cache: list[Any], shape: tuple[int, ...]) -> np.ndarray | None:
+        """Zero mask of the ReLU right before layer ``idx`` (flatten layers skipped), as
+        an array of ``shape``; None when no ReLU precedes directly."""
+        j = idx - 1
+        while j >= 0 and self.layers[j].kind == "flatten":
+            j -= 1
+        if j < 0 or self.layers[j].kind != "relu":
+            return None
+        return ~cache[j]["pos"].reshape(shape)
+
+    def _backward(self, e: np.ndarray, cache: list[Any], pass_no: int, step: _Step) -> None:
+        """Walk the layers from the last one: BP propagates the error layer by layer; DFA
+        computes every hidden layer's error from the output error once the last
+        parameterised layer is reached and re-enters the walk at each delivery point."""
+        setup = self._setup
+        plays = [x for x in self.layers if x.has_params]
+        trainable_layers = {int(n.split(".")[0]) for n in setup.trainable}
+        grads: dict[str, QTensor] = {}
+        dfa = setup.algorithm != "bp"
+        last = plays[-1].index
+        deliver: dict[int, np.ndarray] = {}
+        active = True
+        for layer in reversed(self.layers):
+            i = layer.index
+            if i in deliver:
+                e, active = deliver.pop(i), True
+            if not active:
+                if deliver:
+                    continue
+                break
+            c = cache[i]
+            if layer.has_params:
+                eq = self._policy.quantize(e, i, "errors", PART_DATA, pass_no)
+                if i in trainable_layers:
+                    self._wg(layer, eq, c, pass_no, step, grads)
+                if dfa:
+                    if i == last:
+                        deliver = self._dfa_errors(eq, cache, step, trainable_layers)
+                    active = False
+                elif any(j < i for j in trainable_layers):
+                    e = self._ep(layer, eq, c, cache, step)
+                else:
+                    active = False
+            elif layer.kind == "relu":
+                e = np.where(c["pos"], e, np.float32(0)).astype(np.float32)
+            elif layer.kind == "leaky_relu":
+                e = np.where(c["pos"], e, e * np.float32(layer.slope)).astype(np.float32)
+            elif layer.kind in ("max_pool2d", "avg_pool2d"):
+                e = pool_backward(e, layer, c["arg"])
+            else:
+                e = e.reshape(e.shape[0], *layer.in_shape)
+        self._update(grads, pass_no, step)
+
+    def _dfa_errors(self, eq: QTensor, cache: list[Any], step: _Step,
+                    trainable: set[int]) -> dict[int, np.ndarray]:  # fmt: skip
+        """DFA: the error delivered at the input of the next parameterised layer of every
+        trainable hidden layer l: e_out . B_l^T (see engine_setup), keyed by the index of
+        the layer whose output it is."""
+        setup, k = self._setup, self._k
+        nb = eq.values.shape[0]
+        e2v = eq.values.reshape(nb, -1)
+        out: dict[int, np.ndarray] = {}
+        plays = [x for x in self.layers if x.has_params]
+        for a, nxt in zip(plays, plays[1:], strict=False):
+            if a.index not in trainable:
+                continue
+            shape = (int(np.prod(nxt.in_shape)), e2v.shape[1])
+            bm = setup.feedback_mats.get(a.index)
+            if bm is None:
+                bm = feedback_matrix(setup.feedback, setup.feedback_seed, a.index, shape,
+                                     setup.feedback_density)  # fmt: skip
+            bq = self._feedback_q(bm, a.index)
+            so = None
+            if eq.is_int and bq.is_int:
+                acc, so = k.gemm_int(eq.codes.reshape(nb, -1), bq.codes, trans_a=False,  # type: ignore[union-attr]
+                                     trans_b=True)  # fmt: skip
+                d = rescale(acc, eq.frac + bq.frac)
+            else:
+                d = k.gemm_float(e2v, bq.values, trans_a=False, trans_b=True)
+            mask = self._relu_mask_before(nxt.index, cache, d.shape)
+            skips = self.preset.skips("ep")
+            cnt = count_macs(e2v, bq.values.T, a_is_p=True, skips=skips, stage="ep",
+                             out_skip=mask)  # fmt: skip
+            sl = None
+            if so is not None and "zero_slice" in skips:
+                sk = mask if "output_zero" in skips else None
+                sl = so - masked_slice_ops(nzslices(eq.codes.reshape(nb, -1)),  # type: ignore[union-attr]
+                                           nzslices(bq.codes).T, sk)  # type: ignore[arg-type]  # fmt: skip
+            fb_b = _bytes(bm.size, bq.bits) if setup.feedback_stored else 0
+            work = StageWork("ep", **cnt, slice_ops=sl, a_bits=eq.bits, b_bits=bq.bits,
+                             dram_read_bytes=fb_b + _bytes(e2v.size, eq.bits),
+                             dram_write_bytes=_bytes(d.size, eq.bits),
+                             sram_read_bytes=_bytes(bm.size, bq.bits) + _bytes(e2v.size, eq.bits),
+                             sram_write_bytes=_bytes(d.size, eq.bits))  # fmt: skip
+            step.add(a.index, stage_costs(work, self.preset), "ep")
+            out[nxt.index - 1] = d.reshape(nb, *nxt.in_shape)
+        return out
+
+    def _feedback_q(self, bm: np.ndarray, layer: int) -> QTensor:
+        """B_l in the WEIGHTS format of layer l, scale from its amax, nearest rounding."""
+        e = self._policy.entry(layer, "weights")
+        fmt, k = e.format, self._k
+        if fmt == "fp32":
+            return QTensor(bm, fmt)
+        if is_int_format(fmt):
+            p = k.scale_params(bm, fmt)
+            frac = -int(p["shared_exp"]) if fmt == "flex16" else int(p["frac_bits"])
+            codes = k.encode(bm, fmt, **p)
+            return QTensor(rescale(codes, frac), fmt, codes, frac)
+        params: dict[str, Any] = {}
+        if fmt == "hfp8":
+            params = {"bias": e.exp_bias, "stage": e.hfp8_stage}
+        elif fmt == "fp8-seb":
+            params = k.scale_params(bm, fmt)
+        return QTensor(k.quantize(bm, fmt, **params), fmt)
+
+    def _ep(self, layer: Layer, eq: QTensor, c: dict[str, Any], cache: list[Any],
+            step: _Step) -> np.ndarray:  # fmt: skip
+        """BP error propagation through W transposed: the error at the layer's input."""
+        k, w, nb = self._k, c["w"], eq.values.shape[0]
+        i = layer.index
+        o = layer.out_shape[0]
+        so = None
+        if layer.kind == "linear":
+            p_nat, q_nat = eq.values, w.values
+            if eq.is_int and w.is_int:
+                acc, so = k.gemm_int(eq.codes, w.codes, trans_a=False, trans_b=False)
+                d = rescale(acc, eq.frac + w.frac)
+            else:
+                d = k.gemm_float(eq.values, w.values, trans_a=False, trans_b=False)
+            mask = self._relu_mask_before(i, cache, d.shape)
+            counted = None
+            p_codes, q_codes = eq.codes, w.codes
+        else:
+            p_nat = np.ascontiguousarray(eq.values.transpose(0, 2, 3, 1)).reshape(-1, o)
+            q_nat = w.values.reshape(o, -1)
+            if eq.is_int and w.is_int:
+                acc, so = k.conv2d_input_grad(eq.codes, w.codes, layer.in_shape[1:],
+                                              layer.stride, layer.padding)  # fmt: skip
+                d = rescale(acc, eq.frac + w.frac)
+            else:
+                dcols = k.gemm_float(p_nat, q_nat, trans_a=False, trans_b=False)
+                d = col2im(dcols, layer, nb)
+            counted = None
+            if layer.padding != (0, 0):
+                ones = np.ones((1, *layer.in_shape), np.float32)
+                counted = np.tile(im2col(ones, layer) != 0, (nb, 1))
+            m = self._relu_mask_before(i, cache, (nb, *layer.in_shape))
+            mask = None if m is None else im2col(m.astype(np.float32), layer) != 0
+            p_codes = None if eq.codes is None else np.ascontiguousarray(
+                eq.codes.transpose(0, 2, 3, 1)).reshape(-1, o)  # fmt: skip
+            q_codes = None if w.codes is None else w.codes.reshape(o, -1)
+        keep = self._setup.keep.get(f"{i}.weight")
+        pr = None if keep is None else ~keep.reshape(o, -1)
+        skips = self.preset.skips("ep")
+        cnt = count_macs(p_nat, q_nat, a_is_p=True, skips=skips, stage="ep", counted=counted,
+                         out_skip=mask, pruned_b=pr)  # fmt: skip
+        sl = None
+        if so is not None and "zero_slice" in skips:
+            sk = mask if "output_zero" in skips else None
+            if sk is not None and counted is not None:
+                sk = sk & counted
+            sl = so - masked_slice_ops(nzslices(p_codes), nzslices(q_codes), sk)  # type: ignore[arg-type]
+        wbytes = _bytes(w.values.size, w.bits)
+        work = StageWork("ep", **cnt, slice_ops=sl, a_bits=eq.bits, b_bits=w.bits,
+                         dram_read_bytes=wbytes + _bytes(eq.values.size, eq.bits),
+                         dram_write_bytes=_bytes(d.size, eq.bits),
+                         sram_read_bytes=wbytes + _bytes(eq.values.size, eq.bits),
+                         sram_write_bytes=_bytes(d.size, eq.bits),
+                         transposed_read=wbytes > 0, transposed_bytes=wbytes)  # fmt: skip
+        step.add(i, stage_costs(work, self.preset), "ep")
+        return d
+
+    def _wg(self, layer: Layer, eq: QTensor, c: dict[str, Any], pass_no: int, step: _Step,
+            grads: dict[str, QTensor]) -> None:  # fmt: skip
+        """Weight and bias gradients of one layer, quantized with its GRADIENTS entry."""
+        k, xa, i = self._k, c["xa"], layer.index
+        o = layer.out_shape[0]
+        so = None
+        if layer.kind == "linear":
+            p_nat, q_nat = eq.values.T, xa.values
+            if eq.is_int and xa.is_int:
+                acc, so = k.gemm_int(eq.codes, xa.codes, trans_a=True, trans_b=False)
+                dw = rescale(acc, eq.frac + xa.frac)
+            else:
+                dw = k.gemm_float(eq.values, xa.values, trans_a=True, trans_b=False)
+            p_codes, q_codes = (None if eq.codes is None else eq.codes.T), xa.codes
+            db_src = eq.values
+        else:
+            dy2 = np.ascontiguousarray(eq.values.transpose(0, 2, 3, 1)).reshape(-1, o)
+            p_nat, q_nat = dy2.T, c["cols"]
+            if eq.is_int and xa.is_int:
+                acc, so = k.conv2d_weight_grad(xa.codes, eq.codes, layer.kernel, layer.stride,
+                                               layer.padding)  # fmt: skip
+                dw = rescale(acc, eq.frac + xa.frac)
+            else:
+                dw = k.gemm_float(dy2, c["cols"], trans_a=True, trans_b=False).reshape(
+                    layer.weight_shape
+                )
+            p_codes = None
+            if eq.codes is not None:
+                p_codes = np.ascontiguousarray(eq.codes.transpose(1, 0, 2, 3)).reshape(o, -1)
+            q_codes = None if xa.codes is None else im2col(xa.codes, layer)
+            db_src = dy2
+        keep = self._setup.keep.get(f"{i}.weight")
+        prune_out = None if keep is None else ~keep.reshape(o, -1)
+        skips = self.preset.skips("wg")
+        cnt = count_macs(p_nat, q_nat, a_is_p=False, skips=skips, stage="wg",
+                         out_skip=prune_out, out_reason="pruned")  # fmt: skip
+        sl = None
+        if so is not None and "zero_slice" in skips:
+            sk = prune_out if "pruned" in skips else None
+            sl = so - masked_slice_ops(nzslices(p_codes), nzslices(q_codes), sk)  # type: ignore[arg-type]
+        gq = self._policy.quantize(dw.reshape(layer.weight_shape), i, "gradients", PART_WEIGHT,
+                                   pass_no)  # fmt: skip
+        grads[f"{i}.weight"] = gq
+        if layer.bias:
+            db = db_src.astype(np.float64).sum(axis=0).astype(np.float32)
+            grads[f"{i}.bias"] = self._policy.quantize(db, i, "gradients", PART_BIAS, pass_no)
+        gbytes = _bytes(dw.size, gq.bits)
+        work = StageWork("wg", **cnt, slice_ops=sl, a_bits=xa.bits, b_bits=eq.bits,
+                         dram_read_bytes=_bytes(xa.values.size, xa.bits)
+                         + _bytes(eq.values.size, eq.bits),
+                         sram_read_bytes=_bytes(xa.values.size, xa.bits)
+                         + _bytes(eq.values.size, eq.bits),
+                         sram_write_bytes=gbytes)  # fmt: skip
+        step.add(i, stage_costs(work, self.preset), "wg")
+
+    # ------------------------------------------------------------------ update
+    def _update(self, grads: dict[str, QTensor], pass_no: int, step: _Step) -> None:
+        """SGD with momentum and weight decay (PyTorch's rule): d = g + wd*w; m = mu*m + d;
+        w = w - lr*m, then MOMENTUM/MASTER_WEIGHTS quantization; frozen and pruned elements
+        keep their value (pruned ones stay zero)."""
+        s = self._setup
+        lr, mu, wd = np.float32(s.lr), np.float32(s.momentum), np.float32(s.weight_decay)
+        skips = self.preset.skips("update")
+        new_w: dict[str, np.ndarray] = {}
+        new_m: dict[str, np.ndarray] = {}
+        per_layer: dict[int, list[int]] = {}
+        for n, gq in grads.items():
+            li = int(n.split(".")[0])
+            part = PART_WEIGHT if n.endswith(".weight") else PART_BIAS
+            w = self._params[n]
+            d = (gq.values + wd * w).astype(np.float32)
+            if s.momentum > 0:
+                m_old = self._momentum.get(n, np.zeros_like(w))
+                m = (mu * m_old + d).astype(np.float32)
+                mq = self._policy.quantize(m, li, "momentum", part, pass_no)
+                new_m[n] = mq.values
+                d = mq.values
+            wn = (w - lr * d).astype(np.float32)
+            wn = self._policy.quantize(wn, li, "master_weights", part, pass_no).values
+            tm = s.trainable[n]
+            keep = s.keep.get(n)
+            upd = tm if keep is None else (tm & keep)
+            new_w[n] = np.where(upd, wn, w).astype(np.float32)
+            if keep is not None:
+                new_w[n] = np.where(keep, new_w[n], np.float32(0)).astype(np.float32)
+            if n in new_m:
+                new_m[n] = np.where(upd, new_m[n], self._momentum.get(n, 0)).astype(np.float32)
+            t = per_layer.setdefault(li, [0, 0, 0, 0])
+            t[0] += int(tm.sum())
+            t[1] += 0 if keep is None else int((tm & ~keep).sum())
+            t[2] += w.size
+            t[3] = self._fmt_bits(li, "master_weights")
+        self._params.update(new_w)
+        self._momentum.update(new_m)
+        for li, (ntrain, npruned, nall, wbits) in per_layer.items():
+            pruned = 2 * npruned if "pruned" in skips else 0
+            wb = _bytes(ntrain - npruned * ("pruned" in skips), wbits)
+            mb = wb if s.momentum > 0 else 0
+            gb = _bytes(ntrain, self._fmt_bits(li, "gradients"))
+            work = StageWork("update", 2 * ntrain, 2 * ntrain - pruned, pruned=pruned,
+                             a_bits=wbits, b_bits=wbits, dram_read_bytes=wb + mb,
+                             dram_write_bytes=wb + mb, sram_read_bytes=wb + mb + gb,
+                             sram_write_bytes=wb + mb)  # fmt: skip
+            del nall
+            step.add(li, stage_costs(work, self.preset), "update")

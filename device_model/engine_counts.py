@@ -1,0 +1,122 @@
+"""Skipped-work accounting of one stage of one layer: which MACs the chip executes and which
+it skips, and why.
+
+Every stage is a GEMM ``out[i, j] = sum_k P[i, k] * Q[k, j]`` in its natural form (FC: the
+activations/errors and weights; convolution: the im2col matrix of the input or of the input
+error and the weight matrix). One operand is the stage's *input* operand ``a`` (IA in FF and
+WG, the incoming error in EP), the other the ``b`` operand (weights or feedback in FF/EP,
+errors in WG). Each skipped MAC is counted under exactly one reason, in this precedence
+(the order of device_model.costs_analytic):
+
+1. ``pruned``: the MAC's weight is pruned (FF/EP; skippable when the preset skips "pruned"
+   or "weight_zero" in the stage: a pruned weight is a known zero), or its output is a
+   pruned weight's gradient (WG; skippable when the preset skips "pruned" in WG);
+2. ``output_zero``: the MAC's output is masked by the ReLU after it (EP), when skipped;
+3. ``input_zero``: the ``a`` operand is zero, when the stage skips "input_zero";
+4. ``weight_zero``: the ``b`` operand is zero, when the stage skips "weight_zero".
+
+Everything else is executed. ``slice_ops`` (DFXP only: the 4-bit slice products of the
+executed MACs when the stage skips zero slices) comes from the kernel's statistics, minus
+the slice products of outputs skipped whole. Counting uses row/column sums, so it costs far
+less than the GEMM except when an output mask meets two operand properties.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["MacCounts", "count_macs", "nzslices"]
+
+MacCounts = dict[str, int]
+
+
+def nzslices(codes: np.ndarray) -> np.ndarray:
+    """Non-zero 4-bit slices of |code| per element (int8: up to 2, int16: up to 4)."""
+    u = np.abs(codes.astype(np.int32))
+    return sum((((u >> (4 * s)) & 15) != 0).astype(np.int64) for s in range(4))  # type: ignore[return-value]
+
+
+def _pair(
+    f: np.ndarray | None, g: np.ndarray | None, r: np.ndarray | None, shape: tuple[int, int, int]
+) -> int:
+    """Number of (i, k, j) with f[i, k] and g[k, j] and r[i, j] (None = all true)."""
+    ni, nk, nj = shape
+    if r is None:
+        fk = np.full(nk, ni, np.int64) if f is None else f.sum(axis=0, dtype=np.int64)
+        gk = np.full(nk, nj, np.int64) if g is None else g.sum(axis=1, dtype=np.int64)
+        return int(fk @ gk)
+    if f is None and g is None:
+        return nk * int(r.sum())
+    if f is None:
+        assert g is not None
+        return int(g.sum(axis=0, dtype=np.int64) @ r.sum(axis=0, dtype=np.int64))
+    if g is None:
+        return int(f.sum(axis=1, dtype=np.int64) @ r.sum(axis=1, dtype=np.int64))
+    fg = f.astype(np.float64) @ g.astype(np.float64)
+    return int(round(float((fg * r).sum())))
+
+
+def _and(x: np.ndarray | None, y: np.ndarray | None) -> np.ndarray | None:
+    if x is None:
+        return y
+    if y is None:
+        return x
+    return x & y
+
+
+def count_macs(
+    p: np.ndarray,
+    q: np.ndarray,
+    *,
+    a_is_p: bool,
+    skips: frozenset[str],
+    stage: str,
+    counted: np.ndarray | None = None,
+    out_skip: np.ndarray | None = None,
+    out_reason: str = "output_zero",
+    pruned_b: np.ndarray | None = None,
+) -> MacCounts:
+    """Counts of one stage's GEMM P (I x K) . Q (K x J).
+
+    ``counted`` (I x J bool): outputs that exist (conv EP: outputs landing in padding are no
+    work at all); ``out_skip`` (I x J bool): outputs skipped whole for ``out_reason``
+    ("output_zero": ReLU mask in EP; "pruned": pruned gradients in WG), applied only when
+    the stage skips that reason; ``pruned_b``: pruned elements of the ``b`` operand (shape of
+    it). Returns macs_total, macs_executed and the four MAC skip reasons."""
+    ni, nk = p.shape
+    nj = q.shape[1]
+    shape = (ni, nk, nj)
+    r = counted
+    total = _pair(None, None, r, shape)
+    out: MacCounts = {"input_zero": 0, "weight_zero": 0, "output_zero": 0, "pruned": 0}
+    if out_skip is not None and out_reason in skips:
+        sk = out_skip if r is None else (out_skip & r)
+        out[out_reason] = nk * int(sk.sum())
+        r = ~out_skip if r is None else (r & ~out_skip)
+    za, zb = (p == 0, q == 0) if a_is_p else (q == 0, p == 0)
+    alive_b: np.ndarray | None = None
+    if pruned_b is not None and ("pruned" in skips or "weight_zero" in skips):
+        pb = pruned_b
+        fb = (None, pb) if a_is_p else (pb, None)
+        out["pruned"] += _pair(fb[0], fb[1], r, shape)
+        alive_b = ~pb
+    alive_a: np.ndarray | None = None
+    if "input_zero" in skips:
+        fa, fb2 = (za, alive_b) if a_is_p else (alive_b, za)
+        out["input_zero"] = _pair(fa, fb2, r, shape)
+        alive_a = ~za
+    if "weight_zero" in skips:
+        wz = _and(zb, alive_b)
+        fa, fb2 = (alive_a, wz) if a_is_p else (wz, alive_a)
+        out["weight_zero"] = _pair(fa, fb2, r, shape)
+    skipped = sum(out.values())
+    return {"macs_total": total, "macs_executed": total - skipped, **out}
+
+
+def masked_slice_ops(
+    sp: np.ndarray, sq: np.ndarray, mask: np.ndarray | None
+) -> int:
+    """Slice products of the outputs in ``mask`` (I x J) given the slice counts of P and Q."""
+    if mask is None or not mask.any():
+        return 0
+    return int(round(float(((sp.astype(np.float64) @ sq.astype(np.float64)) * mask).sum())))

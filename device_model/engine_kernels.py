@@ -1,0 +1,87 @@
+"""The arithmetic the engine delegates: number formats and GEMM/convolution kernels.
+
+``ChipKernels`` is the emulated chip: device_model.numerics (C quantizers) and
+device_model.datapath (exact integer GEMM/convolutions with the accumulator model and
+operand statistics, float GEMM with fp32 sequential accumulation). The numpy reference of
+the engine (device_model.engine_reference) plugs in the same interface built from
+protocol.numerics and device_model.gemm_reference, so the two engines differ exactly in the
+kernels and can be compared bit for bit.
+
+Integer kernels return ``(int64 result, slice_ops)`` where ``slice_ops`` is the number of
+non-zero 4-bit slice products the kernel did (zero operands contribute none).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+from device_model import datapath
+from device_model import numerics as chip_numerics
+
+__all__ = ["ChipKernels", "Kernels"]
+
+IntResult = tuple[np.ndarray, int]
+
+
+class Kernels(Protocol):
+    """What the engine needs from a backend (see the module docstring)."""
+
+    name: str
+
+    def encode(self, x: np.ndarray, fmt: str, **kw: Any) -> np.ndarray: ...
+    def quantize(self, x: np.ndarray, fmt: str, **kw: Any) -> np.ndarray: ...
+    def scale_params(self, x: np.ndarray, fmt: str, **kw: Any) -> dict[str, Any]: ...
+    def gemm_int(self, a: np.ndarray, b: np.ndarray, *, trans_a: bool, trans_b: bool) -> IntResult: ...
+    def gemm_float(
+        self, a: np.ndarray, b: np.ndarray, *, trans_a: bool, trans_b: bool
+    ) -> np.ndarray: ...
+    def conv2d(self, x: np.ndarray, w: np.ndarray, stride: Any, padding: Any) -> IntResult: ...
+    def conv2d_input_grad(
+        self, dy: np.ndarray, w: np.ndarray, hw: tuple[int, int], stride: Any, padding: Any
+    ) -> IntResult: ...
+    def conv2d_weight_grad(
+        self, x: np.ndarray, dy: np.ndarray, khw: tuple[int, int], stride: Any, padding: Any
+    ) -> IntResult: ...
+
+
+class ChipKernels:
+    """The C datapath (accumulators at datapath's defaults: 32 bits for int8 x int8, 48
+    otherwise, saturating)."""
+
+    name = "chip"
+
+    def encode(self, x: np.ndarray, fmt: str, **kw: Any) -> np.ndarray:
+        return chip_numerics.encode(x, fmt, **kw)
+
+    def quantize(self, x: np.ndarray, fmt: str, **kw: Any) -> np.ndarray:
+        return chip_numerics.quantize(x, fmt, **kw)
+
+    def scale_params(self, x: np.ndarray, fmt: str, **kw: Any) -> dict[str, Any]:
+        return chip_numerics.scale_params(x, fmt, **kw)
+
+    def gemm_int(self, a: np.ndarray, b: np.ndarray, *, trans_a: bool, trans_b: bool) -> IntResult:
+        c, st = datapath.gemm_int(a, b, trans_a=trans_a, trans_b=trans_b)
+        return c, st.slice_ops
+
+    def gemm_float(
+        self, a: np.ndarray, b: np.ndarray, *, trans_a: bool, trans_b: bool
+    ) -> np.ndarray:
+        return datapath.gemm_float(a, b, trans_a=trans_a, trans_b=trans_b)
+
+    def conv2d(self, x: np.ndarray, w: np.ndarray, stride: Any, padding: Any) -> IntResult:
+        y, st = datapath.conv2d(x, w, stride=stride, padding=padding)
+        return y, st.slice_ops
+
+    def conv2d_input_grad(
+        self, dy: np.ndarray, w: np.ndarray, hw: tuple[int, int], stride: Any, padding: Any
+    ) -> IntResult:
+        y, st = datapath.conv2d_input_grad(dy, w, hw, stride=stride, padding=padding)
+        return y, st.slice_ops
+
+    def conv2d_weight_grad(
+        self, x: np.ndarray, dy: np.ndarray, khw: tuple[int, int], stride: Any, padding: Any
+    ) -> IntResult:
+        y, st = datapath.conv2d_weight_grad(x, dy, khw, stride=stride, padding=padding)
+        return y, st.slice_ops
