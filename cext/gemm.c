@@ -821,6 +821,8 @@ static void scratch_put(void *p, int owned)
 #define MR16 6
 #define NR16 32
 #define KC16P 128
+/* Bytes of packed A kept hot (in L2) per row block. */
+#define A_BLOCK_BYTES ((int64_t)256 << 10)
 
 #if MT_HAVE_X86
 
@@ -1136,38 +1138,45 @@ TARGET_VNNI static void vnni_compute(gemm_job *g, int tid, int nt)
     int64_t mr = g->is8 ? MR8 : MR16, nr = g->is8 ? NR8 : NR16, kc = g->is8 ? KC8Q : KC16P;
     _Alignas(64) int32_t t1[MR8 * NR8];
     _Alignas(64) int32_t t2[MR16 * NR16];
-    for (int64_t np = lo; np < hi; np++) {
-        int64_t n0 = np * nr, nv = N - n0 < nr ? N - n0 : nr;
-        for (int64_t q0 = 0; q0 < Kg; q0 += kc) {
-            int64_t nq = Kg - q0 < kc ? Kg - q0 : kc;
-            int last = q0 + nq >= Kg;
-            for (int64_t mp = 0; mp < g->mpanels; mp++) {
-                int64_t m0 = mp * mr, mv = M - m0 < mr ? M - m0 : mr;
-                if (panel_all_slow(g, m0, mv))
-                    continue;
-                if (g->is8)
-                    ukr8((const int8_t *)g->apack + (mp * Kg + q0) * MR8 * 4,
-                         (const uint8_t *)g->bpack + (np * Kg + q0) * NR8 * 4, nq, t1);
-                else
-                    ukr16((const int16_t *)g->apack + (mp * Kg + q0) * MR16 * 4,
-                          (const int16_t *)g->bpack + (np * Kg + q0) * NR16 * 2, nq, t1, t2);
-                for (int64_t r = 0; r < mv; r++) {
-                    int64_t *crow = g->c + (m0 + r) * N + n0;
-                    const int32_t *x = t1 + r * nr, *y = t2 + r * nr;
-                    if (g->is8 && q0 == 0)
-                        for (int64_t j = 0; j < nv; j++)
-                            crow[j] = x[j];
-                    else if (g->is8)
-                        for (int64_t j = 0; j < nv; j++)
-                            crow[j] += x[j];
-                    else if (q0 == 0)
-                        for (int64_t j = 0; j < nv; j++)
-                            crow[j] = (int64_t)x[j] * 256 + y[j];
+    /* Row blocks of A panels sized to stay in L2 while this thread's B panels stream by. */
+    int64_t panel_bytes = Kg * mr * (g->is8 ? 4 : 8);
+    int64_t mcp = A_BLOCK_BYTES / (panel_bytes ? panel_bytes : 1);
+    mcp = mcp < 1 ? 1 : mcp;
+    for (int64_t mb = 0; mb < g->mpanels; mb += mcp) {
+        int64_t me = mb + mcp < g->mpanels ? mb + mcp : g->mpanels;
+        for (int64_t np = lo; np < hi; np++) {
+            int64_t n0 = np * nr, nv = N - n0 < nr ? N - n0 : nr;
+            for (int64_t q0 = 0; q0 < Kg; q0 += kc) {
+                int64_t nq = Kg - q0 < kc ? Kg - q0 : kc;
+                int last = q0 + nq >= Kg;
+                for (int64_t mp = mb; mp < me; mp++) {
+                    int64_t m0 = mp * mr, mv = M - m0 < mr ? M - m0 : mr;
+                    if (panel_all_slow(g, m0, mv))
+                        continue;
+                    if (g->is8)
+                        ukr8((const int8_t *)g->apack + (mp * Kg + q0) * MR8 * 4,
+                             (const uint8_t *)g->bpack + (np * Kg + q0) * NR8 * 4, nq, t1);
                     else
-                        for (int64_t j = 0; j < nv; j++)
-                            crow[j] += (int64_t)x[j] * 256 + y[j];
-                    if (last && !g->slow[m0 + r])
-                        finish_segment(g, m0 + r, n0, nv);
+                        ukr16((const int16_t *)g->apack + (mp * Kg + q0) * MR16 * 4,
+                              (const int16_t *)g->bpack + (np * Kg + q0) * NR16 * 2, nq, t1, t2);
+                    for (int64_t r = 0; r < mv; r++) {
+                        int64_t *crow = g->c + (m0 + r) * N + n0;
+                        const int32_t *x = t1 + r * nr, *y = t2 + r * nr;
+                        if (g->is8 && q0 == 0)
+                            for (int64_t j = 0; j < nv; j++)
+                                crow[j] = x[j];
+                        else if (g->is8)
+                            for (int64_t j = 0; j < nv; j++)
+                                crow[j] += x[j];
+                        else if (q0 == 0)
+                            for (int64_t j = 0; j < nv; j++)
+                                crow[j] = (int64_t)x[j] * 256 + y[j];
+                        else
+                            for (int64_t j = 0; j < nv; j++)
+                                crow[j] += (int64_t)x[j] * 256 + y[j];
+                        if (last && !g->slow[m0 + r])
+                            finish_segment(g, m0 + r, n0, nv);
+                    }
                 }
             }
         }

@@ -100,9 +100,10 @@ def test_slice_counts_of_extreme_codes() -> None:
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_fast_path_on_large_shapes(kernel: str, dtype: type) -> None:
-    """Shapes past the kernels' K blocks and panels, no saturation possible: the fast path."""
+    """Shapes past the kernels' K blocks, panels and row blocks, no saturation possible: the
+    fast path."""
     rng = np.random.default_rng(11)
-    a = _codes(rng, (70, 1100), dtype, 0.1)
+    a = _codes(rng, (300, 1100), dtype, 0.1)
     b = _codes(rng, (1100, 67), dtype, 0.1)
     c, stats = dp.gemm_int(a, b, acc_bits=64, kernel=kernel, threads=2)
     np.testing.assert_array_equal(c, a.astype(np.int64) @ b.astype(np.int64))
