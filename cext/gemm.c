@@ -42,8 +42,9 @@
 
 #define MAX_THREADS 16
 #define DEFAULT_THREADS 2
-/* Below this much work per thread, waking a second thread costs more than it saves
- * (measured on the 2-core development machine with a loaded neighbour). */
+/* Below this much int8 work per thread (a quarter of it for int16, whose kernel is 4x slower
+ * per MAC), waking a second thread costs more than it saves (measured on the 2-core
+ * development machine with a loaded neighbour). */
 #define MIN_MACS_PER_THREAD ((int64_t)1 << 24)
 
 /* ---------------------------------------------------------------- threads */
@@ -1294,8 +1295,9 @@ int mt_gemm_int(const void *a, int a_bytes, int64_t lda, int trans_a,
         return MT_GEMM_EBADARG;
     if ((trans_a ? lda < m : lda < k) || (trans_b ? ldb < k : ldb < n))
         return MT_GEMM_EBADARG;
-    if (threads <= 0) { /* automatic: the default, but at least MIN_MACS_PER_THREAD each */
-        int64_t macs = m * n * k, most = macs / MIN_MACS_PER_THREAD;
+    if (threads <= 0) { /* automatic: the default, but enough work for each thread */
+        int64_t per = a_bytes == 1 && b_bytes == 1 ? MIN_MACS_PER_THREAD : MIN_MACS_PER_THREAD / 4;
+        int64_t macs = m * n * k, most = macs / per;
         threads = most < DEFAULT_THREADS ? (most < 1 ? 1 : (int)most) : DEFAULT_THREADS;
     }
     if (threads > MAX_THREADS)

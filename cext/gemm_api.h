@@ -44,7 +44,8 @@ int mt_gemm_kernel_available(int kernel);
 /* C = init + A.B with the accumulator model: acc = init[m,n] (0 when init is NULL), then for
  * k = 0..K-1 in order acc = sat_or_wrap(acc + a[m,k] * b[k,n]) to acc_bits (8..64) bits.
  * init, when given, is M x N row-major and must lie in the accumulator range. threads <= 0
- * means automatic: 2, or fewer when there are under 2^24 MACs per thread. stats may be NULL. */
+ * means automatic: 2, or fewer when there are under 2^24 MACs per thread (2^22 with an int16
+ * operand). stats may be NULL. */
 int mt_gemm_int(const void *a, int a_bytes, int64_t lda, int trans_a,
                 const void *b, int b_bytes, int64_t ldb, int trans_b,
                 int64_t m, int64_t k, int64_t n,
