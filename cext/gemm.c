@@ -251,12 +251,15 @@ typedef struct {
     int full;         /* st is filled */
     int64_t *qbuf;    /* 2 K values: zeros and non-zero slices per k (quick statistics) */
     int64_t maxabs;
+    int64_t part_max[MAX_THREADS]; /* max |x| of each thread's part (quick statistics) */
+    int qfail;                      /* a part could not get its scratch buffer */
     const int64_t *l1_outer, *sum_outer, *zeros_k, *slices_k;
 } operand;
 
-static int operand_stats_alloc(operand *op, int64_t K)
+static int operand_stats_alloc(operand *op, int64_t K, int parts)
 {
-    op->qbuf = calloc((size_t)(2 * K) + 1, sizeof(int64_t));
+    /* the merged per-k arrays, then one pair per part when storage rows are not k */
+    op->qbuf = calloc((size_t)(2 * K * (op->krows ? 1 : parts + 1)) + 1, sizeof(int64_t));
     return op->qbuf ? 0 : -1;
 }
 
@@ -492,29 +495,64 @@ TARGET_BW static void qstats_cols_i16(const int16_t *x, int64_t ld, int64_t R, i
     *mx = m;
 }
 
+/* Quick statistics of the storage rows [r0, r1) as part `part`: per-k values go straight
+ * into zeros_k/slices_k when storage rows run over k, else into the part's own arrays
+ * (merged by quick_stats_merge). Returns 0 when a scratch buffer is missing. */
+static int quick_stats_part(operand *op, int64_t K, int64_t r0, int64_t r1, int part)
+{
+    int64_t C = op->krows ? op->outer : K;
+    int64_t *zk = op->qbuf, *sk = op->qbuf + K;
+    int64_t *mx = &op->part_max[part];
+    if (r1 <= r0)
+        return 1;
+    if (op->krows) {
+        if (op->bytes == 1)
+            qstats_rows_i8((const int8_t *)op->p + r0 * op->ld, op->ld, r1 - r0, C, zk + r0,
+                           sk + r0, mx);
+        else
+            qstats_rows_i16((const int16_t *)op->p + r0 * op->ld, op->ld, r1 - r0, C, zk + r0,
+                            sk + r0, mx);
+        return 1;
+    }
+    zk = op->qbuf + 2 * K * (part + 1);
+    sk = zk + K;
+    void *cnt = alloc64((size_t)(2 * ((C + 63) / 64 * 64)) * 2);
+    if (!cnt)
+        return 0;
+    if (op->bytes == 1)
+        qstats_cols_i8((const int8_t *)op->p + r0 * op->ld, op->ld, r1 - r0, C, zk, sk, mx, cnt);
+    else
+        qstats_cols_i16((const int16_t *)op->p + r0 * op->ld, op->ld, r1 - r0, C, zk, sk, mx,
+                        cnt);
+    free(cnt);
+    return 1;
+}
+
+static void quick_stats_merge(operand *op, int64_t K, int parts)
+{
+    int64_t mx = 0;
+    for (int t = 0; t < parts; t++)
+        mx = op->part_max[t] > mx ? op->part_max[t] : mx;
+    op->maxabs = mx;
+    if (!op->krows)
+        for (int t = 0; t < parts; t++) {
+            const int64_t *zt = op->qbuf + 2 * K * (t + 1), *st = zt + K;
+            for (int64_t k = 0; k < K; k++) {
+                op->qbuf[k] += zt[k];
+                op->qbuf[K + k] += st[k];
+            }
+        }
+    op->zeros_k = op->qbuf;
+    op->slices_k = op->qbuf + K;
+}
+
 static int quick_stats(operand *op, int64_t K)
 {
     if (!bw_available())
         return 0;
-    int64_t R = op->krows ? K : op->outer, C = op->krows ? op->outer : K;
-    int64_t *zk = op->qbuf, *sk = op->qbuf + K;
-    if (op->krows) {
-        if (op->bytes == 1)
-            qstats_rows_i8(op->p, op->ld, R, C, zk, sk, &op->maxabs);
-        else
-            qstats_rows_i16(op->p, op->ld, R, C, zk, sk, &op->maxabs);
-    } else {
-        void *cnt = alloc64((size_t)(2 * ((C + 63) / 64 * 64)) * 2);
-        if (!cnt)
-            return 0;
-        if (op->bytes == 1)
-            qstats_cols_i8(op->p, op->ld, R, C, zk, sk, &op->maxabs, cnt);
-        else
-            qstats_cols_i16(op->p, op->ld, R, C, zk, sk, &op->maxabs, cnt);
-        free(cnt);
-    }
-    op->zeros_k = zk;
-    op->slices_k = sk;
+    if (!quick_stats_part(op, K, 0, op->krows ? K : op->outer, 0))
+        return 0;
+    quick_stats_merge(op, K, 1);
     return 1;
 }
 #else
@@ -524,6 +562,21 @@ static int quick_stats(operand *op, int64_t K)
     (void)op;
     (void)K;
     return 0;
+}
+static int quick_stats_part(operand *op, int64_t K, int64_t r0, int64_t r1, int part)
+{
+    (void)op;
+    (void)K;
+    (void)r0;
+    (void)r1;
+    (void)part;
+    return 0;
+}
+static void quick_stats_merge(operand *op, int64_t K, int parts)
+{
+    (void)op;
+    (void)K;
+    (void)parts;
 }
 #endif
 
@@ -1226,8 +1279,18 @@ static void vnni_plan(gemm_job *g, size_t *abytes, size_t *bbytes)
 static void prep_job(void *p, int tid, int nt)
 {
     gemm_job *g = p;
-    stats_ctx sc = {&g->a, &g->b, g->K, 0, !g->use_vnni};
-    stats_job(&sc, tid, nt < 2 ? 1 : 2);
+    if (g->use_vnni && bw_available()) { /* every thread takes a share of each operand's rows */
+        operand *ops[2] = {&g->a, &g->b};
+        for (int i = 0; i < 2; i++) {
+            int64_t lo, hi;
+            split_range(ops[i]->krows ? g->K : ops[i]->outer, tid, nt, &lo, &hi);
+            if (!quick_stats_part(ops[i], g->K, lo, hi, tid))
+                ops[i]->qfail = 1;
+        }
+    } else {
+        stats_ctx sc = {&g->a, &g->b, g->K, 0, !g->use_vnni};
+        stats_job(&sc, tid, nt < 2 ? 1 : 2);
+    }
     if (g->use_vnni)
         vnni_pack(g, tid, nt);
     else
@@ -1330,7 +1393,8 @@ int mt_gemm_int(const void *a, int a_bytes, int64_t lda, int trans_a,
     void *scratch = NULL;
     g.slow = calloc((size_t)m + 1, 1);
     g.arows = malloc((size_t)(threads * (k + 1)) * sizeof(int32_t));
-    if (!g.slow || !g.arows || operand_stats_alloc(&g.a, k) || operand_stats_alloc(&g.b, k))
+    if (!g.slow || !g.arows || operand_stats_alloc(&g.a, k, threads) ||
+        operand_stats_alloc(&g.b, k, threads))
         goto out;
     if ((!g.use_vnni || !bw_available()) &&
         (operand_full_alloc(&g.a, k) || operand_full_alloc(&g.b, k)))
@@ -1361,6 +1425,12 @@ int mt_gemm_int(const void *a, int a_bytes, int64_t lda, int trans_a,
             goto out;
     }
     run_parallel(prep_job, &g, threads);
+    if (g.use_vnni && bw_available()) {
+        if (g.a.qfail || g.b.qfail)
+            goto out;
+        quick_stats_merge(&g.a, k, threads);
+        quick_stats_merge(&g.b, k, threads);
+    }
     if (acc_mode == MT_ACC_SATURATE)
         find_slow_rows(&g);
     if (g.nslow < m)

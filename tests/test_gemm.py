@@ -63,6 +63,9 @@ def test_gemm_equals_sequential_reference(
     np.testing.assert_array_equal(c, expect)
     assert c.dtype == np.int64
     assert stats.kernel == kernel
+    assert stats.counts() == ref.gemm_stats_ref(
+        case["a"], case["b"], trans_a=case["trans_a"], trans_b=case["trans_b"]
+    )
 
 
 @given(case=gemm_cases())
