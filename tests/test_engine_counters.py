@@ -1,0 +1,214 @@
+"""Counters of the training engine (issue 4, "Counters"): the MACs of every stage equal the
+analytic count for the layer shapes and batch, and the skipped MACs by reason equal the zeros
+numpy counts in the same tensors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from device_model.config import get_preset
+from device_model.engine import Engine, EngineConfig, LayerSpec, PolicyEntry
+from device_model.gemm_reference import gemm_stats_ref
+from protocol.numerics import encode
+
+V1, V2 = get_preset("hnpu-v1"), get_preset("hnpu-v2")
+
+
+def mlp(n_in: int = 10, hidden: int = 12, n_out: int = 4) -> list[LayerSpec]:
+    return [
+        LayerSpec("linear", in_features=n_in, out_features=hidden),
+        LayerSpec("relu"),
+        LayerSpec("linear", in_features=hidden, out_features=hidden),
+        LayerSpec("relu"),
+        LayerSpec("linear", in_features=hidden, out_features=n_out),
+    ]
+
+
+CNN = [
+    LayerSpec("conv2d", in_channels=2, out_channels=3, kernel_size=3, padding=1),
+    LayerSpec("relu"),
+    LayerSpec("max_pool2d", kernel_size=2),
+    LayerSpec("conv2d", in_channels=3, out_channels=5, kernel_size=(3, 2), stride=(2, 1),
+              padding=(1, 2)),  # fmt: skip
+    LayerSpec("relu"),
+    LayerSpec("flatten"),
+    LayerSpec("linear", in_features=5 * 2 * 7, out_features=3),
+]
+
+
+def conv_macs(n: int, c: int, o: int, hw: tuple[int, int], k: tuple[int, int],
+              s: tuple[int, int], p: tuple[int, int]) -> tuple[int, int]:  # fmt: skip
+    """(FF/WG MACs, EP MACs) of a convolution: EP counts only the MACs whose input position
+    is inside the (unpadded) input (the others produce nothing)."""
+    out = [(hw[d] + 2 * p[d] - k[d]) // s[d] + 1 for d in range(2)]
+    ff = n * o * c * out[0] * out[1] * k[0] * k[1]
+    inside = [
+        sum(1 for a in range(out[d]) for i in range(k[d]) if 0 <= a * s[d] + i - p[d] < hw[d])
+        for d in range(2)
+    ]
+    return ff, n * o * c * inside[0] * inside[1]
+
+
+@pytest.mark.parametrize("batch", [1, 7])
+def test_mlp_macs_total_is_the_analytic_count(batch: int) -> None:
+    eng = Engine((10,), mlp(), V2)
+    eng.configure(EngineConfig(momentum=0.9))
+    rng = np.random.default_rng(0)
+    c = eng.train_step(rng.standard_normal((batch, 10)), rng.integers(0, 4, batch)).counters
+    sizes = [(10, 12), (12, 12), (12, 4)]
+    ff = sum(batch * a * b for a, b in sizes)
+    params = sum(a * b + b for a, b in sizes)
+    assert c["ff"]["macs_total"] == ff
+    assert c["wg"]["macs_total"] == ff
+    assert c["ep"]["macs_total"] == ff - batch * 10 * 12  # no error into the input
+    assert c["update"]["macs_total"] == 2 * params
+    stages = ("ff", "ep", "wg", "update")
+    assert c["total"]["macs_total"] == sum(c[s]["macs_total"] for s in stages)
+    for s in stages:
+        st = c[s]
+        assert st["macs_executed"] + sum(
+            v for r, v in st["skipped"].items() if r != "zero_slice"
+        ) == st["macs_total"]
+
+
+def test_cnn_macs_total_is_the_analytic_count() -> None:
+    batch = 3
+    eng = Engine((2, 8, 8), CNN, V2)
+    rng = np.random.default_rng(1)
+    c = eng.train_step(rng.standard_normal((batch, 2, 8, 8)), rng.integers(0, 3, batch)).counters
+    ff1, _ = conv_macs(batch, 2, 3, (8, 8), (3, 3), (1, 1), (1, 1))
+    ff2, ep2 = conv_macs(batch, 3, 5, (4, 4), (3, 2), (2, 1), (1, 2))
+    fc = batch * 70 * 3
+    assert c["ff"]["macs_total"] == ff1 + ff2 + fc
+    assert c["wg"]["macs_total"] == ff1 + ff2 + fc
+    assert c["ep"]["macs_total"] == ep2 + fc
+    assert ep2 < ff2  # padding: some FF MACs have no EP counterpart
+    params = 3 * 2 * 9 + 3 + 5 * 3 * 6 + 5 + 70 * 3 + 3
+    assert c["update"]["macs_total"] == 2 * params
+
+
+def test_dfa_ep_macs_are_feedback_products() -> None:
+    batch = 4
+    eng = Engine((10,), mlp(), V2)
+    eng.configure(EngineConfig(algorithm="dfa"))
+    rng = np.random.default_rng(2)
+    c = eng.train_step(rng.standard_normal((batch, 10)), rng.integers(0, 4, batch)).counters
+    # hidden layers 0 and 2 get e_out (4 outputs) through B of shape (12, 4)
+    assert c["ep"]["macs_total"] == 2 * batch * 12 * 4
+    assert c["ep"]["transpose_penalty_cycles"] == 0
+    # BP reads W transposed in EP: with software re-arrangement that costs cycles
+    sw = V2.with_overrides(transpose_mode="software")
+    bp = Engine((10,), mlp(), sw).train_step(rng.standard_normal((batch, 10)), np.zeros(batch, int))
+    assert bp.counters["ep"]["transpose_penalty_cycles"] > 0
+    assert bp.counters["ff"]["transpose_penalty_cycles"] == 0
+
+
+def numpy_layers(eng: Engine, x: np.ndarray) -> list[np.ndarray]:
+    """Inputs of the three linear layers, computed in float32 numpy."""
+    w = eng.get_weights()
+    h0 = x.astype(np.float32)
+    h1 = np.maximum(h0 @ w["0.weight"].T + w["0.bias"], 0)
+    h2 = np.maximum(h1 @ w["2.weight"].T + w["2.bias"], 0)
+    return [h0, h1, h2]
+
+
+def test_ff_and_wg_input_and_weight_zeros_equal_numpy_counts() -> None:
+    rng = np.random.default_rng(3)
+    eng = Engine((10,), mlp(), V2, init_seed=3)
+    w = eng.get_weights()
+    w["2.weight"][rng.random(w["2.weight"].shape) < 0.3] = 0.0
+    eng.set_weights(w)
+    x = rng.standard_normal((6, 10)).astype(np.float32)
+    x[x < -0.5] = 0.0
+    ins = numpy_layers(eng, x)
+    ws = [w["0.weight"], w["2.weight"], w["4.weight"]]
+    c = eng.train_step(x, rng.integers(0, 4, 6)).counters
+    in_zero = sum(int((h == 0).sum()) * wm.shape[0] for h, wm in zip(ins, ws, strict=True))
+    w_zero = sum(
+        int(((h != 0)[:, None, :] & (wm == 0)[None, :, :]).sum())
+        for h, wm in zip(ins, ws, strict=True)
+    )
+    assert c["ff"]["skipped"]["input_zero"] == in_zero > 0
+    assert c["ff"]["skipped"]["weight_zero"] == w_zero > 0
+    # V2's WG skips zero inputs (IA) too: the same zeros, one MAC per output neuron
+    assert c["wg"]["skipped"]["input_zero"] == in_zero
+
+
+def test_v1_ep_skips_outputs_masked_by_relu() -> None:
+    rng = np.random.default_rng(4)
+    eng = Engine((10,), mlp(), V1, init_seed=4)
+    x = rng.standard_normal((5, 10)).astype(np.float32)
+    ins = numpy_layers(eng, x)
+    c = eng.train_step(x, rng.integers(0, 4, 5)).counters
+    # EP of layers 2 and 4 writes the errors of h1 and h2; a zero of ReLU needs no MACs
+    masked = int((ins[1] == 0).sum()) * 12 + int((ins[2] == 0).sum()) * 4
+    assert c["ep"]["skipped"]["output_zero"] == masked > 0
+    assert c["ep"]["skipped"]["weight_zero"] == 0  # V1 does not skip zero weights
+
+
+def test_pruned_work_is_counted_in_every_stage() -> None:
+    rng = np.random.default_rng(5)
+    eng = Engine((10,), mlp(), V2, init_seed=5)
+    eng.configure(EngineConfig(pruning="magnitude", pruning_ratio=0.5, momentum=0.9))
+    w = eng.get_weights()
+    pruned = {n: int((w[n] == 0).sum()) for n in ("0.weight", "2.weight", "4.weight")}
+    assert pruned == {"0.weight": 60, "2.weight": 72, "4.weight": 24}
+    c = eng.train_step(rng.standard_normal((3, 10)), rng.integers(0, 4, 3)).counters
+    total = sum(pruned.values())
+    assert c["ff"]["skipped"]["pruned"] == 3 * total
+    assert c["ep"]["skipped"]["pruned"] == 3 * (72 + 24)
+    assert c["wg"]["skipped"]["pruned"] == 3 * total
+    assert c["update"]["skipped"]["pruned"] == 2 * total
+    after = eng.get_weights()
+    assert all(int((after[n] == 0).sum()) >= pruned[n] for n in pruned)
+    assert all(np.all(after[n][w[n] == 0] == 0) for n in pruned)  # pruned weights stay zero
+
+
+def test_zero_slices_of_dfxp_codes_equal_numpy_slice_counts() -> None:
+    eng = Engine((10,), [LayerSpec("linear", in_features=10, out_features=6)], V2)
+    pol = [PolicyEntry("activations", "dfxp8", frac_bits=5),
+           PolicyEntry("weights", "dfxp8", frac_bits=7)]  # fmt: skip
+    eng.configure(EngineConfig(policy=pol, trainable="bias_only"))
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((4, 10)).astype(np.float32)
+    ca = encode(x, "dfxp8", frac_bits=5)
+    cw = encode(eng.get_weights()["0.weight"], "dfxp8", frac_bits=7)
+    st = gemm_stats_ref(ca, cw, trans_b=True)
+    eng.forward(x)
+    c = eng.counters()["ff"]
+    assert c["skipped"]["input_zero"] == st["macs_a_zero"]
+    assert c["skipped"]["weight_zero"] == st["macs_b_zero"] - st["macs_both_zero"]
+    assert c["macs_executed"] == st["macs_executed"]
+    assert c["slice_ops"] == st["slice_ops"]
+    assert c["skipped"]["zero_slice"] == 4 * st["macs_executed"] - st["slice_ops"] > 0
+
+
+def test_counters_accumulate_and_reset() -> None:
+    eng = Engine((10,), mlp(), V2)
+    x, t = np.ones((2, 10), np.float32), np.array([1, 2])
+    a = eng.train_step(x, t).counters
+    b = eng.train_step(x, t).counters
+    tot = eng.counters()
+    assert tot["ff"]["macs_total"] == a["ff"]["macs_total"] + b["ff"]["macs_total"]
+    assert tot["total"]["cycles"] == a["total"]["cycles"] + b["total"]["cycles"]
+    assert tot["latency_s"] == pytest.approx(a["latency_s"] + b["latency_s"])
+    assert tot["memory_peak_bytes"]["total"] >= a["memory_peak_bytes"]["total"] > 0
+    eng.reset_counters()
+    z: dict[str, Any] = eng.counters()
+    assert z["total"]["macs_total"] == 0 and z["latency_s"] == 0
+
+
+def test_frozen_layers_do_no_wg_and_no_ep_below_them() -> None:
+    eng = Engine((10,), mlp(), V2)
+    eng.configure(EngineConfig(trainable="last_k", last_k=1))
+    w0 = eng.get_weights()
+    c = eng.train_step(np.ones((2, 10), np.float32), np.array([0, 3])).counters
+    assert c["wg"]["macs_total"] == 2 * 12 * 4
+    assert c["ep"]["macs_total"] == 0  # nothing trainable below the last layer
+    assert c["update"]["macs_total"] == 2 * (12 * 4 + 4)
+    w1 = eng.get_weights()
+    assert np.array_equal(w0["0.weight"], w1["0.weight"])
+    assert not np.array_equal(w0["4.weight"], w1["4.weight"])
