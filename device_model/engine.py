@@ -606,9 +606,17 @@ class Engine:
 
     def _wg(self, layer: Layer, eq: QTensor, c: dict[str, Any], pass_no: int, step: _Step,
             grads: dict[str, QTensor]) -> None:  # fmt: skip
-        """Weight and bias gradients of one layer, quantized with its GRADIENTS entry."""
-        k, xa, i = self._k, c["xa"], layer.index
-        o = layer.out_shape[0]
+        """Weight and bias gradients of one layer (those of trainable parameters only),
+        quantized with its GRADIENTS entry. The bias gradient is a sum (no MACs counted)."""
+        i, o = layer.index, layer.out_shape[0]
+        if layer.bias and f"{i}.bias" in self._setup.trainable:
+            src = eq.values if layer.kind == "linear" else eq.values.sum(axis=(2, 3),
+                                                                         dtype=np.float64)
+            db = np.asarray(src, np.float64).sum(axis=0).astype(np.float32)
+            grads[f"{i}.bias"] = self._policy.quantize(db, i, "gradients", PART_BIAS, pass_no)
+        if f"{i}.weight" not in self._setup.trainable:
+            return
+        k, xa = self._k, c["xa"]
         so = None
         if layer.kind == "linear":
             p_nat, q_nat = eq.values.T, xa.values
@@ -618,7 +626,6 @@ class Engine:
             else:
                 dw = k.gemm_float(eq.values, xa.values, trans_a=True, trans_b=False)
             p_codes, q_codes = (None if eq.codes is None else eq.codes.T), xa.codes
-            db_src = eq.values
         else:
             dy2 = np.ascontiguousarray(eq.values.transpose(0, 2, 3, 1)).reshape(-1, o)
             p_nat, q_nat = dy2.T, c["cols"]
@@ -634,7 +641,6 @@ class Engine:
             if eq.codes is not None:
                 p_codes = np.ascontiguousarray(eq.codes.transpose(1, 0, 2, 3)).reshape(o, -1)
             q_codes = None if xa.codes is None else im2col(xa.codes, layer)
-            db_src = dy2
         keep = self._setup.keep.get(f"{i}.weight")
         prune_out = None if keep is None else ~keep.reshape(o, -1)
         skips = self.preset.skips("wg")
@@ -647,9 +653,6 @@ class Engine:
         gq = self._policy.quantize(dw.reshape(layer.weight_shape), i, "gradients", PART_WEIGHT,
                                    pass_no)  # fmt: skip
         grads[f"{i}.weight"] = gq
-        if layer.bias:
-            db = db_src.astype(np.float64).sum(axis=0).astype(np.float32)
-            grads[f"{i}.bias"] = self._policy.quantize(db, i, "gradients", PART_BIAS, pass_no)
         gbytes = _bytes(dw.size, gq.bits)
         work = StageWork("wg", **cnt, slice_ops=sl, a_bits=xa.bits, b_bits=eq.bits,
                          dram_read_bytes=_bytes(xa.values.size, xa.bits)
