@@ -18,6 +18,7 @@ The numpy reference (device_model.engine_reference) is this class with numpy ker
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,8 +32,15 @@ from device_model.costs_schedule import LayerCycles, bp_latency, dfa_latency, pd
 from device_model.engine_config import EngineConfig, EngineError, PolicyEntry
 from device_model.engine_counts import count_macs, masked_slice_ops, nzslices
 from device_model.engine_kernels import ChipKernels, Kernels
-from device_model.engine_layers import Layer, LayerSpec, build_layers, col2im, im2col
-from device_model.engine_layers import pool_backward, pool_forward
+from device_model.engine_layers import (
+    Layer,
+    LayerSpec,
+    build_layers,
+    col2im,
+    im2col,
+    pool_backward,
+    pool_forward,
+)
 from device_model.engine_policy import (
     PART_BIAS,
     PART_DATA,
@@ -108,8 +116,8 @@ class Engine:
             raise EngineError(Status.BAD_REQUEST, f"preset must be a ChipPreset, got {preset!r}")
         if len(layers) > preset.max_layers:
             raise EngineError(
-                Status.LIMIT, f"{len(layers)} layers; preset {preset.name} takes at most "
-                f"{preset.max_layers}",
+                Status.LIMIT,
+                f"{len(layers)} layers; preset {preset.name} takes at most {preset.max_layers}",
             )
         self.layers: list[Layer] = build_layers(input_shape, layers)
         self.input_shape = tuple(int(d) for d in input_shape)
@@ -151,8 +159,9 @@ class Engine:
         if not isinstance(cfg, EngineConfig):
             raise EngineError(Status.BAD_REQUEST, f"configure takes an EngineConfig, got {cfg!r}")
         setup = prepare(cfg, self.layers, self._params, self.preset)
-        policy = Policy(cfg, self.layers, self._k, self.preset.laps,
-                        self.preset.stochastic_thresholding)  # fmt: skip
+        policy = Policy(
+            cfg, self.layers, self._k, self.preset.laps, self.preset.stochastic_thresholding
+        )
         self._setup: Setup = setup
         self._policy = policy
         self._momentum = {}
@@ -191,8 +200,12 @@ class Engine:
     # ------------------------------------------------------------------ counters
     def counters(self) -> dict[str, Any]:
         """Counters accumulated since construction or reset_counters()."""
-        return counters_dict(self._total, self.preset, memory_peak_bytes=self._mem_peak or None,
-                             latency_cycles=self._latency_cycles)  # fmt: skip
+        return counters_dict(
+            self._total,
+            self.preset,
+            memory_peak_bytes=self._mem_peak or None,
+            latency_cycles=self._latency_cycles,
+        )
 
     def reset_counters(self) -> None:
         self._total = {s: StageCounters() for s in _STAGES}
@@ -214,13 +227,14 @@ class Engine:
                 fb = _bytes(int(np.prod(shapes[i])), self._fmt_bits(i, "weights"))
             lm.append(
                 LayerMemory(
-                    activations=_bytes(batch * int(np.prod(x.in_shape)),
-                                       self._fmt_bits(i, "activations")),
+                    activations=_bytes(
+                        batch * int(np.prod(x.in_shape)), self._fmt_bits(i, "activations")
+                    ),
                     errors=_bytes(batch * int(np.prod(x.out_shape)), self._fmt_bits(i, "errors")),
                     weights=_bytes(nparam, self._fmt_bits(i, "master_weights")),
                     feedback=fb,
                 )
-            )  # fmt: skip
+            )
             grads += _bytes(nparam, self._fmt_bits(i, "gradients"))
             if self._setup.momentum > 0:
                 opt += _bytes(nparam, self._fmt_bits(i, "momentum"))
@@ -388,7 +402,7 @@ class Engine:
         if layer.kind == "linear":
             p_nat = xa.values
             if xa.is_int and w.is_int:
-                acc, so = k.gemm_int(xa.codes, w.codes, trans_a=False, trans_b=True)  # type: ignore[arg-type]
+                acc, so = k.gemm_int(xa.c, w.c, trans_a=False, trans_b=True)
                 y = rescale(acc, xa.frac + w.frac)
             else:
                 y = k.gemm_float(xa.values, w.values, trans_a=False, trans_b=True)
@@ -396,7 +410,7 @@ class Engine:
             p_nat = im2col(xa.values, layer)
             o = layer.out_shape[0]
             if xa.is_int and w.is_int:
-                acc, so = k.conv2d(xa.codes, w.codes, layer.stride, layer.padding)  # type: ignore[arg-type]
+                acc, so = k.conv2d(xa.c, w.c, layer.stride, layer.padding)
                 y = rescale(acc, xa.frac + w.frac)
             else:
                 y2 = k.gemm_float(p_nat, w.values.reshape(o, -1), trans_a=False, trans_b=True)
@@ -424,14 +438,24 @@ class Engine:
         wbytes = _bytes(w.values.size, w.bits)
         ibytes = _bytes(x.size, xa.bits)
         obytes = _bytes(y.size, xa.bits)
-        work = StageWork("ff", **cnt, slice_ops=sl, a_bits=xa.bits, b_bits=w.bits,
-                         dram_read_bytes=wbytes + ibytes, dram_write_bytes=obytes,
-                         sram_read_bytes=wbytes + ibytes, sram_write_bytes=obytes)  # fmt: skip
+        work = StageWork(
+            "ff",
+            **cnt,
+            slice_ops=sl,
+            a_bits=xa.bits,
+            b_bits=w.bits,
+            dram_read_bytes=wbytes + ibytes,
+            dram_write_bytes=obytes,
+            sram_read_bytes=wbytes + ibytes,
+            sram_write_bytes=obytes,
+        )
         step.add(i, stage_costs(work, self.preset), "ff")
         return y, {"xa": xa, "w": w, "cols": p_nat if layer.kind == "conv2d" else None}
 
     # ------------------------------------------------------------------ backward
-    def _relu_mask_before(self, idx: int, cache: list[Any], shape: tuple[int, ...]) -> np.ndarray | None:
+    def _relu_mask_before(
+        self, idx: int, cache: list[Any], shape: tuple[int, ...]
+    ) -> np.ndarray | None:
         """Zero mask of the ReLU right before layer ``idx`` (flatten layers skipped), as
         an array of ``shape``; None when no ReLU precedes directly."""
         j = idx - 1
@@ -484,8 +508,9 @@ class Engine:
                 e = e.reshape(e.shape[0], *layer.in_shape)
         self._update(grads, pass_no, step)
 
-    def _dfa_errors(self, eq: QTensor, cache: list[Any], step: _Step,
-                    trainable: set[int]) -> dict[int, np.ndarray]:  # fmt: skip
+    def _dfa_errors(
+        self, eq: QTensor, cache: list[Any], step: _Step, trainable: set[int]
+    ) -> dict[int, np.ndarray]:
         """DFA: the error delivered at the input of the next parameterised layer of every
         trainable hidden layer l: e_out . B_l^T (see engine_setup), keyed by the index of
         the layer whose output it is."""
@@ -494,37 +519,50 @@ class Engine:
         e2v = eq.values.reshape(nb, -1)
         out: dict[int, np.ndarray] = {}
         plays = [x for x in self.layers if x.has_params]
-        for a, nxt in zip(plays, plays[1:], strict=False):
+        for a, nxt in itertools.pairwise(plays):
             if a.index not in trainable:
                 continue
             shape = (int(np.prod(nxt.in_shape)), e2v.shape[1])
             bm = setup.feedback_mats.get(a.index)
             if bm is None:
-                bm = feedback_matrix(setup.feedback, setup.feedback_seed, a.index, shape,
-                                     setup.feedback_density)  # fmt: skip
+                bm = feedback_matrix(
+                    setup.feedback, setup.feedback_seed, a.index, shape, setup.feedback_density
+                )
             bq = self._feedback_q(bm, a.index)
             so = None
             if eq.is_int and bq.is_int:
-                acc, so = k.gemm_int(eq.codes.reshape(nb, -1), bq.codes, trans_a=False,  # type: ignore[union-attr]
-                                     trans_b=True)  # fmt: skip
+                acc, so = k.gemm_int(
+                    eq.c.reshape(nb, -1),
+                    bq.c,
+                    trans_a=False,
+                    trans_b=True,
+                )
                 d = rescale(acc, eq.frac + bq.frac)
             else:
                 d = k.gemm_float(e2v, bq.values, trans_a=False, trans_b=True)
             mask = self._relu_mask_before(nxt.index, cache, d.shape)
             skips = self.preset.skips("ep")
-            cnt = count_macs(e2v, bq.values.T, a_is_p=True, skips=skips, stage="ep",
-                             out_skip=mask)  # fmt: skip
+            cnt = count_macs(e2v, bq.values.T, a_is_p=True, skips=skips, stage="ep", out_skip=mask)
             sl = None
             if so is not None and "zero_slice" in skips:
                 sk = mask if "output_zero" in skips else None
-                sl = so - masked_slice_ops(nzslices(eq.codes.reshape(nb, -1)),  # type: ignore[union-attr]
-                                           nzslices(bq.codes).T, sk)  # type: ignore[arg-type]  # fmt: skip
+                sl = so - masked_slice_ops(
+                    nzslices(eq.c.reshape(nb, -1)),
+                    nzslices(bq.c).T,
+                    sk,
+                )
             fb_b = _bytes(bm.size, bq.bits) if setup.feedback_stored else 0
-            work = StageWork("ep", **cnt, slice_ops=sl, a_bits=eq.bits, b_bits=bq.bits,
-                             dram_read_bytes=fb_b + _bytes(e2v.size, eq.bits),
-                             dram_write_bytes=_bytes(d.size, eq.bits),
-                             sram_read_bytes=_bytes(bm.size, bq.bits) + _bytes(e2v.size, eq.bits),
-                             sram_write_bytes=_bytes(d.size, eq.bits))  # fmt: skip
+            work = StageWork(
+                "ep",
+                **cnt,
+                slice_ops=sl,
+                a_bits=eq.bits,
+                b_bits=bq.bits,
+                dram_read_bytes=fb_b + _bytes(e2v.size, eq.bits),
+                dram_write_bytes=_bytes(d.size, eq.bits),
+                sram_read_bytes=_bytes(bm.size, bq.bits) + _bytes(e2v.size, eq.bits),
+                sram_write_bytes=_bytes(d.size, eq.bits),
+            )
             step.add(a.index, stage_costs(work, self.preset), "ep")
             out[nxt.index - 1] = d.reshape(nb, *nxt.in_shape)
         return out
@@ -547,8 +585,9 @@ class Engine:
             params = k.scale_params(bm, fmt)
         return QTensor(k.quantize(bm, fmt, **params), fmt)
 
-    def _ep(self, layer: Layer, eq: QTensor, c: dict[str, Any], cache: list[Any],
-            step: _Step) -> np.ndarray:  # fmt: skip
+    def _ep(
+        self, layer: Layer, eq: QTensor, c: dict[str, Any], cache: list[Any], step: _Step
+    ) -> np.ndarray:
         """BP error propagation through W transposed: the error at the layer's input."""
         k, w, nb = self._k, c["w"], eq.values.shape[0]
         i = layer.index
@@ -557,7 +596,7 @@ class Engine:
         if layer.kind == "linear":
             p_nat, q_nat = eq.values, w.values
             if eq.is_int and w.is_int:
-                acc, so = k.gemm_int(eq.codes, w.codes, trans_a=False, trans_b=False)
+                acc, so = k.gemm_int(eq.c, w.c, trans_a=False, trans_b=False)
                 d = rescale(acc, eq.frac + w.frac)
             else:
                 d = k.gemm_float(eq.values, w.values, trans_a=False, trans_b=False)
@@ -568,8 +607,9 @@ class Engine:
             p_nat = np.ascontiguousarray(eq.values.transpose(0, 2, 3, 1)).reshape(-1, o)
             q_nat = w.values.reshape(o, -1)
             if eq.is_int and w.is_int:
-                acc, so = k.conv2d_input_grad(eq.codes, w.codes, layer.in_shape[1:],
-                                              layer.stride, layer.padding)  # fmt: skip
+                acc, so = k.conv2d_input_grad(
+                    eq.c, w.c, (layer.in_shape[1], layer.in_shape[2]), layer.stride, layer.padding
+                )
                 d = rescale(acc, eq.frac + w.frac)
             else:
                 dcols = k.gemm_float(p_nat, q_nat, trans_a=False, trans_b=False)
@@ -580,38 +620,66 @@ class Engine:
                 counted = np.tile(im2col(ones, layer) != 0, (nb, 1))
             m = self._relu_mask_before(i, cache, (nb, *layer.in_shape))
             mask = None if m is None else im2col(m.astype(np.float32), layer) != 0
-            p_codes = None if eq.codes is None else np.ascontiguousarray(
-                eq.codes.transpose(0, 2, 3, 1)).reshape(-1, o)  # fmt: skip
+            p_codes = (
+                None
+                if eq.codes is None
+                else np.ascontiguousarray(eq.codes.transpose(0, 2, 3, 1)).reshape(-1, o)
+            )
             q_codes = None if w.codes is None else w.codes.reshape(o, -1)
         keep = self._setup.keep.get(f"{i}.weight")
         pr = None if keep is None else ~keep.reshape(o, -1)
         skips = self.preset.skips("ep")
-        cnt = count_macs(p_nat, q_nat, a_is_p=True, skips=skips, stage="ep", counted=counted,
-                         out_skip=mask, pruned_b=pr)  # fmt: skip
+        cnt = count_macs(
+            p_nat,
+            q_nat,
+            a_is_p=True,
+            skips=skips,
+            stage="ep",
+            counted=counted,
+            out_skip=mask,
+            pruned_b=pr,
+        )
         sl = None
         if so is not None and "zero_slice" in skips:
             sk = mask if "output_zero" in skips else None
             if sk is not None and counted is not None:
                 sk = sk & counted
-            sl = so - masked_slice_ops(nzslices(p_codes), nzslices(q_codes), sk)  # type: ignore[arg-type]
+            sl = so - masked_slice_ops(nzslices(p_codes), nzslices(q_codes), sk)
         wbytes = _bytes(w.values.size, w.bits)
-        work = StageWork("ep", **cnt, slice_ops=sl, a_bits=eq.bits, b_bits=w.bits,
-                         dram_read_bytes=wbytes + _bytes(eq.values.size, eq.bits),
-                         dram_write_bytes=_bytes(d.size, eq.bits),
-                         sram_read_bytes=wbytes + _bytes(eq.values.size, eq.bits),
-                         sram_write_bytes=_bytes(d.size, eq.bits),
-                         transposed_read=wbytes > 0, transposed_bytes=wbytes)  # fmt: skip
+        work = StageWork(
+            "ep",
+            **cnt,
+            slice_ops=sl,
+            a_bits=eq.bits,
+            b_bits=w.bits,
+            dram_read_bytes=wbytes + _bytes(eq.values.size, eq.bits),
+            dram_write_bytes=_bytes(d.size, eq.bits),
+            sram_read_bytes=wbytes + _bytes(eq.values.size, eq.bits),
+            sram_write_bytes=_bytes(d.size, eq.bits),
+            transposed_read=wbytes > 0,
+            transposed_bytes=wbytes,
+        )
         step.add(i, stage_costs(work, self.preset), "ep")
         return d
 
-    def _wg(self, layer: Layer, eq: QTensor, c: dict[str, Any], pass_no: int, step: _Step,
-            grads: dict[str, QTensor]) -> None:  # fmt: skip
+    def _wg(
+        self,
+        layer: Layer,
+        eq: QTensor,
+        c: dict[str, Any],
+        pass_no: int,
+        step: _Step,
+        grads: dict[str, QTensor],
+    ) -> None:
         """Weight and bias gradients of one layer (those of trainable parameters only),
         quantized with its GRADIENTS entry. The bias gradient is a sum (no MACs counted)."""
         i, o = layer.index, layer.out_shape[0]
         if layer.bias and f"{i}.bias" in self._setup.trainable:
-            src = eq.values if layer.kind == "linear" else eq.values.sum(axis=(2, 3),
-                                                                         dtype=np.float64)
+            src = (
+                eq.values
+                if layer.kind == "linear"
+                else eq.values.sum(axis=(2, 3), dtype=np.float64)
+            )
             db = np.asarray(src, np.float64).sum(axis=0).astype(np.float32)
             grads[f"{i}.bias"] = self._policy.quantize(db, i, "gradients", PART_BIAS, pass_no)
         if f"{i}.weight" not in self._setup.trainable:
@@ -621,7 +689,7 @@ class Engine:
         if layer.kind == "linear":
             p_nat, q_nat = eq.values.T, xa.values
             if eq.is_int and xa.is_int:
-                acc, so = k.gemm_int(eq.codes, xa.codes, trans_a=True, trans_b=False)
+                acc, so = k.gemm_int(eq.c, xa.c, trans_a=True, trans_b=False)
                 dw = rescale(acc, eq.frac + xa.frac)
             else:
                 dw = k.gemm_float(eq.values, xa.values, trans_a=True, trans_b=False)
@@ -630,8 +698,9 @@ class Engine:
             dy2 = np.ascontiguousarray(eq.values.transpose(0, 2, 3, 1)).reshape(-1, o)
             p_nat, q_nat = dy2.T, c["cols"]
             if eq.is_int and xa.is_int:
-                acc, so = k.conv2d_weight_grad(xa.codes, eq.codes, layer.kernel, layer.stride,
-                                               layer.padding)  # fmt: skip
+                acc, so = k.conv2d_weight_grad(
+                    xa.c, eq.c, layer.kernel, layer.stride, layer.padding
+                )
                 dw = rescale(acc, eq.frac + xa.frac)
             else:
                 dw = k.gemm_float(dy2, c["cols"], trans_a=True, trans_b=False).reshape(
@@ -644,22 +713,34 @@ class Engine:
         keep = self._setup.keep.get(f"{i}.weight")
         prune_out = None if keep is None else ~keep.reshape(o, -1)
         skips = self.preset.skips("wg")
-        cnt = count_macs(p_nat, q_nat, a_is_p=False, skips=skips, stage="wg",
-                         out_skip=prune_out, out_reason="pruned")  # fmt: skip
+        cnt = count_macs(
+            p_nat,
+            q_nat,
+            a_is_p=False,
+            skips=skips,
+            stage="wg",
+            out_skip=prune_out,
+            out_reason="pruned",
+        )
         sl = None
         if so is not None and "zero_slice" in skips:
             sk = prune_out if "pruned" in skips else None
-            sl = so - masked_slice_ops(nzslices(p_codes), nzslices(q_codes), sk)  # type: ignore[arg-type]
-        gq = self._policy.quantize(dw.reshape(layer.weight_shape), i, "gradients", PART_WEIGHT,
-                                   pass_no)  # fmt: skip
+            sl = so - masked_slice_ops(nzslices(p_codes), nzslices(q_codes), sk)
+        gq = self._policy.quantize(
+            dw.reshape(layer.weight_shape), i, "gradients", PART_WEIGHT, pass_no
+        )
         grads[f"{i}.weight"] = gq
         gbytes = _bytes(dw.size, gq.bits)
-        work = StageWork("wg", **cnt, slice_ops=sl, a_bits=xa.bits, b_bits=eq.bits,
-                         dram_read_bytes=_bytes(xa.values.size, xa.bits)
-                         + _bytes(eq.values.size, eq.bits),
-                         sram_read_bytes=_bytes(xa.values.size, xa.bits)
-                         + _bytes(eq.values.size, eq.bits),
-                         sram_write_bytes=gbytes)  # fmt: skip
+        work = StageWork(
+            "wg",
+            **cnt,
+            slice_ops=sl,
+            a_bits=xa.bits,
+            b_bits=eq.bits,
+            dram_read_bytes=_bytes(xa.values.size, xa.bits) + _bytes(eq.values.size, eq.bits),
+            sram_read_bytes=_bytes(xa.values.size, xa.bits) + _bytes(eq.values.size, eq.bits),
+            sram_write_bytes=gbytes,
+        )
         step.add(i, stage_costs(work, self.preset), "wg")
 
     # ------------------------------------------------------------------ update
@@ -706,9 +787,17 @@ class Engine:
             wb = _bytes(ntrain - npruned * ("pruned" in skips), wbits)
             mb = wb if s.momentum > 0 else 0
             gb = _bytes(ntrain, self._fmt_bits(li, "gradients"))
-            work = StageWork("update", 2 * ntrain, 2 * ntrain - pruned, pruned=pruned,
-                             a_bits=wbits, b_bits=wbits, dram_read_bytes=wb + mb,
-                             dram_write_bytes=wb + mb, sram_read_bytes=wb + mb + gb,
-                             sram_write_bytes=wb + mb)  # fmt: skip
+            work = StageWork(
+                "update",
+                2 * ntrain,
+                2 * ntrain - pruned,
+                pruned=pruned,
+                a_bits=wbits,
+                b_bits=wbits,
+                dram_read_bytes=wb + mb,
+                dram_write_bytes=wb + mb,
+                sram_read_bytes=wb + mb + gb,
+                sram_write_bytes=wb + mb,
+            )
             del nall
             step.add(li, stage_costs(work, self.preset), "update")

@@ -23,17 +23,23 @@ less than the GEMM except when an output mask meets two operand properties.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 __all__ = ["MacCounts", "count_macs", "nzslices"]
 
-MacCounts = dict[str, int]
+MacCounts = dict[str, Any]
 
 
-def nzslices(codes: np.ndarray) -> np.ndarray:
+def nzslices(codes: np.ndarray | None) -> np.ndarray:
     """Non-zero 4-bit slices of |code| per element (int8: up to 2, int16: up to 4)."""
+    assert codes is not None, "slice counts need integer codes"
     u = np.abs(codes.astype(np.int32))
-    return sum((((u >> (4 * s)) & 15) != 0).astype(np.int64) for s in range(4))  # type: ignore[return-value]
+    out = np.zeros(u.shape, np.int64)
+    for s in range(4):
+        out += ((u >> (4 * s)) & 15) != 0
+    return out
 
 
 def _pair(
@@ -53,7 +59,7 @@ def _pair(
     if g is None:
         return int(f.sum(axis=1, dtype=np.int64) @ r.sum(axis=1, dtype=np.int64))
     fg = f.astype(np.float64) @ g.astype(np.float64)
-    return int(round(float((fg * r).sum())))
+    return round(float((fg * r).sum()))
 
 
 def _and(x: np.ndarray | None, y: np.ndarray | None) -> np.ndarray | None:
@@ -113,10 +119,8 @@ def count_macs(
     return {"macs_total": total, "macs_executed": total - skipped, **out}
 
 
-def masked_slice_ops(
-    sp: np.ndarray, sq: np.ndarray, mask: np.ndarray | None
-) -> int:
+def masked_slice_ops(sp: np.ndarray, sq: np.ndarray, mask: np.ndarray | None) -> int:
     """Slice products of the outputs in ``mask`` (I x J) given the slice counts of P and Q."""
     if mask is None or not mask.any():
         return 0
-    return int(round(float(((sp.astype(np.float64) @ sq.astype(np.float64)) * mask).sum())))
+    return round(float(((sp.astype(np.float64) @ sq.astype(np.float64)) * mask).sum()))

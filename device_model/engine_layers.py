@@ -162,9 +162,7 @@ def build_layers(input_shape: Sequence[int], specs: Sequence[LayerSpec]) -> list
                 )
             ho = _out(shape[1], k[0], s[0], pad[0], i, "conv2d height")
             wo = _out(shape[2], k[1], s[1], pad[1], i, "conv2d width")
-            out.append(
-                Layer(i, kind, shape, (cout, ho, wo), bool(p.get("bias", True)), k, s, pad)
-            )
+            out.append(Layer(i, kind, shape, (cout, ho, wo), bool(p.get("bias", True)), k, s, pad))
         elif kind in ("max_pool2d", "avg_pool2d"):
             k = _pair(p.get("kernel_size"), "kernel_size", 1)
             s = _pair(p.get("stride") if p.get("stride") is not None else k, "stride", 1)
@@ -256,7 +254,7 @@ def pool_backward(dy: np.ndarray, layer: Layer, arg: np.ndarray | None) -> np.nd
         assert arg is not None
         onehot = np.zeros((nb, c, ho, wo, kh * kw), np.float32)
         np.put_along_axis(onehot, arg[..., None], dy[..., None], -1)
-        cols = onehot
+        cols: np.ndarray = onehot
     else:
         cols = np.broadcast_to((dy / np.float32(kh * kw))[..., None], (nb, c, ho, wo, kh * kw))
     cols = np.ascontiguousarray(

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -70,6 +71,12 @@ class QTensor:
         return self.codes is not None
 
     @property
+    def c(self) -> np.ndarray:
+        """The codes (only for integer formats)."""
+        assert self.codes is not None, f"{self.fmt} has no integer codes"
+        return self.codes
+
+    @property
     def bits(self) -> int:
         return format_bits(self.fmt)
 
@@ -82,8 +89,14 @@ def rescale(acc: np.ndarray, frac: int) -> np.ndarray:
 class Policy:
     """Resolved entries, range state and LAPS controllers of one configured model."""
 
-    def __init__(self, cfg: EngineConfig, layers: Sequence[Layer], kernels: Kernels, laps_ok: bool,
-                 st_ok: bool) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cfg: EngineConfig,
+        layers: Sequence[Layer],
+        kernels: Kernels,
+        laps_ok: bool,
+        st_ok: bool,
+    ) -> None:
         n = len(layers)
         self.sr_seed = int(cfg.sr_seed)
         self.kernels = kernels
@@ -122,9 +135,7 @@ class Policy:
             return f"dfxp{ctl.bits}", ctl.bits - int(e.format[4:])
         return e.format, 0
 
-    def quantize(
-        self, x: np.ndarray, layer: int, cls: str, part: int, pass_no: int
-    ) -> QTensor:
+    def quantize(self, x: np.ndarray, layer: int, cls: str, part: int, pass_no: int) -> QTensor:
         """Quantize ``x`` with the entry of (layer, cls); see the module docstring."""
         e = self.entry(layer, cls)
         fmt, laps_shift = self._fmt(layer, cls, e)
@@ -132,8 +143,12 @@ class Policy:
         if fmt == "fp32":
             return QTensor(x, fmt)  # the identity on float32 bits
         stream = pass_no * 65536 + layer * 256 + CLASS[cls] * 16 + part
-        kw = {"rounding": e.rounding, "seed": self.sr_seed, "stream": stream,
-              "saturate": e.saturate}  # fmt: skip
+        kw = {
+            "rounding": e.rounding,
+            "seed": self.sr_seed,
+            "stream": stream,
+            "saturate": e.saturate,
+        }
         k = self.kernels
         if is_int_format(fmt):
             key = (layer, CLASS[cls], part)
@@ -151,17 +166,18 @@ class Policy:
                     stream=stream,
                 )
             return QTensor(values, fmt, codes, frac)
-        params: dict[str, object] = {}
+        fparams: dict[str, Any] = {}
         if fmt == "hfp8":
-            params = {"bias": e.exp_bias, "stage": e.hfp8_stage}
+            fparams = {"bias": e.exp_bias, "stage": e.hfp8_stage}
         elif fmt == "fp8-seb":
-            params = (
+            fparams = (
                 k.scale_params(x, fmt) if e.frac_mode == "amax" else {"shared_exp": e.shared_exp}
             )
-        return QTensor(k.quantize(x, fmt, **kw, **params), fmt)
+        return QTensor(k.quantize(x, fmt, **kw, **fparams), fmt)
 
-    def _frac(self, x: np.ndarray, fmt: str, e: PolicyEntry, key: tuple[int, int, int],
-              laps_shift: int) -> int:  # fmt: skip
+    def _frac(
+        self, x: np.ndarray, fmt: str, e: PolicyEntry, key: tuple[int, int, int], laps_shift: int
+    ) -> int:
         if e.frac_mode == "amax":
             p = self.kernels.scale_params(x, fmt)
             return -int(p["shared_exp"]) if fmt == "flex16" else int(p["frac_bits"])

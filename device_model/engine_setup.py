@@ -15,6 +15,7 @@ from TRAIN_CONFIG on (they count as device memory); REGENERATED draws them again
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -59,8 +60,9 @@ class Setup:
     feedback_mats: dict[int, np.ndarray]  # stored matrices by layer
 
 
-def feedback_matrix(kind: str, seed: int, layer: int, shape: tuple[int, int],
-                    density: float) -> np.ndarray:  # fmt: skip
+def feedback_matrix(
+    kind: str, seed: int, layer: int, shape: tuple[int, int], density: float
+) -> np.ndarray:
     """B_l as the module docstring defines it (float32)."""
     rng = np.random.default_rng([seed, layer])
     if kind == "binary":
@@ -91,7 +93,9 @@ def _mask(name: str, m: np.ndarray, params: Mapping[str, np.ndarray], what: str)
     if a.shape == shape:
         return a.astype(bool)
     if a.shape == (shape[0],):
-        return np.broadcast_to(a.astype(bool).reshape((-1,) + (1,) * (len(shape) - 1)), shape).copy()
+        return np.broadcast_to(
+            a.astype(bool).reshape((-1,) + (1,) * (len(shape) - 1)), shape
+        ).copy()
     raise EngineError(
         Status.BAD_SHAPE,
         f"{what} mask for {name!r} has shape {a.shape}; accepted: {shape} or ({shape[0]},)",
@@ -113,8 +117,9 @@ def prepare(
             f"{', '.join(a for a, p in _PRESET_ALG.items() if p in preset.algorithms)}",
         )
     fb = norm_name(cfg.feedback, FEEDBACK_KINDS, "feedback", Status.UNSUPPORTED_ALGORITHM)
-    storage = norm_name(cfg.feedback_storage, FEEDBACK_STORAGES, "feedback storage",
-                        Status.UNSUPPORTED_ALGORITHM)  # fmt: skip
+    storage = norm_name(
+        cfg.feedback_storage, FEEDBACK_STORAGES, "feedback storage", Status.UNSUPPORTED_ALGORITHM
+    )
     density = _finite(cfg.feedback_density, "feedback_density", 0.0, 1.0)
     if fb == "sparse" and density <= 0.0:
         raise EngineError(Status.BAD_REQUEST, "feedback_density must be > 0 for SPARSE feedback")
@@ -173,8 +178,20 @@ def prepare(
     if alg != "bp" and storage == "stored":
         for li, shape in feedback_shapes(layers).items():
             mats[li] = feedback_matrix(fb, int(cfg.feedback_seed), li, shape, density)
-    return Setup(alg, fb, storage == "stored", density, int(cfg.feedback_seed), loss, lr, mom,
-                 wd, trainable, keep, mats)  # fmt: skip
+    return Setup(
+        alg,
+        fb,
+        storage == "stored",
+        density,
+        int(cfg.feedback_seed),
+        loss,
+        lr,
+        mom,
+        wd,
+        trainable,
+        keep,
+        mats,
+    )
 
 
 def _names(layer: Layer) -> list[str]:
@@ -186,6 +203,6 @@ def feedback_shapes(layers: Sequence[Layer]) -> dict[int, tuple[int, int]]:
     plays = [x for x in layers if x.has_params]
     n_out = int(np.prod(layers[-1].out_shape))
     out = {}
-    for a, b in zip(plays, plays[1:], strict=False):
+    for a, b in itertools.pairwise(plays):
         out[a.index] = (int(np.prod(b.in_shape)), n_out)
     return out

@@ -12,6 +12,7 @@ weights use state-dict names ("0.weight", "0.bias").
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,8 +29,13 @@ def _conv_geometry(p: dict[str, Any]) -> tuple[tuple[int, int], tuple[int, int],
     return _two(p["kernel_size"]), _two(p.get("stride", 1)), _two(p.get("padding", 0))
 
 
-def conv_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: tuple[int, int],
-                 padding: tuple[int, int]) -> np.ndarray:  # fmt: skip
+def conv_forward(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+) -> np.ndarray:
     """y[n,o,a,c] = b[o] + sum_{ch,i,j} x[n, ch, a*sh + i - ph, c*sw + j - pw] w[o,ch,i,j]."""
     n, _, h, wd = x.shape
     o, _, kh, kw = w.shape
@@ -48,8 +54,9 @@ def conv_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: tup
     return y
 
 
-def conv_backward(x: np.ndarray, w: np.ndarray, dy: np.ndarray, stride: tuple[int, int],
-                  padding: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+def conv_backward(
+    x: np.ndarray, w: np.ndarray, dy: np.ndarray, stride: tuple[int, int], padding: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(dx, dw, db) of conv_forward for the output error dy."""
     _, _, h, wd = x.shape
     _, _, kh, kw = w.shape
@@ -79,8 +86,11 @@ def pool_forward(x: np.ndarray, kind: str, p: dict[str, Any]) -> tuple[np.ndarra
     arg = np.zeros((n, ch, ho, wo, 2), np.int64)
     for a in range(ho):
         for c in range(wo):
-            cells = [(a * s[0] + i - pd[0], c * s[1] + j - pd[1])
-                     for i in range(k[0]) for j in range(k[1])]  # fmt: skip
+            cells = [
+                (a * s[0] + i - pd[0], c * s[1] + j - pd[1])
+                for i in range(k[0])
+                for j in range(k[1])
+            ]
             where[(a, c)] = cells
             if kind == "max_pool2d":
                 best = np.full((n, ch), -np.inf, x.dtype)
@@ -118,8 +128,9 @@ def pool_backward(x: np.ndarray, dy: np.ndarray, kind: str, state: Any) -> np.nd
 class GoldenNet:
     """A sequential network in plain numpy (``dtype`` float64 or float32)."""
 
-    def __init__(self, specs: Sequence[Spec], weights: Mapping[str, np.ndarray],
-                 dtype: Any = np.float64) -> None:  # fmt: skip
+    def __init__(
+        self, specs: Sequence[Spec], weights: Mapping[str, np.ndarray], dtype: Any = np.float64
+    ) -> None:
         self.specs = [(k, dict(p)) for k, p in specs]
         self.dtype = dtype
         self.w = {n: np.array(v, dtype) for n, v in weights.items()}
@@ -156,8 +167,9 @@ class GoldenNet:
             x = y.astype(self.dtype)
         return x, tape
 
-    def layer_backward(self, i: int, dy: np.ndarray, tape: list[Any],
-                       grads: dict[str, np.ndarray]) -> np.ndarray:  # fmt: skip
+    def layer_backward(
+        self, i: int, dy: np.ndarray, tape: list[Any], grads: dict[str, np.ndarray]
+    ) -> np.ndarray:
         """Input error of layer i from its output error; parameter gradients into grads."""
         kind, p = self.specs[i]
         x, st = tape[i]
@@ -195,9 +207,14 @@ class GoldenNet:
         onehot[np.arange(n), target] = 1
         return float(loss), (p - onehot) / n
 
-    def gradients(self, x: np.ndarray, target: np.ndarray, loss: str = "softmax_cross_entropy",
-                  *, output_error: np.ndarray | None = None
-                  ) -> tuple[float, dict[str, np.ndarray], np.ndarray]:  # fmt: skip
+    def gradients(
+        self,
+        x: np.ndarray,
+        target: np.ndarray,
+        loss: str = "softmax_cross_entropy",
+        *,
+        output_error: np.ndarray | None = None,
+    ) -> tuple[float, dict[str, np.ndarray], np.ndarray]:
         """Backprop: (loss, parameter gradients, dLoss/dx)."""
         y, tape = self.forward(x)
         if output_error is None:
@@ -209,8 +226,13 @@ class GoldenNet:
             e = self.layer_backward(i, e, tape, grads)
         return value, grads, e
 
-    def dfa_gradients(self, x: np.ndarray, target: np.ndarray, feedback: Mapping[int, np.ndarray],
-                      loss: str = "softmax_cross_entropy") -> tuple[float, dict[str, np.ndarray]]:  # fmt: skip
+    def dfa_gradients(
+        self,
+        x: np.ndarray,
+        target: np.ndarray,
+        feedback: Mapping[int, np.ndarray],
+        loss: str = "softmax_cross_entropy",
+    ) -> tuple[float, dict[str, np.ndarray]]:
         """DFA: the output error reaches the input of the parameterised layer after hidden
         layer l as e_out @ B_l.T and is propagated back through the parameter-free layers
         between; the last parameterised layer gets the output error by backprop."""
@@ -221,16 +243,21 @@ class GoldenNet:
         e = e_out
         for i in range(len(self.specs) - 1, pls[-1] - 1, -1):
             e = self.layer_backward(i, e, tape, grads)
-        for a, b in zip(pls[:-1], pls[1:], strict=True):
+        for a, b in itertools.pairwise(pls):
             x_in = tape[b][0]
-            e = (e_out.reshape(e_out.shape[0], -1) @ np.asarray(feedback[a], self.dtype).T)
+            e = e_out.reshape(e_out.shape[0], -1) @ np.asarray(feedback[a], self.dtype).T
             e = e.reshape(x_in.shape)
             for i in range(b - 1, a - 1, -1):
                 e = self.layer_backward(i, e, tape, grads)
         return value, grads
 
-    def sgd(self, grads: Mapping[str, np.ndarray], lr: float, momentum: float = 0.0,
-            weight_decay: float = 0.0) -> None:  # fmt: skip
+    def sgd(
+        self,
+        grads: Mapping[str, np.ndarray],
+        lr: float,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+    ) -> None:
         """PyTorch SGD: d = g + wd*w; m = momentum*m + d (m starts at d); w -= lr*m."""
         for n, g in grads.items():
             d = g + weight_decay * self.w[n]
@@ -240,8 +267,9 @@ class GoldenNet:
             self.w[n] = self.w[n] - lr * d
 
 
-def dfa_feedback(kind: str, seed: int, layer: int, shape: tuple[int, int],
-                 density: float) -> np.ndarray:  # fmt: skip
+def dfa_feedback(
+    kind: str, seed: int, layer: int, shape: tuple[int, int], density: float
+) -> np.ndarray:
     """The documented feedback generator (device_model/engine_setup.py docstring), written
     again from its definition: default_rng([seed, layer]); dense N(0,1); binary ±1 by
     random < 0.5 -> -1; sparse N(0,1) kept where a second uniform draw < density."""

@@ -31,16 +31,24 @@ CNN = [
     LayerSpec("conv2d", in_channels=2, out_channels=3, kernel_size=3, padding=1),
     LayerSpec("relu"),
     LayerSpec("max_pool2d", kernel_size=2),
-    LayerSpec("conv2d", in_channels=3, out_channels=5, kernel_size=(3, 2), stride=(2, 1),
-              padding=(1, 2)),  # fmt: skip
+    LayerSpec(
+        "conv2d", in_channels=3, out_channels=5, kernel_size=(3, 2), stride=(2, 1), padding=(1, 2)
+    ),
     LayerSpec("relu"),
     LayerSpec("flatten"),
     LayerSpec("linear", in_features=5 * 2 * 7, out_features=3),
 ]
 
 
-def conv_macs(n: int, c: int, o: int, hw: tuple[int, int], k: tuple[int, int],
-              s: tuple[int, int], p: tuple[int, int]) -> tuple[int, int]:  # fmt: skip
+def conv_macs(
+    n: int,
+    c: int,
+    o: int,
+    hw: tuple[int, int],
+    k: tuple[int, int],
+    s: tuple[int, int],
+    p: tuple[int, int],
+) -> tuple[int, int]:
     """(FF/WG MACs, EP MACs) of a convolution: EP counts only the MACs whose input position
     is inside the (unpadded) input (the others produce nothing)."""
     out = [(hw[d] + 2 * p[d] - k[d]) // s[d] + 1 for d in range(2)]
@@ -69,9 +77,10 @@ def test_mlp_macs_total_is_the_analytic_count(batch: int) -> None:
     assert c["total"]["macs_total"] == sum(c[s]["macs_total"] for s in stages)
     for s in stages:
         st = c[s]
-        assert st["macs_executed"] + sum(
-            v for r, v in st["skipped"].items() if r != "zero_slice"
-        ) == st["macs_total"]
+        assert (
+            st["macs_executed"] + sum(v for r, v in st["skipped"].items() if r != "zero_slice")
+            == st["macs_total"]
+        )
 
 
 def test_cnn_macs_total_is_the_analytic_count() -> None:
@@ -169,8 +178,10 @@ def test_pruned_work_is_counted_in_every_stage() -> None:
 
 def test_zero_slices_of_dfxp_codes_equal_numpy_slice_counts() -> None:
     eng = Engine((10,), [LayerSpec("linear", in_features=10, out_features=6)], V2)
-    pol = [PolicyEntry("activations", "dfxp8", frac_bits=5),
-           PolicyEntry("weights", "dfxp8", frac_bits=7)]  # fmt: skip
+    pol = [
+        PolicyEntry("activations", "dfxp8", frac_bits=5),
+        PolicyEntry("weights", "dfxp8", frac_bits=7),
+    ]
     eng.configure(EngineConfig(policy=pol, trainable="bias_only"))
     rng = np.random.default_rng(6)
     x = rng.standard_normal((4, 10)).astype(np.float32)

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -35,8 +36,16 @@ CNN: list[tuple[str, dict[str, Any]]] = [
     ("conv2d", {"in_channels": 2, "out_channels": 3, "kernel_size": 3, "padding": 1}),
     ("relu", {}),
     ("max_pool2d", {"kernel_size": 2}),
-    ("conv2d", {"in_channels": 3, "out_channels": 4, "kernel_size": (3, 2), "stride": 2,
-                "padding": (1, 0)}),  # fmt: skip
+    (
+        "conv2d",
+        {
+            "in_channels": 3,
+            "out_channels": 4,
+            "kernel_size": (3, 2),
+            "stride": 2,
+            "padding": (1, 0),
+        },
+    ),
     ("leaky_relu", {}),
     ("avg_pool2d", {"kernel_size": 2, "stride": 1, "padding": 1}),
     ("flatten", {}),
@@ -93,14 +102,20 @@ def test_fp32_bp_steps_equal_golden_backprop(name: str) -> None:
 def test_fp32_dfa_equals_golden_dfa(name: str, kind: str) -> None:
     layers, shape = model(name)
     eng = Engine(shape, specs(layers), V2, init_seed=2)
-    cfg = EngineConfig(algorithm="dfa", feedback=kind, feedback_density=0.3, feedback_seed=9,
-                       lr=0.05, feedback_storage="regenerated" if kind == "binary" else "stored")  # fmt: skip
+    cfg = EngineConfig(
+        algorithm="dfa",
+        feedback=kind,
+        feedback_density=0.3,
+        feedback_seed=9,
+        lr=0.05,
+        feedback_storage="regenerated" if kind == "binary" else "stored",
+    )
     eng.configure(cfg)
     gold = GoldenNet(layers, eng.get_weights())
     pls = gold.param_layers()
     n_out = CLASSES[name]
     fb = {}
-    for a, b in zip(pls[:-1], pls[1:], strict=True):
+    for a, b in itertools.pairwise(pls):
         x_in_size = int(np.prod(gold.forward(data(name, 1)[0])[1][b][0].shape[1:]))
         fb[a] = dfa_feedback(kind, 9, a, (x_in_size, n_out), 0.3)
     for step in range(3):
@@ -160,8 +175,10 @@ def dfxp_policy(fmt: str, mode: str) -> list[PolicyEntry]:
     return [
         PolicyEntry(cls, fmt, rounding="stochastic", frac_mode=mode, frac_bits=f)
         for cls, f in zip(("activations", "weights", "errors", "gradients"), fb, strict=True)
-    ] + [PolicyEntry("momentum", "dfxp16", rounding="stochastic", frac_mode="amax"),
-         PolicyEntry("master_weights", "fp32", layer=0)]  # fmt: skip
+    ] + [
+        PolicyEntry("momentum", "dfxp16", rounding="stochastic", frac_mode="amax"),
+        PolicyEntry("master_weights", "fp32", layer=0),
+    ]
 
 
 def bit_equal(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
@@ -200,8 +217,9 @@ def test_dfxp_sr_overflow_engine_equals_reference_bit_for_bit(name: str, fmt: st
 
 
 def test_stochastic_threshold_and_laps_on_v1_bit_for_bit() -> None:
-    cfg = EngineConfig(policy=dfxp_policy("dfxp8", "stochastic_threshold"), sr_seed=3,
-                       laps=True, lr=0.05)  # fmt: skip
+    cfg = EngineConfig(
+        policy=dfxp_policy("dfxp8", "stochastic_threshold"), sr_seed=3, laps=True, lr=0.05
+    )
     eng, ref = run_pair("cnn", cfg, V1, steps=3)
     assert bit_equal(eng.get_weights(), ref.get_weights())
     assert {i: c.bits for i, c in eng._policy.laps.items()} == {
@@ -219,8 +237,15 @@ def test_sr_seed_changes_the_result() -> None:
 @pytest.mark.parametrize("kind", ["dense", "binary", "sparse"])
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
 def test_dfa_dfxp_engine_equals_reference(name: str, kind: str) -> None:
-    cfg = EngineConfig(policy=dfxp_policy("dfxp8", "overflow"), sr_seed=5, algorithm="dfa",
-                       feedback=kind, feedback_density=0.25, feedback_seed=3, lr=0.05)  # fmt: skip
+    cfg = EngineConfig(
+        policy=dfxp_policy("dfxp8", "overflow"),
+        sr_seed=5,
+        algorithm="dfa",
+        feedback=kind,
+        feedback_density=0.25,
+        feedback_seed=3,
+        lr=0.05,
+    )
     eng, ref = run_pair(name, cfg, V2, steps=2)
     assert bit_equal(eng.get_weights(), ref.get_weights())
 
@@ -231,13 +256,27 @@ def test_dfa_dfxp_engine_equals_reference(name: str, kind: str) -> None:
 GRADCHECK_MODELS: dict[str, tuple[list[tuple[str, dict[str, Any]]], tuple[int, ...]]] = {
     "linear": ([("linear", {"in_features": 5, "out_features": 3})], (5,)),
     "conv2d": (
-        [("conv2d", {"in_channels": 2, "out_channels": 2, "kernel_size": (3, 2), "stride": (2, 1),
-                     "padding": (1, 1)}), ("flatten", {})],  # fmt: skip
+        [
+            (
+                "conv2d",
+                {
+                    "in_channels": 2,
+                    "out_channels": 2,
+                    "kernel_size": (3, 2),
+                    "stride": (2, 1),
+                    "padding": (1, 1),
+                },
+            ),
+            ("flatten", {}),
+        ],
         (2, 5, 4),
     ),
     "relu": ([("relu", {}), ("linear", {"in_features": 6, "out_features": 2})], (6,)),
     "leaky_relu": (
-        [("leaky_relu", {"negative_slope": 0.2}), ("linear", {"in_features": 6, "out_features": 2})],
+        [
+            ("leaky_relu", {"negative_slope": 0.2}),
+            ("linear", {"in_features": 6, "out_features": 2}),
+        ],
         (6,),
     ),
     "max_pool2d": (
