@@ -253,13 +253,29 @@ typedef struct {
     int64_t maxabs;
     int64_t part_max[MAX_THREADS]; /* max |x| of each thread's part (quick statistics) */
     int qfail;                      /* a part could not get its scratch buffer */
+    int qbuf_owned;                 /* qbuf was allocated for this call (not scratch) */
     const int64_t *l1_outer, *sum_outer, *zeros_k, *slices_k;
 } operand;
 
-static int operand_stats_alloc(operand *op, int64_t K, int parts)
+/* Bytes of the quick-statistics buffer: the merged per-k arrays, then one pair per part
+ * when storage rows are not k. */
+static size_t operand_qbytes(const operand *op, int64_t K, int parts)
 {
-    /* the merged per-k arrays, then one pair per part when storage rows are not k */
-    op->qbuf = calloc((size_t)(2 * K * (op->krows ? 1 : parts + 1)) + 1, sizeof(int64_t));
+    size_t bytes = (size_t)(2 * K * (op->krows ? 1 : parts + 1) + 1) * sizeof(int64_t);
+    return (bytes + 63) / 64 * 64;
+}
+
+/* The quick-statistics buffer, zeroed: in `place` when given (a scratch block), else own. */
+static int operand_stats_alloc(operand *op, int64_t K, int parts, void *place)
+{
+    size_t bytes = operand_qbytes(op, K, parts);
+    if (place) {
+        op->qbuf = place;
+        memset(place, 0, bytes);
+        return 0;
+    }
+    op->qbuf = calloc(bytes, 1);
+    op->qbuf_owned = 1;
     return op->qbuf ? 0 : -1;
 }
 
@@ -1098,7 +1114,19 @@ static void pack_a16(const gemm_job *g, int64_t p0, int64_t p1)
             int64_t m = p * MR16 + r;
             if (m >= M)
                 break;
-            for (int64_t k = 0; k < K; k++) {
+            int64_t k = 0;
+            if (!g->a.trans && g->a.bytes == 2) {
+                const int16_t *row = (const int16_t *)g->a.p + m * g->a.ld;
+                for (; k + 2 <= K; k += 2) {
+                    int16_t *o = d + ((k >> 1) * MR16 + r) * 4;
+                    int32_t v0 = row[k], v1 = row[k + 1];
+                    o[0] = (int16_t)(v0 >> 8);
+                    o[1] = (int16_t)(v1 >> 8);
+                    o[2] = (int16_t)(v0 & 255);
+                    o[3] = (int16_t)(v1 & 255);
+                }
+            }
+            for (; k < K; k++) {
                 int64_t idx = g->a.trans ? k * g->a.ld + m : m * g->a.ld + k;
                 int32_t v = elem(g->a.p, g->a.bytes, idx);
                 int16_t *o = d + ((k >> 1) * MR16 + r) * 4 + (k & 1);
@@ -1393,8 +1421,22 @@ int mt_gemm_int(const void *a, int a_bytes, int64_t lda, int trans_a,
     void *scratch = NULL;
     g.slow = calloc((size_t)m + 1, 1);
     g.arows = malloc((size_t)(threads * (k + 1)) * sizeof(int32_t));
-    if (!g.slow || !g.arows || operand_stats_alloc(&g.a, k, threads) ||
-        operand_stats_alloc(&g.b, k, threads))
+    if (!g.slow || !g.arows)
+        goto out;
+    size_t ab = 0, bb = 0, qa = operand_qbytes(&g.a, k, threads),
+           qb = operand_qbytes(&g.b, k, threads);
+    if (g.use_vnni && k > 0 && m > 0 && n > 0) {
+        vnni_plan(&g, &ab, &bb);
+        ab = (ab + 63) / 64 * 64;
+        bb = (bb + 63) / 64 * 64;
+        scratch = scratch_get(ab + bb + qa + qb, &owned);
+        if (!scratch)
+            goto out;
+        g.apack = scratch;
+        g.bpack = (char *)scratch + ab;
+    }
+    if (operand_stats_alloc(&g.a, k, threads, scratch ? (char *)scratch + ab + bb : NULL) ||
+        operand_stats_alloc(&g.b, k, threads, scratch ? (char *)scratch + ab + bb + qa : NULL))
         goto out;
     if ((!g.use_vnni || !bw_available()) &&
         (operand_full_alloc(&g.a, k) || operand_full_alloc(&g.b, k)))
@@ -1409,16 +1451,8 @@ int mt_gemm_int(const void *a, int a_bytes, int64_t lda, int trans_a,
         goto done;
     }
     if (g.use_vnni) {
-        size_t ab, bb;
-        vnni_plan(&g, &ab, &bb);
-        ab = (ab + 63) / 64 * 64;
-        scratch = scratch_get(ab + bb, &owned);
-        if (g.is8)
-            g.corr = malloc((size_t)m * sizeof(int64_t));
-        if (!scratch || (g.is8 && !g.corr))
+        if (g.is8 && !(g.corr = malloc((size_t)m * sizeof(int64_t))))
             goto out;
-        g.apack = scratch;
-        g.bpack = (char *)scratch + ab;
     } else {
         g.b32 = malloc((size_t)(k * n) * sizeof(int32_t));
         if (!g.b32)
@@ -1457,7 +1491,9 @@ out:
     free(g.corr);
     free((void *)g.a.st.row_l1);
     free((void *)g.b.st.row_l1);
-    free(g.a.qbuf);
-    free(g.b.qbuf);
+    if (g.a.qbuf_owned)
+        free(g.a.qbuf);
+    if (g.b.qbuf_owned)
+        free(g.b.qbuf);
     return rc;
 }
