@@ -640,6 +640,7 @@ typedef struct {
     void *apack, *bpack; /* packed operands of the VNNI kernels */
     int64_t kgroups;     /* K / 4 (int8) or K / 2 (int16), rounded up */
     int64_t mpanels, npanels;
+    int64_t mr16;        /* rows per int16 A panel: 6, or 4 */
 } gemm_job;
 
 static int64_t mul_sat(int64_t x, int64_t y)
@@ -1003,6 +1004,28 @@ TARGET_VNNI __attribute__((noinline)) static void ukr16(const int16_t *ap, const
     ST16(5);
 }
 
+/* The same with 4 rows (chosen when M is far from a multiple of 6, e.g. M = 32). */
+TARGET_VNNI __attribute__((noinline)) static void ukr16x4(const int16_t *ap, const int16_t *bp,
+                                                           int64_t np, int32_t *hi, int32_t *lo)
+{
+    __m512i h00 = Z, h01 = Z, l00 = Z, l01 = Z, h10 = Z, h11 = Z, l10 = Z, l11 = Z;
+    __m512i h20 = Z, h21 = Z, l20 = Z, l21 = Z, h30 = Z, h31 = Z, l30 = Z, l31 = Z;
+    for (int64_t q = 0; q < np; q++) {
+        __m512i b0 = _mm512_load_si512((const void *)bp);
+        __m512i b1 = _mm512_load_si512((const void *)(bp + 32));
+        DP16(0);
+        DP16(1);
+        DP16(2);
+        DP16(3);
+        ap += 4 * 4;
+        bp += 2 * NR16;
+    }
+    ST16(0);
+    ST16(1);
+    ST16(2);
+    ST16(3);
+}
+
 /* Pack A (int8 x int8): panel p holds rows p*MR8.. as [quad][MR8][4] bytes; also
  * corr[m] = 128 * sum_k a[m,k]. */
 static void pack_a8(const gemm_job *g, int64_t p0, int64_t p1)
@@ -1102,23 +1125,23 @@ static inline int32_t elem(const void *p, int bytes, int64_t i)
     return bytes == 1 ? ((const int8_t *)p)[i] : ((const int16_t *)p)[i];
 }
 
-/* Pack A (int16 kernel): panel p holds rows p*MR16.. as
- * [pair][MR16][hi(k), hi(k+1), lo(k), lo(k+1)] int16. */
+/* Pack A (int16 kernel): panel p holds rows p*mr.. as
+ * [pair][mr][hi(k), hi(k+1), lo(k), lo(k+1)] int16. */
 static void pack_a16(const gemm_job *g, int64_t p0, int64_t p1)
 {
-    int64_t M = g->M, K = g->K, Kp = g->kgroups;
+    int64_t M = g->M, K = g->K, Kp = g->kgroups, mr = g->mr16;
     for (int64_t p = p0; p < p1; p++) {
-        int16_t *d = (int16_t *)g->apack + p * Kp * MR16 * 4;
-        memset(d, 0, (size_t)(Kp * MR16 * 4) * sizeof(int16_t));
-        for (int r = 0; r < MR16; r++) {
-            int64_t m = p * MR16 + r;
+        int16_t *d = (int16_t *)g->apack + p * Kp * mr * 4;
+        memset(d, 0, (size_t)(Kp * mr * 4) * sizeof(int16_t));
+        for (int r = 0; r < mr; r++) {
+            int64_t m = p * mr + r;
             if (m >= M)
                 break;
             int64_t k = 0;
             if (!g->a.trans && g->a.bytes == 2) {
                 const int16_t *row = (const int16_t *)g->a.p + m * g->a.ld;
                 for (; k + 2 <= K; k += 2) {
-                    int16_t *o = d + ((k >> 1) * MR16 + r) * 4;
+                    int16_t *o = d + ((k >> 1) * mr + r) * 4;
                     int32_t v0 = row[k], v1 = row[k + 1];
                     o[0] = (int16_t)(v0 >> 8);
                     o[1] = (int16_t)(v1 >> 8);
@@ -1129,7 +1152,7 @@ static void pack_a16(const gemm_job *g, int64_t p0, int64_t p1)
             for (; k < K; k++) {
                 int64_t idx = g->a.trans ? k * g->a.ld + m : m * g->a.ld + k;
                 int32_t v = elem(g->a.p, g->a.bytes, idx);
-                int16_t *o = d + ((k >> 1) * MR16 + r) * 4 + (k & 1);
+                int16_t *o = d + ((k >> 1) * mr + r) * 4 + (k & 1);
                 o[0] = (int16_t)(v >> 8);
                 o[2] = (int16_t)(v & 255);
             }
@@ -1217,7 +1240,7 @@ TARGET_VNNI static void vnni_compute(gemm_job *g, int tid, int nt)
 {
     int64_t lo, hi, M = g->M, N = g->N, Kg = g->kgroups;
     split_range(g->npanels, tid, nt, &lo, &hi);
-    int64_t mr = g->is8 ? MR8 : MR16, nr = g->is8 ? NR8 : NR16, kc = g->is8 ? KC8Q : KC16P;
+    int64_t mr = g->is8 ? MR8 : g->mr16, nr = g->is8 ? NR8 : NR16, kc = g->is8 ? KC8Q : KC16P;
     _Alignas(64) int32_t t1[MR8 * NR8];
     _Alignas(64) int32_t t2[MR16 * NR16];
     /* Row blocks of A panels sized to stay in L2 while this thread's B panels stream by. */
@@ -1239,8 +1262,9 @@ TARGET_VNNI static void vnni_compute(gemm_job *g, int tid, int nt)
                         ukr8((const int8_t *)g->apack + (mp * Kg + q0) * MR8 * 4,
                              (const uint8_t *)g->bpack + (np * Kg + q0) * NR8 * 4, nq, t1);
                     else
-                        ukr16((const int16_t *)g->apack + (mp * Kg + q0) * MR16 * 4,
-                              (const int16_t *)g->bpack + (np * Kg + q0) * NR16 * 2, nq, t1, t2);
+                        (mr == 4 ? ukr16x4 : ukr16)(
+                            (const int16_t *)g->apack + (mp * Kg + q0) * mr * 4,
+                            (const int16_t *)g->bpack + (np * Kg + q0) * NR16 * 2, nq, t1, t2);
                     for (int64_t r = 0; r < mv; r++) {
                         int64_t *crow = g->c + (m0 + r) * N + n0;
                         const int32_t *x = t1 + r * nr, *y = t2 + r * nr;
@@ -1269,7 +1293,10 @@ TARGET_VNNI static void vnni_compute(gemm_job *g, int tid, int nt)
 static void vnni_plan(gemm_job *g, size_t *abytes, size_t *bbytes)
 {
     g->is8 = g->a.bytes == 1 && g->b.bytes == 1;
-    int64_t mr = g->is8 ? MR8 : MR16, nr = g->is8 ? NR8 : NR16;
+    /* 4-row int16 panels when 6-row ones would waste over 5% of the rows */
+    int64_t waste6 = (g->M + MR16 - 1) / MR16 * MR16 - g->M;
+    g->mr16 = waste6 * 20 > g->M ? 4 : MR16;
+    int64_t mr = g->is8 ? MR8 : g->mr16, nr = g->is8 ? NR8 : NR16;
     g->kgroups = g->is8 ? (g->K + 3) / 4 : (g->K + 1) / 2;
     g->mpanels = (g->M + mr - 1) / mr;
     g->npanels = (g->N + nr - 1) / nr;
