@@ -38,6 +38,9 @@ FORMATS: dict[str, tuple[type[np.signedinteger[Any]], type[np.floating[Any]], st
 }
 
 
+_BLAS_SETTLE_S = 0.3  # OpenBLAS workers spin for a while after each call before sleeping
+
+
 def _best(fn: Callable[[], object], reps: int) -> float:
     fn()  # warm-up (and, for numpy, wakes its BLAS threads)
     best = float("inf")
@@ -65,6 +68,7 @@ def _case(shape: tuple[int, int, int], fmt: str, quick: bool) -> dict[str, Any]:
     c, stats = datapath.gemm_int(a, b)
     exact = bool(np.array_equal(c, (a.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)))
     reps = _reps(m * k * n, quick)
+    time.sleep(_BLAS_SETTLE_S)  # let numpy's BLAS threads stop spinning after the last case
     t_ours = _best(lambda: datapath.gemm_int(a, b), reps)
     t_base = _best(lambda: np.matmul(af, bf), reps)
     gmacs = m * k * n / t_ours / 1e9
