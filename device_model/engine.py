@@ -30,7 +30,7 @@ from device_model.config import ChipPreset
 from device_model.costs import StageCounters, StageWork, counters_dict, stage_costs
 from device_model.costs_schedule import LayerCycles, bp_latency, dfa_latency, pdfa_period
 from device_model.engine_config import EngineConfig, EngineError, PolicyEntry
-from device_model.engine_counts import count_macs, masked_slice_ops, nzslices
+from device_model.engine_counts import count_macs, masked_slice_ops
 from device_model.engine_kernels import ChipKernels, Kernels
 from device_model.engine_layers import (
     Layer,
@@ -547,8 +547,8 @@ class Engine:
             if so is not None and "zero_slice" in skips:
                 sk = mask if "output_zero" in skips else None
                 sl = so - masked_slice_ops(
-                    nzslices(eq.c.reshape(nb, -1)),
-                    nzslices(bq.c).T,
+                    eq.c.reshape(nb, -1),
+                    bq.c.T,
                     sk,
                 )
             fb_b = _bytes(bm.size, bq.bits) if setup.feedback_stored else 0
@@ -644,7 +644,7 @@ class Engine:
             sk = mask if "output_zero" in skips else None
             if sk is not None and counted is not None:
                 sk = sk & counted
-            sl = so - masked_slice_ops(nzslices(p_codes), nzslices(q_codes), sk)
+            sl = so - masked_slice_ops(p_codes, q_codes, sk)
         wbytes = _bytes(w.values.size, w.bits)
         work = StageWork(
             "ep",
@@ -706,10 +706,7 @@ class Engine:
                 dw = k.gemm_float(dy2, c["cols"], trans_a=True, trans_b=False).reshape(
                     layer.weight_shape
                 )
-            p_codes = None
-            if eq.codes is not None:
-                p_codes = np.ascontiguousarray(eq.codes.transpose(1, 0, 2, 3)).reshape(o, -1)
-            q_codes = None if xa.codes is None else im2col(xa.codes, layer)
+            p_codes = q_codes = None  # built below only when a slice count needs them
         keep = self._setup.keep.get(f"{i}.weight")
         prune_out = None if keep is None else ~keep.reshape(o, -1)
         skips = self.preset.skips("wg")
@@ -725,7 +722,10 @@ class Engine:
         sl = None
         if so is not None and "zero_slice" in skips:
             sk = prune_out if "pruned" in skips else None
-            sl = so - masked_slice_ops(nzslices(p_codes), nzslices(q_codes), sk)
+            if sk is not None and layer.kind == "conv2d":
+                p_codes = np.ascontiguousarray(eq.c.transpose(1, 0, 2, 3)).reshape(o, -1)
+                q_codes = im2col(xa.c, layer)
+            sl = so - masked_slice_ops(p_codes, q_codes, sk)
         gq = self._policy.quantize(
             dw.reshape(layer.weight_shape), i, "gradients", PART_WEIGHT, pass_no
         )

@@ -119,8 +119,12 @@ def count_macs(
     return {"macs_total": total, "macs_executed": total - skipped, **out}
 
 
-def masked_slice_ops(sp: np.ndarray, sq: np.ndarray, mask: np.ndarray | None) -> int:
-    """Slice products of the outputs in ``mask`` (I x J) given the slice counts of P and Q."""
+def masked_slice_ops(
+    p_codes: np.ndarray | None, q_codes: np.ndarray | None, mask: np.ndarray | None
+) -> int:
+    """Slice products of the outputs in ``mask`` (I x J) of the GEMM of the codes P . Q."""
     if mask is None or not mask.any():
         return 0
-    return round(float(((sp.astype(np.float64) @ sq.astype(np.float64)) * mask).sum()))
+    sp = nzslices(p_codes).astype(np.float64)
+    sq = nzslices(q_codes).astype(np.float64)
+    return round(float(((sp @ sq) * mask).sum()))

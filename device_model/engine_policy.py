@@ -31,7 +31,13 @@ import numpy as np
 from device_model.engine_config import TENSOR_CLASSES, EngineConfig, EngineError, PolicyEntry
 from device_model.engine_kernels import Kernels
 from device_model.engine_layers import Layer
-from protocol.range_rules import LapsController, update_frac_bits
+from protocol.range_rules import (
+    DEFAULT_OVERFLOW_THRESHOLD,
+    FRAC_BITS_MAX,
+    FRAC_BITS_MIN,
+    LapsController,
+    update_frac_bits,
+)
 from protocol.status import Status
 
 __all__ = ["CLASS", "Policy", "QTensor", "format_bits", "is_int_format"]
@@ -82,8 +88,39 @@ class QTensor:
 
 
 def rescale(acc: np.ndarray, frac: int) -> np.ndarray:
-    """int64 accumulator values times 2^-frac, rounded once to float32."""
-    return (acc.astype(np.float64) * np.ldexp(1.0, -frac)).astype(np.float32)
+    """Integer values (codes or int64 accumulators) times 2^-frac, rounded once to float32.
+
+    For frac <= 126 a non-zero result is at least 2^-126 (normal), so rounding the integer to
+    float32 first and scaling by the power of two after gives the same single rounding as
+    the exact product (the fast path); otherwise the product is formed in float64."""
+    if -64 <= frac <= 126:
+        with np.errstate(over="ignore"):
+            return acc.astype(np.float32) * np.float32(2.0**-frac)
+    with np.errstate(over="ignore"):
+        return (acc.astype(np.float64) * np.ldexp(1.0, -frac)).astype(np.float32)
+
+
+def next_frac_bits(
+    x: np.ndarray, bits: int, frac: int, threshold: float = DEFAULT_OVERFLOW_THRESHOLD
+) -> int:
+    """protocol.range_rules.update_frac_bits without stochastic thresholding, computed in
+    float32: |x| * 2^f > qmax is compared as |x| > qmax * 2^-f, whose right side is exactly
+    a float32 for |f| <= 65 (so the comparison is exact; NaN never counts, inf always does).
+    Equal to the rule for every input (tests/test_engine.py checks it)."""
+    a = np.abs(np.asarray(x, np.float32))
+    n = a.size
+    if n == 0:
+        return min(FRAC_BITS_MAX, frac + 1)
+    qmax = float(2 ** (bits - 1) - 1)
+
+    def ratio(f: int) -> float:
+        return float(np.count_nonzero(a > np.float32(qmax * 2.0**-f))) / n
+
+    if ratio(frac) > threshold:
+        return max(FRAC_BITS_MIN, frac - 1)
+    if frac < FRAC_BITS_MAX and ratio(frac + 1) <= threshold:
+        return frac + 1
+    return frac
 
 
 class Policy:
@@ -156,14 +193,11 @@ class Policy:
             params = {"shared_exp": -frac} if fmt == "flex16" else {"frac_bits": frac}
             codes = k.encode(x, fmt, **kw, **params)
             values = rescale(codes, frac)
-            if e.frac_mode in ("overflow", "stochastic_threshold"):
+            if e.frac_mode == "overflow":
+                self.frac[key] = next_frac_bits(x, format_bits(fmt), frac)
+            elif e.frac_mode == "stochastic_threshold":
                 self.frac[key] = update_frac_bits(
-                    x,
-                    format_bits(fmt),
-                    frac,
-                    stochastic=e.frac_mode == "stochastic_threshold",
-                    seed=self.sr_seed,
-                    stream=stream,
+                    x, format_bits(fmt), frac, stochastic=True, seed=self.sr_seed, stream=stream
                 )
             return QTensor(values, fmt, codes, frac)
         fparams: dict[str, Any] = {}

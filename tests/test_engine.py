@@ -8,10 +8,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from device_model.config import get_preset
 from device_model.engine import Engine, EngineConfig, EngineError, LayerSpec, PolicyEntry
+from device_model.engine_policy import next_frac_bits
 from protocol.messages import Opcode, decode_request, encode_request, zero_scale
+from protocol.range_rules import update_frac_bits
 from protocol.status import Status
 
 V1, V2 = get_preset("hnpu-v1"), get_preset("hnpu-v2")
@@ -314,3 +318,19 @@ def test_forward_is_deterministic_in_nearest_mode_and_sr_differs_per_pass() -> N
     assert not np.array_equal(a, b)  # a new SR stream for every pass
     eng.configure(EngineConfig(policy=[PolicyEntry("activations", "dfxp4", frac_bits=1)]))
     assert np.array_equal(eng.forward(x), eng.forward(x))
+
+
+@settings(max_examples=60)
+@given(
+    data=st.lists(
+        st.floats(width=32, allow_nan=True, allow_infinity=True), min_size=0, max_size=40
+    ),
+    bits=st.integers(4, 16),
+    frac=st.integers(-64, 64),
+    scale=st.integers(-20, 20),
+)
+def test_fast_overflow_rule_equals_the_range_rule(
+    data: list[float], bits: int, frac: int, scale: int
+) -> None:
+    x = np.array(data, np.float32) * np.float32(2.0**scale)
+    assert next_frac_bits(x, bits, frac) == update_frac_bits(x, bits, frac)
