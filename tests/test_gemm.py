@@ -362,3 +362,20 @@ def test_concurrent_callers_get_their_own_results() -> None:
         results = list(ex.map(lambda ab: dp.gemm_int(*ab, threads=2)[0], jobs * 3))
     for (a, b), c in zip(jobs * 3, results, strict=True):
         np.testing.assert_array_equal(c, a.astype(np.int64) @ b.astype(np.int64))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize(
+    ("da", "db"), [(np.int8, np.int8), (np.int16, np.int16), (np.int8, np.int16)]
+)
+def test_extreme_codes_over_long_k(kernel: str, da: type, db: type) -> None:
+    """Every operand at its most negative or most positive code over K = 1500: the largest
+    partial sums the kernels' int32 blocks must hold (the 64-bit accumulator never clamps)."""
+    rng = np.random.default_rng(13)
+    a = np.where(rng.random((13, 1500)) < 0.5, np.iinfo(da).min, np.iinfo(da).max).astype(da)
+    b = np.where(rng.random((1500, 35)) < 0.5, np.iinfo(db).min, np.iinfo(db).max).astype(db)
+    a[:, :700] = np.iinfo(da).min  # long same-sign runs
+    b[:700, :] = np.iinfo(db).min
+    c, stats = dp.gemm_int(a, b, acc_bits=64, kernel=kernel)
+    np.testing.assert_array_equal(c, a.astype(np.int64) @ b.astype(np.int64))
+    assert stats.slow_rows == 0
