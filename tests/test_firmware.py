@@ -225,7 +225,7 @@ class Host:
     """Test driver: a HOST link and the message codec over a pyserial port."""
 
     def __init__(self, url: str = "emu://hnpu-v2?seed=1", max_payload: int = 4096) -> None:
-        self.port = serial.serial_for_url(url, timeout=0)
+        self.port: Any = serial.serial_for_url(url, timeout=0)
         self.link = Link(Role.HOST, LinkConfig(max_payload=max_payload), rng=random.Random(3))
         self.next_id = 1
         self.pending: deque[int] = deque()
