@@ -99,8 +99,13 @@ static struct {
 static unsigned long g_start_gen[MAX_THREADS];
 static pthread_once_t g_pool_once = PTHREAD_ONCE_INIT;
 
+static pthread_mutex_t g_scratch_lock = PTHREAD_MUTEX_INITIALIZER;
+static int g_scratch_busy;
+
 static void pool_after_fork_child(void)
 {
+    pthread_mutex_init(&g_scratch_lock, NULL); /* the parent's holder does not exist here */
+    g_scratch_busy = 0;
     pthread_mutex_init(&g_pool.lock, NULL);
     pthread_cond_init(&g_pool.wake, NULL);
     pthread_cond_init(&g_pool.done, NULL);
@@ -838,14 +843,13 @@ static void slow_job(void *p, int tid, int nt)
 /* One cached scratch block for the packed operands, so repeated GEMMs do not pay for fresh
  * pages each call; a concurrent call (or one needing over SCRATCH_CACHE_MAX) allocates its own. */
 #define SCRATCH_CACHE_MAX ((size_t)256 << 20)
-static pthread_mutex_t g_scratch_lock = PTHREAD_MUTEX_INITIALIZER;
 static void *g_scratch;
 static size_t g_scratch_size;
-static int g_scratch_busy;
 
 static void *scratch_get(size_t bytes, int *owned)
 {
     *owned = 1;
+    pthread_once(&g_pool_once, pool_init_once);
     if (bytes <= SCRATCH_CACHE_MAX) {
         pthread_mutex_lock(&g_scratch_lock);
         if (!g_scratch_busy) {

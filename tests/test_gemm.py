@@ -8,6 +8,7 @@ counts over every MAC.
 
 from __future__ import annotations
 
+import multiprocessing
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -372,10 +373,31 @@ def test_extreme_codes_over_long_k(kernel: str, da: type, db: type) -> None:
     """Every operand at its most negative or most positive code over K = 1500: the largest
     partial sums the kernels' int32 blocks must hold (the 64-bit accumulator never clamps)."""
     rng = np.random.default_rng(13)
-    a = np.where(rng.random((13, 1500)) < 0.5, np.iinfo(da).min, np.iinfo(da).max).astype(da)
-    b = np.where(rng.random((1500, 35)) < 0.5, np.iinfo(db).min, np.iinfo(db).max).astype(db)
+    a: np.ndarray = np.where(
+        rng.random((13, 1500)) < 0.5, np.iinfo(da).min, np.iinfo(da).max
+    ).astype(da)
+    b: np.ndarray = np.where(
+        rng.random((1500, 35)) < 0.5, np.iinfo(db).min, np.iinfo(db).max
+    ).astype(db)
     a[:, :700] = np.iinfo(da).min  # long same-sign runs
     b[:700, :] = np.iinfo(db).min
     c, stats = dp.gemm_int(a, b, acc_bits=64, kernel=kernel)
     np.testing.assert_array_equal(c, a.astype(np.int64) @ b.astype(np.int64))
     assert stats.slow_rows == 0
+
+
+def _gemm_in_child(seed: int) -> bool:
+    rng = np.random.default_rng(seed)
+    a = _codes(rng, (64, 200), np.int16, 0.1)
+    b = _codes(rng, (200, 64), np.int16, 0.1)
+    c, _ = dp.gemm_int(a, b, threads=2)
+    return bool(np.array_equal(c, a.astype(np.int64) @ b.astype(np.int64)))
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="needs fork()")
+def test_forked_child_can_use_the_kernels() -> None:
+    """The worker pool and the scratch cache are reset in a forked child, which has none of
+    the parent's threads."""
+    assert _gemm_in_child(1)  # the parent has started its pool
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        assert pool.apply_async(_gemm_in_child, (2,)).get(timeout=60)
