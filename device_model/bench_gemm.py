@@ -9,7 +9,9 @@ Codes are uniform over the whole code range (the worst case for the exact kernel
 and every slice in use). Each figure is the best of several timed repetitions after a warm-up (ours
 first, then the baseline: numpy's BLAS threads keep spinning for a while after a call, so
 interleaving the two would slow down whichever runs next). The datapath
-result is also compared with the float64 product once per case (``"exact": true``).
+result is also compared with the float64 product once per case (``"exact": true``), and the
+1-minute load average is recorded: on a shared 2-core machine other processes slow both
+sides, and numpy's spinning BLAS worker threads suffer most from it.
 If ``device_model.bench_quant`` exists, its records are appended.
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -84,6 +87,7 @@ def _case(shape: tuple[int, int, int], fmt: str, quick: bool) -> dict[str, Any]:
         "kernel": stats.kernel,
         "threads": stats.threads,
         "exact": exact,
+        "loadavg_1m": round(os.getloadavg()[0], 2),  # other work on the machine skews both
     }
 
 
