@@ -6,9 +6,9 @@ Cases: square 256, 512 and 1024 and the training shape 32 x 4608 x 512, each for
 ("numpy-sgemm") and for dfxp16 (int16 codes, 48-bit accumulator) against numpy float64
 matmul of the same integers ("numpy-dgemm-exact", exact since every sum stays below 2^53).
 Codes are uniform over the whole code range (the worst case for the exact kernels: no zeros
-and every slice in use). Each figure is the best of several timed repetitions after a warm-up (ours
-first, then the baseline: numpy's BLAS threads keep spinning for a while after a call, so
-interleaving the two would slow down whichever runs next). The datapath
+and every slice in use). Each figure is the best of several timed repetitions after a
+warm-up, ours first and then the baseline (numpy's BLAS threads keep spinning for a while
+after a call, so interleaving the two would slow down whichever runs next). The datapath
 result is also compared with the float64 product once per case (``"exact": true``), and the
 1-minute load average is recorded: on a shared 2-core machine other processes slow both
 sides, and numpy's spinning BLAS worker threads suffer most from it.
