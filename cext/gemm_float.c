@@ -23,6 +23,12 @@
 #define MAX_THREADS 16
 #define DEFAULT_THREADS 2
 
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
+#else
+#define VECTOR_CLONES
+#endif
+
 typedef struct {
     const float *a, *b; /* b: K x N row-major (packed when the caller's B is transposed) */
     int64_t lda, ldb;
@@ -36,33 +42,81 @@ typedef struct {
     int nt;
 } fgemm_job;
 
-/* Round x to the IEEE-like format with ebits exponent and mbits mantissa bits: nearest,
- * ties to even, subnormals kept, overflow (after rounding) to +-inf, zero sign kept. */
-static double round_ieee_like(double x, int ebits, int mbits)
+static inline uint64_t d2u(double x)
 {
-    if (x == 0.0 || !isfinite(x))
-        return x;
-    int emax = (1 << (ebits - 1)) - 1, emin = 1 - emax;
-    int e = ilogb(x);
-    if (e < emin)
-        e = emin;
-    double q = ldexp(1.0, e - mbits); /* the format's spacing at x */
-    double r = nearbyint(x / q) * q;  /* exact scaling; nearbyint rounds half to even */
-    double maxv = ldexp(2.0 - ldexp(1.0, -mbits), emax);
-    if (fabs(r) > maxv)
-        return copysign(INFINITY, x);
-    return r;
+    uint64_t u;
+    memcpy(&u, &x, 8);
+    return u;
+}
+
+static inline double u2d(uint64_t u)
+{
+    double x;
+    memcpy(&x, &u, 8);
+    return x;
+}
+
+/* Round x to the IEEE-like format with ebits exponent and mbits mantissa bits: nearest,
+ * ties to even, subnormals kept, overflow (after rounding) to +-inf, the sign of x kept
+ * (also on zero results); NaN and inf pass through. The spacing at x is q = 2^(e - mbits)
+ * with e = max(floor(log2 |x|), emin); adding and subtracting C = 1.5 * 2^(e - mbits + 52)
+ * rounds x to a multiple of q in the current (nearest-even) mode, exactly, because
+ * |x| < 2^(e+1) is far below the half-binade C leaves room for. Only bit operations and
+ * two additions, so loops over it vectorise. */
+typedef struct {
+    int64_t emin, mbits;
+    uint64_t maxv; /* bits of the largest finite value, as a double */
+} accfmt;
+
+static accfmt make_accfmt(int ebits, int mbits)
+{
+    int emax = (1 << (ebits - 1)) - 1;
+    accfmt f = {1 - emax, mbits, d2u(ldexp(2.0 - ldexp(1.0, -mbits), emax))};
+    return f;
+}
+
+static inline double round_ieee_like(double x, accfmt f)
+{
+    int64_t emin = f.emin, mbits = f.mbits;
+    uint64_t maxv = f.maxv;
+    uint64_t u = d2u(x), sign = u & 0x8000000000000000ull, mag = u ^ sign;
+    int64_t e = (int64_t)(mag >> 52) - 1023;
+    e = e < emin ? emin : e;
+    double c = u2d(((uint64_t)(e - mbits + 52 + 1023) << 52) | (1ull << 51));
+    double r = (u2d(mag) + c) - c; /* |x| rounded to a multiple of 2^(e - mbits) */
+    uint64_t rm = d2u(r);
+    rm = rm > maxv ? 0x7FF0000000000000ull : rm;
+    return mag >= 0x7FF0000000000000ull ? x : u2d(rm | sign);
 }
 
 void mt_round_ieee_like(const double *x, double *out, int64_t count, int ebits, int mbits)
 {
+    accfmt f = make_accfmt(ebits, mbits);
     for (int64_t i = 0; i < count; i++)
-        out[i] = round_ieee_like(x[i], ebits, mbits);
+        out[i] = round_ieee_like(x[i], f);
 }
 
 static inline float a_elem(const fgemm_job *g, int64_t m, int64_t k)
 {
     return g->trans_a ? g->a[k * g->lda + m] : g->a[m * g->lda + k];
+}
+
+VECTOR_CLONES static void f32_row_step(float *restrict acc, float *restrict prod,
+                                      const float *restrict brow, float a, int64_t n)
+{
+    for (int64_t j = 0; j < n; j++)
+        prod[j] = a * brow[j];
+    for (int64_t j = 0; j < n; j++)
+        acc[j] = acc[j] + prod[j];
+}
+
+VECTOR_CLONES static void chunk_row_step(double *restrict acc, const float *restrict brow,
+                                         float a, int64_t n, accfmt f)
+{
+    for (int64_t j = 0; j < n; j++) {
+        float p = a * brow[j];
+        acc[j] = round_ieee_like(acc[j] + (double)p, f);
+    }
 }
 
 static void f32_job(fgemm_job *g, int tid)
@@ -74,12 +128,7 @@ static void f32_job(fgemm_job *g, int tid)
         for (int64_t n = 0; n < N; n++)
             acc[n] = 0.0f;
         for (int64_t k = 0; k < g->K; k++) {
-            float a = a_elem(g, m, k);
-            const float *brow = g->b + k * g->ldb;
-            for (int64_t n = 0; n < N; n++)
-                prod[n] = a * brow[n];
-            for (int64_t n = 0; n < N; n++)
-                acc[n] = acc[n] + prod[n];
+            f32_row_step(acc, prod, g->b + k * g->ldb, a_elem(g, m, k), N);
         }
     }
 }
@@ -88,6 +137,7 @@ static void chunked_job(fgemm_job *g, int tid)
 {
     int64_t lo = g->M * tid / g->nt, hi = g->M * (tid + 1) / g->nt, N = g->N;
     double *acc = g->scratch + tid * N;
+    accfmt f = make_accfmt(g->ebits, g->mbits);
     for (int64_t m = lo; m < hi; m++) {
         float *tot = g->c + m * N;
         for (int64_t n = 0; n < N; n++)
@@ -96,14 +146,8 @@ static void chunked_job(fgemm_job *g, int tid)
             int64_t k1 = k0 + g->chunk < g->K ? k0 + g->chunk : g->K;
             for (int64_t n = 0; n < N; n++)
                 acc[n] = 0.0;
-            for (int64_t k = k0; k < k1; k++) {
-                float a = a_elem(g, m, k);
-                const float *brow = g->b + k * g->ldb;
-                for (int64_t n = 0; n < N; n++) {
-                    float p = a * brow[n];
-                    acc[n] = round_ieee_like(acc[n] + (double)p, g->ebits, g->mbits);
-                }
-            }
+            for (int64_t k = k0; k < k1; k++)
+                chunk_row_step(acc, g->b + k * g->ldb, a_elem(g, m, k), N, f);
             for (int64_t n = 0; n < N; n++)
                 tot[n] = tot[n] + (float)acc[n];
         }
