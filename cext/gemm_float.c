@@ -64,14 +64,14 @@ static inline double u2d(uint64_t u)
  * |x| < 2^(e+1) is far below the half-binade C leaves room for. Only bit operations and
  * two additions, so loops over it vectorise. */
 typedef struct {
-    int64_t emin, mbits;
+    int64_t emin, emax, mbits;
     uint64_t maxv; /* bits of the largest finite value, as a double */
 } accfmt;
 
 static accfmt make_accfmt(int ebits, int mbits)
 {
     int emax = (1 << (ebits - 1)) - 1;
-    accfmt f = {1 - emax, mbits, d2u(ldexp(2.0 - ldexp(1.0, -mbits), emax))};
+    accfmt f = {1 - emax, emax, mbits, d2u(ldexp(2.0 - ldexp(1.0, -mbits), emax))};
     return f;
 }
 
@@ -82,6 +82,7 @@ static inline double round_ieee_like(double x, accfmt f)
     uint64_t u = d2u(x), sign = u & 0x8000000000000000ull, mag = u ^ sign;
     int64_t e = (int64_t)(mag >> 52) - 1023;
     e = e < emin ? emin : e;
+    e = e > f.emax + 1 ? f.emax + 1 : e; /* beyond that x overflows anyway; keeps c finite */
     double c = u2d(((uint64_t)(e - mbits + 52 + 1023) << 52) | (1ull << 51));
     double r = (u2d(mag) + c) - c; /* |x| rounded to a multiple of 2^(e - mbits) */
     uint64_t rm = d2u(r);

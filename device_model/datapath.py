@@ -34,6 +34,7 @@ __all__ = [
     "gemm_float",
     "gemm_int",
     "kernel_available",
+    "round_ieee_like",
 ]
 
 KERNELS: dict[str, int] = {

@@ -320,6 +320,10 @@ def test_accumulator_rounding_against_float16() -> None:
                 2.0**-24 * 1.5,
                 np.inf,
                 -np.inf,
+                -1e-30,
+                1e300,
+                -1e300,
+                2.0**-1074,
             ],
         ]
     )
