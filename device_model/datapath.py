@@ -103,8 +103,10 @@ class GemmStats:
 
 
 def kernel_available(name: str) -> bool:
-    """Whether the named integer kernel runs on this CPU."""
-    return bool(lib.mt_gemm_kernel_available(_kernel_code(name)))
+    """Whether the named integer kernel runs on this CPU (unknown names raise ValueError)."""
+    if name not in KERNELS:
+        raise ValueError(f"unknown kernel {name!r}; accepted: {', '.join(KERNELS)}")
+    return _AVAILABLE[KERNELS[name]]
 
 
 def default_acc_bits(a_dtype: Any, b_dtype: Any) -> int:

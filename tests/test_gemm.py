@@ -181,6 +181,12 @@ def test_empty_inner_dimension_gives_init() -> None:
     assert stats.macs == 0
 
 
+def test_kernel_availability() -> None:
+    assert dp.kernel_available("portable") and dp.kernel_available("auto")
+    with pytest.raises(ValueError, match="unknown kernel"):
+        dp.kernel_available("gpu")
+
+
 def test_environment_selects_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MICROTRAIN_KERNEL", "portable")
     monkeypatch.setenv("MICROTRAIN_THREADS", "1")
