@@ -289,6 +289,16 @@ class Firmware:
             "smaller model",
         )
 
+    def _check_batch_memory(self, engine: Any, batch: int, extra: int = 0) -> None:
+        """The model's training memory at ``batch`` plus ``extra`` new bytes must fit."""
+        try:
+            need = int(engine.memory_bytes(batch))
+        except TypeError:  # an engine whose memory does not depend on the batch
+            need = int(engine.memory_bytes())
+        free = self.preset.device_memory_bytes - self.tensors.held_bytes()
+        if need + extra > free:
+            raise self._oom(f"batch {batch} with its activations and errors", need + extra, free)
+
     def _batch_input(self, tensor_id: int) -> np.ndarray:
         _, plan = self._need_model()
         x = self.tensors.values(tensor_id, "input")
@@ -601,6 +611,7 @@ class Firmware:
         free = self._free_bytes(replacing=out_id)
         if need > free:
             raise self._oom(f"output {out_id}", need, free)
+        self._check_batch_memory(engine, x.shape[0], need)
         flags = ForwardFlags(body["flags"])
         keep = bool(flags & ForwardFlags.KEEP_ACTIVATIONS)
         y = np.asarray(engine.forward(x, keep_activations=keep), dtype=np.float32)
@@ -638,6 +649,7 @@ class Firmware:
         engine, plan = self._need_model()
         x = self._batch_input(int(body["input_id"]))
         target = self._target(int(body["target_id"]), x.shape[0], plan)
+        self._check_batch_memory(engine, x.shape[0])
         self._kept = None
         res = engine.train_step(x, target)
         self.step += 1

@@ -973,3 +973,90 @@ def test_mutated_session_requests_never_crash_and_never_fault(messages: list[byt
     _direct_upload(fw, 77, np.arange(6))
     r = _direct(fw, Opcode.TENSOR_READ, {"id": 77, "offset": 0, "length": 100}, 999_999)
     assert r.body["data"] == np.arange(6, dtype=np.float32).tobytes()
+
+
+# ----------------------------------------------------------------------------- reset, masks
+
+
+def test_reset_scopes(engine_kind: str, host: Host) -> None:
+    Mlp(host)
+    host.call(Opcode.GET_WEIGHTS, {"layer": ALL_LAYERS})
+    host.call(Opcode.RESET, {"scope": m.ResetScope.MODEL})
+    assert host.status(Opcode.FORWARD, {"input_id": 1, "output_id": 9, "flags": 0}) == (
+        Status.NO_MODEL
+    )
+    assert host.status(
+        Opcode.TENSOR_READ, {"id": DEVICE_TENSOR_ID_BASE, "offset": 0, "length": 4}
+    ) == (Status.UNKNOWN_TENSOR)
+    assert host.download(1)[1]  # host tensors survive a MODEL reset
+    Mlp(host)
+    host.call(Opcode.RESET, {"scope": m.ResetScope.TENSORS})
+    assert host.status(Opcode.TENSOR_READ, {"id": 1, "offset": 0, "length": 4}) == (
+        Status.UNKNOWN_TENSOR
+    )
+    host.upload_f32(1, np.zeros((2, IN)))
+    assert forward_inline(host).shape == (2, OUT)  # the model survives a TENSORS reset
+    host.call(Opcode.RESET, {"scope": m.ResetScope.ALL})
+    assert host.status(Opcode.TENSOR_READ, {"id": 1, "offset": 0, "length": 4}) == (
+        Status.UNKNOWN_TENSOR
+    )
+    assert host.status(Opcode.GET_WEIGHTS, {"layer": ALL_LAYERS}) == Status.NO_MODEL
+
+
+def _with_masks(trainable: list[dict[str, Any]], pruning: list[dict[str, Any]]) -> dict:
+    return train_config(
+        trainable={"mode": m.TrainableMode.MASKS, "last_k": 0, "masks": trainable},
+        pruning={"mode": m.PruningMode.MASKS, "ratio": 0.0, "masks": pruning},
+    )
+
+
+def test_train_config_masks_are_checked(engine_kind: str, host: Host) -> None:
+    Mlp(host)
+    host.upload(30, np.ones((HID, IN), np.uint8), DType.UINT8)  # per weight, layer 0
+    host.upload(31, np.array([1, 0, 1, 1, 0], np.uint8), DType.UINT8)  # per channel, layer 2
+    host.upload(32, np.ones((3, 3), np.uint8), DType.UINT8)
+    host.upload(33, np.full((OUT,), 2, np.uint8), DType.UINT8)
+    w0 = {"layer": 0, "param": ParamKind.WEIGHT, "tensor_id": 30}
+    w2 = {"layer": 2, "param": ParamKind.WEIGHT, "tensor_id": 31}
+    assert host.call(Opcode.TRAIN_CONFIG, _with_masks([w0], [w2]))["memory_bytes"] > 0
+    cases = [
+        (_with_masks([{**w0, "tensor_id": 32}], []), Status.BAD_SHAPE),
+        (_with_masks([], [{**w0, "tensor_id": 99}]), Status.UNKNOWN_TENSOR),
+        (_with_masks([{**w0, "tensor_id": 1}], []), Status.UNSUPPORTED_FORMAT),
+        (_with_masks([{**w0, "layer": 1}], []), Status.UNKNOWN_LAYER),
+        (_with_masks([], [{**w2, "tensor_id": 33}]), Status.BAD_REQUEST),
+    ]
+    for body, want in cases:
+        assert host.status(Opcode.TRAIN_CONFIG, body) == want
+    assert host.call(Opcode.TRAIN_STEP, {"input_id": 1, "target_id": 2})["step"] == 1
+
+
+# ----------------------------------------------------------------------------- exactly once
+
+
+def test_refusals_for_missing_auth_are_not_cached() -> None:
+    key = b"secret"
+    fw = Firmware("hnpu-v2", key=key, engine_factory=FakeEngine, config_factory=fake_config)
+    assert _direct(fw, Opcode.READ_COUNTERS, None, 7).body["status"] == Status.NOT_AUTHENTICATED
+    hello = {"protocol_major": 1, "protocol_minor": 0, "schema_hash": m.schema_hash(), "client": ""}
+    challenge = _direct(fw, Opcode.HELLO, hello, 1).body["auth_challenge"]
+    assert not _direct(fw, Opcode.AUTH, _auth_body(key, challenge, 1), 2).is_error
+    # The same request id now executes: the earlier refusal changed nothing.
+    assert _direct(fw, Opcode.READ_COUNTERS, None, 7).opcode == ResponseOpcode.READ_COUNTERS
+
+
+def test_replay_after_a_link_reset_is_answered_from_the_cache(engine_kind: str, host: Host) -> None:
+    """The host link loses its session after the device executed a request but before the
+    answer arrived; the host replays it in the new session and gets the cached answer."""
+    Mlp(host)
+    host.call(Opcode.TRAIN_STEP, {"input_id": 1, "target_id": 2})
+    msg = m.encode_request(Opcode.TRAIN_STEP, 4242, {"input_id": 1, "target_id": 2})
+    host.send(msg)
+    host.port.write(host.link.bytes_to_send(time.monotonic()))  # executed at once...
+    host.port.reset_input_buffer()  # ...but the answer is lost with the session
+    executed = host.port.firmware.executed
+    host.link.reset(time.monotonic())
+    (resp,) = host.receive(1)
+    assert m.decode_response(resp).body["step"] == 2
+    assert host.port.firmware.executed == executed
+    assert host.call(Opcode.TRAIN_STEP, {"input_id": 1, "target_id": 2})["step"] == 3
