@@ -317,6 +317,8 @@ def test_shapes_layouts_and_input_dtypes(fmt: str, params: dict[str, Any]) -> No
         np.asarray(base, dtype=np.float16),
         [1.0, -2.5, 3],  # a list
         7,  # a Python int
+        np.broadcast_to(np.float32(1.37), (3, 4)),  # zero strides, read-only
+        base.astype(">f4"),  # big-endian
     ]
     for x in inputs:
         for rounding in ROUNDINGS:
