@@ -35,6 +35,7 @@
 #include <immintrin.h>
 #define VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
 #define TARGET_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+#define TARGET_VBMI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi")))
 #else
 #define MT_HAVE_X86 0
 #define VECTOR_CLONES
@@ -646,6 +647,7 @@ typedef struct {
     int64_t kgroups;     /* K / 4 (int8) or K / 2 (int16), rounded up */
     int64_t mpanels, npanels;
     int64_t mr16;        /* rows per int16 A panel: 6, or 4 */
+    int vbmi;            /* AVX-512 VBMI byte permutations available (int8 B packing) */
 } gemm_job;
 
 static int64_t mul_sat(int64_t x, int64_t y)
@@ -1065,6 +1067,44 @@ static void pack_a8(const gemm_job *g, int64_t p0, int64_t p1)
     }
 }
 
+static int vbmi_available(void)
+{
+    __builtin_cpu_init();
+    return vnni_available() && __builtin_cpu_supports("avx512vbmi");
+}
+
+/* The full quads of full panels of a row-major int8 B with AVX-512 VBMI: one two-source
+ * byte permutation interleaves 16 columns of four rows. Returns the quads done. */
+TARGET_VBMI static int64_t pack_b8_vbmi(const int8_t *src, int64_t ld, int64_t K, int64_t n0,
+                                        uint8_t *d)
+{
+    uint8_t i0[64], i1[64];
+    for (int i = 0; i < 64; i++) { /* out[4j + t] = row t, column j (+16 for i1) */
+        int j = i / 4, t = i % 4;
+        i0[i] = (uint8_t)((t >= 2 ? 64 : 0) + (t % 2) * 32 + j);
+        i1[i] = (uint8_t)(i0[i] + 16);
+    }
+    const __m512i idx0 = _mm512_loadu_si512((const void *)i0);
+    const __m512i idx1 = _mm512_loadu_si512((const void *)i1);
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    int64_t q = 0;
+    for (; 4 * q + 4 <= K; q++) {
+        const int8_t *s0 = src + (4 * q) * ld + n0;
+        __m512i r01 = _mm512_inserti64x4(
+            _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)s0)),
+            _mm256_loadu_si256((const __m256i *)(s0 + ld)), 1);
+        __m512i r23 = _mm512_inserti64x4(
+            _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(s0 + 2 * ld))),
+            _mm256_loadu_si256((const __m256i *)(s0 + 3 * ld)), 1);
+        uint8_t *o = d + q * NR8 * 4;
+        _mm512_store_si512((void *)o,
+                           _mm512_xor_si512(_mm512_permutex2var_epi8(r01, idx0, r23), flip));
+        _mm512_store_si512((void *)(o + 64),
+                           _mm512_xor_si512(_mm512_permutex2var_epi8(r01, idx1, r23), flip));
+    }
+    return q;
+}
+
 /* Pack B (int8 x int8): panel p holds columns p*NR8.. as [quad][NR8][4] bytes b + 128. */
 static void pack_b8(const gemm_job *g, int64_t p0, int64_t p1)
 {
@@ -1076,7 +1116,9 @@ static void pack_b8(const gemm_job *g, int64_t p0, int64_t p1)
         uint8_t *d = (uint8_t *)g->bpack + p * Kq * NR8 * 4;
         int64_t n0 = p * NR8, nv = N - n0 < NR8 ? N - n0 : NR8;
         int64_t q = 0;
-        if (!g->b.trans && nv == NR8) {
+        if (!g->b.trans && nv == NR8 && g->vbmi) {
+            q = pack_b8_vbmi(src, ld, K, n0, d);
+        } else if (!g->b.trans && nv == NR8) {
             for (; 4 * q + 4 <= K; q++) {
                 const int8_t *s0 = src + (4 * q) * ld + n0;
                 for (int grp = 0; grp < NR8 / 16; grp++) {
@@ -1297,6 +1339,7 @@ TARGET_VNNI static void vnni_compute(gemm_job *g, int tid, int nt)
 static void vnni_plan(gemm_job *g, size_t *abytes, size_t *bbytes)
 {
     g->is8 = g->a.bytes == 1 && g->b.bytes == 1;
+    g->vbmi = vbmi_available();
     /* 4-row int16 panels when 6-row ones would waste over 5% of the rows */
     int64_t waste6 = (g->M + MR16 - 1) / MR16 * MR16 - g->M;
     g->mr16 = waste6 * 20 > g->M ? 4 : MR16;
