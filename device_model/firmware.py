@@ -64,7 +64,7 @@ MAX_BATCH = 256
 #: Responses kept for duplicate request ids.
 DEFAULT_CACHE_SIZE = 64
 #: Statuses that change no state and may succeed later: not cached, so a retry executes.
-_TRANSIENT = frozenset({Status.NOT_AUTHENTICATED, Status.BUSY})
+_TRANSIENT = frozenset({Status.BUSY})
 _ALGORITHM_NAMES = {"bp": Algorithm.BP, "dfa": Algorithm.DFA, "pdfa": Algorithm.PIPELINED_DFA}
 
 #: Builds an engine: (input_shape, layer specs, preset, init_seed=, weights=) -> engine.
@@ -205,23 +205,30 @@ class Firmware:
         """Answer one request message: a list holding exactly one response message."""
         data = bytes(message)
         if len(data) < m.HEADER_SIZE:
-            return [
-                self._error(
-                    NO_REQUEST_ID,
-                    0,
-                    Status.BAD_REQUEST,
-                    f"message of {len(data)} bytes is shorter than the {m.HEADER_SIZE}-byte "
-                    "header (opcode u8, request_id u32)",
-                )
-            ]
+            detail = (
+                f"message of {len(data)} bytes is shorter than the {m.HEADER_SIZE}-byte header "
+                "(opcode u8, request_id u32)"
+            )
+            return [self._error(NO_REQUEST_ID, 0, Status.BAD_REQUEST, detail)]
         opcode = data[0]
         request_id = int.from_bytes(data[1:5], "little")
+        if not self.authenticated and opcode not in (Opcode.HELLO, Opcode.AUTH):
+            # Checked before the cache: a replayed request must not reveal a cached answer.
+            detail = (
+                "this device has a key: send HELLO, then AUTH with the proof; only HELLO and "
+                "AUTH are accepted until then"
+            )
+            return [self._error(request_id, opcode, Status.NOT_AUTHENTICATED, detail)]
         digest = hashlib.sha256(data).digest()
         cached = self._cache.get(request_id)
         if cached is not None and cached[0] == digest:
             self._cache.move_to_end(request_id)
             return [cached[1]]
-        status, response = self._execute(data, opcode, request_id)
+        try:
+            status, response = self._execute(data, request_id)
+        except Exception as e:  # last resort: even a fault while answering gets an answer
+            detail = f"internal fault answering opcode {opcode:#04x}: {type(e).__name__}"
+            return [self._error(request_id, opcode, Status.INTERNAL, detail)]
         if status not in _TRANSIENT:
             self._cache[request_id] = (digest, response)
             self._cache.move_to_end(request_id)
@@ -229,15 +236,8 @@ class Firmware:
                 self._cache.popitem(last=False)
         return [response]
 
-    def _execute(self, data: bytes, opcode: int, request_id: int) -> tuple[Status, bytes]:
-        if not self.authenticated and opcode not in (Opcode.HELLO, Opcode.AUTH):
-            return Status.NOT_AUTHENTICATED, self._error(
-                request_id,
-                opcode,
-                Status.NOT_AUTHENTICATED,
-                "this device has a key: send HELLO, then AUTH with the proof; only HELLO and "
-                "AUTH are accepted until then",
-            )
+    def _execute(self, data: bytes, request_id: int) -> tuple[Status, bytes]:
+        opcode = data[0]
         try:
             req = m.decode_request(data)
         except MessageError as e:
@@ -252,7 +252,7 @@ class Firmware:
             detail = f"the device could not encode its answer: {e.detail}"
             return Status.INTERNAL, self._error(request_id, opcode, Status.INTERNAL, detail)
         except MemoryError:
-            detail = "the host process ran out of memory executing the request"
+            detail = "the emulator's process ran out of memory executing the request"
             return Status.OUT_OF_MEMORY, self._error(
                 request_id, opcode, Status.OUT_OF_MEMORY, detail
             )

@@ -1043,6 +1043,9 @@ def test_refusals_for_missing_auth_are_not_cached() -> None:
     assert not _direct(fw, Opcode.AUTH, _auth_body(key, challenge, 1), 2).is_error
     # The same request id now executes: the earlier refusal changed nothing.
     assert _direct(fw, Opcode.READ_COUNTERS, None, 7).opcode == ResponseOpcode.READ_COUNTERS
+    # Once the key is forgotten, a replay does not get the cached answer either.
+    fw.deauthenticate()
+    assert _direct(fw, Opcode.READ_COUNTERS, None, 7).body["status"] == Status.NOT_AUTHENTICATED
 
 
 def test_replay_after_a_link_reset_is_answered_from_the_cache(engine_kind: str, host: Host) -> None:
