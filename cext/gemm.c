@@ -844,7 +844,7 @@ static void slow_job(void *p, int tid, int nt)
 
 /* One cached scratch block for the packed operands, so repeated GEMMs do not pay for fresh
  * pages each call; a concurrent call (or one needing over SCRATCH_CACHE_MAX) allocates its own. */
-#define SCRATCH_CACHE_MAX ((size_t)256 << 20)
+#define SCRATCH_CACHE_MAX ((size_t)64 << 20)
 static void *g_scratch;
 static size_t g_scratch_size;
 
