@@ -1,0 +1,526 @@
+"""``host.open`` and ``Device``: one session with a device over a pyserial port.
+
+``open(url)`` opens the port with ``serial.serial_for_url`` (``emu://PRESET`` for the in-process
+emulator, ``/dev/ttyUSB0``, a pty path, ``socket://HOST:PORT``, ``spy://...``), runs the HELLO
+handshake (protocol major and schema hash must match: else ``ProtocolMismatch``) and AUTH when
+the device requires it (``key``; else ``AuthError``). The emulator's URL handler is found
+through ``serial.protocol_handler_packages`` by package *name*: this module never imports it.
+
+Tensors go up as TENSOR_BEGIN / pipelined TENSOR_DATA chunks (each fits one frame) /
+TENSOR_END; a transfer that the device reports incomplete (TRANSFER_INCOMPLETE) resumes from
+the offset a repeated TENSOR_BEGIN returns. Tensors come down with pipelined TENSOR_READs.
+
+If the device restarts (the link sees a new epoch), the runner replays unanswered requests;
+the device is greeted again (HELLO, AUTH) and a deployed model it no longer holds makes every
+use of that model raise ``StateLost`` (deploy it again).
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import serial
+from numpy.typing import NDArray
+
+from host import errors
+from host.model import Model, Precision
+from host.nn import Sequential
+from host.optim import SGD
+from host.runner import Runner, check
+from protocol import messages as m
+from protocol import numerics
+from protocol.dtypes import DType, from_wire
+from protocol.messages import Algorithm, Feature, Loss, Opcode, PruningMode, TrainableMode
+from protocol.status import Status
+
+__all__ = ["Device", "open"]
+
+#: Package holding the ``emu://`` URL handler, registered by name (never imported here).
+EMU_HANDLER_PACKAGE = "device_model"
+CLIENT = "microtrain-host 0.1"
+_ALGORITHMS = {
+    "bp": (Algorithm.BP, TrainableMode.ALL),
+    "dfa": (Algorithm.DFA, TrainableMode.ALL),
+    "pipelined-dfa": (Algorithm.PIPELINED_DFA, TrainableMode.ALL),
+    "bias-only": (Algorithm.BP, TrainableMode.BIAS_ONLY),
+}
+_LOSSES = {
+    "cross_entropy": Loss.SOFTMAX_CROSS_ENTROPY,
+    "cross-entropy": Loss.SOFTMAX_CROSS_ENTROPY,
+    "mse": Loss.MSE,
+}
+#: Statuses that mean "the device no longer holds what we gave it" after a restart.
+_LOST = {Status.NO_MODEL, Status.UNKNOWN_TENSOR, Status.NOT_AUTHENTICATED}
+
+
+def _register_emu() -> None:
+    if EMU_HANDLER_PACKAGE not in serial.protocol_handler_packages:
+        serial.protocol_handler_packages.append(EMU_HANDLER_PACKAGE)
+
+
+def open(
+    url: str,
+    *,
+    baudrate: int | None = None,
+    timeout: float | None = None,
+    key: bytes | None = None,
+) -> Device:
+    """Open the device at ``url`` and greet it; see the module docstring.
+
+    ``baudrate``: line rate of a real serial port (also scales deadlines). ``timeout``: the
+    device's think time allowed per call, in seconds (default 10), on top of wire time.
+    ``key``: the authentication key of a device that requires one.
+    """
+    if not isinstance(url, str) or not url:
+        raise errors.InvalidArgument(f"url must be a non-empty string, got {url!r}")
+    if key is not None and not isinstance(key, bytes | bytearray):
+        raise errors.InvalidArgument(f"key must be bytes, got {type(key).__name__}")
+    if baudrate is not None and (not isinstance(baudrate, int) or baudrate <= 0):
+        raise errors.InvalidArgument(f"baudrate must be a positive int, got {baudrate!r}")
+    _register_emu()
+    kw: dict[str, Any] = {"timeout": 0.01}
+    if baudrate is not None:
+        kw["baudrate"] = baudrate
+    try:
+        port = serial.serial_for_url(url, **kw)
+    except (serial.SerialException, ValueError, OSError) as e:
+        raise errors.LinkLost(
+            f"cannot open {url!r}: {e}; accepted: emu://PRESET[?options], a serial device path, "
+            "socket://HOST:PORT, or any other pyserial URL"
+        ) from None
+    return Device(port, url=url, baudrate=baudrate, timeout=timeout, key=key)
+
+
+class Device:
+    """A device session (see the module docstring). Use as a context manager or ``close()``."""
+
+    #: Host tensor ids used for the per-call tensors (reused: the device keeps one of each).
+    INPUT_ID, TARGET_ID, ERROR_ID, OUTPUT_ID = 1, 2, 3, 4
+    WEIGHT_ID_BASE = 0x100
+    MASK_ID_BASE = 0x1000
+
+    def __init__(
+        self,
+        port: Any,
+        *,
+        url: str = "",
+        baudrate: int | None = None,
+        timeout: float | None = None,
+        key: bytes | None = None,
+    ) -> None:
+        self.url = url
+        self._key = bytes(key) if key is not None else None
+        self.runner = Runner(port, timeout=timeout, baudrate=baudrate)
+        self._hello: dict[str, Any] = {}
+        self._seen_resets = 0
+        #: Bumped when the device is found to have lost its state; models of older ones die.
+        self._generation = 0
+        self._model: Model | None = None
+        try:
+            self._greet()
+        except BaseException:
+            self.runner.close()
+            raise
+
+    # ------------------------------------------------------------------ session
+
+    def __enter__(self) -> Device:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<host.Device {self.url or 'port'} preset={self._hello.get('preset', '?')}>"
+
+    def close(self) -> None:
+        """Close the port (idempotent); the device keeps its state."""
+        self.runner.close()
+
+    @property
+    def closed(self) -> bool:
+        return self.runner.closed
+
+    def _greet(self) -> None:
+        body = {
+            "protocol_major": m.PROTOCOL_MAJOR,
+            "protocol_minor": m.PROTOCOL_MINOR,
+            "schema_hash": m.schema_hash(),
+            "client": CLIENT,
+        }
+        try:
+            hello = self.runner.call(Opcode.HELLO, body)
+        except errors.DeviceError as e:
+            if e.status in (Status.VERSION_MISMATCH, Status.SCHEMA_MISMATCH):
+                raise errors.ProtocolMismatch(
+                    f"the device refused the link: {e.detail}; use a host and firmware built "
+                    "from the same protocol definitions"
+                ) from None
+            raise
+        if hello["protocol_major"] != m.PROTOCOL_MAJOR or hello["schema_hash"] != m.schema_hash():
+            raise errors.ProtocolMismatch(
+                f"the device speaks protocol {hello['protocol_major']}.{hello['protocol_minor']} "
+                f"with schema {hello['schema_hash'].hex()}; this host speaks "
+                f"{m.PROTOCOL_MAJOR}.{m.PROTOCOL_MINOR} with schema {m.schema_hash().hex()}: "
+                "use a host and firmware built from the same protocol definitions"
+            )
+        self._hello = hello
+        if hello["features"] & Feature.AUTH_REQUIRED:
+            self._auth(hello["auth_challenge"])
+        self._seen_resets = self.runner.resets
+
+    def _auth(self, challenge: bytes) -> None:
+        if self._key is None:
+            raise errors.AuthError(
+                f"the device at {self.url or 'this port'} requires authentication: pass "
+                "key=b'...' to host.open"
+            )
+        nonce = os.urandom(m.AUTH_NONCE_SIZE)
+        counter = int.from_bytes(os.urandom(6), "little")
+        tag = m.auth_tag(self._key, "host", challenge, nonce, counter)
+        try:
+            r = self.runner.call(Opcode.AUTH, {"host_nonce": nonce, "counter": counter, "tag": tag})
+        except errors.DeviceError as e:
+            raise errors.AuthError(
+                f"the device refused the key ({e.status.name}: {e.detail}); check the key"
+            ) from None
+        want = m.auth_tag(self._key, "device", challenge, nonce, counter)
+        if r["tag"] != want:
+            raise errors.AuthError(
+                "the device's proof does not match the key: it is not the device holding this "
+                "key (or the line is tampered with)"
+            )
+
+    def _after_reset(self) -> None:
+        """The device's link restarted: greet it again and find out whether it lost state."""
+        self._seen_resets = self.runner.resets
+        self._greet()
+        if self._model is not None:
+            try:
+                self.runner.call(Opcode.GET_WEIGHTS, {"layer": 0})
+            except errors.DeviceError as e:
+                if e.status == Status.NO_MODEL:
+                    self._generation += 1
+                    self._model = None
+
+    def _call(self, opcode: Opcode, body: dict[str, Any] | None = None, nbytes: int = 0) -> Any:
+        if self.runner.resets != self._seen_resets:
+            self._after_reset()
+        resets = self.runner.resets
+        (resp,) = self.runner.wait([self.runner.submit(opcode, body)], nbytes=nbytes)
+        if resp.is_error and self.runner.resets != resets and Status(resp.body["status"]) in _LOST:
+            self._after_reset()
+            raise errors.StateLost(
+                f"the device restarted during {opcode.name} and lost its state "
+                f"({Status(resp.body['status']).name}: {resp.body['detail']}); deploy the model "
+                "again"
+            )
+        return check(resp, opcode)
+
+    def _check_model(self, model: Model) -> None:
+        if self.runner.resets != self._seen_resets:
+            self._after_reset()
+        if model.generation != self._generation or self._model is not model:
+            raise errors.StateLost(
+                "this model is no longer on the device (the device restarted and lost it, or "
+                "another model was deployed since); deploy it again"
+            )
+
+    def _call_model(self, name: str, body: dict[str, Any], nbytes: int) -> Any:
+        try:
+            return self._call(Opcode[name], body, nbytes)
+        except errors.DeviceError as e:
+            if e.status == Status.NO_MODEL:
+                self._generation += 1
+                self._model = None
+                raise errors.StateLost(
+                    f"the device holds no model ({e.detail}); deploy it again"
+                ) from None
+            raise
+
+    # ------------------------------------------------------------------ queries
+
+    def info(self) -> dict[str, Any]:
+        """What the device said in HELLO: protocol, firmware, preset, formats, algorithms,
+        limits, plus dtypes, features and the preset's parameters."""
+        h = self._hello
+        algos = {Algorithm.BP: "bp", Algorithm.DFA: "dfa", Algorithm.PIPELINED_DFA: "pipelined-dfa"}
+        names = [algos[Algorithm(a)] for a in h["algorithms"]]
+        if "bp" in names and h["features"] & Feature.SELECTIVE_TRAINING:
+            names.append("bias-only")
+        return {
+            "protocol": f"{h['protocol_major']}.{h['protocol_minor']}",
+            "schema_hash": h["schema_hash"].hex(),
+            "firmware": h["firmware"],
+            "preset": h["preset"],
+            "formats": [DType(d).format_name for d in h["formats"]],
+            "dtypes": [DType(d).format_name for d in h["dtypes"]],
+            "algorithms": names,
+            "features": [f.name.lower() for f in Feature if h["features"] & f and f.name],
+            "limits": {
+                "max_payload": h["max_payload"],
+                "window": h["window"],
+                "link_max_payload": self.runner.max_payload,
+                "link_window": self.runner.link.window,
+            },
+            "parameters": {p["name"]: p["value"] for p in h["parameters"]},
+        }
+
+    def counters(self) -> dict[str, Any]:
+        """Counters since deploy or reset_counters: per stage (ff, ep, wg, update, total) MACs,
+        skipped MACs by reason, cycles, energy, memory traffic; peak memory; latency. None
+        marks a counter this device cannot count."""
+        return dict(self._call(Opcode.READ_COUNTERS)["counters"])
+
+    def reset_counters(self) -> None:
+        """Zero every counter."""
+        self._call(Opcode.RESET_COUNTERS)
+
+    # ------------------------------------------------------------------ deploy
+
+    def deploy(
+        self,
+        model: Sequential,
+        weights: Mapping[str, Any] | None = None,
+        *,
+        precision: str | Precision | None = "fp32",
+        algorithm: str = "bp",
+        optimizer: SGD | None = None,
+        loss: str = "cross_entropy",
+        trainable: str | int | Mapping[str, Any] = "all",
+        prune: float | Mapping[str, Any] | None = None,
+        seed: int = 0,
+    ) -> Model:
+        """Define ``model`` on the device and configure its training; returns the Model.
+
+        weights: a state dict (all parameters), or None for the device's own initialisation
+        from ``seed``. precision: see ``host.Precision``. algorithm: "bp", "dfa",
+        "pipelined-dfa" or "bias-only" (BP updating biases only). optimizer: ``host.optim.SGD``
+        (default lr 0.01). loss: "cross_entropy" (targets are class indices) or "mse".
+        trainable: "all", "bias-only", an int k (the last k layers with parameters) or a dict
+        name -> 0/1 mask. prune: None, a float ratio (magnitude pruning) or a dict name -> 0/1
+        mask (0 = pruned). seed: device initialisation, stochastic rounding and DFA feedback.
+        """
+        if not isinstance(model, Sequential):
+            raise errors.InvalidArgument(
+                f"deploy takes a host.nn.Sequential, got {type(model).__name__}"
+            )
+        checked = model.check_weights(weights) if weights is not None else None
+        prec = Precision.parse(precision)
+        if algorithm not in _ALGORITHMS:
+            raise errors.InvalidArgument(
+                f"unknown algorithm {algorithm!r}; accepted: {', '.join(_ALGORITHMS)}"
+            )
+        if algorithm not in self.info()["algorithms"]:
+            raise errors.InvalidArgument(
+                f"{self._hello['preset']} does not offer {algorithm!r}; it offers "
+                f"{', '.join(self.info()['algorithms'])}"
+            )
+        if loss not in _LOSSES:
+            raise errors.InvalidArgument(f"unknown loss {loss!r}; accepted: cross_entropy, mse")
+        if prec.format not in self.info()["formats"]:
+            raise errors.InvalidArgument(
+                f"{self._hello['preset']} has no {prec.format} datapath; accepted: "
+                f"{', '.join(self.info()['formats'])}"
+            )
+        opt = optimizer if optimizer is not None else SGD(0.01)
+        if not isinstance(opt, SGD):
+            raise errors.InvalidArgument("optimizer must be host.optim.SGD(...)")
+        if not isinstance(seed, int) or not 0 <= seed < 2**64:
+            raise errors.InvalidArgument(f"seed must be an int in [0, 2**64), got {seed!r}")
+        kind, mode = _ALGORITHMS[algorithm]
+        trainable_body, prune_body, masks = self._selection(model, mode, trainable, prune)
+        config = {
+            "precision": {"flags": 0, "sr_seed": seed, "policy": prec.policy()},
+            "algorithm": {
+                "kind": kind,
+                "feedback": 0,
+                "feedback_storage": 0,
+                "feedback_density": 1.0,
+                "feedback_seed": seed,
+            },
+            "loss": _LOSSES[loss],
+            "optimizer": opt.wire(),
+            "trainable": trainable_body,
+            "pruning": prune_body,
+        }
+        handle = Model(self, model, config, prec, {}, seed)
+        handle.masks = masks
+        self._define(handle, checked)
+        return handle
+
+    def _selection(
+        self,
+        model: Sequential,
+        mode: TrainableMode,
+        trainable: str | int | Mapping[str, Any],
+        prune: float | Mapping[str, Any] | None,
+    ) -> tuple[dict[str, Any], dict[str, Any], dict[int, NDArray[np.uint8]]]:
+        masks: dict[int, NDArray[np.uint8]] = {}
+
+        def refs(d: Mapping[str, Any], what: str) -> list[dict[str, Any]]:
+            shapes = model.param_shapes()
+            out = []
+            for name, mask in d.items():
+                if name not in shapes:
+                    raise errors.InvalidArgument(
+                        f"{what} mask for unknown parameter {name!r}; this model has {list(shapes)}"
+                    )
+                arr = np.asarray(mask)
+                if arr.size and not np.isin(arr, (0, 1)).all():
+                    raise errors.InvalidArgument(f"{what} mask {name!r} must hold only 0 and 1")
+                tid = self.MASK_ID_BASE + len(masks)
+                masks[tid] = arr.astype(np.uint8)
+                layer, param = name.split(".")
+                out.append({"layer": int(layer), "param": int(param == "bias"), "tensor_id": tid})
+            return out
+
+        tr: dict[str, Any] = {"mode": mode, "last_k": 0, "masks": []}
+        if trainable == "all":
+            pass
+        elif trainable == "bias-only":
+            tr["mode"] = TrainableMode.BIAS_ONLY
+        elif isinstance(trainable, int) and not isinstance(trainable, bool):
+            tr.update(mode=TrainableMode.LAST_K, last_k=trainable)
+        elif isinstance(trainable, Mapping):
+            tr.update(mode=TrainableMode.MASKS, masks=refs(trainable, "trainable"))
+        else:
+            raise errors.InvalidArgument(
+                f"trainable={trainable!r}; accepted: 'all', 'bias-only', an int k (last k "
+                "layers with parameters) or a dict name -> 0/1 mask"
+            )
+        pr: dict[str, Any] = {"mode": PruningMode.NONE, "ratio": 0.0, "masks": []}
+        if prune is None:
+            pass
+        elif isinstance(prune, float | int) and not isinstance(prune, bool):
+            if not 0 <= prune < 1:
+                raise errors.InvalidArgument(f"prune ratio must be in [0, 1), got {prune}")
+            pr.update(mode=PruningMode.MAGNITUDE, ratio=float(prune))
+        elif isinstance(prune, Mapping):
+            pr.update(mode=PruningMode.MASKS, masks=refs(prune, "prune"))
+        else:
+            raise errors.InvalidArgument(
+                f"prune={prune!r}; accepted: None, a ratio in [0, 1) or a dict name -> 0/1 mask"
+            )
+        return tr, pr, masks
+
+    def _define(self, handle: Model, weights: Mapping[str, NDArray[np.float32]] | None) -> None:
+        """DEFINE_MODEL (with uploaded weights) then TRAIN_CONFIG (with uploaded masks)."""
+        spec = handle.spec
+        refs = []
+        for n, (name, arr) in enumerate((weights or {}).items()):
+            tid = self.WEIGHT_ID_BASE + n
+            self._upload_array(tid, arr, "fp32")
+            layer, param = name.split(".")
+            refs.append({"layer": int(layer), "param": int(param == "bias"), "tensor_id": tid})
+        for tid, mask in handle.masks.items():
+            self._upload_array(tid, mask, "uint8")
+        info = self._call(
+            Opcode.DEFINE_MODEL,
+            {
+                "input_shape": list(spec.input_shape),
+                "layers": spec.wire_layers(),
+                "init_seed": handle.init_seed,
+                "weights": refs,
+            },
+        )
+        if tuple(info["output_shape"]) != spec.output_shape:
+            raise errors.DeviceError(
+                Status.BAD_SHAPE,
+                f"device output shape {info['output_shape']} differs from the host's "
+                f"{spec.output_shape}",
+                "DEFINE_MODEL",
+            )
+        self._model = handle
+        handle.generation = self._generation
+        cfg = self._call(Opcode.TRAIN_CONFIG, handle.config)
+        handle.info = {**info, "memory_bytes": cfg["memory_bytes"]}
+        # Weights live on the device now; the host copies are not needed any longer.
+        self._call(Opcode.RESET, {"scope": m.ResetScope.TENSORS})
+
+    # ------------------------------------------------------------------ tensors
+
+    def _upload_array(self, tid: int, values: Any, fmt: str) -> None:
+        """Send ``values`` as tensor ``tid`` in format/dtype ``fmt``."""
+        dtype = DType.from_name(fmt)
+        arr = np.asarray(values)
+        scale: dict[str, Any] = {}
+        if fmt in ("int32", "uint8", "int8", "int16", "int64"):
+            codes = arr
+        else:
+            params = numerics.scale_params(arr, fmt)
+            codes = numerics.encode(arr, fmt, **params)
+            if "frac_bits" in params:
+                scale["frac_bits"] = int(params["frac_bits"])
+            if "shared_exp" in params:
+                scale["shared_exp"] = int(params["shared_exp"])
+        desc, data = m.tensor_message(tid, codes, dtype, scale)
+        self._upload(desc, data)
+
+    def _upload(self, desc: dict[str, Any], data: bytes) -> None:
+        tid = desc["id"]
+        for _ in range(4):
+            offset = self._call(Opcode.TENSOR_BEGIN, {"tensor": desc})["offset"]
+            chunks = m.data_chunks(tid, data, self.runner.max_payload, offset)
+            ids = [self.runner.submit(Opcode.TENSOR_DATA, c) for c in chunks]
+            resps = self.runner.wait(ids, nbytes=len(data) - offset)
+            failed = [r for r in resps if r.is_error]
+            if failed and Status(failed[0].body["status"]) == Status.TRANSFER_INCOMPLETE:
+                continue  # resume: BEGIN again tells the device's offset
+            if failed:
+                check(failed[0], Opcode.TENSOR_DATA)
+            try:
+                self._call(Opcode.TENSOR_END, {"id": tid})
+                return
+            except errors.DeviceError as e:
+                if e.status not in (Status.TRANSFER_INCOMPLETE, Status.CHECKSUM_MISMATCH):
+                    raise
+        raise errors.DeviceError(
+            Status.TRANSFER_INCOMPLETE,
+            f"tensor {tid} did not complete after 4 attempts; check the link",
+            "TENSOR_END",
+        )
+
+    def _download(self, tid: int) -> NDArray[np.float32]:
+        """Read tensor ``tid`` from the device as float32 values."""
+        first = self._call(Opcode.TENSOR_READ, {"id": tid, "offset": 0, "length": 1 << 31})
+        desc = first["tensor"]
+        parts = [first["data"]]
+        total, step = int(desc["nbytes"]), len(first["data"])
+        if step and total > step:
+            ids = [
+                self.runner.submit(Opcode.TENSOR_READ, {"id": tid, "offset": o, "length": step})
+                for o in range(step, total, step)
+            ]
+            for r in self.runner.wait(ids, nbytes=total):
+                parts.append(check(r, Opcode.TENSOR_READ)["data"])
+        data = b"".join(parts)
+        if len(data) != total or zlib.crc32(data) != desc["crc32"]:
+            raise errors.DeviceError(
+                Status.CHECKSUM_MISMATCH,
+                f"tensor {tid}: read {len(data)} of {total} bytes or a CRC mismatch; read again",
+                "TENSOR_READ",
+            )
+        return self._decode(desc, data)
+
+    @staticmethod
+    def _decode(desc: Mapping[str, Any], data: bytes) -> NDArray[np.float32]:
+        dtype = DType(desc["dtype"])
+        codes = from_wire(data, dtype, desc["shape"])
+        name = dtype.format_name
+        if dtype.format_name in ("int8", "int16", "int32", "uint8", "int64"):
+            return np.asarray(codes, dtype=np.float32)
+        sc = desc["scale"]
+        params: dict[str, Any] = {}
+        if name.startswith("dfxp"):
+            params["frac_bits"] = int(sc["frac_bits"])
+        elif name in ("flex16", "fp8-seb"):
+            params["shared_exp"] = int(sc["shared_exp"])
+        elif name == "hfp8":
+            params["bias"] = int(sc["exp_bias"])
+            params["stage"] = "backward" if int(sc["stage"]) else "forward"
+        return np.array(numerics.decode(codes, name, **params), dtype=np.float32)

@@ -1,0 +1,333 @@
+"""A model deployed on a device, its training options, and what a training step returns.
+
+``Precision`` is the number-format part of TRAIN_CONFIG, written as a short string or built
+directly:
+
+* ``"fp32"`` (the default: the chip computes in float32), ``"bf16"``, ``"dfxp8"``, ...: every
+  tensor class of the datapath (activations, weights, errors, gradients) in that format with
+  round-to-nearest; master weights and momentum stay fp32.
+* ``"+sr"`` (or ``"+stochastic"``) / ``"+truncate"`` / ``"+nearest"`` sets the rounding, e.g.
+  ``"dfxp8+sr"``. For the scaled formats (dfxpN, flex16, fp8-seb) ``"+amax"`` (the default: the
+  scale of each tensor from its largest magnitude), ``"+overflow"`` (dynamic fixed point: the
+  fractional length moved by the overflow ratio, dfxpN/flex16 only), ``"+st"`` (overflow with
+  stochastic thresholding) or ``"+fixed"`` choose how the scale is picked.
+* ``Precision(format, rounding=..., scale=..., frac_bits=..., classes=..., saturate=...)``
+  gives the same and more (which tensor classes, the initial or fixed fractional length).
+
+Inputs are sent in the activation format when the wire has it (a dfxp8 input costs one byte per
+element), else in fp32; weights travel in fp32 (the master copy).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from host import errors
+from host.nn import Sequential
+from protocol.dtypes import FORMATS, DType
+from protocol.messages import (
+    ALL_LAYERS,
+    FracMode,
+    HfpStage,
+    Rounding,
+    TensorClass,
+    zero_scale,
+)
+
+if TYPE_CHECKING:
+    from host.device import Device
+
+__all__ = ["Model", "Precision", "StepResult"]
+
+_ROUNDINGS = {
+    "nearest": Rounding.NEAREST,
+    "sr": Rounding.STOCHASTIC,
+    "stochastic": Rounding.STOCHASTIC,
+    "truncate": Rounding.TRUNCATE,
+}
+_SCALES = {
+    "amax": FracMode.AMAX,
+    "overflow": FracMode.OVERFLOW,
+    "st": FracMode.STOCHASTIC_THRESHOLD,
+    "fixed": FracMode.FIXED,
+}
+_CLASSES = {c.name.lower(): c for c in TensorClass}
+_DATAPATH = ("activations", "weights", "errors", "gradients")
+#: Formats whose tensors the host encodes itself for upload (others go as fp32).
+_WIRE_INPUT = {"fp16", "bf16", "e4m3", "e5m2", "flex16", "fp8-seb"} | {
+    f"dfxp{n}" for n in range(4, 17)
+}
+
+
+def _is_scaled(fmt: str) -> bool:
+    return fmt.startswith("dfxp") or fmt in ("flex16", "fp8-seb")
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Number formats of the datapath (see the module docstring)."""
+
+    format: str = "fp32"
+    rounding: str = "nearest"
+    scale: str = "amax"
+    frac_bits: int = 0
+    classes: tuple[str, ...] = _DATAPATH
+    saturate: bool = True
+
+    def __post_init__(self) -> None:
+        accepted = ", ".join(d.format_name for d in FORMATS)
+        try:
+            dt = DType.from_name(self.format)
+        except ValueError:
+            raise errors.InvalidArgument(
+                f"unknown precision format {self.format!r}; accepted: {accepted}"
+            ) from None
+        if dt not in FORMATS:
+            raise errors.InvalidArgument(
+                f"{self.format!r} is an integer dtype, not a number format; accepted: {accepted}"
+            )
+        object.__setattr__(self, "format", dt.format_name)
+        if self.rounding not in _ROUNDINGS:
+            raise errors.InvalidArgument(
+                f"unknown rounding {self.rounding!r}; accepted: nearest, stochastic (sr), truncate"
+            )
+        if self.scale not in _SCALES:
+            raise errors.InvalidArgument(
+                f"unknown scale mode {self.scale!r}; accepted: {', '.join(_SCALES)}"
+            )
+        if self.scale in ("overflow", "st") and not (
+            self.format.startswith("dfxp") or self.format == "flex16"
+        ):
+            raise errors.InvalidArgument(
+                f"scale {self.scale!r} needs a dfxpN or flex16 format, got {self.format}; "
+                "use amax or fixed"
+            )
+        bad = [c for c in self.classes if c not in _CLASSES]
+        if bad or not self.classes:
+            raise errors.InvalidArgument(
+                f"unknown tensor class(es) {bad or '(none given)'}; accepted: {', '.join(_CLASSES)}"
+            )
+        if not isinstance(self.frac_bits, int) or not -64 <= self.frac_bits <= 64:
+            raise errors.InvalidArgument(
+                f"frac_bits must be an int in [-64, 64], got {self.frac_bits!r}"
+            )
+
+    @classmethod
+    def parse(cls, spec: str | Precision | None) -> Precision:
+        """A Precision from ``"FORMAT[+OPTION...]"`` (see the module docstring)."""
+        if spec is None:
+            return cls()
+        if isinstance(spec, Precision):
+            return spec
+        if not isinstance(spec, str):
+            raise errors.InvalidArgument(
+                f"precision must be a string like 'dfxp8+sr' or a host.Precision, got {spec!r}"
+            )
+        fmt, *opts = [p.strip().lower() for p in spec.split("+")]
+        kw: dict[str, Any] = {}
+        for o in opts:
+            if o in _ROUNDINGS:
+                kw["rounding"] = "stochastic" if o == "sr" else o
+            elif o in _SCALES:
+                kw["scale"] = o
+            else:
+                raise errors.InvalidArgument(
+                    f"unknown precision option {o!r} in {spec!r}; accepted: "
+                    f"{', '.join([*_ROUNDINGS, *_SCALES])}"
+                )
+        return cls(fmt, **kw)
+
+    def policy(self) -> list[dict[str, Any]]:
+        """The TRAIN_CONFIG precision policy entries (every layer)."""
+        if self.format == "fp32":
+            return []
+        mode = _SCALES[self.scale] if _is_scaled(self.format) else FracMode.FIXED
+        out = []
+        for c in self.classes:
+            scale = zero_scale()
+            if self.format.startswith("dfxp"):
+                scale["frac_bits"] = self.frac_bits
+            elif _is_scaled(self.format):
+                scale["shared_exp"] = -self.frac_bits
+            if self.format == "hfp8":
+                backward = c in ("errors", "gradients")
+                scale["exp_bias"] = 15 if backward else 7
+                scale["stage"] = HfpStage.BACKWARD if backward else HfpStage.FORWARD
+            out.append(
+                {
+                    "layer": ALL_LAYERS,
+                    "tensor_class": _CLASSES[c],
+                    "format": DType.from_name(self.format),
+                    "rounding": _ROUNDINGS[self.rounding],
+                    "frac_mode": mode,
+                    "saturate": int(self.saturate),
+                    "scale": scale,
+                }
+            )
+        return out
+
+    def input_dtype(self) -> str:
+        """Format name inputs are sent in."""
+        act = self.format if "activations" in self.classes else "fp32"
+        return act if act in _WIRE_INPUT else "fp32"
+
+    def __str__(self) -> str:
+        return f"{self.format}+{self.rounding}" + (
+            f"+{self.scale}" if _is_scaled(self.format) else ""
+        )
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one training step returns: the batch's mean loss before the update (NaN for
+    ``backward``, whose loss lives on the host), the device's step count and the counters
+    delta of the step (None where the device cannot count)."""
+
+    loss: float
+    step: int
+    counters: dict[str, Any] = field(repr=False)
+
+
+class Model:
+    """A model deployed on a device; created by ``Device.deploy``.
+
+    Input tensors are sent in the activation format of the precision; outputs come back as
+    float32. ``set_weights`` redefines the model with the given weights and the same training
+    configuration (the device restarts its step count and counters, as DEFINE_MODEL does).
+    """
+
+    def __init__(
+        self,
+        device: Device,
+        spec: Sequential,
+        config: dict[str, Any],
+        precision: Precision,
+        info: Mapping[str, Any],
+        init_seed: int,
+    ) -> None:
+        self.device = device
+        self.spec = spec
+        self.precision = precision
+        self.config = config
+        self.info = dict(info)
+        self.init_seed = init_seed
+        self.generation = device._generation
+        self._cross_entropy = config["loss"] == 0
+        #: Mask tensors of TRAIN_CONFIG (tensor id -> 0/1 array), uploaded with the config.
+        self.masks: dict[int, NDArray[np.uint8]] = {}
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.spec.input_shape
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return self.spec.output_shape
+
+    def _batch(self, x: Any) -> NDArray[np.float32]:
+        try:
+            xs = np.asarray(x, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise errors.ShapeError(
+                f"input must be a numeric array, got {type(x).__name__}"
+            ) from None
+        if xs.shape == self.input_shape:
+            xs = xs[None]
+        if xs.shape[1:] != self.input_shape or xs.shape[0] < 1:
+            raise errors.ShapeError(
+                f"input has shape {xs.shape}; this model takes (batch, *{self.input_shape}) "
+                f"or one sample of shape {self.input_shape}"
+            )
+        if not np.isfinite(xs).all():
+            raise errors.InvalidArgument("input holds NaN or infinity")
+        return xs
+
+    def _targets(self, y: Any, batch: int) -> tuple[NDArray[Any], str]:
+        arr = np.asarray(y)
+        if self._cross_entropy:
+            classes = int(np.prod(self.output_shape))
+            if arr.shape != (batch,) or arr.dtype.kind not in "iu":
+                raise errors.ShapeError(
+                    f"targets have shape {arr.shape} and dtype {arr.dtype}; cross-entropy "
+                    f"takes ({batch},) integer class indices in 0..{classes - 1}"
+                )
+            if arr.size and (arr.min() < 0 or arr.max() >= classes):
+                raise errors.InvalidArgument(f"targets hold class indices outside 0..{classes - 1}")
+            return arr.astype(np.int32), "int32"
+        want = (batch, *self.output_shape)
+        if arr.shape != want:
+            raise errors.ShapeError(f"targets have shape {arr.shape}; MSE takes {want}")
+        return arr.astype(np.float32), "fp32"
+
+    def train_step(self, x: Any, y: Any) -> StepResult:
+        """One training step on the device: forward, loss, backward, update."""
+        xs = self._batch(x)
+        ys, ydt = self._targets(y, xs.shape[0])
+        dev = self.device
+        dev._check_model(self)
+        dev._upload_array(dev.INPUT_ID, xs, self.precision.input_dtype())
+        dev._upload_array(dev.TARGET_ID, ys, ydt)
+        body = dev._call_model(
+            "TRAIN_STEP", {"input_id": dev.INPUT_ID, "target_id": dev.TARGET_ID}, xs.nbytes
+        )
+        return StepResult(float(body["loss"]), int(body["step"]), body["counters"])
+
+    def predict(self, x: Any, *, keep_activations: bool = False) -> NDArray[np.float32]:
+        """Model outputs (batch, *output_shape) as float32. ``keep_activations`` keeps what
+        a following ``backward`` needs."""
+        xs = self._batch(x)
+        dev = self.device
+        dev._check_model(self)
+        dev._upload_array(dev.INPUT_ID, xs, self.precision.input_dtype())
+        flags = 0x01 | (0x02 if keep_activations else 0)
+        body = dev._call_model(
+            "FORWARD",
+            {"input_id": dev.INPUT_ID, "output_id": dev.OUTPUT_ID, "flags": flags},
+            xs.nbytes,
+        )
+        return dev._decode(body["output"], body["data"])
+
+    def backward(self, error: Any) -> StepResult:
+        """Backward pass and update from dLoss/dOutput of the last
+        ``predict(x, keep_activations=True)`` (e.g. a host-side loss or distillation)."""
+        err = np.asarray(error, dtype=np.float32)
+        if err.ndim < 1 or err.shape[1:] != self.output_shape:
+            raise errors.ShapeError(
+                f"error has shape {err.shape}; backward takes (batch, *{self.output_shape}) "
+                "matching the last predict(x, keep_activations=True)"
+            )
+        dev = self.device
+        dev._check_model(self)
+        dev._upload_array(dev.ERROR_ID, err, "fp32")
+        body = dev._call_model("BACKWARD", {"error_id": dev.ERROR_ID}, err.nbytes)
+        return StepResult(float("nan"), int(body["step"]), body["counters"])
+
+    def get_weights(self) -> dict[str, NDArray[np.float32]]:
+        """The device's current weights as a state dict (float32 copies)."""
+        dev = self.device
+        dev._check_model(self)
+        body = dev._call_model("GET_WEIGHTS", {"layer": ALL_LAYERS}, 0)
+        out: dict[str, NDArray[np.float32]] = {}
+        for p in body["params"]:
+            name = f"{p['layer']}.{'weight' if int(p['param']) == 0 else 'bias'}"
+            out[name] = dev._download(int(p["tensor"]["id"]))
+        return {k: out[k] for k in self.spec.param_shapes() if k in out}
+
+    def set_weights(self, weights: Mapping[str, Any]) -> None:
+        """Replace the weights (all of them, or some: the rest keep their current values)."""
+        checked = self.spec.check_weights(weights, partial=True)
+        full = (
+            {**self.get_weights(), **checked}
+            if len(checked) < len(self.spec.param_shapes())
+            else checked
+        )
+        self.device._define(self, full)
+
+    def counters(self) -> dict[str, Any]:
+        """Counters accumulated since deploy or reset_counters (see Device.counters)."""
+        return self.device.counters()
