@@ -17,10 +17,10 @@
 #define GOLDEN 0x9E3779B97F4A7C15ULL
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
-/* The hot loops are written as plain C the compiler vectorises; on x86-64 with GCC they are
- * also compiled for AVX2 and AVX-512 and picked at load time (results are identical: integer
- * arithmetic only). */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+/* The hot loops are written as plain C the compiler vectorises; on x86-64 with GCC and glibc
+ * (ifunc) they are also compiled for AVX2 and AVX-512 and picked at load time (results are
+ * identical: integer arithmetic only; mt_numerics_set_portable forces the baseline loops). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__GLIBC__)
 #define VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
 #else
 #define VECTOR_CLONES
