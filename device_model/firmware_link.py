@@ -5,7 +5,8 @@ Sans-I/O like the link itself: the caller feeds bytes and the time, and writes o
 ``bytes_to_send`` returns. Every message the link delivers is answered at once by the firmware
 (one response per request, sent on the request's channel), so a caller that feeds the host's
 bytes and then asks for output gets the responses in the same call. The agreed max payload is
-handed to the firmware before each message, so TENSOR_READ answers fit one frame.
+and window are handed to the firmware before each message, so HELLO reports what this
+session uses and TENSOR_READ answers fit one frame.
 """
 
 from __future__ import annotations
@@ -60,5 +61,6 @@ class DeviceLink:
     def _serve(self) -> None:
         for msg in self.link.take_messages():
             self.firmware.max_payload = self.link.max_payload
+            self.firmware.window = self.link.window
             for response in self.firmware.receive(msg.payload):
                 self.link.send_message(msg.channel, response)

@@ -511,7 +511,8 @@ def _codes(dtype: DType, shape: tuple[int, ...], rng: np.random.Generator) -> np
 
 @pytest.mark.parametrize("dtype", list(DType), ids=lambda d: d.format_name)
 def test_tensor_round_trip_every_dtype(dtype: DType) -> None:
-    h = Host("emu://hnpu-v2?max_payload=256", max_payload=256)
+    h = Host("emu://hnpu-v2", max_payload=256)  # the session agrees on the smaller offer
+    assert h.hello()["max_payload"] == 256
     rng = np.random.default_rng(int(dtype))
     codes = _codes(dtype, (7, 61), rng)  # odd count: dfxp4 pad nibble
     scale = {"frac_bits": 5, "shared_exp": -3, "exp_bias": 9}
