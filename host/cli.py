@@ -35,6 +35,37 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 2
 
 
+def _cmd_info(args: argparse.Namespace) -> int:
+    import host
+    from host import errors
+
+    try:
+        with host.open(args.device, baudrate=args.baud, timeout=args.timeout) as dev:
+            info = dev.info()
+    except errors.MicrotrainError as e:
+        print(f"microtrain info: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    limits = info["limits"]
+    rows = [
+        ("device", args.device),
+        ("protocol", f"{info['protocol']} (schema {info['schema_hash']})"),
+        ("firmware", info["firmware"]),
+        ("preset", info["preset"]),
+        ("algorithms", ", ".join(info["algorithms"])),
+        ("formats", ", ".join(info["formats"])),
+        ("features", ", ".join(info["features"])),
+        ("link", f"max payload {limits['link_max_payload']} B, window {limits['link_window']}"),
+    ]
+    rows += [(f"  {k}", f"{v:g}") for k, v in info["parameters"].items()]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="microtrain",
@@ -47,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="print JSON records instead of a table")
     b.add_argument("--quick", action="store_true", help="fewer repetitions and smaller sizes")
     b.set_defaults(func=_cmd_bench)
+
+    i = sub.add_parser("info", help="what a device reports: protocol, preset, formats, limits")
+    i.add_argument("--device", default="emu://hnpu-v2", help="device URL (default emu://hnpu-v2)")
+    i.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    i.add_argument("--baud", type=int, default=None, help="baud rate of a serial device")
+    i.add_argument("--timeout", type=float, default=None, help="seconds to wait for answers")
+    i.set_defaults(func=_cmd_info)
     return p
 
 

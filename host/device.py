@@ -81,6 +81,8 @@ def open(
         raise errors.InvalidArgument(f"key must be bytes, got {type(key).__name__}")
     if baudrate is not None and (not isinstance(baudrate, int) or baudrate <= 0):
         raise errors.InvalidArgument(f"baudrate must be a positive int, got {baudrate!r}")
+    if timeout is not None and (not isinstance(timeout, int | float) or not timeout > 0):
+        raise errors.InvalidArgument(f"timeout must be > 0 seconds or None, got {timeout!r}")
     _register_emu()
     kw: dict[str, Any] = {"timeout": 0.01}
     if baudrate is not None:
@@ -89,8 +91,8 @@ def open(
         port = serial.serial_for_url(url, **kw)
     except (serial.SerialException, ValueError, OSError) as e:
         raise errors.LinkLost(
-            f"cannot open {url!r}: {e}; accepted: emu://PRESET[?options], a serial device path, "
-            "socket://HOST:PORT, or any other pyserial URL"
+            f"cannot open {url!r}: {e} (URLs: emu://PRESET[?options], a serial device path, "
+            "socket://HOST:PORT, or any other pyserial URL)"
         ) from None
     return Device(port, url=url, baudrate=baudrate, timeout=timeout, key=key)
 

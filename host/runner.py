@@ -74,6 +74,8 @@ class Runner:
         self._pending: dict[int, int] = {}
         #: request id -> decoded response, answered and not yet taken.
         self._answers: dict[int, m.ResponseMsg] = {}
+        #: Requests whose caller gave up (timed out): their late answers are dropped.
+        self._abandoned: set[int] = set()
         #: Messages from the device that did not decode as a response (counted, dropped).
         self.bad_messages = 0
         self.closed = False
@@ -125,6 +127,9 @@ class Runner:
             want = set(ids)
             while not want <= self._answers.keys():
                 if time.monotonic() >= end:
+                    for i in want:
+                        if self._answers.pop(i, None) is None:
+                            self._abandoned.add(i)
                     raise errors.Timeout(
                         f"the device did not answer within {limit:.2f} s "
                         f"({len(want - self._answers.keys())} request(s) outstanding); check "
@@ -208,6 +213,9 @@ class Runner:
                 self.bad_messages += 1  # a duplicate or a stray answer
                 continue
             self.link.mark_answered(link_id)
+            if resp.request_id in self._abandoned:
+                self._abandoned.discard(resp.request_id)
+                continue
             self._answers[resp.request_id] = resp
 
 

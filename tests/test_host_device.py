@@ -1,0 +1,220 @@
+"""The host driver end to end against the in-process emulator (``emu://hnpu-v2``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+import host
+from host import errors, nn
+from protocol.dtypes import DType
+from protocol.messages import Opcode
+from protocol.status import Status
+
+URL = "emu://hnpu-v2?seed=1"
+
+
+@pytest.fixture
+def dev() -> Iterator[host.Device]:
+    d = host.open(URL)
+    yield d
+    d.close()
+
+
+def mlp() -> nn.Sequential:
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def blobs(n: int = 48, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Three well separated clusters in 4-D (a separable problem)."""
+    rng = np.random.default_rng(seed)
+    centers = np.array([[2, 0, 0, 0], [0, 2, 0, 0], [0, 0, 2, 0]], np.float32)
+    y = rng.integers(0, 3, n)
+    x = centers[y] + 0.3 * rng.standard_normal((n, 4)).astype(np.float32)
+    return x.astype(np.float32), y.astype(np.int64)
+
+
+def test_info_reports_the_preset_formats_algorithms_and_limits(dev: host.Device) -> None:
+    info = dev.info()
+    assert info["preset"] == "hnpu-v2"
+    assert info["protocol"].startswith("1.")
+    assert {"fp32", "dfxp8", "bf16"} <= set(info["formats"])
+    assert {"bp", "dfa", "pipelined-dfa", "bias-only"} <= set(info["algorithms"])
+    assert 256 <= info["limits"]["link_max_payload"] <= info["limits"]["max_payload"]
+    assert info["firmware"]
+
+
+def test_hnpu_v1_offers_no_dfa_and_deploy_says_so() -> None:
+    with host.open("emu://hnpu-v1") as d:
+        assert "dfa" not in d.info()["algorithms"]
+        with pytest.raises(errors.InvalidArgument, match="does not offer 'dfa'"):
+            d.deploy(mlp(), algorithm="dfa")
+
+
+def test_weights_round_trip_and_predict_matches_the_host_forward(dev: host.Device) -> None:
+    net = mlp()
+    w = net.init_weights(seed=3)
+    model = dev.deploy(net, w)
+    got = model.get_weights()
+    assert list(got) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    for k in w:
+        np.testing.assert_array_equal(got[k], w[k])
+    x, _ = blobs(5)
+    np.testing.assert_allclose(model.predict(x), net.forward(x, w), rtol=1e-5, atol=1e-6)
+    w2 = {k: v * -0.5 for k, v in w.items()}
+    model.set_weights(w2)
+    for k, v in model.get_weights().items():
+        np.testing.assert_array_equal(v, w2[k])
+    model.set_weights({"2.bias": np.array([1.0, 2.0, 3.0], np.float32)})
+    after = model.get_weights()
+    np.testing.assert_array_equal(after["2.bias"], [1, 2, 3])
+    np.testing.assert_array_equal(after["0.weight"], w2["0.weight"])
+
+
+def test_conv_model_predict_matches_the_host_forward(dev: host.Device) -> None:
+    net = nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1),
+        nn.LeakyReLU(0.1),
+        nn.MaxPool2d(2),
+        nn.Conv2d(3, 2, 2, stride=1),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(2, 4),
+        input_shape=(1, 6, 6),
+    )
+    w = net.init_weights(seed=1)
+    model = dev.deploy(net, w)
+    x = np.random.default_rng(0).standard_normal((3, 1, 6, 6)).astype(np.float32)
+    np.testing.assert_allclose(model.predict(x), net.forward(x, w), rtol=1e-4, atol=1e-5)
+
+
+def test_fp32_training_reduces_the_loss_and_counts_work(dev: host.Device) -> None:
+    x, y = blobs()
+    model = dev.deploy(mlp(), optimizer=host.optim.SGD(0.2), seed=2)
+    dev.reset_counters()
+    first = model.train_step(x, y)
+    for _ in range(15):
+        last = model.train_step(x, y)
+    assert last.loss < 0.5 * first.loss
+    assert last.step == 16
+    assert first.counters["ff"]["macs_total"] == 48 * (4 * 8 + 8 * 3)
+    assert dev.counters()["ff"]["macs_total"] == 16 * 48 * (4 * 8 + 8 * 3)
+    acc = (model.predict(x).argmax(1) == y).mean()
+    assert acc > 0.9
+
+
+def test_dfxp8_sr_inputs_travel_as_one_byte_per_element_and_train(dev: host.Device) -> None:
+    x, y = blobs()
+    model = dev.deploy(mlp(), precision="dfxp8+sr", optimizer=host.optim.SGD(0.2), seed=2)
+    first = model.train_step(x, y)
+    for _ in range(15):
+        last = model.train_step(x, y)
+    assert last.loss < 0.7 * first.loss
+    desc = dev._call(Opcode.TENSOR_READ, {"id": dev.INPUT_ID, "offset": 0, "length": 0})["tensor"]
+    assert desc["dtype"] == DType.DFXP8
+    assert desc["nbytes"] == x.size
+
+
+def test_bias_only_changes_only_biases(dev: host.Device) -> None:
+    x, y = blobs()
+    net = mlp()
+    w = net.init_weights(seed=5)
+    model = dev.deploy(net, w, algorithm="bias-only", optimizer=host.optim.SGD(0.2))
+    for _ in range(3):
+        model.train_step(x, y)
+    got = model.get_weights()
+    np.testing.assert_array_equal(got["0.weight"], w["0.weight"])
+    np.testing.assert_array_equal(got["2.weight"], w["2.weight"])
+    assert not np.array_equal(got["2.bias"], w["2.bias"])
+
+
+def test_backward_with_the_cross_entropy_gradient_equals_train_step(dev: host.Device) -> None:
+    x, y = blobs(16)
+    net = mlp()
+    w = net.init_weights(seed=7)
+    a = dev.deploy(net, w, optimizer=host.optim.SGD(0.1))
+    a.train_step(x, y)
+    wa = a.get_weights()
+    b = dev.deploy(net, w, optimizer=host.optim.SGD(0.1))
+    out = b.predict(x, keep_activations=True).astype(np.float64)
+    p = np.exp(out - out.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    p[np.arange(len(y)), y] -= 1
+    res = b.backward(p / len(y))
+    assert res.step == 1
+    for k, v in b.get_weights().items():
+        np.testing.assert_allclose(v, wa[k], rtol=1e-5, atol=1e-6)
+
+
+def test_bad_input_gets_typed_errors_and_the_device_stays_usable(dev: host.Device) -> None:
+    x, y = blobs(8)
+    with pytest.raises(errors.InvalidArgument, match="unknown precision format 'fp33'"):
+        dev.deploy(mlp(), precision="fp33")
+    with pytest.raises(errors.InvalidArgument, match="accepted: bp, dfa"):
+        dev.deploy(mlp(), algorithm="sgd")
+    with pytest.raises(errors.InvalidArgument, match="accepted: cross_entropy, mse"):
+        dev.deploy(mlp(), loss="hinge")
+    with pytest.raises(errors.ShapeError, match=r"expected \(8, 4\)"):
+        dev.deploy(mlp(), {**mlp().init_weights(), "0.weight": np.zeros((4, 8))})
+    model = dev.deploy(mlp(), optimizer=host.optim.SGD(0.1))
+    with pytest.raises(errors.ShapeError, match=r"takes \(batch, \*\(4,\)\)"):
+        model.train_step(x[:, :3], y)
+    with pytest.raises(errors.ShapeError, match="class indices"):
+        model.train_step(x, y[:5])
+    with pytest.raises(errors.InvalidArgument, match=r"outside 0\.\.2"):
+        model.train_step(x, y + 3)
+    # A request the device itself refuses: DeviceError with the status and the detail.
+    with pytest.raises(errors.DeviceError) as exc:
+        dev._call(Opcode.TRAIN_STEP, {"input_id": 999, "target_id": 998})
+    assert exc.value.status == Status.UNKNOWN_TENSOR
+    assert "999" in exc.value.detail
+    assert np.isfinite(model.train_step(x, y).loss)
+    assert model.predict(x).shape == (8, 3)
+
+
+def test_deploying_again_retires_the_old_model(dev: host.Device) -> None:
+    old = dev.deploy(mlp())
+    dev.deploy(mlp())
+    with pytest.raises(errors.StateLost, match="deploy it again"):
+        old.predict(np.zeros((1, 4), np.float32))
+
+
+def test_large_tensors_are_chunked_both_ways() -> None:
+    # A small agreed payload forces many TENSOR_DATA and TENSOR_READ requests per tensor.
+    with host.open("emu://hnpu-v2?max_payload=256") as d:
+        assert d.runner.max_payload == 256
+        net = nn.Sequential(nn.Linear(64, 40), nn.ReLU(), nn.Linear(40, 10))
+        w = net.init_weights(seed=9)
+        model = d.deploy(net, w)
+        for k, v in model.get_weights().items():
+            np.testing.assert_array_equal(v, w[k])
+
+
+def test_context_manager_closes_and_a_closed_device_says_so() -> None:
+    with host.open(URL) as d:
+        pass
+    assert d.closed
+    with pytest.raises(errors.LinkLost, match="open it again"):
+        d.counters()
+
+
+def test_auth_with_the_right_key_and_typed_errors_without_or_with_a_wrong_one() -> None:
+    url = "emu://hnpu-v2?key=00112233445566778899"
+    with host.open(url, key=bytes.fromhex("00112233445566778899")) as d:
+        assert "auth_required" in d.info()["features"]
+        d.deploy(mlp())
+    with pytest.raises(errors.AuthError, match="pass key="):
+        host.open(url)
+    with pytest.raises(errors.AuthError, match="refused the key"):
+        host.open(url, key=b"wrong")
+
+
+def test_open_refuses_bad_urls_and_arguments() -> None:
+    with pytest.raises(errors.LinkLost, match="unknown chip preset 'nope'"):
+        host.open("emu://nope")
+    with pytest.raises(errors.InvalidArgument, match="baudrate"):
+        host.open(URL, baudrate=0)
+    with pytest.raises(errors.InvalidArgument, match="timeout"):
+        host.open(URL, timeout=-1)
