@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 import serial
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import device_model.emu_port  # noqa: F401  (registers emu://)
@@ -1064,3 +1064,15 @@ def test_replay_after_a_link_reset_is_answered_from_the_cache(engine_kind: str, 
     assert m.decode_response(resp).body["step"] == 2
     assert host.port.firmware.executed == executed
     assert host.call(Opcode.TRAIN_STEP, {"input_id": 1, "target_id": 2})["step"] == 3
+
+
+@settings(max_examples=20)
+@given(st.binary(min_size=1, max_size=400))
+def test_line_garbage_then_a_working_session(garbage: bytes) -> None:
+    """Bytes that are no protocol at all, written to the port before the host starts, cost
+    nothing: the host sets up a session and the device answers HELLO."""
+    h = Host()
+    h.port.write(garbage)
+    h.port.write(garbage[::-1] + b"\x00")
+    assert h.hello()["preset"] == "hnpu-v2"
+    h.close()
