@@ -53,6 +53,7 @@ from device_model.engine_policy import (
 )
 from device_model.engine_setup import Setup, feedback_matrix, feedback_shapes, prepare
 from device_model.memory_model import LayerMemory, memory_peak_bytes
+from protocol.messages_counters import MEMORY_KINDS
 from protocol.status import Status
 
 __all__ = [
@@ -238,6 +239,8 @@ class Engine:
             grads += _bytes(nparam, self._fmt_bits(i, "gradients"))
             if self._setup.momentum > 0:
                 opt += _bytes(nparam, self._fmt_bits(i, "momentum"))
+        if not lm:  # a model without parameters keeps nothing for training
+            return {k: 0 for k in MEMORY_KINDS}
         method = "bp" if self._setup.algorithm == "bp" else "dfa"
         return memory_peak_bytes(lm, method, gradients=grads, optimizer=opt)
 
@@ -314,7 +317,8 @@ class Engine:
         step = _Step()
         y, cache = self._forward(xs, step, laps=False)
         self._finish(step, xs.shape[0])
-        self._kept = {"cache": cache, "pass": self._pass - 1, "y": y} if keep_activations else None
+        if keep_activations:  # a forward without keeping leaves earlier kept activations
+            self._kept = {"cache": cache, "pass": self._pass - 1, "y": y}
         return y
 
     def train_step(self, x: np.ndarray, target: np.ndarray) -> StepResult:
@@ -474,6 +478,8 @@ class Engine:
         trainable_layers = {int(n.split(".")[0]) for n in setup.trainable}
         grads: dict[str, QTensor] = {}
         dfa = setup.algorithm != "bp"
+        if not plays:
+            return
         last = plays[-1].index
         deliver: dict[int, np.ndarray] = {}
         active = True

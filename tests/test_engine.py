@@ -187,15 +187,29 @@ def test_backward_needs_kept_activations_and_the_output_shape() -> None:
     with pytest.raises(EngineError) as e:
         eng.backward(np.zeros((4, 3)))
     assert e.value.status == Status.BAD_REQUEST
-    eng.forward(x)  # not kept
-    with pytest.raises(EngineError):
-        eng.backward(np.zeros((4, 3)))
     eng.forward(x, keep_activations=True)
+    eng.forward(x[:1])  # not kept: BACKWARD still refers to the last kept forward
     with pytest.raises(EngineError) as e:
         eng.backward(np.zeros((4, 2)))
     assert e.value.status == Status.BAD_SHAPE
     r = eng.backward(np.ones((4, 3)))  # the kept activations survived the bad call
     assert r.counters["wg"]["macs_total"] == 4 * (6 * 8 + 8 * 3)
+    with pytest.raises(EngineError):  # used up: one BACKWARD per kept forward
+        eng.backward(np.ones((4, 3)))
+    eng.forward(x, keep_activations=True)
+    eng.train_step(x, np.zeros(4, int))  # a step changes the weights: nothing kept any more
+    with pytest.raises(EngineError):
+        eng.backward(np.ones((4, 3)))
+
+
+def test_a_model_without_parameters_runs_and_counts_nothing() -> None:
+    eng = Engine((2, 4, 4), [LayerSpec("max_pool2d", kernel_size=2), LayerSpec("flatten")], V2)
+    x = np.arange(32, dtype=np.float32).reshape(1, 2, 4, 4)
+    assert eng.forward(x).tolist() == [[5, 7, 13, 15, 21, 23, 29, 31]]
+    eng.configure(EngineConfig(loss="mse"))
+    res = eng.train_step(x, np.zeros((1, 8), np.float32))
+    assert res.counters["total"]["macs_total"] == 0 and res.loss is not None and res.loss > 0
+    assert eng.get_weights() == {}
 
 
 def _wire_config(**over: Any) -> dict[str, Any]:
@@ -334,3 +348,19 @@ def test_fast_overflow_rule_equals_the_range_rule(
 ) -> None:
     x = np.array(data, np.float32) * np.float32(2.0**scale)
     assert next_frac_bits(x, bits, frac) == update_frac_bits(x, bits, frac)
+
+
+@pytest.mark.parametrize(("fmt", "after"), [("dfxp4", 8), ("dfxp16", 12)])
+def test_laps_widens_a_coarse_layer_and_narrows_a_calm_one(fmt: str, after: int) -> None:
+    eng = Engine((6,), MLP, V1)
+    pol = [PolicyEntry(c, fmt, frac_mode="amax") for c in ("activations", "weights")]
+    eng.configure(EngineConfig(policy=pol, laps=True))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 6)).astype(np.float32)
+    slices = []
+    for _ in range(8):
+        slices.append(eng.train_step(x, rng.integers(0, 3, 8)).counters["ff"]["slice_ops"])
+    # 4-bit: large differences from the fp32 result -> 8 bits at once; 16-bit: 8 calm
+    # observations -> 12 bits. The FF work follows the width (slices per operand).
+    assert {c.bits for c in eng._policy.laps.values()} == {after}
+    assert slices[-1] != slices[0]

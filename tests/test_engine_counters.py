@@ -223,3 +223,19 @@ def test_frozen_layers_do_no_wg_and_no_ep_below_them() -> None:
     w1 = eng.get_weights()
     assert np.array_equal(w0["0.weight"], w1["0.weight"])
     assert not np.array_equal(w0["4.weight"], w1["4.weight"])
+
+
+def test_conv_input_zeros_include_the_padding() -> None:
+    layers = [LayerSpec("conv2d", in_channels=2, out_channels=4, kernel_size=3, padding=1)]
+    eng = Engine((2, 5, 5), layers, V2)
+    x = np.random.default_rng(7).standard_normal((3, 2, 5, 5)).astype(np.float32)
+    x[x < 0] = 0.0
+    eng.forward(x)
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    # every (output position, input channel, kernel offset) reads one padded input value
+    zeros = sum(
+        int((xp[:, :, i : i + 5, j : j + 5] == 0).sum()) for i in range(3) for j in range(3)
+    )
+    ff = eng.counters()["ff"]
+    assert ff["skipped"]["input_zero"] == 4 * zeros
+    assert ff["macs_total"] == 3 * 4 * 2 * 25 * 9
