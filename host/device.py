@@ -147,15 +147,19 @@ class Device:
     def closed(self) -> bool:
         return self.runner.closed
 
-    def _greet(self) -> None:
-        body = {
+    def _hello_request(self) -> dict[str, Any]:
+        """The HELLO body this host sends (its protocol version and schema hash)."""
+        return {
             "protocol_major": m.PROTOCOL_MAJOR,
             "protocol_minor": m.PROTOCOL_MINOR,
             "schema_hash": m.schema_hash(),
             "client": CLIENT,
         }
+
+    def _greet(self) -> None:
+        mine = self._hello_request()
         try:
-            hello = self.runner.call(Opcode.HELLO, body)
+            hello = self.runner.call(Opcode.HELLO, mine)
         except errors.DeviceError as e:
             if e.status in (Status.VERSION_MISMATCH, Status.SCHEMA_MISMATCH):
                 raise errors.ProtocolMismatch(
@@ -163,12 +167,16 @@ class Device:
                     "from the same protocol definitions"
                 ) from None
             raise
-        if hello["protocol_major"] != m.PROTOCOL_MAJOR or hello["schema_hash"] != m.schema_hash():
+        if (
+            hello["protocol_major"] != mine["protocol_major"]
+            or hello["schema_hash"] != mine["schema_hash"]
+        ):
             raise errors.ProtocolMismatch(
                 f"the device speaks protocol {hello['protocol_major']}.{hello['protocol_minor']} "
                 f"with schema {hello['schema_hash'].hex()}; this host speaks "
-                f"{m.PROTOCOL_MAJOR}.{m.PROTOCOL_MINOR} with schema {m.schema_hash().hex()}: "
-                "use a host and firmware built from the same protocol definitions"
+                f"{mine['protocol_major']}.{mine['protocol_minor']} with schema "
+                f"{mine['schema_hash'].hex()}: use a host and firmware built from the same "
+                "protocol definitions"
             )
         self._hello = hello
         if hello["features"] & Feature.AUTH_REQUIRED:
