@@ -239,3 +239,17 @@ def test_conv_input_zeros_include_the_padding() -> None:
     ff = eng.counters()["ff"]
     assert ff["skipped"]["input_zero"] == 4 * zeros
     assert ff["macs_total"] == 3 * 4 * 2 * 25 * 9
+
+
+def test_counters_have_every_field_of_the_wire_schema() -> None:
+    from protocol.messages_counters import COUNTER_FIELDS, Counters
+
+    eng = Engine((2, 8, 8), CNN, V2)
+    c = eng.train_step(np.ones((2, 2, 8, 8), np.float32), np.array([0, 1])).counters
+    for path in COUNTER_FIELDS:
+        node: Any = c
+        for p in path.split("."):
+            node = node[p]
+        assert node is not None and node >= 0, path
+    assert Counters.parse(Counters.build(c)) == c
+    assert c["total"]["cycles"] > 0 and c["total"]["energy_pj"] > 0 and c["latency_s"] > 0

@@ -338,3 +338,15 @@ def test_engine_gradient_is_the_golden_float64_gradient() -> None:
     for n, g in grads.items():
         got = w0[n].astype(np.float64) - eng.get_weights()[n]
         assert np.max(np.abs(got - g)) <= 1e-5 * max(np.max(np.abs(g)), 1e-3), n
+
+
+@pytest.mark.parametrize("fmt", ["fp16", "bf16", "e4m3", "fgmp", "fp8-seb"])
+def test_float_formats_with_sr_engine_equals_reference(fmt: str) -> None:
+    mode = "amax" if fmt == "fp8-seb" else "fixed"
+    pol = [
+        PolicyEntry(c, fmt, rounding="stochastic", frac_mode=mode)
+        for c in ("activations", "weights", "errors", "gradients", "momentum")
+    ]
+    cfg = EngineConfig(policy=pol, sr_seed=13, lr=0.05, momentum=0.5)
+    eng, ref = run_pair("cnn", cfg, V2, steps=2)
+    assert bit_equal(eng.get_weights(), ref.get_weights())
