@@ -5,12 +5,14 @@ the list of response messages: always exactly one, the request's own response or
 specific ``Status`` and a detail text saying what was wrong and what is accepted. The firmware
 never raises and never crashes on any input: every exception inside a handler becomes an ERROR
 (INTERNAL for unexpected ones), and every handler validates the whole request before it
-changes any state, so a refused request leaves the device as it was.
+changes any state, so a refused request leaves the device as it was (except where the protocol
+says a refusal discards something: TENSOR_END with a CRC mismatch drops the tensor).
 
 State it holds: the tensor store (host uploads, FORWARD outputs, weight snapshots), the model
 (an ``Engine`` built by DEFINE_MODEL), its training configuration, the step count, the
 authentication state, and a cache of recent responses by request id (exactly-once commands: a
-duplicate request is answered from the cache without executing again). Device memory is the
+duplicate request, same id and same bytes, is answered from the cache without executing again;
+a different request reusing an id is executed and replaces the entry). Device memory is the
 preset's ``device_memory_bytes``: the engine's memory plus the stored tensors must fit in it.
 
 The link end that turns bytes into messages and back is ``device_model.firmware_link``.
