@@ -34,7 +34,7 @@ def _compile_args() -> list[str]:
     if os.environ.get("MICROTRAIN_WERROR", "1") == "1":
         args.append("-Werror")
     if sys.platform != "win32":
-        args.append("-fvisibility=hidden")
+        args += ["-fvisibility=hidden", "-pthread"]
     return args
 
 
@@ -46,6 +46,7 @@ ffibuilder.set_source(
     sources=[_rel(p) for p in sorted(HERE.glob("*.c"))],
     include_dirs=[_rel(HERE), _rel(HERE / "include")],
     extra_compile_args=_compile_args(),
+    extra_link_args=[] if sys.platform == "win32" else ["-pthread"],
     libraries=["m"],
 )
 
