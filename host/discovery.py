@@ -67,7 +67,7 @@ def find_port(
     """The device path of the one port matching; DiscoveryError if none or several match."""
     found = find_ports(vid, pid, serial_number, ports=ports)
     want = ", ".join(
-        f"{k}={val}"
+        f"{k}={val:#06x}" if isinstance(val, int) else f"{k}={val}"
         for k, val in (("vid", vid), ("pid", pid), ("serial_number", serial_number))
         if val is not None
     )
