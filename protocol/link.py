@@ -31,6 +31,9 @@ Data transfer:
 * Sliding window (default 8 frames, at most 64) with 16-bit sequence numbers. ACK carries the
   cumulative ack (next seq expected) and SACK, a u64 bitmap whose bit i says seq ack+1+i was
   received. The ack and credits fields of every frame are current, so DATA piggybacks them.
+  A receiver acks once half a window of in-order frames has arrived, or ``ack_delay`` after
+  the first unacknowledged one (default 0: one ACK per batch of received bytes), and at once
+  for a duplicate, an out-of-order frame or a filled hole.
 * NAK (same payload as ACK) is sent at once on a CRC or other frame error, and on a gap (once
   per missing seq); it asks for seq ``ack`` again.
 * Retransmit timeout: Jacobson/Karels SRTT/RTTVAR, Karn's rule (no samples from retransmitted
@@ -126,8 +129,9 @@ class LinkConfig:
     rx_buffer: int = 1 << 22
     #: In-order DATA frames received before an ACK goes out at once (0: half the window).
     ack_every: int = 0
-    #: Longest an ACK for in-order data waits for more frames (or DATA to ride on).
-    ack_delay: float = 0.002
+    #: Longest an ACK for in-order data waits for more frames or DATA to ride on. 0: the ACK
+    #: goes out at the next ``poll``, i.e. one ACK per batch of received bytes.
+    ack_delay: float = 0.0
 
     def __post_init__(self) -> None:
         if not MIN_PAYLOAD <= self.max_payload <= MAX_PAYLOAD:
