@@ -409,7 +409,10 @@ class Engine:
                 acc, so = k.gemm_int(xa.c, w.c, trans_a=False, trans_b=True)
                 y = rescale(acc, xa.frac + w.frac)
             else:
-                y = k.gemm_float(xa.values, w.values, trans_a=False, trans_b=True)
+                # W^T as a contiguous (in x out) matrix: the float kernel's fastest layout;
+                # the accumulation order over k (and so every bit) is the same
+                wt = np.ascontiguousarray(w.values.T)
+                y = k.gemm_float(xa.values, wt, trans_a=False, trans_b=False)
         else:
             p_nat = im2col(xa.values, layer)
             o = layer.out_shape[0]
@@ -417,7 +420,8 @@ class Engine:
                 acc, so = k.conv2d(xa.c, w.c, layer.stride, layer.padding)
                 y = rescale(acc, xa.frac + w.frac)
             else:
-                y2 = k.gemm_float(p_nat, w.values.reshape(o, -1), trans_a=False, trans_b=True)
+                wt = np.ascontiguousarray(w.values.reshape(o, -1).T)
+                y2 = k.gemm_float(p_nat, wt, trans_a=False, trans_b=False)
                 ho, wo = layer.out_shape[1:]
                 y = np.ascontiguousarray(y2.reshape(nb, ho, wo, o).transpose(0, 3, 1, 2))
         if b is not None:
