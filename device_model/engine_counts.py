@@ -11,14 +11,17 @@ errors in WG). Each skipped MAC is counted under exactly one reason, in this pre
 1. ``pruned``: the MAC's weight is pruned (FF/EP; skippable when the preset skips "pruned"
    or "weight_zero" in the stage: a pruned weight is a known zero), or its output is a
    pruned weight's gradient (WG; skippable when the preset skips "pruned" in WG);
-2. ``output_zero``: the MAC's output is masked by the ReLU after it (EP), when skipped;
+2. ``output_zero``: the MAC's output (an error at the layer's input, in EP) is zeroed by the
+   derivative of the ReLU that feeds the layer (known from FF), when skipped;
 3. ``input_zero``: the ``a`` operand is zero, when the stage skips "input_zero";
 4. ``weight_zero``: the ``b`` operand is zero, when the stage skips "weight_zero".
 
-Everything else is executed. ``slice_ops`` (DFXP only: the 4-bit slice products of the
-executed MACs when the stage skips zero slices) comes from the kernel's statistics, minus
-the slice products of outputs skipped whole. Counting uses row/column sums, so it costs far
-less than the GEMM except when an output mask meets two operand properties.
+Everything else is executed. Outputs that need no work at all (conv EP: input-error
+positions in the padding) are not counted (``counted``). ``slice_ops`` (DFXP only: the
+4-bit slice products of the executed MACs when the stage skips zero slices) comes from the
+kernel's statistics, minus the slice products of outputs skipped whole. Counting uses
+row/column sums, so it costs far less than the GEMM except when an output mask meets two
+operand properties.
 """
 
 from __future__ import annotations
@@ -95,17 +98,19 @@ def count_macs(
     r = counted
     total = _pair(None, None, r, shape)
     out: MacCounts = {"input_zero": 0, "weight_zero": 0, "output_zero": 0, "pruned": 0}
-    if out_skip is not None and out_reason in skips:
-        sk = out_skip if r is None else (out_skip & r)
-        out[out_reason] = nk * int(sk.sum())
-        r = ~out_skip if r is None else (r & ~out_skip)
     za, zb = (p == 0, q == 0) if a_is_p else (q == 0, p == 0)
+
+    def on_b(mask: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+        return (None, mask) if a_is_p else (mask, None)
+
     alive_b: np.ndarray | None = None
     if pruned_b is not None and ("pruned" in skips or "weight_zero" in skips):
-        pb = pruned_b
-        fb = (None, pb) if a_is_p else (pb, None)
-        out["pruned"] += _pair(fb[0], fb[1], r, shape)
-        alive_b = ~pb
+        out["pruned"] = _pair(*on_b(pruned_b), r, shape)
+        alive_b = ~pruned_b
+    if out_skip is not None and out_reason in skips:
+        sk = out_skip if r is None else (out_skip & r)
+        out[out_reason] += _pair(*on_b(alive_b), sk, shape)
+        r = ~out_skip if r is None else (r & ~out_skip)
     alive_a: np.ndarray | None = None
     if "input_zero" in skips:
         fa, fb2 = (za, alive_b) if a_is_p else (alive_b, za)

@@ -8,9 +8,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from device_model.config import get_preset
 from device_model.engine import Engine, EngineConfig, LayerSpec, PolicyEntry
+from device_model.engine_counts import count_macs
 from device_model.gemm_reference import gemm_stats_ref
 from protocol.numerics import encode
 
@@ -253,3 +256,82 @@ def test_counters_have_every_field_of_the_wire_schema() -> None:
         assert node is not None and node >= 0, path
     assert Counters.parse(Counters.build(c)) == c
     assert c["total"]["cycles"] > 0 and c["total"]["energy_pj"] > 0 and c["latency_s"] > 0
+
+
+def brute_force(
+    p: np.ndarray,
+    q: np.ndarray,
+    a_is_p: bool,
+    skips: frozenset[str],
+    counted: Any,
+    out_skip: Any,
+    reason: str,
+    pruned_b: Any,
+) -> dict[str, int]:
+    """Every MAC visited, one reason each, in the documented precedence."""
+    out = dict.fromkeys(("input_zero", "weight_zero", "output_zero", "pruned", "executed"), 0)
+    total = 0
+    for i in range(p.shape[0]):
+        for k in range(p.shape[1]):
+            for j in range(q.shape[1]):
+                if counted is not None and not counted[i, j]:
+                    continue
+                total += 1
+                a, b = (p[i, k], q[k, j]) if a_is_p else (q[k, j], p[i, k])
+                pb = pruned_b is not None and (pruned_b[k, j] if a_is_p else pruned_b[i, k])
+                if pb and ("pruned" in skips or "weight_zero" in skips):
+                    out["pruned"] += 1
+                elif out_skip is not None and out_skip[i, j] and reason in skips:
+                    out[reason] += 1
+                elif a == 0 and "input_zero" in skips:
+                    out["input_zero"] += 1
+                elif b == 0 and "weight_zero" in skips:
+                    out["weight_zero"] += 1
+                else:
+                    out["executed"] += 1
+    return {"macs_total": total, "macs_executed": out.pop("executed"), **out}
+
+
+@settings(max_examples=80)
+@given(
+    dims=st.tuples(st.integers(1, 4), st.integers(1, 4), st.integers(1, 4)),
+    seed=st.integers(0, 2**32 - 1),
+    a_is_p=st.booleans(),
+    skips=st.sets(st.sampled_from(["input_zero", "weight_zero", "output_zero", "pruned"])),
+    use=st.tuples(st.booleans(), st.booleans(), st.booleans()),
+    reason=st.sampled_from(["output_zero", "pruned"]),
+)
+def test_mac_accounting_equals_visiting_every_mac(
+    dims: tuple[int, int, int],
+    seed: int,
+    a_is_p: bool,
+    skips: set[str],
+    use: tuple[bool, bool, bool],
+    reason: str,
+) -> None:
+    ni, nk, nj = dims
+    rng = np.random.default_rng(seed)
+    p = rng.integers(-1, 2, (ni, nk))
+    q = rng.integers(-1, 2, (nk, nj))
+    counted = rng.random((ni, nj)) < 0.7 if use[0] else None
+    out_skip = rng.random((ni, nj)) < 0.4 if use[1] else None
+    b_shape = q.shape if a_is_p else p.shape
+    pruned_b = rng.random(b_shape) < 0.3 if use[2] else None
+    if pruned_b is not None:  # pruned weights are zeros
+        if a_is_p:
+            q = np.where(pruned_b, 0, q)
+        else:
+            p = np.where(pruned_b, 0, p)
+    fs = frozenset(skips)
+    got = count_macs(
+        p,
+        q,
+        a_is_p=a_is_p,
+        skips=fs,
+        stage="ep",
+        counted=counted,
+        out_skip=out_skip,
+        out_reason=reason,
+        pruned_b=pruned_b,
+    )
+    assert got == brute_force(p, q, a_is_p, fs, counted, out_skip, reason, pruned_b)
