@@ -18,6 +18,7 @@ use of that model raise ``StateLost`` (deploy it again).
 from __future__ import annotations
 
 import os
+import threading
 import zlib
 from collections.abc import Mapping
 from typing import Any
@@ -122,6 +123,8 @@ class Device:
         #: Bumped when the device is found to have lost its state; models of older ones die.
         self._generation = 0
         self._model: Model | None = None
+        #: Serialises whole operations (a tensor upload and the request using it).
+        self.lock = threading.RLock()
         try:
             self._greet()
         except BaseException:
@@ -218,18 +221,25 @@ class Device:
                     self._model = None
 
     def _call(self, opcode: Opcode, body: dict[str, Any] | None = None, nbytes: int = 0) -> Any:
-        if self.runner.resets != self._seen_resets:
-            self._after_reset()
-        resets = self.runner.resets
-        (resp,) = self.runner.wait([self.runner.submit(opcode, body)], nbytes=nbytes)
-        if resp.is_error and self.runner.resets != resets and Status(resp.body["status"]) in _LOST:
-            self._after_reset()
-            raise errors.StateLost(
-                f"the device restarted during {opcode.name} and lost its state "
-                f"({Status(resp.body['status']).name}: {resp.body['detail']}); deploy the model "
-                "again"
-            )
-        return check(resp, opcode)
+        with self.lock:
+            for attempt in range(2):
+                if self.runner.resets != self._seen_resets:
+                    self._after_reset()
+                resets = self.runner.resets
+                (resp,) = self.runner.wait([self.runner.submit(opcode, body)], nbytes=nbytes)
+                if not resp.is_error or self.runner.resets == resets:
+                    return check(resp, opcode)
+                status = Status(resp.body["status"])
+                if status == Status.NOT_AUTHENTICATED and attempt == 0:
+                    continue  # a restarted device wants AUTH first; it did not execute this
+                if status in _LOST:
+                    self._after_reset()
+                    raise errors.StateLost(
+                        f"the device restarted during {opcode.name} and lost its state "
+                        f"({status.name}: {resp.body['detail']}); deploy the model again"
+                    )
+                return check(resp, opcode)
+            return check(resp, opcode)
 
     def _check_model(self, model: Model) -> None:
         if self.runner.resets != self._seen_resets:
@@ -360,7 +370,8 @@ class Device:
         }
         handle = Model(self, model, config, prec, {}, seed)
         handle.masks = masks
-        self._define(handle, checked)
+        with self.lock:
+            self._define(handle, checked)
         return handle
 
     def _selection(

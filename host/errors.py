@@ -57,13 +57,26 @@ class StateLost(MicrotrainError):
     """The device restarted (new link epoch) and no longer holds what this host deployed."""
 
 
+#: What to do about a device status, appended to DeviceError messages.
+_HINTS: dict[Status, str] = {
+    Status.OUT_OF_MEMORY: "use a smaller model, batch or format, or a preset with more memory",
+    Status.BUSY: "the device is busy: retry later",
+    Status.NOT_AUTHENTICATED: "open the device with its key: host.open(url, key=...)",
+    Status.UNSUPPORTED_FORMAT: "see Device.info()['formats'] for what this device offers",
+    Status.UNSUPPORTED_ALGORITHM: "see Device.info()['algorithms'] for what this device offers",
+    Status.NO_MODEL: "deploy a model first",
+    Status.INTERNAL: "a device fault: the device stays usable; report the detail",
+}
+
+
 class DeviceError(MicrotrainError):
     """An ERROR response: ``status`` (a protocol Status), ``detail`` (the device's text) and
     ``opcode`` (name of the failed request)."""
 
     def __init__(self, status: Status, detail: str, opcode: str = "") -> None:
         what = f"{opcode} failed" if opcode else "device error"
-        super().__init__(f"{what}: {status.name}: {detail}")
+        hint = _HINTS.get(status, "")
+        super().__init__(f"{what}: {status.name}: {detail}" + (f" ({hint})" if hint else ""))
         self.status = status
         self.detail = detail
         self.opcode = opcode

@@ -20,9 +20,10 @@ element), else in fp32; weights travel in fp32 (the master copy).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -43,6 +44,20 @@ if TYPE_CHECKING:
     from host.device import Device
 
 __all__ = ["Model", "Precision", "StepResult"]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _locked(fn: _F) -> _F:
+    """Run a Model method under its device's lock (uploads and the request using them)."""
+
+    @functools.wraps(fn)
+    def wrapper(self: Model, *args: Any, **kwargs: Any) -> Any:
+        with self.device.lock:
+            return fn(self, *args, **kwargs)
+
+    return cast(_F, wrapper)
+
 
 _ROUNDINGS = {
     "nearest": Rounding.NEAREST,
@@ -264,6 +279,7 @@ class Model:
             raise errors.ShapeError(f"targets have shape {arr.shape}; MSE takes {want}")
         return arr.astype(np.float32), "fp32"
 
+    @_locked
     def train_step(self, x: Any, y: Any) -> StepResult:
         """One training step on the device: forward, loss, backward, update."""
         xs = self._batch(x)
@@ -277,6 +293,7 @@ class Model:
         )
         return StepResult(float(body["loss"]), int(body["step"]), body["counters"])
 
+    @_locked
     def predict(self, x: Any, *, keep_activations: bool = False) -> NDArray[np.float32]:
         """Model outputs (batch, *output_shape) as float32. ``keep_activations`` keeps what
         a following ``backward`` needs."""
@@ -292,6 +309,7 @@ class Model:
         )
         return dev._decode(body["output"], body["data"])
 
+    @_locked
     def backward(self, error: Any) -> StepResult:
         """Backward pass and update from dLoss/dOutput of the last
         ``predict(x, keep_activations=True)`` (e.g. a host-side loss or distillation)."""
@@ -307,6 +325,7 @@ class Model:
         body = dev._call_model("BACKWARD", {"error_id": dev.ERROR_ID}, err.nbytes)
         return StepResult(float("nan"), int(body["step"]), body["counters"])
 
+    @_locked
     def get_weights(self) -> dict[str, NDArray[np.float32]]:
         """The device's current weights as a state dict (float32 copies)."""
         dev = self.device
@@ -318,6 +337,7 @@ class Model:
             out[name] = dev._download(int(p["tensor"]["id"]))
         return {k: out[k] for k in self.spec.param_shapes() if k in out}
 
+    @_locked
     def set_weights(self, weights: Mapping[str, Any]) -> None:
         """Replace the weights (all of them, or some: the rest keep their current values)."""
         checked = self.spec.check_weights(weights, partial=True)

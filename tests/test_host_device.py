@@ -9,6 +9,7 @@ import pytest
 
 import host
 from host import errors, nn
+from protocol import messages as m
 from protocol.dtypes import DType
 from protocol.messages import Opcode
 from protocol.status import Status
@@ -218,3 +219,32 @@ def test_open_refuses_bad_urls_and_arguments() -> None:
         host.open(URL, baudrate=0)
     with pytest.raises(errors.InvalidArgument, match="timeout"):
         host.open(URL, timeout=-1)
+
+
+def test_upload_resumes_from_the_offset_the_device_reports(dev: host.Device) -> None:
+    x = np.random.default_rng(0).standard_normal(3000).astype(np.float32)
+    desc, data = m.tensor_message(7, x.view(np.uint32), DType.FP32)
+    chunks = m.data_chunks(7, data, dev.runner.max_payload)
+    assert len(chunks) >= 3
+    # An interrupted transfer: BEGIN and the first chunk reached the device, then nothing.
+    dev._call(Opcode.TENSOR_BEGIN, {"tensor": desc})
+    dev._call(Opcode.TENSOR_DATA, chunks[0])
+    sent: list[int] = []
+    submit = dev.runner.submit
+
+    def spy(opcode: Opcode, body: dict | None = None) -> int:
+        if opcode == Opcode.TENSOR_DATA and body is not None:
+            sent.append(body["offset"])
+        return submit(opcode, body)
+
+    dev.runner.submit = spy  # type: ignore[method-assign]
+    dev._upload(desc, data)
+    assert sent == [c["offset"] for c in chunks[1:]]  # only what the device lacked
+    np.testing.assert_array_equal(dev._download(7), x)
+
+
+def test_device_errors_carry_status_detail_and_what_to_do(dev: host.Device) -> None:
+    with pytest.raises(errors.DeviceError, match="deploy a model first") as exc:
+        dev._call(Opcode.GET_WEIGHTS, {"layer": 0})
+    assert exc.value.status == Status.NO_MODEL
+    assert exc.value.opcode == "GET_WEIGHTS"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import select
+import socket
 import threading
 import time
 import tty
@@ -288,3 +289,69 @@ def test_training_over_a_real_pty_then_closing_it_is_link_lost(
     with pytest.raises(errors.LinkLost):
         dev.counters()
     assert time.monotonic() - t0 < dev.runner.deadline() + SLACK
+
+
+def test_spy_url_over_the_pty_logs_the_traffic(
+    pty_device: tuple[str, int, threading.Event], tmp_path: Any
+) -> None:
+    path, _, _ = pty_device
+    log = tmp_path / "spy.txt"
+    with host.open(f"spy://{path}?file={log}", timeout=5.0) as dev:
+        assert dev.info()["preset"] == "hnpu-v2"
+    assert log.stat().st_size > 0
+
+
+@pytest.fixture
+def tcp_device() -> Iterator[tuple[int, threading.Event]]:
+    """The firmware behind a TCP socket served by a thread; yields (port, hang-up event)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    hang_up = threading.Event()
+    dl = DeviceLink(Firmware("hnpu-v2", seed=6))
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            while not hang_up.is_set():
+                r, _, _ = select.select([conn], [], [], 0.01)
+                data = conn.recv(1 << 16) if r else b""
+                if r and not data:
+                    return
+                out = dl.feed(data, time.monotonic())
+                if out:
+                    conn.sendall(out)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    yield port, hang_up
+    hang_up.set()
+    t.join(2)
+    server.close()
+
+
+def test_training_over_tcp_then_a_hang_up_is_link_lost(
+    tcp_device: tuple[int, threading.Event],
+) -> None:
+    port, hang_up = tcp_device
+    dev = host.open(f"socket://127.0.0.1:{port}", timeout=5.0)
+    model = dev.deploy(mlp(), optimizer=host.optim.SGD(0.1))
+    assert np.isfinite(model.train_step(np.ones((4, 4), np.float32), np.array([0, 1, 0, 1])).loss)
+    hang_up.set()
+    time.sleep(0.1)
+    t0 = time.monotonic()
+    with pytest.raises(errors.LinkLost):
+        dev.counters()
+    assert time.monotonic() - t0 < dev.runner.deadline() + SLACK
+
+
+def test_a_restarted_device_with_a_key_is_authenticated_again() -> None:
+    key = "00112233445566778899aabbccddeeff"
+    port = FaultyPort(f"emu://hnpu-v2?seed=1&key={key}")
+    dev = Device(port, key=bytes.fromhex(key), timeout=10.0)
+    port.restart_url = f"emu://hnpu-v2?seed=2&key={key}"
+    # The replayed request meets an unauthenticated new device: the host greets it, proves
+    # the key again and retries (the device did not execute the refused request).
+    assert dev.counters()["ff"]["macs_total"] == 0
+    assert dev.runner.resets == 1
+    dev.deploy(mlp())
+    dev.close()
