@@ -124,6 +124,14 @@ class Engine:
         self.input_shape = tuple(int(d) for d in input_shape)
         self.output_shape = self.layers[-1].out_shape
         self.preset = preset
+        if (
+            isinstance(init_seed, bool)
+            or not isinstance(init_seed, int | np.integer)
+            or init_seed < 0
+        ):
+            raise EngineError(
+                Status.BAD_REQUEST, f"init_seed must be an integer >= 0, got {init_seed!r}"
+            )
         self._k: Kernels = self._make_kernels()
         self._params = self._init_params(int(init_seed))
         if weights is not None:
