@@ -6,12 +6,13 @@ Cases: square 256, 512 and 1024 and the training shape 32 x 4608 x 512, each for
 ("numpy-sgemm") and for dfxp16 (int16 codes, 48-bit accumulator) against numpy float64
 matmul of the same integers ("numpy-dgemm-exact", exact since every sum stays below 2^53).
 Codes are uniform over the whole code range (the worst case for the exact kernels: no zeros
-and every slice in use). Each figure is the best of several timed repetitions after a
-warm-up, ours first and then the baseline (numpy's BLAS threads keep spinning for a while
-after a call, so interleaving the two would slow down whichever runs next). The datapath
-result is also compared with the float64 product once per case (``"exact": true``), and the
-1-minute load average is recorded: on a shared 2-core machine other processes slow both
-sides, and numpy's spinning BLAS worker threads suffer most from it.
+and every slice in use). Each figure is the best of repeated timed calls (at least 5 and
+0.5 s of them; 3 with ``quick``) after a warm-up, ours first and then the baseline (numpy's
+BLAS threads keep spinning for a while after a call, so interleaving the two would slow
+down whichever runs next). The datapath result is also compared with the float64 product
+once per case (``"exact": true``), and the 1-minute load average is recorded: on a shared
+2-core machine other processes slow both sides, and numpy's spinning BLAS worker threads
+suffer most from it.
 If ``device_model.bench_quant`` exists, its records are appended.
 """
 
@@ -44,20 +45,18 @@ FORMATS: dict[str, tuple[type[np.signedinteger[Any]], type[np.floating[Any]], st
 _BLAS_SETTLE_S = 0.3  # OpenBLAS workers spin for a while after each call before sleeping
 
 
-def _best(fn: Callable[[], object], reps: int) -> float:
+def _best(fn: Callable[[], object], quick: bool) -> float:
+    """Best time of repeated calls: at least 5 of them and, unless quick, at least 0.5 s of
+    them (the best of many short runs is what survives bursts of load from elsewhere)."""
     fn()  # warm-up (and, for numpy, wakes its BLAS threads)
-    best = float("inf")
-    for _ in range(reps):
+    min_reps, min_time, max_reps = (3, 0.0, 3) if quick else (5, 0.5, 400)
+    best, spent, reps = float("inf"), 0.0, 0
+    while reps < max_reps and (reps < min_reps or spent < min_time):
         t0 = time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - t0)
+        dt = time.perf_counter() - t0
+        best, spent, reps = min(best, dt), spent + dt, reps + 1
     return best
-
-
-def _reps(macs: int, quick: bool) -> int:
-    if quick:
-        return 3
-    return 10 if macs < 100_000_000 else 5
 
 
 def _case(shape: tuple[int, int, int], fmt: str, quick: bool) -> dict[str, Any]:
@@ -70,10 +69,9 @@ def _case(shape: tuple[int, int, int], fmt: str, quick: bool) -> dict[str, Any]:
     af, bf = a.astype(float_t), b.astype(float_t)
     c, stats = datapath.gemm_int(a, b)
     exact = bool(np.array_equal(c, (a.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)))
-    reps = _reps(m * k * n, quick)
     time.sleep(_BLAS_SETTLE_S)  # let numpy's BLAS threads stop spinning after the last case
-    t_ours = _best(lambda: datapath.gemm_int(a, b), reps)
-    t_base = _best(lambda: np.matmul(af, bf), reps)
+    t_ours = _best(lambda: datapath.gemm_int(a, b), quick)
+    t_base = _best(lambda: np.matmul(af, bf), quick)
     gmacs = m * k * n / t_ours / 1e9
     base_gmacs = m * k * n / t_base / 1e9
     return {
