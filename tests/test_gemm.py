@@ -411,3 +411,16 @@ def test_forked_child_can_use_the_kernels() -> None:
     assert _gemm_in_child(1)  # the parent has started its pool
     with multiprocessing.get_context("fork").Pool(1) as pool:
         assert pool.apply_async(_gemm_in_child, (2,)).get(timeout=60)
+
+
+def test_fp32_products_are_rounded_before_the_sum() -> None:
+    """With full 24-bit significands a fused multiply-add would round once instead of twice;
+    the definition (and numpy) rounds the product, then the sum."""
+    rng = np.random.default_rng(17)
+    a = rng.standard_normal((9, 300)).astype(np.float32)
+    b = rng.standard_normal((300, 11)).astype(np.float32)
+    got = dp.gemm_float(a, b, threads=2)
+    np.testing.assert_array_equal(got.view(np.uint32), ref.gemm_f32_ref(a, b).view(np.uint32))
+    with np.errstate(all="ignore"):
+        fused = (a.astype(np.float64) @ b.astype(np.float64)).astype(np.float32)
+    assert not np.array_equal(got, fused)  # the inputs do exercise the product rounding
