@@ -22,10 +22,11 @@ Uses only the public protocol API (protocol.framing, protocol.link).
 from __future__ import annotations
 
 import os
+import queue
 import random
-import select
 import signal
 import sys
+import threading
 import time
 import tty
 from typing import Any
@@ -113,25 +114,44 @@ def _child_raw(fd: int, total: int) -> None:
 
 
 class _Pump:
-    """Moves bytes between a Link and a non-blocking fd: writes go out as soon as the link
-    produces them (no extra select round), reads are fed in with the current time."""
+    """Moves bytes between a Link and a pty fd with a reader and a writer thread (blocking
+    os.read / os.write release the GIL), so the kernel's copies overlap with framing work in
+    the link's thread, as a serial driver's DMA would. ``step`` runs the link: timers, hand
+    frames to the writer, wait for received chunks no longer than the next deadline."""
 
     def __init__(self, fd: int, link: Link) -> None:
-        os.set_blocking(fd, False)
+        os.set_blocking(fd, True)
         self.fd = fd
         self.link = link
-        self.out = bytearray()
-        self.off = 0
+        self.inq: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        self.outq: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        threading.Thread(target=self._reader, daemon=True).start()
+        threading.Thread(target=self._writer, daemon=True).start()
 
-    def flush(self) -> None:
-        if self.off < len(self.out):
+    def _reader(self) -> None:
+        while True:
             try:
-                self.off += os.write(self.fd, memoryview(self.out)[self.off :])
-            except BlockingIOError:
+                got = os.read(self.fd, READ_SIZE)
+            except OSError:  # EIO: the other end closed
+                got = b""
+            self.inq.put(got)
+            if not got:
                 return
-            if self.off == len(self.out):
-                self.out.clear()
-                self.off = 0
+
+    def _writer(self) -> None:
+        while True:
+            data = self.outq.get()
+            if data is None:
+                return
+            view = memoryview(data)
+            try:
+                while view:
+                    view = view[os.write(self.fd, view) :]
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.outq.put(None)
 
     def step(self, max_wait: float | None) -> bytes:
         """Run timers, send what is due, wait for the line (at most max_wait), receive."""
@@ -140,44 +160,45 @@ class _Pump:
         link.poll(now)
         data = link.bytes_to_send(now)
         if data:
-            self.out += data
-            self.flush()
+            self.outq.put(data)
         deadline = link.next_deadline()
         wait = max_wait
         if deadline is not None:
             left = max(0.0, deadline - now)
             wait = left if wait is None else min(wait, left)
-        pending = self.off < len(self.out)
-        r, w, _ = select.select([self.fd], [self.fd] if pending else [], [], wait)
-        if w:
-            self.flush()
-        if r:
+        try:
+            got = self.inq.get(timeout=wait)
+        except queue.Empty:
+            return b""
+        chunks = [got]
+        while got:
             try:
-                got = os.read(self.fd, READ_SIZE)
-            except BlockingIOError:
-                return b""
-            if not got:
-                raise EOFError("the other end of the pty closed")
-            link.receive_bytes(got, time.monotonic())
-            return got
-        return b""
-
-    @property
-    def pending(self) -> bool:
-        return self.off < len(self.out)
+                got = self.inq.get_nowait()
+            except queue.Empty:
+                break
+            chunks.append(got)
+        data = b"".join(chunks)
+        if data:
+            link.receive_bytes(data, time.monotonic())
+        if not chunks[-1]:
+            raise EOFError("the other end of the pty closed")
+        return data
 
 
 def _child_link(fd: int, total: int, cfg: LinkConfig) -> None:
+    """The receiving end: takes ``total`` bytes of messages, then serves the link a little
+    longer (acks of retransmissions, should its last ack be lost) and exits."""
     pump = _Pump(fd, Link(Role.DEVICE, cfg, rng=random.Random(2)))
     got = 0
-    while got < total or not pump.link.idle() or pump.pending:
-        pump.step(None)
-        for m in pump.link.take_messages():
-            got += len(m.payload)
-    # Stay a moment to answer retransmissions of frames whose ack was lost.
-    end = time.monotonic() + 0.2
-    while time.monotonic() < end:
-        pump.step(0.05)
+    try:
+        while got < total or not pump.link.idle():
+            pump.step(None if got < total else 0.05)
+            got += sum(len(m.payload) for m in pump.link.take_messages())
+        end = time.monotonic() + 0.3
+        while time.monotonic() < end:
+            pump.step(0.05)
+    except EOFError:
+        return
 
 
 def _spawn(target: Any, *args: Any) -> tuple[int, int]:
@@ -235,7 +256,7 @@ def link_pty(total: int, cfg: LinkConfig) -> tuple[float, dict[str, int]]:
                 n = min(CHUNK, total - queued)
                 host.send_message(1, block[:n])
                 queued += n
-            if queued >= total and host.idle() and not pump.pending:
+            if queued >= total and host.idle():
                 break
             if pump.step(0.05):
                 progress_at = time.perf_counter()
@@ -247,7 +268,8 @@ def link_pty(total: int, cfg: LinkConfig) -> tuple[float, dict[str, int]]:
                     host.mark_answered(msg_id)
         dt = time.perf_counter() - t0
     finally:
-        _reap(pid)
+        pump.close()
+        _reap(pid)  # the child ends by itself; its exit ends our reader thread
         os.close(fd)
     return total / dt / 1e6, dict(host.stats)
 
