@@ -81,10 +81,11 @@ SYNC_PAYLOAD = struct.Struct("<IHBB")
 CONFIG_PAYLOAD = struct.Struct("<IIHBB")
 #: ACK/NAK payload: selective-ack bitmap u64 (bit i: seq ack+1+i received).
 SACK = struct.Struct("<Q")
-#: The same layouts as construct Structs, for documentation and generated headers.
+#: SYNC_PAYLOAD as a construct Struct (field names for documentation and generated headers).
 SYNC_STRUCT = CStruct(
     "epoch" / Int32ul, "max_payload" / Int16ul, "window" / Int8ul, "reserved" / Int8ul
 )
+#: CONFIG_PAYLOAD as a construct Struct.
 CONFIG_STRUCT = CStruct(
     "epoch" / Int32ul,
     "echo_epoch" / Int32ul,
@@ -92,6 +93,7 @@ CONFIG_STRUCT = CStruct(
     "window" / Int8ul,
     "reserved" / Int8ul,
 )
+#: SACK as a construct Struct.
 SACK_STRUCT = CStruct("sack" / Int64ul)
 assert SYNC_STRUCT.sizeof() == SYNC_PAYLOAD.size and CONFIG_STRUCT.sizeof() == CONFIG_PAYLOAD.size
 #: Largest window: the SACK bitmap covers 64 frames beyond the cumulative ack.
