@@ -58,6 +58,18 @@ _LOSSES = {
 _LOST = {Status.NO_MODEL, Status.UNKNOWN_TENSOR, Status.NOT_AUTHENTICATED}
 
 
+def _fingerprint(desc: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What makes two tensor descriptors name the same contents."""
+    sc = desc["scale"]
+    return (
+        int(desc["dtype"]),
+        tuple(desc["shape"]),
+        desc["nbytes"],
+        desc["crc32"],
+        tuple(int(sc[k]) for k in ("frac_bits", "shared_exp", "exp_bias", "stage")),
+    )
+
+
 def _register_emu() -> None:
     if EMU_HANDLER_PACKAGE not in serial.protocol_handler_packages:
         serial.protocol_handler_packages.append(EMU_HANDLER_PACKAGE)
@@ -123,6 +135,8 @@ class Device:
         #: Bumped when the device is found to have lost its state; models of older ones die.
         self._generation = 0
         self._model: Model | None = None
+        #: Fingerprints of the last completed upload of each host tensor id.
+        self._sent: dict[int, tuple[Any, ...]] = {}
         #: Serialises whole operations (a tensor upload and the request using it).
         self.lock = threading.RLock()
         try:
@@ -211,6 +225,7 @@ class Device:
     def _after_reset(self) -> None:
         """The device's link restarted: greet it again and find out whether it lost state."""
         self._seen_resets = self.runner.resets
+        self._sent.clear()
         self._greet()
         if self._model is not None:
             try:
@@ -433,13 +448,15 @@ class Device:
         """DEFINE_MODEL (with uploaded weights) then TRAIN_CONFIG (with uploaded masks)."""
         spec = handle.spec
         refs = []
+        uploads: list[tuple[int, Any, str]] = []
         for n, (name, arr) in enumerate((weights or {}).items()):
             tid = self.WEIGHT_ID_BASE + n
-            self._upload_array(tid, arr, "fp32")
+            uploads.append((tid, arr, "fp32"))
             layer, param = name.split(".")
             refs.append({"layer": int(layer), "param": int(param == "bias"), "tensor_id": tid})
-        for tid, mask in handle.masks.items():
-            self._upload_array(tid, mask, "uint8")
+        uploads += [(tid, mask, "uint8") for tid, mask in handle.masks.items()]
+        if uploads:
+            self._upload_arrays(uploads)
         info = self._call(
             Opcode.DEFINE_MODEL,
             {
@@ -462,11 +479,46 @@ class Device:
         handle.info = {**info, "memory_bytes": cfg["memory_bytes"]}
         # Weights live on the device now; the host copies are not needed any longer.
         self._call(Opcode.RESET, {"scope": m.ResetScope.TENSORS})
+        self._sent.clear()
 
     # ------------------------------------------------------------------ tensors
 
     def _upload_array(self, tid: int, values: Any, fmt: str) -> None:
         """Send ``values`` as tensor ``tid`` in format/dtype ``fmt``."""
+        self._upload_arrays([(tid, values, fmt)])
+
+    def _upload_arrays(self, tensors: list[tuple[int, Any, str]]) -> None:
+        """Send several tensors (id, values, format) pipelined: every TENSOR_BEGIN, DATA and
+        END is sent before waiting, so a step's uploads cost one round trip. A tensor whose
+        transfer did not go through (the device held part of it, or lost it) is sent again
+        by ``_upload``, which resumes from the device's offset."""
+        encoded = [self._encode(tid, values, fmt) for tid, values, fmt in tensors]
+        groups: list[list[int]] = []
+        for desc, data in encoded:
+            ids = [self.runner.submit(Opcode.TENSOR_BEGIN, {"tensor": desc})]
+            # The same contents as the last completed upload of this id: the device still
+            # holds them (BEGIN answers offset = nbytes), else END fails and _upload resends.
+            same = self._sent.pop(desc["id"], None) == _fingerprint(desc)
+            for chunk in [] if same else m.data_chunks(desc["id"], data, self.runner.max_payload):
+                ids.append(self.runner.submit(Opcode.TENSOR_DATA, chunk))
+            ids.append(self.runner.submit(Opcode.TENSOR_END, {"id": desc["id"]}))
+            groups.append(ids)
+        nbytes = sum(len(data) for _, data in encoded)
+        resps = self.runner.wait([i for g in groups for i in g], nbytes=nbytes)
+        at = 0
+        for (desc, data), ids in zip(encoded, groups, strict=True):
+            mine = resps[at : at + len(ids)]
+            at += len(ids)
+            begin = mine[0]
+            if begin.is_error and Status(begin.body["status"]) not in _LOST:
+                check(begin, Opcode.TENSOR_BEGIN)  # raises: the device refuses this tensor
+            if any(r.is_error for r in mine):
+                self._upload(desc, data)
+            self._sent[desc["id"]] = _fingerprint(desc)
+
+    @staticmethod
+    def _encode(tid: int, values: Any, fmt: str) -> tuple[dict[str, Any], bytes]:
+        """(TensorDesc, wire bytes) of ``values`` in format/dtype ``fmt``."""
         dtype = DType.from_name(fmt)
         arr = np.asarray(values)
         scale: dict[str, Any] = {}
@@ -479,11 +531,12 @@ class Device:
                 scale["frac_bits"] = int(params["frac_bits"])
             if "shared_exp" in params:
                 scale["shared_exp"] = int(params["shared_exp"])
-        desc, data = m.tensor_message(tid, codes, dtype, scale)
-        self._upload(desc, data)
+        return m.tensor_message(tid, codes, dtype, scale)
 
     def _upload(self, desc: dict[str, Any], data: bytes) -> None:
+        """Send one tensor, resuming from the offset TENSOR_BEGIN reports."""
         tid = desc["id"]
+        self._sent.pop(tid, None)
         for _ in range(4):
             offset = self._call(Opcode.TENSOR_BEGIN, {"tensor": desc})["offset"]
             chunks = m.data_chunks(tid, data, self.runner.max_payload, offset)

@@ -286,8 +286,9 @@ class Model:
         ys, ydt = self._targets(y, xs.shape[0])
         dev = self.device
         dev._check_model(self)
-        dev._upload_array(dev.INPUT_ID, xs, self.precision.input_dtype())
-        dev._upload_array(dev.TARGET_ID, ys, ydt)
+        dev._upload_arrays(
+            [(dev.INPUT_ID, xs, self.precision.input_dtype()), (dev.TARGET_ID, ys, ydt)]
+        )
         body = dev._call_model(
             "TRAIN_STEP", {"input_id": dev.INPUT_ID, "target_id": dev.TARGET_ID}, xs.nbytes
         )

@@ -248,3 +248,25 @@ def test_device_errors_carry_status_detail_and_what_to_do(dev: host.Device) -> N
         dev._call(Opcode.GET_WEIGHTS, {"layer": 0})
     assert exc.value.status == Status.NO_MODEL
     assert exc.value.opcode == "GET_WEIGHTS"
+
+
+def test_repeated_uploads_skip_the_bytes_but_never_use_a_lost_tensor(dev: host.Device) -> None:
+    x = np.arange(600, dtype=np.float32)
+    dev._upload_array(9, x, "fp32")
+    sent: list[Opcode] = []
+    submit = dev.runner.submit
+
+    def spy(opcode: Opcode, body: dict | None = None) -> int:
+        sent.append(opcode)
+        return submit(opcode, body)
+
+    dev.runner.submit = spy  # type: ignore[method-assign]
+    dev._upload_array(9, x, "fp32")  # identical: the device still holds it
+    assert Opcode.TENSOR_DATA not in sent
+    # Behind the driver's back the device drops its host tensors: the same upload must
+    # notice (END fails) and send the bytes again.
+    dev.runner.wait([submit(Opcode.RESET, {"scope": m.ResetScope.TENSORS})])
+    sent.clear()
+    dev._upload_array(9, x, "fp32")
+    assert Opcode.TENSOR_DATA in sent
+    np.testing.assert_array_equal(dev._download(9), x)
