@@ -26,6 +26,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import serial
 from serial import SerialException
 
 from host import errors
@@ -39,8 +40,11 @@ from protocol.status import MessageError, Status
 POLL_INTERVAL = 0.01
 #: Default think time of the device per call (seconds), on top of the wire time.
 DEFAULT_TIMEOUT = 10.0
-#: Baud rate assumed for ports without one (sockets, in-process ports).
+#: Baud rate assumed when nothing says otherwise.
 DEFAULT_BAUD = 115_200
+#: Line rate assumed for ports that are not UARTs (emu://, socket://, loop://): their nominal
+#: baud rate means nothing, and 1 Mbaud (100 kB/s) is a safe floor for what they move.
+VIRTUAL_BAUD = 1_000_000
 #: Wire bytes per payload byte assumed for deadlines: framing, headers, acks, retransmits.
 WIRE_FACTOR = 2.0
 
@@ -48,6 +52,14 @@ WIRE_FACTOR = 2.0
 def wire_seconds(nbytes: int, baudrate: int | None) -> float:
     """Seconds ``nbytes`` take on a UART of ``baudrate`` (10 bits per byte)."""
     return nbytes * 10.0 / float(baudrate or DEFAULT_BAUD)
+
+
+def line_rate(port: Any) -> int:
+    """The baud rate deadlines assume for ``port``: its own for a real serial port (a tty,
+    a pty, spy://), VIRTUAL_BAUD for the others."""
+    if isinstance(port, serial.Serial):
+        return int(port.baudrate or DEFAULT_BAUD)
+    return VIRTUAL_BAUD
 
 
 class Runner:
@@ -65,7 +77,7 @@ class Runner:
             raise errors.InvalidArgument(f"timeout must be > 0 seconds or None, got {timeout!r}")
         self.port = port
         self.timeout = DEFAULT_TIMEOUT if timeout is None else float(timeout)
-        self.baudrate = baudrate or getattr(port, "baudrate", None) or DEFAULT_BAUD
+        self.baudrate = baudrate or line_rate(port)
         self.link = Link(Role.HOST, config or LinkConfig(max_payload=MAX_PAYLOAD))
         self._rng = random.SystemRandom()
         self._next_id = self._rng.getrandbits(32)

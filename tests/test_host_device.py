@@ -6,10 +6,14 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 import host
 from host import errors, nn
 from protocol import messages as m
+from protocol import numerics
 from protocol.dtypes import DType
 from protocol.messages import Opcode
 from protocol.status import Status
@@ -270,3 +274,34 @@ def test_repeated_uploads_skip_the_bytes_but_never_use_a_lost_tensor(dev: host.D
     dev._upload_array(9, x, "fp32")
     assert Opcode.TENSOR_DATA in sent
     np.testing.assert_array_equal(dev._download(9), x)
+
+
+WIRE_FORMATS = ["fp32", "fp16", "bf16", "e4m3", "e5m2", "flex16", "fp8-seb", "dfxp4", "dfxp8"]
+
+
+@pytest.fixture(scope="module")
+def shared_dev() -> Iterator[host.Device]:
+    d = host.open("emu://hnpu-v2?seed=9")
+    yield d
+    d.close()
+
+
+@settings(max_examples=40)
+@given(
+    fmt=st.sampled_from(WIRE_FORMATS),
+    values=hnp.arrays(
+        np.float32,
+        hnp.array_shapes(min_dims=1, max_dims=3, max_side=9),
+        elements=st.floats(-300, 300, width=32),
+    ),
+)
+def test_a_tensor_sent_in_a_format_reads_back_as_its_reference_quantization(
+    shared_dev: host.Device, fmt: str, values: np.ndarray
+) -> None:
+    # Law: upload in fmt, then download == protocol.numerics.quantize(values, fmt) (nearest,
+    # per-tensor scale from the largest magnitude), bit for bit, whatever the shape.
+    shared_dev._upload_array(20, values, fmt)
+    got = shared_dev._download(20)
+    want = numerics.quantize(values, fmt)
+    assert got.shape == values.shape
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))

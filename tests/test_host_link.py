@@ -22,7 +22,7 @@ from device_model.firmware import Firmware
 from device_model.firmware_link import DeviceLink
 from host import errors, nn
 from host.device import Device
-from host.runner import Runner
+from host.runner import VIRTUAL_BAUD, Runner
 from protocol import messages as m
 from protocol.messages import Opcode
 
@@ -198,6 +198,10 @@ def test_deadlines_scale_with_payload_and_baud_rate() -> None:
     assert slow.deadline(100_000) > slow.deadline(1000) > fast.deadline(1000) > 1.0
     # 100 kB at 9600 baud take ~104 s on the wire: the deadline must allow it.
     assert slow.deadline(100_000) > 100_000 * 10 / 9600
+    # Ports that are no UART (emu://, socket://) get a nominal line rate, not pyserial's
+    # default 9600 baud, so a stalled bulk transfer does not wait for half an hour.
+    assert Runner(SilentPort()).baudrate == VIRTUAL_BAUD
+    assert Runner(serial.serial_for_url("loop://", baudrate=9600)).baudrate == VIRTUAL_BAUD
 
 
 class HelloWithOtherMajor(Device):
