@@ -337,8 +337,10 @@ class Device:
         "pipelined-dfa" or "bias-only" (BP updating biases only). optimizer: ``host.optim.SGD``
         (default lr 0.01). loss: "cross_entropy" (targets are class indices) or "mse".
         trainable: "all", "bias-only", an int k (the last k layers with parameters) or a dict
-        name -> 0/1 mask. prune: None, a float ratio (magnitude pruning) or a dict name -> 0/1
-        mask (0 = pruned). seed: device initialisation, stochastic rounding and DFA feedback.
+        name -> 0/1 mask (shape of the parameter, or (out_channels,)); parameters the dict
+        does not name are frozen. prune: None, a float ratio (magnitude pruning) or a dict
+        name -> 0/1 mask (0 = pruned). seed: device initialisation, stochastic rounding and
+        DFA feedback.
         """
         if not isinstance(model, Sequential):
             raise errors.InvalidArgument(
@@ -361,6 +363,11 @@ class Device:
             raise errors.InvalidArgument(
                 f"{self._hello['preset']} has no {prec.format} datapath; accepted: "
                 f"{', '.join(self.info()['formats'])}"
+            )
+        if prec.scale == "st" and "stochastic_thresholding" not in self.info()["features"]:
+            raise errors.InvalidArgument(
+                f"{self._hello['preset']} has no stochastic thresholding unit: use "
+                f"'{prec.format}+overflow' (dynamic fixed point without ST) or '+amax'"
             )
         opt = optimizer if optimizer is not None else SGD(0.01)
         if not isinstance(opt, SGD):
@@ -423,7 +430,11 @@ class Device:
         elif isinstance(trainable, int) and not isinstance(trainable, bool):
             tr.update(mode=TrainableMode.LAST_K, last_k=trainable)
         elif isinstance(trainable, Mapping):
-            tr.update(mode=TrainableMode.MASKS, masks=refs(trainable, "trainable"))
+            # Parameters the dict does not name are frozen (an all-zero mask), so the dict
+            # says exactly what trains.
+            shapes = model.param_shapes()
+            full = {k: np.zeros(shapes[k], np.uint8) for k in shapes if k not in trainable}
+            tr.update(mode=TrainableMode.MASKS, masks=refs({**trainable, **full}, "trainable"))
         else:
             raise errors.InvalidArgument(
                 f"trainable={trainable!r}; accepted: 'all', 'bias-only', an int k (last k "

@@ -12,7 +12,8 @@ directly:
   fractional length moved by the overflow ratio, dfxpN/flex16 only), ``"+st"`` (overflow with
   stochastic thresholding) or ``"+fixed"`` choose how the scale is picked.
 * ``Precision(format, rounding=..., scale=..., frac_bits=..., classes=..., saturate=...)``
-  gives the same and more (which tensor classes, the initial or fixed fractional length).
+  gives the same and more (which tensor classes, the initial or fixed fractional length:
+  default N-2 for dfxpN, 13 for flex16, i.e. a range of about +-2 / +-4).
 
 Inputs are sent in the activation format when the wire has it (a dfxp8 input costs one byte per
 element), else in fp32; weights travel in fp32 (the master copy).
@@ -79,6 +80,14 @@ _WIRE_INPUT = {"fp16", "bf16", "e4m3", "e5m2", "flex16", "fp8-seb"} | {
 }
 
 
+def _default_frac(fmt: str) -> int:
+    """Initial fractional length of ``overflow``/``st``/``fixed`` scales: range about +-2 for
+    dfxpN (N-2 fraction bits) and +-4 for flex16 and fp8-seb; the overflow rule moves it."""
+    if fmt.startswith("dfxp"):
+        return int(fmt[4:]) - 2
+    return {"flex16": 13, "fp8-seb": 6}.get(fmt, 0)
+
+
 def _is_scaled(fmt: str) -> bool:
     return fmt.startswith("dfxp") or fmt in ("flex16", "fp8-seb")
 
@@ -90,7 +99,7 @@ class Precision:
     format: str = "fp32"
     rounding: str = "nearest"
     scale: str = "amax"
-    frac_bits: int = 0
+    frac_bits: int | None = None
     classes: tuple[str, ...] = _DATAPATH
     saturate: bool = True
 
@@ -127,6 +136,8 @@ class Precision:
             raise errors.InvalidArgument(
                 f"unknown tensor class(es) {bad or '(none given)'}; accepted: {', '.join(_CLASSES)}"
             )
+        if self.frac_bits is None:
+            object.__setattr__(self, "frac_bits", _default_frac(self.format))
         if not isinstance(self.frac_bits, int) or not -64 <= self.frac_bits <= 64:
             raise errors.InvalidArgument(
                 f"frac_bits must be an int in [-64, 64], got {self.frac_bits!r}"
@@ -165,10 +176,11 @@ class Precision:
         out = []
         for c in self.classes:
             scale = zero_scale()
+            frac = int(self.frac_bits or 0)
             if self.format.startswith("dfxp"):
-                scale["frac_bits"] = self.frac_bits
+                scale["frac_bits"] = frac
             elif _is_scaled(self.format):
-                scale["shared_exp"] = -self.frac_bits
+                scale["shared_exp"] = -frac
             if self.format == "hfp8":
                 backward = c in ("errors", "gradients")
                 scale["exp_bias"] = 15 if backward else 7

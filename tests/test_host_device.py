@@ -305,3 +305,50 @@ def test_a_tensor_sent_in_a_format_reads_back_as_its_reference_quantization(
     want = numerics.quantize(values, fmt)
     assert got.shape == values.shape
     np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def test_selective_training_and_pruning_options(dev: host.Device) -> None:
+    x, y = blobs(16)
+    net = mlp()
+    w = net.init_weights(seed=4)
+    sgd = host.optim.SGD(0.2)
+
+    def changed(model: host.Model) -> dict[str, np.ndarray]:
+        model.train_step(x, y)
+        got = model.get_weights()
+        return {k: got[k] != w[k] for k in w}
+
+    last = changed(dev.deploy(net, w, trainable=1, optimizer=sgd))
+    assert not last["0.weight"].any() and not last["0.bias"].any() and last["2.weight"].any()
+    mask = np.zeros((3, 8), np.uint8)
+    mask[0] = 1
+    only = changed(dev.deploy(net, w, trainable={"2.weight": mask}, optimizer=sgd))
+    assert only["2.weight"][0].any() and not only["2.weight"][1:].any()
+    assert not (only["0.weight"].any() or only["0.bias"].any() or only["2.bias"].any())
+    pruned = dev.deploy(net, w, prune=0.5, optimizer=sgd)
+    res = pruned.train_step(x, y)
+    assert res.counters["ff"]["skipped"]["pruned"] > 0
+    assert (pruned.get_weights()["0.weight"] == 0).mean() == pytest.approx(0.5)
+    with pytest.raises(errors.InvalidArgument, match=r"unknown parameter '5\.weight'"):
+        dev.deploy(net, w, trainable={"5.weight": mask})
+    with pytest.raises(errors.InvalidArgument, match="only 0 and 1"):
+        dev.deploy(net, w, prune={"2.weight": mask * 2})
+    with pytest.raises(errors.InvalidArgument, match="no stochastic thresholding"):
+        dev.deploy(net, w, precision="dfxp8+st")
+
+
+def test_mse_loss_and_dfa_train(dev: host.Device) -> None:
+    x, y = blobs(32)
+    onehot = np.eye(3, dtype=np.float32)[y]
+    mse = dev.deploy(mlp(), loss="mse", optimizer=host.optim.SGD(0.1), seed=1)
+    first = mse.train_step(x, onehot).loss
+    for _ in range(10):
+        last = mse.train_step(x, onehot).loss
+    assert last < first
+    with pytest.raises(errors.ShapeError, match=r"MSE takes \(32, 3\)"):
+        mse.train_step(x, y)
+    dfa = dev.deploy(mlp(), algorithm="dfa", optimizer=host.optim.SGD(0.2), seed=1)
+    first = dfa.train_step(x, y).loss
+    for _ in range(15):
+        last = dfa.train_step(x, y).loss
+    assert last < first
