@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import zlib
 from collections.abc import Mapping
 from typing import Any
@@ -129,6 +130,7 @@ class Device:
     ) -> None:
         self.url = url
         self._key = bytes(key) if key is not None else None
+        self._auth_counter = 0
         self.runner = Runner(port, timeout=timeout, baudrate=baudrate)
         self._hello: dict[str, Any] = {}
         self._seen_resets = 0
@@ -207,7 +209,10 @@ class Device:
                 "key=b'...' to host.open"
             )
         nonce = os.urandom(m.AUTH_NONCE_SIZE)
-        counter = int.from_bytes(os.urandom(6), "little")
+        # The device refuses a counter not above every one it accepted before, also from
+        # earlier host sessions: wall-clock nanoseconds grow across sessions and processes.
+        counter = max(time.time_ns(), self._auth_counter + 1)
+        self._auth_counter = counter
         tag = m.auth_tag(self._key, "host", challenge, nonce, counter)
         try:
             r = self.runner.call(Opcode.AUTH, {"host_nonce": nonce, "counter": counter, "tag": tag})

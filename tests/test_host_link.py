@@ -244,6 +244,9 @@ def test_a_device_answering_another_schema_hash_is_refused_by_the_host() -> None
 # ----------------------------------------------------------------------------- a real pty
 
 
+PTY_KEY = b"pty-device-key"
+
+
 @pytest.fixture
 def pty_device() -> Iterator[tuple[str, int, threading.Event]]:
     """The firmware served over a real pty by a thread; yields (path, master fd, stop)."""
@@ -252,7 +255,7 @@ def pty_device() -> Iterator[tuple[str, int, threading.Event]]:
     tty.setraw(slave)
     path = os.ttyname(slave)
     stop = threading.Event()
-    dl = DeviceLink(Firmware("hnpu-v2", seed=4))
+    dl = DeviceLink(Firmware("hnpu-v2", seed=4, key=PTY_KEY))
 
     def serve() -> None:
         try:
@@ -281,8 +284,14 @@ def test_training_over_a_real_pty_then_closing_it_is_link_lost(
     pty_device: tuple[str, int, threading.Event],
 ) -> None:
     path, master, stop = pty_device
-    dev = host.open(path, baudrate=3_000_000, timeout=5.0)
-    assert dev.info()["preset"] == "hnpu-v2"
+    # A second session on the same device authenticates again (a fresh challenge and a
+    # counter above the first session's).
+    for _ in range(2):
+        dev = host.open(path, baudrate=3_000_000, timeout=5.0, key=PTY_KEY)
+        assert dev.info()["preset"] == "hnpu-v2"
+        assert "auth_required" in dev.info()["features"]
+        dev.close()
+    dev = host.open(path, baudrate=3_000_000, timeout=5.0, key=PTY_KEY)
     model = dev.deploy(mlp(), optimizer=host.optim.SGD(0.1))
     res = model.train_step(np.ones((4, 4), np.float32), np.array([0, 1, 0, 1]))
     assert np.isfinite(res.loss)
@@ -300,7 +309,7 @@ def test_spy_url_over_the_pty_logs_the_traffic(
 ) -> None:
     path, _, _ = pty_device
     log = tmp_path / "spy.txt"
-    with host.open(f"spy://{path}?file={log}", timeout=5.0) as dev:
+    with host.open(f"spy://{path}?file={log}", timeout=5.0, key=PTY_KEY) as dev:
         assert dev.info()["preset"] == "hnpu-v2"
     assert log.stat().st_size > 0
 
