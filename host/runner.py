@@ -139,12 +139,13 @@ class Runner:
             want = set(ids)
             while not want <= self._answers.keys():
                 if time.monotonic() >= end:
+                    missing = want - self._answers.keys()
+                    self._abandoned |= missing
                     for i in want:
-                        if self._answers.pop(i, None) is None:
-                            self._abandoned.add(i)
+                        self._answers.pop(i, None)
                     raise errors.Timeout(
                         f"the device did not answer within {limit:.2f} s "
-                        f"({len(want - self._answers.keys())} request(s) outstanding); check "
+                        f"({len(missing)} of {len(want)} request(s) unanswered); check "
                         "that it is powered and connected, or pass a larger timeout to host.open",
                         limit,
                     )
