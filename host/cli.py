@@ -66,6 +66,24 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from host import cli_serve
+
+    try:
+        opts = cli_serve.options(
+            preset=args.preset,
+            pty=args.pty,
+            tcp=args.tcp,
+            baud=args.baud,
+            seed=args.seed,
+            key_file=args.key_file,
+        )
+        return cli_serve.serve(opts)
+    except cli_serve.ServeError as e:
+        print(f"microtrain serve: {e}", file=sys.stderr)
+        return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="microtrain",
@@ -85,6 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--baud", type=int, default=None, help="baud rate of a serial device")
     i.add_argument("--timeout", type=float, default=None, help="seconds to wait for answers")
     i.set_defaults(func=_cmd_info)
+
+    s = sub.add_parser("serve", help="the emulated device behind a pty or a TCP port")
+    where = s.add_mutually_exclusive_group(required=True)
+    where.add_argument("--pty", action="store_true", help="serve on a new pty; prints PTY <path>")
+    where.add_argument("--tcp", metavar="HOST:PORT", help="serve on a loopback TCP port")
+    s.add_argument("--preset", default="hnpu-v2", help="chip preset (default hnpu-v2)")
+    s.add_argument("--baud", type=int, default=None, help="pace bytes like a UART of this rate")
+    s.add_argument("--seed", type=int, default=0, help="seed of the device's randomness")
+    s.add_argument("--key-file", default=None, help="file holding the auth key as hex text")
+    s.set_defaults(func=_cmd_serve)
     return p
 
 

@@ -1,0 +1,427 @@
+"""``microtrain serve``: the emulated device in its own process behind a pty or a TCP socket,
+a "virtual FPGA" that the host reaches exactly as it reaches a board.
+
+* ``--pty``: a pseudo-terminal pair (raw mode); the slave's path is printed as one line
+  ``PTY <path>`` and the host opens that path like a serial adapter. The server keeps the slave
+  open too, so a host may close the port and open it again. A host that starts a new link
+  session (a new link epoch) must authenticate again.
+* ``--tcp HOST:PORT``: a loopback TCP server (``socket://HOST:PORT`` on the host side), one
+  connection at a time; a second one while a host is connected is closed at once. Each
+  connection gets a fresh link session and must authenticate again; the device's state (tensors,
+  model) survives, as a powered board's does. Port 0 picks a free port; the line ``TCP
+  HOST:PORT`` says which.
+
+``--baud N`` paces both directions like a UART of that rate (10 bits per byte, see ``Pacer``).
+The loop sleeps in ``select`` until bytes arrive, the device link's next timer, the pacer's next
+slot, or a signal; it stops on SIGINT/SIGTERM or when the parent process goes away.
+
+This module is application layer: it may import ``device_model`` (the CLI's privilege).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import os
+import select
+import signal
+import socket
+import sys
+import termios
+import time
+import tty
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TextIO
+
+from device_model.config import preset_names
+from device_model.firmware import Firmware
+from device_model.firmware_link import DeviceLink
+
+#: Bits a UART moves per byte (start, 8 data, stop).
+BITS_PER_BYTE = 10
+#: Pacing granule (seconds): the pacer releases at most this much line time at once.
+PACE_GRANULE = 0.002
+#: Longest sleep in one select (seconds): how often the parent's presence is checked.
+PARENT_CHECK = 0.5
+#: Output held back while the reader does not keep up; beyond it the oldest bytes are lost,
+#: as on a UART line nobody reads.
+MAX_PENDING = 1 << 20
+READ_SIZE = 65536
+
+
+class ServeError(ValueError):
+    """A bad ``serve`` argument or a resource that cannot be set up; the message says what
+    was wrong and what is accepted."""
+
+
+# ---------------------------------------------------------------------- arguments
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """What ``microtrain serve`` was asked for (validated)."""
+
+    preset: str = "hnpu-v2"
+    pty: bool = False
+    tcp: tuple[str, int] | None = None
+    baud: int | None = None
+    seed: int = 0
+    key: bytes | None = None
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) of a loopback address; ServeError otherwise."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text:
+        raise ServeError(f"--tcp takes HOST:PORT (e.g. 127.0.0.1:7000), got {text!r}")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        port = int(port_text, 10)
+    except ValueError:
+        raise ServeError(f"--tcp port {port_text!r} is not an integer; accepted 0..65535") from None
+    if not 0 <= port <= 65535:
+        raise ServeError(f"--tcp port {port} out of range; accepted 0..65535 (0: any free port)")
+    if host != "localhost":
+        try:
+            addr = ipaddress.ip_address(host)
+        except ValueError:
+            raise ServeError(
+                f"--tcp host {host!r} is not an IP address; accepted: localhost, 127.0.0.1 "
+                "or another loopback address, ::1"
+            ) from None
+        if not addr.is_loopback:
+            raise ServeError(
+                f"--tcp host {host} is not a loopback address: the emulator serves this machine "
+                "only; accepted: localhost, 127.x.x.x, ::1"
+            )
+    return host, port
+
+
+def read_key_file(path: str) -> bytes:
+    """The key held in ``path`` as hex text (whitespace ignored). The error messages never
+    show the file's contents."""
+    try:
+        with open(path, encoding="ascii", errors="strict") as f:
+            text = f.read()
+    except OSError as e:
+        raise ServeError(f"cannot read key file {path!r}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ServeError(
+            f"key file {path!r} is not ASCII text; it must hold the key as hex digits"
+        ) from None
+    digits = "".join(text.split())
+    try:
+        key = bytes.fromhex(digits)
+    except ValueError:
+        raise ServeError(
+            f"key file {path!r} does not hold hex text; it must hold the key as an even number "
+            "of hex digits (whitespace ignored)"
+        ) from None
+    if not key:
+        raise ServeError(f"key file {path!r} is empty; it must hold the key as hex digits")
+    return key
+
+
+def options(
+    *,
+    preset: str,
+    pty: bool,
+    tcp: str | None,
+    baud: int | None,
+    seed: int,
+    key_file: str | None,
+) -> ServeOptions:
+    """Validate the command line's values into ServeOptions (ServeError on bad ones)."""
+    if pty == (tcp is not None):
+        raise ServeError("give exactly one of --pty or --tcp HOST:PORT")
+    if preset not in preset_names():
+        raise ServeError(f"unknown preset {preset!r}; accepted: {', '.join(preset_names())}")
+    if baud is not None and baud <= 0:
+        raise ServeError(f"--baud must be a positive number of bits per second, got {baud}")
+    if not 0 <= seed < 2**64:
+        raise ServeError(f"--seed must be in 0..2**64-1, got {seed}")
+    return ServeOptions(
+        preset=preset,
+        pty=pty,
+        tcp=parse_hostport(tcp) if tcp is not None else None,
+        baud=baud,
+        seed=seed,
+        key=read_key_file(key_file) if key_file is not None else None,
+    )
+
+
+# ---------------------------------------------------------------------- pacing
+
+
+class Pacer:
+    """When bytes may cross a UART of ``baud`` bits per second (None: no pacing).
+
+    The line is busy until ``free_at``; ``take(want, now)`` grants up to one granule's worth
+    of bytes once the line is free and books their transmit time. Lateness of the caller up to
+    one granule is not lost (the next slot starts where the last ended); after a longer idle
+    the line starts afresh at ``now``, so no credit accumulates. On average n bytes take
+    n * 10 / baud seconds.
+    """
+
+    def __init__(self, baud: int | None, granule: float = PACE_GRANULE) -> None:
+        self.baud = baud
+        self.byte_time = BITS_PER_BYTE / baud if baud else 0.0
+        self.burst = max(1, int(granule / self.byte_time)) if baud else 0
+        self.granule = granule
+        self.free_at = float("-inf")
+
+    def ready(self, now: float) -> bool:
+        """Whether the line may take bytes now."""
+        return self.baud is None or now >= self.free_at
+
+    def take(self, want: int, now: float) -> int:
+        """How many of ``want`` bytes go on the line now (their time is booked)."""
+        if self.baud is None:
+            return want
+        if want <= 0 or now < self.free_at:
+            return 0
+        n = min(want, self.burst)
+        start = self.free_at if now - self.free_at < self.granule else now
+        self.free_at = start + n * self.byte_time
+        return n
+
+    def wake(self) -> float | None:
+        """When the line is next free (None: unpaced)."""
+        return None if self.baud is None else self.free_at
+
+
+# ---------------------------------------------------------------------- the device session
+
+
+class Session:
+    """One host's session: the device link over the firmware, the pacers of both directions
+    and the device's output not yet written."""
+
+    def __init__(self, firmware: Firmware, baud: int | None, link_seed: int) -> None:
+        self.firmware = firmware
+        self.link = DeviceLink(firmware, seed=link_seed)
+        self.rx = Pacer(baud)
+        self.tx = Pacer(baud)
+        self.out = bytearray()
+        self._peer_epoch: int | None = None
+        firmware.deauthenticate()
+
+    def receive(self, data: bytes, now: float) -> None:
+        """Bytes from the host. A new host link epoch is a new host: it must AUTH again."""
+        self.link.receive_bytes(data, now)
+        epoch = self.link.link.peer_epoch
+        if epoch is not None and epoch != self._peer_epoch:
+            if self._peer_epoch is not None:
+                self.firmware.deauthenticate()
+            self._peer_epoch = epoch
+
+    def produce(self, now: float) -> None:
+        """Run the device link's timers and queue what it sends (bounded: see MAX_PENDING)."""
+        self.link.poll(now)
+        self.out += self.link.bytes_to_send(now)
+        if len(self.out) > MAX_PENDING:
+            del self.out[: len(self.out) - MAX_PENDING]
+
+    def timeout(self, now: float, cap: float) -> float:
+        """Seconds select may sleep: until the link's timer or the output pacer's slot."""
+        wakes = [self.link.next_deadline()]
+        if self.out:
+            wakes.append(self.tx.wake())
+        if not self.rx.ready(now):
+            wakes.append(self.rx.wake())
+        t = min([w for w in wakes if w is not None], default=now + cap)
+        return min(max(t - now, 0.0), cap)
+
+
+class Stop:
+    """SIGINT/SIGTERM set ``requested`` and wake the select loop through a pipe."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.rfd, self.wfd = os.pipe()
+        os.set_blocking(self.rfd, False)
+        os.set_blocking(self.wfd, False)
+        self._old: dict[int, object] = {}
+        self.parent = os.getppid()
+
+    def _handler(self, signum: int, frame: object) -> None:
+        self.requested = True
+        with contextlib.suppress(OSError):
+            os.write(self.wfd, b"\0")
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handler)
+
+    def close(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)  # type: ignore[arg-type]
+        os.close(self.rfd)
+        os.close(self.wfd)
+
+    def check(self) -> bool:
+        """Whether to stop: a signal came, or the parent went away (we were re-parented)."""
+        with contextlib.suppress(OSError):
+            os.read(self.rfd, 64)
+        return self.requested or os.getppid() != self.parent
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[Stop]:
+    stop = Stop()
+    stop.install()
+    try:
+        yield stop
+    finally:
+        stop.close()
+
+
+# ---------------------------------------------------------------------- the loop
+
+
+def pump(
+    session: Session,
+    fd: int,
+    stop: Stop,
+    *,
+    extra: int | None = None,
+    on_extra: Callable[[], None] | None = None,
+) -> str:
+    """Serve ``session`` over the non-blocking ``fd`` until it closes ("eof") or a stop is
+    asked for ("stop"). ``extra`` is another readable fd (a listening socket) handled by
+    ``on_extra``."""
+    while True:
+        now = time.monotonic()
+        session.produce(now)
+        if session.out and session.tx.ready(now):
+            n = session.tx.take(len(session.out), now)
+            try:
+                written = os.write(fd, session.out[:n])
+            except BlockingIOError:
+                written = 0
+                session.tx.free_at = now  # nothing went out: give the slot back
+            except OSError as e:
+                if e.errno in (errno.EPIPE, errno.ECONNRESET, errno.EIO):
+                    return "eof"
+                raise
+            del session.out[:written]
+        rlist = [stop.rfd]
+        if session.rx.ready(now):
+            rlist.append(fd)
+        if extra is not None:
+            rlist.append(extra)
+        wlist = [fd] if session.out and session.tx.ready(time.monotonic()) else []
+        readable, _, _ = select.select(
+            rlist, wlist, [], session.timeout(time.monotonic(), PARENT_CHECK)
+        )
+        if stop.check():
+            return "stop"
+        now = time.monotonic()
+        if fd in readable:
+            want = session.rx.take(READ_SIZE, now)
+            try:
+                data = os.read(fd, want) if want else None
+            except BlockingIOError:
+                data = None
+            except OSError as e:
+                if e.errno in (errno.EIO, errno.ECONNRESET):
+                    return "eof"
+                raise
+            if data == b"":
+                return "eof"
+            if data:
+                session.receive(data, now)
+        if extra is not None and extra in readable and on_extra is not None:
+            on_extra()
+
+
+def _log(err: TextIO, text: str) -> None:
+    print(f"microtrain serve: {text}", file=err, flush=True)
+
+
+def serve_pty(opts: ServeOptions, out: TextIO, err: TextIO) -> int:
+    """Serve over a new pty until stopped (see the module docstring)."""
+    master, slave = os.openpty()
+    try:
+        tty.setraw(slave, termios.TCSANOW)
+        os.set_blocking(master, False)
+        path = os.ttyname(slave)
+        firmware = Firmware(opts.preset, seed=opts.seed, key=opts.key)
+        session = Session(firmware, opts.baud, opts.seed)
+        with stop_signals() as stop:
+            print(f"PTY {path}", file=out, flush=True)
+            _log(err, f"{opts.preset} on {path}" + (f" at {opts.baud} baud" if opts.baud else ""))
+            pump(session, master, stop)
+        _log(err, "stopped")
+        return 0
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def serve_tcp(opts: ServeOptions, out: TextIO, err: TextIO) -> int:
+    """Serve on a loopback TCP port, one connection at a time, until stopped."""
+    assert opts.tcp is not None
+    host, port = opts.tcp
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family, _, _, _, addr = infos[0]
+        listener = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as e:
+        raise ServeError(f"cannot resolve --tcp {host}:{port}: {e}") from None
+    with listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            listener.bind(addr)
+        except OSError as e:
+            raise ServeError(
+                f"cannot listen on {host}:{port}: {e.strerror or e}; pick another port "
+                "(0: any free port)"
+            ) from None
+        listener.listen(1)
+        listener.setblocking(False)
+        bound_host, bound_port = listener.getsockname()[:2]
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        firmware = Firmware(opts.preset, seed=opts.seed, key=opts.key)
+        sessions = 0
+
+        def refuse() -> None:
+            with contextlib.suppress(BlockingIOError):
+                extra, peer = listener.accept()
+                extra.close()
+                _log(err, f"refused {peer[0]}:{peer[1]}: a host is already connected")
+
+        with stop_signals() as stop:
+            print(f"TCP {shown}:{bound_port}", file=out, flush=True)
+            _log(err, f"{opts.preset} on {shown}:{bound_port}, one connection at a time")
+            while not stop.check():
+                readable, _, _ = select.select([listener.fileno(), stop.rfd], [], [], PARENT_CHECK)
+                if listener.fileno() not in readable:
+                    continue
+                try:
+                    conn, peer = listener.accept()
+                except BlockingIOError:
+                    continue
+                sessions += 1
+                _log(err, f"connection {sessions} from {peer[0]}:{peer[1]}")
+                with conn:
+                    conn.setblocking(False)
+                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    session = Session(firmware, opts.baud, opts.seed + sessions)
+                    why = pump(
+                        session, conn.fileno(), stop, extra=listener.fileno(), on_extra=refuse
+                    )
+                _log(err, f"connection {sessions} closed" if why == "eof" else "stopping")
+        _log(err, "stopped")
+    return 0
+
+
+def serve(opts: ServeOptions, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Run the server described by ``opts``; returns the exit status."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    if opts.pty:
+        return serve_pty(opts, out, err)
+    return serve_tcp(opts, out, err)
