@@ -155,6 +155,326 @@ static void chunked_job(fgemm_job *g, int tid)
     }
 }
 
+/* ---------------------------------------------------------------- blocked fp32 kernels
+ *
+ * The same arithmetic as f32_job, reordered only across outputs: every output still gets
+ * acc = +0, then acc = acc + (a*b) for k = 0..K-1 in order, one IEEE multiply and one IEEE
+ * add per step (separate instructions, never an FMA). What changes is which outputs are in
+ * flight together: a register tile of MR rows x NR columns of accumulators, B packed into
+ * panels of NR columns (K rows of NR contiguous floats, zero-padded past N), A read in place
+ * and broadcast one element per row and k. K is walked in blocks of KC; between blocks an
+ * accumulator is stored to C and reloaded, which is exact (it is a float32 either way).
+ * Edge tiles (fewer than MR rows or NR columns) run the same micro-kernel on a local tile.
+ */
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define HAVE_X86_KERNELS 1
+#else
+#define HAVE_X86_KERNELS 0
+#endif
+#include <stdatomic.h>
+
+enum { FK_PORTABLE = 0, FK_AVX2 = 1, FK_AVX512 = 2 };
+#define KC 256
+#define MR_MAX 8
+#define NR_MAX 32
+
+typedef void (*tile_fn)(const float *const *ap, int64_t cs, const float *bp, int64_t kc,
+                        float *c, int64_t ldc, int first);
+
+#if HAVE_X86_KERNELS
+/* 8 rows x 32 columns: 16 zmm accumulators. ap[i] points at A[m0+i, k0]; A[m0+i, k0+k] is
+ * ap[i][k*cs]. bp holds kc rows of 32 floats. */
+__attribute__((target("avx512f"))) static void tile_avx512(const float *const *ap, int64_t cs,
+                                                           const float *bp, int64_t kc,
+                                                           float *c, int64_t ldc, int first)
+{
+    __m512 acc[8][2];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) {
+        acc[i][0] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(c + i * ldc);
+        acc[i][1] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(c + i * ldc + 16);
+    }
+    const float *a0 = ap[0], *a1 = ap[1], *a2 = ap[2], *a3 = ap[3];
+    const float *a4 = ap[4], *a5 = ap[5], *a6 = ap[6], *a7 = ap[7];
+    for (int64_t k = 0; k < kc; k++) {
+        __m512 b0 = _mm512_loadu_ps(bp + k * 32), b1 = _mm512_loadu_ps(bp + k * 32 + 16);
+        int64_t o = k * cs;
+#define ROW(i, ai)                                                                     \
+    do {                                                                               \
+        __m512 av = _mm512_set1_ps(ai[o]);                                             \
+        acc[i][0] = _mm512_add_ps(acc[i][0], _mm512_mul_ps(av, b0));                   \
+        acc[i][1] = _mm512_add_ps(acc[i][1], _mm512_mul_ps(av, b1));                   \
+    } while (0)
+        ROW(0, a0);
+        ROW(1, a1);
+        ROW(2, a2);
+        ROW(3, a3);
+        ROW(4, a4);
+        ROW(5, a5);
+        ROW(6, a6);
+        ROW(7, a7);
+#undef ROW
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) {
+        _mm512_storeu_ps(c + i * ldc, acc[i][0]);
+        _mm512_storeu_ps(c + i * ldc + 16, acc[i][1]);
+    }
+}
+
+/* 6 rows x 16 columns: 12 ymm accumulators. */
+__attribute__((target("avx2"))) static void tile_avx2(const float *const *ap, int64_t cs,
+                                                      const float *bp, int64_t kc, float *c,
+                                                      int64_t ldc, int first)
+{
+    __m256 acc[6][2];
+#pragma GCC unroll 6
+    for (int i = 0; i < 6; i++) {
+        acc[i][0] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(c + i * ldc);
+        acc[i][1] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(c + i * ldc + 8);
+    }
+    const float *a0 = ap[0], *a1 = ap[1], *a2 = ap[2], *a3 = ap[3], *a4 = ap[4], *a5 = ap[5];
+    for (int64_t k = 0; k < kc; k++) {
+        __m256 b0 = _mm256_loadu_ps(bp + k * 16), b1 = _mm256_loadu_ps(bp + k * 16 + 8);
+        int64_t o = k * cs;
+#define ROW(i, ai)                                                                     \
+    do {                                                                               \
+        __m256 av = _mm256_broadcast_ss(ai + o);                                       \
+        acc[i][0] = _mm256_add_ps(acc[i][0], _mm256_mul_ps(av, b0));                   \
+        acc[i][1] = _mm256_add_ps(acc[i][1], _mm256_mul_ps(av, b1));                   \
+    } while (0)
+        ROW(0, a0);
+        ROW(1, a1);
+        ROW(2, a2);
+        ROW(3, a3);
+        ROW(4, a4);
+        ROW(5, a5);
+#undef ROW
+    }
+#pragma GCC unroll 6
+    for (int i = 0; i < 6; i++) {
+        _mm256_storeu_ps(c + i * ldc, acc[i][0]);
+        _mm256_storeu_ps(c + i * ldc + 8, acc[i][1]);
+    }
+}
+#endif
+
+/* Which blocked kernel runs: MICROTRAIN_KERNEL=portable forces the row-wise portable loop
+ * (as for the integer kernels); MICROTRAIN_FLOAT_KERNEL=portable|avx2|avx512 picks one
+ * explicitly (for tests; a kernel this CPU lacks falls back to the best it has). Read at
+ * each call, like the Python side reads its environment. */
+static int float_kernel(void)
+{
+    const char *fk = getenv("MICROTRAIN_FLOAT_KERNEL");
+    const char *k = getenv("MICROTRAIN_KERNEL");
+    if ((fk && strcmp(fk, "portable") == 0) || (!fk && k && strcmp(k, "portable") == 0))
+        return FK_PORTABLE;
+#if HAVE_X86_KERNELS
+    int has512 = __builtin_cpu_supports("avx512f"), has2 = __builtin_cpu_supports("avx2");
+    if (fk && strcmp(fk, "avx2") == 0 && has2)
+        return FK_AVX2;
+    if (has512)
+        return FK_AVX512;
+    if (has2)
+        return FK_AVX2;
+#endif
+    return FK_PORTABLE;
+}
+
+/* Packed-B buffers cached per thread slot between calls, so repeated GEMMs do not pay page
+ * faults; a slot in use by a concurrent call makes that call allocate its own. */
+#define CACHE_MAX_BYTES ((size_t)64 << 20)
+typedef struct {
+    atomic_int busy;
+    float *p;
+    size_t n;
+} buf_slot;
+static buf_slot buf_cache[MAX_THREADS];
+
+static float *buf_get(int slot, size_t n, int *cached)
+{
+    size_t bytes = (n * sizeof(float) + 63) & ~(size_t)63;
+    buf_slot *s = &buf_cache[slot];
+    *cached = 0;
+    if (bytes <= CACHE_MAX_BYTES && !atomic_exchange(&s->busy, 1)) {
+        if (s->n < bytes) {
+            free(s->p);
+            s->p = aligned_alloc(64, bytes);
+            s->n = s->p ? bytes : 0;
+        }
+        if (s->p) {
+            *cached = 1;
+            return s->p;
+        }
+        atomic_store(&s->busy, 0);
+        return NULL;
+    }
+    return aligned_alloc(64, bytes);
+}
+
+static void buf_put(int slot, float *p, int cached)
+{
+    if (cached)
+        atomic_store(&buf_cache[slot].busy, 0);
+    else
+        free(p);
+}
+
+typedef struct {
+    const float *a, *b;
+    int64_t rs, cs; /* A[m, k] = a[m*rs + k*cs] */
+    int64_t ldb;
+    int trans_b;
+    int64_t M, K, N;
+    float *c;
+    int nt, kern, split_n;
+    int rc[MAX_THREADS];
+} blk_job;
+
+/* Pack B columns [n0, n0 + NR) of rows [0, K) into kc-row panels: out[k*NR + j]. */
+static void pack_panel(const blk_job *g, int64_t n0, int nr, float *out)
+{
+    int64_t w = g->N - n0 < nr ? g->N - n0 : nr, K = g->K;
+    if (!g->trans_b) {
+        for (int64_t k = 0; k < K; k++) {
+            const float *src = g->b + k * g->ldb + n0;
+            float *dst = out + k * nr;
+            memcpy(dst, src, (size_t)w * sizeof(float));
+            for (int64_t j = w; j < nr; j++)
+                dst[j] = 0.0f;
+        }
+        return;
+    }
+    for (int64_t k0 = 0; k0 < K; k0 += 64) { /* B^T: N x K; transpose in 64-k strips */
+        int64_t k1 = k0 + 64 < K ? k0 + 64 : K;
+        for (int64_t j = 0; j < nr; j++) {
+            if (j < w) {
+                const float *src = g->b + (n0 + j) * g->ldb;
+                for (int64_t k = k0; k < k1; k++)
+                    out[k * nr + j] = src[k];
+            } else {
+                for (int64_t k = k0; k < k1; k++)
+                    out[k * nr + j] = 0.0f;
+            }
+        }
+    }
+}
+
+static void blk_thread(blk_job *g, int tid)
+{
+    int mr = g->kern == FK_AVX512 ? 8 : 6, nr = g->kern == FK_AVX512 ? 32 : 16;
+    tile_fn tile = NULL;
+#if HAVE_X86_KERNELS
+    tile = g->kern == FK_AVX512 ? tile_avx512 : tile_avx2;
+#endif
+    int64_t M = g->M, K = g->K, N = g->N, np = (N + nr - 1) / nr;
+    int64_t m_lo = 0, m_hi = M, p_lo = 0, p_hi = np;
+    if (g->split_n) {
+        p_lo = np * tid / g->nt;
+        p_hi = np * (tid + 1) / g->nt;
+    } else { /* split rows in whole tiles */
+        int64_t tiles = (M + mr - 1) / mr;
+        m_lo = tiles * tid / g->nt * mr;
+        m_hi = tiles * (tid + 1) / g->nt * mr;
+        m_hi = m_hi < M ? m_hi : M;
+    }
+    if (p_lo >= p_hi || m_lo >= m_hi)
+        return;
+    int cached;
+    float *bp = buf_get(tid, (size_t)((p_hi - p_lo) * K * nr), &cached);
+    if (!bp) {
+        g->rc[tid] = MT_GEMM_ENOMEM;
+        return;
+    }
+    for (int64_t p = p_lo; p < p_hi; p++)
+        pack_panel(g, p * nr, nr, bp + (p - p_lo) * K * nr);
+    float tmp[MR_MAX * NR_MAX];
+    const float *ap[MR_MAX];
+    for (int64_t k0 = 0; k0 < K; k0 += KC) {
+        int64_t kc = K - k0 < KC ? K - k0 : KC;
+        int first = k0 == 0;
+        for (int64_t p = p_lo; p < p_hi; p++) {
+            const float *bpk = bp + (p - p_lo) * K * nr + k0 * nr;
+            int64_t n0 = p * nr, w = N - n0 < nr ? N - n0 : nr;
+            for (int64_t m0 = m_lo; m0 < m_hi; m0 += mr) {
+                int64_t h = m_hi - m0 < mr ? m_hi - m0 : mr;
+                for (int i = 0; i < mr; i++) /* rows past the edge repeat the last row */
+                    ap[i] = g->a + (m0 + (i < h ? i : h - 1)) * g->rs + k0 * g->cs;
+                float *cc = g->c + m0 * N + n0;
+                if (h == mr && w == nr) {
+                    tile(ap, g->cs, bpk, kc, cc, N, first);
+                    continue;
+                }
+                if (!first)
+                    for (int64_t i = 0; i < h; i++)
+                        memcpy(tmp + i * nr, cc + i * N, (size_t)w * sizeof(float));
+                tile(ap, g->cs, bpk, kc, tmp, nr, first);
+                for (int64_t i = 0; i < h; i++)
+                    memcpy(cc + i * N, tmp + i * nr, (size_t)w * sizeof(float));
+            }
+        }
+    }
+    buf_put(tid, bp, cached);
+}
+
+typedef struct {
+    blk_job *g;
+    int tid;
+} blk_arg;
+
+static void *blk_main(void *p)
+{
+    blk_arg *t = p;
+    blk_thread(t->g, t->tid);
+    return NULL;
+}
+
+/* Below this many MACs per thread a second thread costs more to start than it saves. */
+#define F32_MACS_PER_THREAD ((int64_t)1 << 21)
+
+static int run_blocked(const float *a, int64_t lda, int trans_a, const float *b, int64_t ldb,
+                       int trans_b, int64_t m, int64_t k, int64_t n, float *c, int threads,
+                       int kern)
+{
+    if (m == 0 || n == 0)
+        return MT_GEMM_OK;
+    if (k == 0) {
+        memset(c, 0, (size_t)(m * n) * sizeof(float));
+        return MT_GEMM_OK;
+    }
+    if (threads <= 0) {
+        int64_t macs = m * n * k;
+        threads = macs >= 2 * F32_MACS_PER_THREAD ? DEFAULT_THREADS : 1;
+    }
+    if (threads > MAX_THREADS)
+        threads = MAX_THREADS;
+    blk_job g = {a, b, trans_a ? 1 : lda, trans_a ? lda : 1, ldb, !!trans_b, m, k, n, c,
+                 threads, kern, 0, {0}};
+    int nr = kern == FK_AVX512 ? 32 : 16, mr = kern == FK_AVX512 ? 8 : 6;
+    int64_t np = (n + nr - 1) / nr, tiles = (m + mr - 1) / mr;
+    /* split the column panels when each thread gets at least two, else the row tiles */
+    g.split_n = np >= 2 * threads || np >= tiles;
+    pthread_t th[MAX_THREADS];
+    blk_arg args[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
+    for (int t = 0; t < threads; t++)
+        args[t] = (blk_arg){&g, t};
+    for (int t = 1; t < threads; t++)
+        started[t] = pthread_create(&th[t], NULL, blk_main, &args[t]) == 0;
+    blk_main(&args[0]);
+    for (int t = 1; t < threads; t++) {
+        if (started[t])
+            pthread_join(th[t], NULL);
+        else
+            blk_main(&args[t]);
+    }
+    for (int t = 0; t < threads; t++)
+        if (g.rc[t] != MT_GEMM_OK)
+            return g.rc[t];
+    return MT_GEMM_OK;
+}
+
 typedef struct {
     fgemm_job *g;
     int tid;
@@ -181,6 +501,11 @@ static int run_float(const float *a, int64_t lda, int trans_a, const float *b, i
         return MT_GEMM_EBADARG;
     if (chunked && (chunk < 1 || ebits < 2 || ebits > 8 || mbits < 1 || mbits > 23))
         return MT_GEMM_EBADARG;
+    if (!chunked) {
+        int kern = float_kernel();
+        if (kern != FK_PORTABLE)
+            return run_blocked(a, lda, trans_a, b, ldb, trans_b, m, k, n, c, threads, kern);
+    }
     if (threads <= 0)
         threads = DEFAULT_THREADS;
     if (threads > MAX_THREADS)
