@@ -7,13 +7,15 @@ the responses it waits for are in, or the call's deadline passes. A lock seriali
 * Request ids are u32, counted up from a random start per runner, so a second host session on
   the same device never collides with the device's response cache of an earlier one.
 * Every call has a deadline: ``timeout`` (the device's think time) plus twice the time the
-  call's bytes take on the wire at the port's baud rate (10 bits per byte), see ``deadline``.
+  call's bytes take on the wire at the port's baud rate (10 bits per byte), see ``deadline``,
+  plus the set-up of a new link session after a reset (2 x frame_lifetime + SYNC_ALLOWANCE).
   No answer by then raises ``errors.Timeout``; a port that fails or closes raises
   ``errors.LinkLost``. Nothing blocks longer than one short read (``POLL_INTERVAL``).
 * Exactly once: the link replays unanswered requests after a peer reset, the device answers
   duplicates from its cache, and the runner marks a request answered when its response
-  arrives. ``resets`` counts peer resets (new device epochs) so the caller can check whether
-  the device lost its state.
+  arrives. ``resets`` counts ended link sessions (a new device epoch, or a new session this
+  end starts after a timeout, which resynchronises with a device that restarted unnoticed) so
+  the caller can check whether the device lost its state.
 * ERROR responses raise ``errors.DeviceError`` (status and detail) from ``call``; ``submit``
   and ``wait`` let a caller pipeline several requests (tensor chunks) and see each result.
 """
@@ -40,6 +42,8 @@ from protocol.status import MessageError, Status
 POLL_INTERVAL = 0.01
 #: Default think time of the device per call (seconds), on top of the wire time.
 DEFAULT_TIMEOUT = 10.0
+#: Seconds allowed on top of two frame lifetimes for setting up a new link session.
+SYNC_ALLOWANCE = 1.0
 #: Baud rate assumed when nothing says otherwise.
 DEFAULT_BAUD = 115_200
 #: Line rate assumed for ports that are not UARTs (emu://, socket://, loop://): their nominal
@@ -86,6 +90,7 @@ class Runner:
         self._pending: dict[int, int] = {}
         #: request id -> decoded response, answered and not yet taken.
         self._answers: dict[int, m.ResponseMsg] = {}
+        self._own_resets = 0
         #: Requests whose caller gave up (timed out): their late answers are dropped.
         self._abandoned: set[int] = set()
         #: Messages from the device that did not decode as a response (counted, dropped).
@@ -100,8 +105,9 @@ class Runner:
 
     @property
     def resets(self) -> int:
-        """How many times the device's link restarted (new epoch) during this session."""
-        return self.link.stats["peer_resets"]
+        """How many link sessions ended during this device session: the device's link
+        restarted (new epoch), or this end restarted its own after a timeout."""
+        return self.link.stats["peer_resets"] + self._own_resets
 
     @property
     def max_payload(self) -> int:
@@ -135,6 +141,10 @@ class Runner:
         """The responses of ``ids`` (ERROR responses included), in the order of ``ids``."""
         with self._lock:
             limit = self.deadline(nbytes, timeout)
+            if self.resets and not self.link.established:
+                # A session after a reset waits out the old one's frames at both ends
+                # (frame_lifetime each) and SYNC retries back off: allow for it.
+                limit += 2 * self.link.config.frame_lifetime + SYNC_ALLOWANCE
             end = time.monotonic() + limit
             want = set(ids)
             while not want <= self._answers.keys():
@@ -143,6 +153,11 @@ class Runner:
                     self._abandoned |= missing
                     for i in want:
                         self._answers.pop(i, None)
+                    # Start a new link session: if the device restarted without our noticing
+                    # (same epoch), this resynchronises; if it was only slow, the replayed
+                    # requests are answered from its cache (exactly once).
+                    self.link.reset(time.monotonic())
+                    self._own_resets += 1
                     raise errors.Timeout(
                         f"the device did not answer within {limit:.2f} s "
                         f"({len(missing)} of {len(want)} request(s) unanswered); check "

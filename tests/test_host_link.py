@@ -26,6 +26,10 @@ from host.runner import VIRTUAL_BAUD, Runner
 from protocol import messages as m
 from protocol.messages import Opcode
 
+# The emu:// handler, found by package name as host.open does (tests build ports directly).
+if "device_model" not in serial.protocol_handler_packages:
+    serial.protocol_handler_packages.append("device_model")
+
 # Slack allowed past a deadline for the check itself and a loaded machine; a hang would blow
 # far past it (the bound is about never hanging, not about speed).
 SLACK = 5.0
@@ -182,6 +186,23 @@ def test_a_restart_during_a_model_call_is_state_lost() -> None:
     port.restart_url = "emu://hnpu-v2?seed=3"
     with pytest.raises(errors.StateLost):
         model.train_step(np.ones((2, 4), np.float32), np.array([0, 1]))
+    dev.close()
+
+
+def test_a_device_restarted_unnoticed_times_out_once_then_resynchronises() -> None:
+    # Same seed, so the same link epoch: the host cannot see the restart, and the first
+    # request is lost in a session the device no longer has. After the timeout the host
+    # starts a new session; the device is greeted again and its lost model is reported.
+    port = FaultyPort("emu://hnpu-v2?seed=1")
+    dev = Device(port, timeout=1.0)
+    model = dev.deploy(mlp())
+    port.restart_url = "emu://hnpu-v2?seed=1"
+    with pytest.raises(errors.Timeout):
+        dev.counters()
+    assert dev.counters()["ff"]["macs_total"] == 0
+    with pytest.raises(errors.StateLost):
+        model.predict(np.ones((1, 4), np.float32))
+    assert dev.deploy(mlp()).predict(np.ones((1, 4), np.float32)).shape == (1, 2)
     dev.close()
 
 
