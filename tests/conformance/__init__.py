@@ -1,0 +1,1 @@
+"""Conformance suite: runs unchanged against any device URL (``--device``)."""

@@ -1,0 +1,68 @@
+"""Options and fixtures of the conformance suite.
+
+``pytest tests/conformance --device URL`` runs the suite against any device the host can open:
+``emu://hnpu-v2`` (the default, in-process), a pty printed by ``microtrain serve --pty``,
+``socket://HOST:PORT`` of ``microtrain serve --tcp``, or a board's serial port. A keyed device
+takes ``--device-key HEX``; a UART takes ``--device-baud N`` (it scales the host's deadlines).
+
+The options are registered here, which pytest loads at startup when the run names this
+directory. A plain ``pytest`` from the project root reaches this file later: the options are
+then unknown on its command line and the fixtures fall back to the defaults.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+import host
+
+DEFAULT_DEVICE = "emu://hnpu-v2"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("conformance", "device conformance suite")
+    group.addoption(
+        "--device",
+        default=DEFAULT_DEVICE,
+        help=f"URL of the device under test (default {DEFAULT_DEVICE})",
+    )
+    group.addoption("--device-key", default=None, help="auth key of the device, as hex")
+    group.addoption(
+        "--device-baud", type=int, default=None, help="baud rate of the device's serial port"
+    )
+
+
+def _option(config: pytest.Config, name: str, default: object) -> object:
+    try:
+        return config.getoption(name)
+    except ValueError:  # registered too late for this command line: use the default
+        return default
+
+
+@pytest.fixture(scope="session")
+def device_url(pytestconfig: pytest.Config) -> str:
+    """URL of the device under test."""
+    return str(_option(pytestconfig, "--device", DEFAULT_DEVICE))
+
+
+@pytest.fixture(scope="session")
+def open_device(pytestconfig: pytest.Config, device_url: str) -> Callable[[], host.Device]:
+    """Opens a new session with the device under test (key and baud rate applied)."""
+    key_hex = _option(pytestconfig, "--device-key", None)
+    baud = _option(pytestconfig, "--device-baud", None)
+    key = bytes.fromhex(str(key_hex)) if key_hex else None
+
+    def opener() -> host.Device:
+        return host.open(device_url, key=key, baudrate=baud if isinstance(baud, int) else None)
+
+    return opener
+
+
+@pytest.fixture(scope="module")
+def dev(open_device: Callable[[], host.Device]) -> Iterator[host.Device]:
+    """One session per test module: the device must stay usable across its tests."""
+    d = open_device()
+    yield d
+    d.close()
