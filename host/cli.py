@@ -31,6 +31,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         else:
             print(bench_link.format_table(result))
         return 0
+    if args.what == "step":
+        from host import bench_step
+
+        records = bench_step.run(quick=args.quick, progress=not args.json)
+        if args.json:
+            print(json.dumps(records, indent=2))
+        else:
+            print(bench_step.format_table(records))
+        return 0
     print(f"microtrain bench: '{args.what}' is not available yet", file=sys.stderr)
     return 2
 
@@ -92,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     b = sub.add_parser("bench", help="benchmarks, printed as ratios against same-run baselines")
-    b.add_argument("what", choices=["gemm", "link"], help="which benchmark")
+    b.add_argument("what", choices=["gemm", "link", "step"], help="which benchmark")
     b.add_argument("--json", action="store_true", help="print JSON records instead of a table")
     b.add_argument("--quick", action="store_true", help="fewer repetitions and smaller sizes")
     b.set_defaults(func=_cmd_bench)
