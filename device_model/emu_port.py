@@ -152,7 +152,9 @@ class EmuSerial(SerialBase):
             max_payload=opts.max_payload,
             window=opts.window,
         )
-        self._device = DeviceLink(fw)
+        # In-process: every open is a new device, so a seeded link epoch makes a whole session
+        # replay byte for byte. (A served device takes fresh epochs: see DeviceLink.)
+        self._device = DeviceLink(fw, seed=opts.seed)
         self._rx = bytearray()
         self._reconfigure_port()
         self.is_open = True

@@ -29,7 +29,9 @@ class DeviceLink:
     ) -> None:
         self.firmware = firmware
         cfg = config or LinkConfig(max_payload=firmware.max_payload, window=firmware.window)
-        rng = random.Random(firmware.seed if seed is None else seed)
+        # The link epoch must differ after every restart, or the host cannot see that the
+        # device lost its state: fresh OS randomness unless a test pins ``seed``.
+        rng = random.SystemRandom() if seed is None else random.Random(seed)
         self.link = Link(Role.DEVICE, cfg, rng=rng)
 
     def receive_bytes(self, data: bytes | bytearray | memoryview, now: float) -> None:
