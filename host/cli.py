@@ -93,6 +93,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return 2
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from host import demo
+
+    return demo.main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="microtrain",
@@ -122,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="seed of the device's randomness")
     s.add_argument("--key-file", default=None, help="file holding the auth key as hex text")
     s.set_defaults(func=_cmd_serve)
+
+    d = sub.add_parser("demo", help="the main job: on-device adaptation after a camera fault")
+    from host.demo import add_arguments
+
+    add_arguments(d)
+    d.set_defaults(func=_cmd_demo)
     return p
 
 

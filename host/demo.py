@@ -27,7 +27,9 @@ The device is touched only through ``host.open``; this module never imports ``de
 
 from __future__ import annotations
 
+import argparse
 import hashlib
+import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -37,7 +39,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 import host
-from host import datasets, nn
+from host import datasets, errors, nn
 from host.errors import InvalidArgument
 
 __all__ = [
@@ -45,8 +47,10 @@ __all__ = [
     "LABELS",
     "DemoConfig",
     "DemoResult",
+    "add_arguments",
     "digits_cnn",
     "format_report",
+    "main",
     "pretrain",
     "run",
     "weights_sha256",
@@ -59,7 +63,7 @@ DEFAULT_DEVICE = "emu://hnpu-v2"
 #: Largest batch one FORWARD takes on the emulator (its LIMIT), used to chunk evaluation.
 _PREDICT_CHUNK = 256
 #: On-device SGD learning rate per algorithm (momentum 0.9 for all); see docs/demo.md.
-LEARNING_RATES = {"bp": 0.01, "dfa": 0.01, "bias-only": 0.05}
+LEARNING_RATES = {"bp": 0.01, "dfa": 0.001, "bias-only": 0.05}
 
 Weights = dict[str, NDArray[np.float32]]
 
@@ -233,6 +237,7 @@ class DemoConfig:
     momentum: float = 0.9
     window: int = 16
     replay: bool = True
+    trainable: str | int = "all"
     eval_every: int | None = None
     heldout: int | None = None
     pretrain_epochs: int = 15
@@ -342,7 +347,10 @@ def skipped_shares(counters: Mapping[str, Any]) -> dict[str, float]:
 
 def _accuracy(model: host.Model, x: NDArray[np.float32], y: NDArray[np.int64]) -> float:
     pred = np.concatenate(
-        [model.predict(x[i : i + _PREDICT_CHUNK]).argmax(1) for i in range(0, len(x), _PREDICT_CHUNK)]
+        [
+            model.predict(x[i : i + _PREDICT_CHUNK]).argmax(1)
+            for i in range(0, len(x), _PREDICT_CHUNK)
+        ]
     )
     return float(np.mean(pred == y))
 
@@ -377,8 +385,9 @@ def run(config: DemoConfig, progress: Progress | None = None) -> DemoResult:
     cfg = config
     data = datasets.load_digits_splits(cfg.seed)
     spec = digits_cnn()
-    weights = pretrain(spec, data.pretrain.x, data.pretrain.y, seed=cfg.seed,
-                       epochs=cfg.pretrain_epochs)
+    weights = pretrain(
+        spec, data.pretrain.x, data.pretrain.y, seed=cfg.seed, epochs=cfg.pretrain_epochs
+    )
     held = data.heldout
     if cfg.heldout is not None:
         held = datasets.Split(held.x[: cfg.heldout], held.y[: cfg.heldout])
@@ -397,6 +406,7 @@ def run(config: DemoConfig, progress: Progress | None = None) -> DemoResult:
             precision=cfg.precision,
             algorithm=cfg.algorithm,
             optimizer=host.optim.SGD(cfg.learning_rate, momentum=cfg.momentum),
+            trainable=cfg.trainable,
             seed=cfg.seed,
         )
         before = _accuracy(model, held.x, held.y)
@@ -434,9 +444,7 @@ def run(config: DemoConfig, progress: Progress | None = None) -> DemoResult:
         weights_sha256=weights_sha256(final),
         counters=counters or {},
         curve=curve,
-        teacher_label_accuracy=(
-            None if cfg.labels == "true" else float(np.mean(labels == truth))
-        ),
+        teacher_label_accuracy=(None if cfg.labels == "true" else float(np.mean(labels == truth))),
         skipped_shares=skipped_shares(counters or {}),
         settings={**asdict(cfg), "lr": cfg.learning_rate, "eval_every": cfg.eval_interval},
     )
@@ -466,8 +474,12 @@ def format_report(result: DemoResult) -> Any:
     )
     if result.teacher_label_accuracy is not None:
         table.add_row("teacher label accuracy", f"{result.teacher_label_accuracy:.3f}")
-    table.add_row("chip latency per update (simulated)", f"{result.chip_latency_ms_per_update:.4f} ms")
-    table.add_row("chip energy per update (simulated)", f"{result.chip_energy_uj_per_update:.2f} uJ")
+    table.add_row(
+        "chip latency per update (simulated)", f"{result.chip_latency_ms_per_update:.4f} ms"
+    )
+    table.add_row(
+        "chip energy per update (simulated)", f"{result.chip_energy_uj_per_update:.2f} uJ"
+    )
     table.add_row("host wall time per update", f"{result.host_ms_per_update:.2f} ms")
     for reason, share in result.skipped_shares.items():
         label = "skipped MACs, all reasons" if reason == "all_macs" else f"skipped: {reason}"
@@ -489,8 +501,10 @@ def write_plot(result: DemoResult, path: str) -> None:
     ax.plot(xs, ys, marker="o", label="held-out frames, faulty camera")
     ax.axhline(result.accuracy_before_fault, color="gray", ls="--", label="before the fault")
     s = result.settings
-    ax.set_title(f"{s.get('fault')} fault: {s.get('algorithm')}, {s.get('precision')}, "
-                 f"{s.get('labels')} labels")
+    ax.set_title(
+        f"{s.get('fault')} fault: {s.get('algorithm')}, {s.get('precision')}, "
+        f"{s.get('labels')} labels"
+    )
     ax.set_xlabel("adaptation frames")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1.02)
@@ -499,3 +513,72 @@ def write_plot(result: DemoResult, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``microtrain demo`` flags."""
+    p.add_argument("--device", default=None, help=f"device URL (default {DEFAULT_DEVICE})")
+    p.add_argument(
+        "--preset", default=None, help="chip preset of the embedded emulator: emu://PRESET"
+    )
+    p.add_argument("--fault", default="dead-columns", choices=datasets.FAULTS)
+    p.add_argument("--labels", default="true", choices=LABELS)
+    p.add_argument("--algorithm", default="bp", choices=ALGORITHMS)
+    p.add_argument("--precision", default="dfxp8+sr", help="datapath format (default dfxp8+sr)")
+    p.add_argument("--frames", type=int, default=100, help="adaptation frames (default 100)")
+    p.add_argument("--seed", type=int, default=0, help="seed of data, training and SR")
+    p.add_argument("--lr", type=float, default=None, help="on-device SGD learning rate")
+    p.add_argument("--json-out", default=None, metavar="FILE", help="write the figures as JSON")
+    p.add_argument("--plot", default=None, metavar="FILE", help="write a PNG of the curve")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``microtrain demo`` from parsed flags; returns the exit status."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    console = Console()
+    if args.device is not None and args.preset is not None:
+        console.print("microtrain demo: give --device URL or --preset NAME, not both")
+        return 2
+    device = args.device or (f"emu://{args.preset}" if args.preset else DEFAULT_DEVICE)
+    try:
+        cfg = DemoConfig(
+            device=device,
+            fault=args.fault,
+            labels=args.labels,
+            algorithm=args.algorithm,
+            precision=args.precision,
+            frames=args.frames,
+            seed=args.seed,
+            lr=args.lr,
+        )
+        with Progress(
+            TextColumn("adapting on the chip"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("frames  held-out accuracy {task.fields[acc]}"),
+            console=console,
+        ) as bar:
+            task = bar.add_task("adapt", total=cfg.frames, acc="-")
+
+            def report(frame: int, total: int, acc: float | None) -> None:
+                if acc is None:
+                    bar.update(task, completed=frame)
+                else:
+                    bar.update(task, completed=frame, acc=f"{acc:.3f}")
+
+            result = run(cfg, progress=report)
+    except errors.MicrotrainError as e:
+        console.print(f"microtrain demo: {e}", markup=False)
+        return 1
+    console.print(format_report(result))
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(result.to_json(), f, indent=2)
+    if args.plot:
+        write_plot(result, args.plot)
+    return 0
