@@ -94,8 +94,10 @@ def rescale(acc: np.ndarray, frac: int) -> np.ndarray:
     float32 first and scaling by the power of two after gives the same single rounding as
     the exact product (the fast path); otherwise the product is formed in float64."""
     if -64 <= frac <= 126:
+        out = acc.astype(np.float32)  # scaled in place: one fresh buffer, not two
         with np.errstate(over="ignore"):
-            return acc.astype(np.float32) * np.float32(2.0**-frac)
+            out *= np.float32(2.0**-frac)
+        return out
     with np.errstate(over="ignore"):
         return (acc.astype(np.float64) * np.ldexp(1.0, -frac)).astype(np.float32)
 
