@@ -199,9 +199,11 @@ class Session:
     """One host's session: the device link over the firmware, the pacers of both directions
     and the device's output not yet written."""
 
-    def __init__(self, firmware: Firmware, baud: int | None, link_seed: int) -> None:
+    def __init__(self, firmware: Firmware, baud: int | None) -> None:
         self.firmware = firmware
-        self.link = DeviceLink(firmware, seed=link_seed)
+        # Link epochs from OS randomness (DeviceLink's default): a restarted server must show
+        # a new epoch, or the host could not tell that the device lost its state.
+        self.link = DeviceLink(firmware)
         self.rx = Pacer(baud)
         self.tx = Pacer(baud)
         self.out = bytearray()
@@ -349,7 +351,7 @@ def serve_pty(opts: ServeOptions, out: TextIO, err: TextIO) -> int:
         os.set_blocking(master, False)
         path = os.ttyname(slave)
         firmware = Firmware(opts.preset, seed=opts.seed, key=opts.key)
-        session = Session(firmware, opts.baud, opts.seed)
+        session = Session(firmware, opts.baud)
         with stop_signals() as stop:
             print(f"PTY {path}", file=out, flush=True)
             _log(err, f"{opts.preset} on {path}" + (f" at {opts.baud} baud" if opts.baud else ""))
@@ -409,7 +411,7 @@ def serve_tcp(opts: ServeOptions, out: TextIO, err: TextIO) -> int:
                 with conn:
                     conn.setblocking(False)
                     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    session = Session(firmware, opts.baud, opts.seed + sessions)
+                    session = Session(firmware, opts.baud)
                     why = pump(
                         session, conn.fileno(), stop, extra=listener.fileno(), on_extra=refuse
                     )
