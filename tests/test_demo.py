@@ -160,6 +160,6 @@ def test_bad_settings_get_specific_errors(capsys: pytest.CaptureFixture[str]) ->
         ({"heldout": 999}, "heldout must be in 1..360"),
     ):
         with pytest.raises(errors.InvalidArgument, match=match):
-            demo.DemoConfig(**bad)  # type: ignore[arg-type]
+            demo.DemoConfig(**bad)
     assert cli.main(["demo", "--device", "emu://hnpu-v2", "--preset", "hnpu-v1"]) == 2
     assert "not both" in capsys.readouterr().out
