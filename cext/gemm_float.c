@@ -1,8 +1,12 @@
 /* Float GEMM on float32 values with a defined accumulation order (docs/datapath.md).
  *
- * mt_gemm_f32: acc = fl32(acc + fl32(a*b)) sequentially over k, from +0. Vectorised over n
- * (never over k) so every output keeps that order; no FMA contraction (the module is built
- * as ISO C, where GCC's default is -ffp-contract=off, and this file says so once more).
+ * mt_gemm_f32: acc = fl32(acc + fl32(a*b)) sequentially over k, from +0. Vectorised over
+ * outputs (never over k) so every output keeps that order; no FMA contraction (the module is
+ * built as ISO C, where GCC's default is -ffp-contract=off, this file says so once more, and
+ * the x86 micro-kernels issue separate multiply and add instructions). Kernels, chosen per
+ * call: register-blocked AVX-512 (8 x 32 tile) or AVX2 (6 x 16 tile) with B packed in column
+ * panels (see "blocked fp32 kernels" below), or the portable row loop (MICROTRAIN_KERNEL=
+ * portable, and CPUs without AVX2). All give the same bits.
  *
  * mt_gemm_f32_chunked: the chunk-based accumulation of FP8 training with chunked FP16
  * accumulation. Within a chunk of `chunk` consecutive k the accumulator is a value of an
