@@ -12,8 +12,9 @@ the same shapes. Cases (issue 4):
   Linear(512,2), batch 128;
 
 each in ``fp32`` and in ``dfxp8+sr`` (8-bit dynamic fixed point, stochastic rounding).
-Figures are the best of several steps after warm-up (the median is recorded too): the
-machine is shared, and the best is what the code costs when it gets the cores. Targets:
+Device and numpy steps alternate batch by batch (both see the same load); figures are the
+best of several steps after warm-up (the median is recorded too): the machine is shared, and
+the best is what the code costs when it gets the cores. Targets:
 fp32 at most 1.5x numpy, dfxp8+SR at most 2x numpy. No ``device_model`` import here: the
 emulator is reached through its URL like a board.
 """
@@ -190,13 +191,19 @@ def _batches(case: Case, count: int, seed: int) -> list[tuple[F32, NDArray[np.in
     return out
 
 
-def _times(fn: Callable[[F32, Any], Any], batches: Sequence[tuple[F32, Any]], warm: int) -> list:
-    out = []
+def _times(
+    fns: Sequence[Callable[[F32, Any], Any]], batches: Sequence[tuple[F32, Any]], warm: int
+) -> list[list[float]]:
+    """Seconds per step of each function, the functions interleaved batch by batch so that
+    both sides of a ratio see the same load on a shared machine; the first ``warm`` batches
+    are not timed."""
+    out: list[list[float]] = [[] for _ in fns]
     for j, (x, y) in enumerate(batches):
-        t0 = time.perf_counter()
-        fn(x, y)
-        if j >= warm:
-            out.append(time.perf_counter() - t0)
+        for fn, times in zip(fns, out, strict=True):
+            t0 = time.perf_counter()
+            fn(x, y)
+            if j >= warm:
+                times.append(time.perf_counter() - t0)
     return out
 
 
@@ -229,9 +236,8 @@ def run(
                 if progress:
                     print(f"bench step: {case.name} {prec} ...", file=sys.stderr, flush=True)
                 model = dev.deploy(case.build(), precision=prec, optimizer=host.optim.SGD(LR))
-                dev_t = _times(model.train_step, batches, warm)
                 base = numpy_step(case.build(), model.get_weights())
-                np_t = _times(base, batches, warm)
+                dev_t, np_t = _times([model.train_step, base], batches, warm)
                 ms, base_ms = min(dev_t) * 1e3, min(np_t) * 1e3
                 records.append(
                     {
