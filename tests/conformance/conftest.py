@@ -6,8 +6,10 @@
 takes ``--device-key HEX``; a UART takes ``--device-baud N`` (it scales the host's deadlines).
 
 The options are registered here, which pytest loads at startup when the run names this
-directory. A plain ``pytest`` from the project root reaches this file later: the options are
-then unknown on its command line and the fixtures fall back to the defaults.
+directory (``pytest tests/conformance --device URL``). A plain ``pytest`` from the project root
+reaches this file only after parsing its command line: the suite then runs with the defaults,
+and ``--device`` there needs a top-level conftest calling
+``tests.conformance.options.add_options`` in its ``pytest_addoption``.
 """
 
 from __future__ import annotations
@@ -17,21 +19,11 @@ from collections.abc import Callable, Iterator
 import pytest
 
 import host
-
-DEFAULT_DEVICE = "emu://hnpu-v2"
+from tests.conformance.options import DEFAULT_DEVICE, add_options
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("conformance", "device conformance suite")
-    group.addoption(
-        "--device",
-        default=DEFAULT_DEVICE,
-        help=f"URL of the device under test (default {DEFAULT_DEVICE})",
-    )
-    group.addoption("--device-key", default=None, help="auth key of the device, as hex")
-    group.addoption(
-        "--device-baud", type=int, default=None, help="baud rate of the device's serial port"
-    )
+    add_options(parser)
 
 
 def _option(config: pytest.Config, name: str, default: object) -> object:
