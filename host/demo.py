@@ -65,6 +65,9 @@ _PREDICT_CHUNK = 256
 #: On-device SGD learning rate per algorithm (momentum 0.9 for all); see docs/demo.md.
 LEARNING_RATES = {"bp": 0.01, "dfa": 0.001, "bias-only": 0.05}
 
+#: SGD learning rate of the on-device DFA pretraining (fp32, momentum 0.9, batch 32).
+DFA_PRETRAIN_LR = 0.003
+
 Weights = dict[str, NDArray[np.float32]]
 
 
@@ -212,6 +215,41 @@ def pretrain(
                 step = lr * (m1[k] / (1 - b1**t)) / (np.sqrt(m2[k] / (1 - b2**t)) + 1e-8)
                 w[k] = (w[k] - step).astype(np.float32)
     return w
+
+
+def pretrain_dfa_on_device(
+    dev: host.Device,
+    spec: nn.Sequential,
+    data: datasets.Split,
+    *,
+    seed: int = 0,
+    epochs: int = 15,
+    batch: int = 32,
+    lr: float = DFA_PRETRAIN_LR,
+) -> Weights:
+    """Train ``spec`` from the device's own initialisation with DFA on the device, in fp32
+    (SGD, momentum 0.9), and return its weights.
+
+    A model that adapts with DFA must have been trained with DFA: its forward weights align
+    with the chip's fixed random feedback matrices only by training through them, and those
+    are drawn on the device from ``seed`` (the adaptation's deploy uses the same seed, hence
+    the same matrices). A BP-trained model fed DFA errors collapses (docs/demo.md).
+    """
+    model = dev.deploy(
+        spec,
+        None,
+        precision="fp32",
+        algorithm="dfa",
+        optimizer=host.optim.SGD(lr, momentum=0.9),
+        seed=seed,
+    )
+    rng = np.random.default_rng([seed, 0xDFA])
+    for _ in range(epochs):
+        order = rng.permutation(len(data))
+        for at in range(0, len(order), batch):
+            idx = order[at : at + batch]
+            model.train_step(data.x[idx], data.y[idx])
+    return model.get_weights()
 
 
 # --------------------------------------------------------------------------- the job
@@ -385,9 +423,6 @@ def run(config: DemoConfig, progress: Progress | None = None) -> DemoResult:
     cfg = config
     data = datasets.load_digits_splits(cfg.seed)
     spec = digits_cnn()
-    weights = pretrain(
-        spec, data.pretrain.x, data.pretrain.y, seed=cfg.seed, epochs=cfg.pretrain_epochs
-    )
     held = data.heldout
     if cfg.heldout is not None:
         held = datasets.Split(held.x[: cfg.heldout], held.y[: cfg.heldout])
@@ -400,6 +435,14 @@ def run(config: DemoConfig, progress: Progress | None = None) -> DemoResult:
     labels = truth if cfg.labels == "true" else _teacher_labels(data.pretrain, clean, cfg.seed)
 
     with host.open(cfg.device) as dev:
+        if cfg.algorithm == "dfa":
+            weights = pretrain_dfa_on_device(
+                dev, spec, data.pretrain, seed=cfg.seed, epochs=cfg.pretrain_epochs
+            )
+        else:
+            weights = pretrain(
+                spec, data.pretrain.x, data.pretrain.y, seed=cfg.seed, epochs=cfg.pretrain_epochs
+            )
         model = dev.deploy(
             spec,
             weights,
