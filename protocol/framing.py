@@ -181,34 +181,43 @@ def cobs_encode(data: bytes | bytearray | memoryview) -> bytes:
 
 
 def _cobs_decode(enc: bytes) -> bytes:
-    """cobs_decode for ``enc`` known to hold no 0x00 (a piece of a split on the delimiter)."""
+    """cobs_decode for a non-empty ``enc`` known to hold no 0x00 (a piece of a split on the
+    delimiter). Works in place on a copy: every code byte after the first stands for the zero
+    that ended the block before it, so it becomes 0x00, or is cut out where that block was a
+    full 0xFF block (which ends without a zero). One Python step per block, one per run of
+    empty blocks; the bytes themselves are moved by C (bytearray, memoryview, join)."""
     n = len(enc)
-    out: list[bytes] = []
-    append = out.append
-    i = 0
-    while True:
-        code = enc[i]
-        if code == 1:  # a run of empty blocks: one zero each (the last block adds none)
-            e = _ONES.match(enc, i).end()  # type: ignore[union-attr]
-            if e >= n:
-                append(_ZERO * (e - i - 1))
-                return b"".join(out)
-            append(_ZERO * (e - i))
+    buf = bytearray(enc)
+    mv = memoryview(buf)
+    parts: list[memoryview] = []
+    prev = 1  # start of the output bytes not yet in parts
+    code = buf[0]
+    i = code
+    while i < n:
+        nxt = buf[i]
+        if code == 0xFF:
+            parts.append(mv[prev:i])
+            prev = i + 1
+        elif nxt == 1:  # a run of empty blocks: all their code bytes become zeros
+            e = _ONES.match(buf, i).end()  # type: ignore[union-attr]
+            buf[i:e] = bytes(e - i)
             i = e
+            code = 1
             continue
-        j = i + code
-        if j >= n:
-            if j > n:
-                raise CobsError(
-                    f"COBS block at offset {i} claims {code - 1} data bytes but only "
-                    f"{n - i - 1} remain"
-                )
-            append(enc[i + 1 : j])
-            return b"".join(out)
-        append(enc[i + 1 : j])
-        if code != 0xFF:
-            append(b"\x00")
-        i = j
+        else:
+            buf[i] = 0
+        code = nxt
+        i += code
+    if i > n:
+        start = i - code
+        raise CobsError(
+            f"COBS block at offset {start} claims {code - 1} data bytes but only "
+            f"{n - start - 1} remain"
+        )
+    if not parts:
+        return bytes(mv[1:])
+    parts.append(mv[prev:])
+    return b"".join(parts)
 
 
 def cobs_decode(data: bytes | bytearray | memoryview) -> bytes:
