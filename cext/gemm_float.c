@@ -288,7 +288,7 @@ static int float_kernel(void)
 
 /* Packed-B buffers cached per thread slot between calls, so repeated GEMMs do not pay page
  * faults; a slot in use by a concurrent call makes that call allocate its own. */
-#define CACHE_MAX_BYTES ((size_t)64 << 20)
+#define CACHE_MAX_BYTES ((size_t)16 << 20) /* per slot: MDNet-size panels fit; bounded memory */
 typedef struct {
     atomic_int busy;
     float *p;
