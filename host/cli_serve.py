@@ -229,8 +229,8 @@ class Session:
     def timeout(self, now: float, cap: float) -> float:
         """Seconds select may sleep: until the link's timer or the output pacer's slot."""
         wakes = [self.link.next_deadline()]
-        if self.out:
-            wakes.append(self.tx.wake())
+        if self.out and not self.tx.ready(now):
+            wakes.append(self.tx.wake())  # a free line with a full buffer waits in wlist
         if not self.rx.ready(now):
             wakes.append(self.rx.wake())
         t = min([w for w in wakes if w is not None], default=now + cap)

@@ -277,6 +277,23 @@ def test_unpaced_lines_grant_everything_at_once() -> None:
     assert p.ready(0.0) and p.wake() is None
 
 
+def test_a_session_sleeps_until_something_is_due() -> None:
+    from device_model.firmware import Firmware
+
+    s = cli_serve.Session(Firmware("hnpu-v2"), 10_000)  # 1 ms per byte
+    now = time.monotonic()
+    s.produce(now)  # the device's first SYNC goes out; its retry is the link's next timer
+    s.out.clear()
+    due = s.link.next_deadline()
+    link_wait = 0.5 if due is None else min(max(due - now, 0.0), 0.5)
+    assert link_wait > 0
+    assert s.timeout(now, 0.5) == link_wait
+    s.out += b"x" * 100
+    assert s.timeout(now, 0.5) == link_wait  # the line is free: select waits for writability
+    assert s.tx.take(100, now) == 2
+    assert s.timeout(now, 0.5) == pytest.approx(min(0.002, link_wait))  # the line's next slot
+
+
 # ---------------------------------------------------------------------- arguments
 
 
