@@ -38,7 +38,7 @@ from protocol.link import Link, LinkConfig, Role
 
 CHUNK = 1 << 16
 READ_SIZE = 1 << 16
-REPEATS = 3
+REPEATS = 5
 #: A transfer that receives nothing for this long is a failure (the child is killed).
 STALL_SECONDS = 10.0
 #: The link settings of the pty transfer, as HELLO would negotiate them for bulk tensor
