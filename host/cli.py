@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--tcp", metavar="HOST:PORT", help="serve on a loopback TCP port")
     s.add_argument("--preset", default="hnpu-v2", help="chip preset (default hnpu-v2)")
     s.add_argument("--baud", type=int, default=None, help="pace bytes like a UART of this rate")
-    s.add_argument("--seed", type=int, default=0, help="seed of the device's randomness")
+    s.add_argument("--seed", type=int, default=None, help="pin the link's random epochs")
     s.add_argument("--key-file", default=None, help="file holding the auth key as hex text")
     s.set_defaults(func=_cmd_serve)
 

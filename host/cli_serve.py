@@ -67,7 +67,8 @@ class ServeOptions:
     pty: bool = False
     tcp: tuple[str, int] | None = None
     baud: int | None = None
-    seed: int = 0
+    #: Pins the device link's random epochs (a replayable session); None: OS randomness.
+    seed: int | None = None
     key: bytes | None = None
 
 
@@ -130,7 +131,7 @@ def options(
     pty: bool,
     tcp: str | None,
     baud: int | None,
-    seed: int,
+    seed: int | None,
     key_file: str | None,
 ) -> ServeOptions:
     """Validate the command line's values into ServeOptions (ServeError on bad ones)."""
@@ -140,7 +141,7 @@ def options(
         raise ServeError(f"unknown preset {preset!r}; accepted: {', '.join(preset_names())}")
     if baud is not None and baud <= 0:
         raise ServeError(f"--baud must be a positive number of bits per second, got {baud}")
-    if not 0 <= seed < 2**64:
+    if seed is not None and not 0 <= seed < 2**64:
         raise ServeError(f"--seed must be in 0..2**64-1, got {seed}")
     return ServeOptions(
         preset=preset,
@@ -199,11 +200,11 @@ class Session:
     """One host's session: the device link over the firmware, the pacers of both directions
     and the device's output not yet written."""
 
-    def __init__(self, firmware: Firmware, baud: int | None) -> None:
+    def __init__(self, firmware: Firmware, baud: int | None, seed: int | None = None) -> None:
         self.firmware = firmware
-        # Link epochs from OS randomness (DeviceLink's default): a restarted server must show
-        # a new epoch, or the host could not tell that the device lost its state.
-        self.link = DeviceLink(firmware)
+        # Link epochs from OS randomness unless pinned (DeviceLink's default): a restarted
+        # server must show a new epoch, or the host could not tell that it lost its state.
+        self.link = DeviceLink(firmware, seed=seed)
         self.rx = Pacer(baud)
         self.tx = Pacer(baud)
         self.out = bytearray()
@@ -350,8 +351,8 @@ def serve_pty(opts: ServeOptions, out: TextIO, err: TextIO) -> int:
         tty.setraw(slave, termios.TCSANOW)
         os.set_blocking(master, False)
         path = os.ttyname(slave)
-        firmware = Firmware(opts.preset, seed=opts.seed, key=opts.key)
-        session = Session(firmware, opts.baud)
+        firmware = Firmware(opts.preset, seed=opts.seed or 0, key=opts.key)
+        session = Session(firmware, opts.baud, opts.seed)
         with stop_signals() as stop:
             print(f"PTY {path}", file=out, flush=True)
             _log(err, f"{opts.preset} on {path}" + (f" at {opts.baud} baud" if opts.baud else ""))
@@ -386,7 +387,7 @@ def serve_tcp(opts: ServeOptions, out: TextIO, err: TextIO) -> int:
         listener.setblocking(False)
         bound_host, bound_port = listener.getsockname()[:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-        firmware = Firmware(opts.preset, seed=opts.seed, key=opts.key)
+        firmware = Firmware(opts.preset, seed=opts.seed or 0, key=opts.key)
         sessions = 0
 
         def refuse() -> None:
@@ -411,7 +412,8 @@ def serve_tcp(opts: ServeOptions, out: TextIO, err: TextIO) -> int:
                 with conn:
                     conn.setblocking(False)
                     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    session = Session(firmware, opts.baud)
+                    seed = None if opts.seed is None else (opts.seed + sessions) % 2**64
+                    session = Session(firmware, opts.baud, seed)
                     why = pump(
                         session, conn.fileno(), stop, extra=listener.fileno(), on_extra=refuse
                     )

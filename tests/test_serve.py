@@ -299,7 +299,7 @@ def test_a_session_sleeps_until_something_is_due() -> None:
 
 def _opts(**kw: object) -> cli_serve.ServeOptions:
     base: dict[str, object] = dict(
-        preset="hnpu-v2", pty=False, tcp=None, baud=None, seed=0, key_file=None
+        preset="hnpu-v2", pty=False, tcp=None, baud=None, seed=None, key_file=None
     )
     base.update(kw)
     return cli_serve.options(**base)  # type: ignore[arg-type]
