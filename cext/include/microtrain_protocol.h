@@ -121,6 +121,12 @@ static inline const char *mt_frame_check_name(int v)
 #define MT_LINK_CONFIG_PAYLOAD_SIZE 12
 /* ACK/NAK payload: selective-ack bitmap u64 (bit i: seq ack+1+i received). */
 #define MT_LINK_SACK_SIZE 8
+/* SYNC_PAYLOAD as a construct Struct (field names for documentation and generated headers). */
+#define MT_LINK_SYNC_STRUCT_SIZE 8
+/* CONFIG_PAYLOAD as a construct Struct. */
+#define MT_LINK_CONFIG_STRUCT_SIZE 12
+/* SACK as a construct Struct. */
+#define MT_LINK_SACK_STRUCT_SIZE 8
 #define MT_LINK_MAX_WINDOW 64 /* Largest window: the SACK bitmap covers 64 frames beyond the cumulative ack. */
 #define MT_LINK_DEFAULT_WINDOW 8
 /* LinkConfig defaults (times in seconds) */
@@ -132,7 +138,7 @@ static inline const char *mt_frame_check_name(int v)
 #define MT_LINK_CONFIG_FRAME_LIFETIME 1.0
 #define MT_LINK_CONFIG_RX_BUFFER 4194304
 #define MT_LINK_CONFIG_ACK_EVERY 0
-#define MT_LINK_CONFIG_ACK_DELAY 0.002
+#define MT_LINK_CONFIG_ACK_DELAY 0.0
 
 /* ---- message enums ---- */
 
