@@ -212,13 +212,15 @@ class Session:
         firmware.deauthenticate()
 
     def receive(self, data: bytes, now: float) -> None:
-        """Bytes from the host. A new host link epoch is a new host: it must AUTH again."""
-        self.link.receive_bytes(data, now)
+        """Bytes from the host. A new host link epoch is a new host: it must AUTH again,
+        so the firmware forgets the key before it serves any message of the new session."""
+        self.link.link.receive_bytes(data, now)  # decode only; the messages wait
         epoch = self.link.link.peer_epoch
         if epoch is not None and epoch != self._peer_epoch:
             if self._peer_epoch is not None:
                 self.firmware.deauthenticate()
             self._peer_epoch = epoch
+        self.link.poll(now)  # serve what arrived
 
     def produce(self, now: float) -> None:
         """Run the device link's timers and queue what it sends (bounded: see MAX_PENDING)."""

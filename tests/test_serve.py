@@ -19,13 +19,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import serial
 from hypothesis import given
 from hypothesis import strategies as st
 
 import host
 from host import cli, cli_serve, errors, nn
 from host.cli_serve import Pacer, ServeError
+from host.runner import Runner
 from protocol.messages import Opcode
+from protocol.status import Status
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = bytes.fromhex("5ec12e7c0ffee0ddba11f00dfeedface")
@@ -148,19 +151,28 @@ def test_tcp_serves_one_connection_at_a_time_each_a_fresh_session() -> None:
     assert "connection 2" in err and "already connected" in err
 
 
-def test_a_keyed_server_refuses_hosts_without_the_key_and_never_shows_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["pty", "tcp"])
+def test_a_keyed_server_refuses_hosts_without_the_key_and_never_shows_it(
+    tmp_path: Path, transport: str
+) -> None:
     key_file = tmp_path / "device.key"
     key_file.write_text(KEY.hex() + "\n")
-    with served("--pty", "--key-file", str(key_file)) as (proc, path):
+    where = ("--pty",) if transport == "pty" else ("--tcp", "127.0.0.1:0")
+    with served(*where, "--key-file", str(key_file)) as (proc, addr):
+        url = addr if transport == "pty" else f"socket://{addr}"
         with pytest.raises(errors.AuthError, match="requires authentication"):
-            host.open(path, timeout=10)
+            host.open(url, timeout=10)
         with pytest.raises(errors.AuthError, match="refused the key"):
-            host.open(path, timeout=10, key=b"not the key")
-        _, weights = _train(path, key=KEY)
+            host.open(url, timeout=10, key=b"not the key")
+        _, weights = _train(url, key=KEY)
         assert set(weights) == set(mlp().param_shapes())
-        # A new host session on the same pty must prove the key again.
-        with pytest.raises(errors.AuthError):
-            host.open(path, timeout=10)
+        # A new host session (a new link epoch, a new connection) must prove the key again:
+        # a raw session that skips HELLO/AUTH is refused.
+        runner = Runner(serial.serial_for_url(url, timeout=0.01), timeout=10)
+        with pytest.raises(errors.DeviceError) as exc:
+            runner.call(Opcode.READ_COUNTERS)
+        runner.close()
+        assert exc.value.status == Status.NOT_AUTHENTICATED
         code, err = _stop(proc)
     assert code == 0
     assert KEY.hex() not in err.lower()
