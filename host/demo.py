@@ -307,6 +307,7 @@ class DemoConfig:
             )
         if self.lr is not None and not self.lr > 0:
             raise InvalidArgument(f"lr must be > 0, got {self.lr!r}")
+        host.Precision.parse(self.precision)  # a bad spec fails here, before any work
 
     @property
     def learning_rate(self) -> float:
@@ -419,7 +420,7 @@ Progress = Callable[[int, int, float | None], None]
 
 def run(config: DemoConfig, progress: Progress | None = None) -> DemoResult:
     """Run the demo (see the module docstring). ``progress(frame, frames, accuracy or None)``
-    is called after every update."""
+    is called once deployed and faulty (frame 0) and after every update."""
     cfg = config
     data = datasets.load_digits_splits(cfg.seed)
     spec = digits_cnn()
@@ -455,6 +456,8 @@ def run(config: DemoConfig, progress: Progress | None = None) -> DemoResult:
         before = _accuracy(model, held.x, held.y)
         after_fault = _accuracy(model, held_faulty, held.y)
         curve = [(0, after_fault)]
+        if progress is not None:
+            progress(0, cfg.frames, after_fault)
         counters: Any = None
         host_s = 0.0
         rng = np.random.default_rng([cfg.seed, 0xADA])
@@ -583,9 +586,9 @@ def main(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    console = Console()
+    console, err = Console(), Console(stderr=True)
     if args.device is not None and args.preset is not None:
-        console.print("microtrain demo: give --device URL or --preset NAME, not both")
+        err.print("microtrain demo: give --device URL or --preset NAME, not both")
         return 2
     device = args.device or (f"emu://{args.preset}" if args.preset else DEFAULT_DEVICE)
     try:
@@ -600,23 +603,23 @@ def main(args: argparse.Namespace) -> int:
             lr=args.lr,
         )
         with Progress(
-            TextColumn("adapting on the chip"),
+            TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("frames  held-out accuracy {task.fields[acc]}"),
-            console=console,
+            console=err,
         ) as bar:
-            task = bar.add_task("adapt", total=cfg.frames, acc="-")
+            what = "DFA pretraining on the chip" if cfg.algorithm == "dfa" else "host pretraining"
+            task = bar.add_task(f"{what}, deploying", total=cfg.frames, acc="-")
 
             def report(frame: int, total: int, acc: float | None) -> None:
-                if acc is None:
-                    bar.update(task, completed=frame)
-                else:
-                    bar.update(task, completed=frame, acc=f"{acc:.3f}")
+                bar.update(task, completed=frame, description="adapting on the chip")
+                if acc is not None:
+                    bar.update(task, acc=f"{acc:.3f}")
 
             result = run(cfg, progress=report)
     except errors.MicrotrainError as e:
-        console.print(f"microtrain demo: {e}", markup=False)
+        err.print(f"microtrain demo: {e}", markup=False)
         return 1
     console.print(format_report(result))
     if args.json_out:

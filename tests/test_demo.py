@@ -162,4 +162,4 @@ def test_bad_settings_get_specific_errors(capsys: pytest.CaptureFixture[str]) ->
         with pytest.raises(errors.InvalidArgument, match=match):
             demo.DemoConfig(**bad)
     assert cli.main(["demo", "--device", "emu://hnpu-v2", "--preset", "hnpu-v1"]) == 2
-    assert "not both" in capsys.readouterr().out
+    assert "not both" in capsys.readouterr().err
