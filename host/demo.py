@@ -322,14 +322,15 @@ class DemoConfig:
 class DemoResult:
     """What a run measured. ``curve`` holds (adaptation frames, held-out faulty accuracy)
     points, starting at (0, accuracy_after_fault). ``counters`` are the summed counters of the
-    adaptation's training steps only (evaluation and deployment excluded)."""
+    adaptation's training steps only (evaluation and deployment excluded); the chip figures
+    are None when the device does not count them."""
 
     accuracy_before_fault: float
     accuracy_after_fault: float
     accuracy_after_adaptation: float
     frames: int
-    chip_latency_ms_per_update: float
-    chip_energy_uj_per_update: float
+    chip_latency_ms_per_update: float | None
+    chip_energy_uj_per_update: float | None
     host_ms_per_update: float
     weights_sha256: str
     counters: dict[str, Any]
@@ -484,8 +485,8 @@ def run(config: DemoConfig, progress: Progress | None = None) -> DemoResult:
         accuracy_after_fault=after_fault,
         accuracy_after_adaptation=curve[-1][1],
         frames=n,
-        chip_latency_ms_per_update=float("nan") if latency is None else latency / n * 1e3,
-        chip_energy_uj_per_update=float("nan") if energy is None else energy / n * 1e-6,
+        chip_latency_ms_per_update=None if latency is None else latency / n * 1e3,
+        chip_energy_uj_per_update=None if energy is None else energy / n * 1e-6,
         host_ms_per_update=host_s / n * 1e3,
         weights_sha256=weights_sha256(final),
         counters=counters or {},
@@ -497,6 +498,10 @@ def run(config: DemoConfig, progress: Progress | None = None) -> DemoResult:
 
 
 # --------------------------------------------------------------------------- presentation
+
+
+def _figure(value: float | None, fmt: str) -> str:
+    return "not counted by this device" if value is None else fmt.format(value)
 
 
 def format_report(result: DemoResult) -> Any:
@@ -521,10 +526,11 @@ def format_report(result: DemoResult) -> Any:
     if result.teacher_label_accuracy is not None:
         table.add_row("teacher label accuracy", f"{result.teacher_label_accuracy:.3f}")
     table.add_row(
-        "chip latency per update (simulated)", f"{result.chip_latency_ms_per_update:.4f} ms"
+        "chip latency per update (simulated)",
+        _figure(result.chip_latency_ms_per_update, "{:.4f} ms"),
     )
     table.add_row(
-        "chip energy per update (simulated)", f"{result.chip_energy_uj_per_update:.2f} uJ"
+        "chip energy per update (simulated)", _figure(result.chip_energy_uj_per_update, "{:.2f} uJ")
     )
     table.add_row("host wall time per update", f"{result.host_ms_per_update:.2f} ms")
     for reason, share in result.skipped_shares.items():
