@@ -11,6 +11,7 @@ import contextlib
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -373,3 +374,13 @@ def test_the_cli_reports_bad_arguments_on_stderr_with_status_2(
     with pytest.raises(SystemExit) as exc:
         cli.main(["serve", "--pty", "--tcp", "127.0.0.1:1"])
     assert exc.value.code == 2
+
+
+def test_a_port_in_use_is_reported_not_raised(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        assert cli.main(["serve", "--tcp", f"127.0.0.1:{port}"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "pick another port" in err
