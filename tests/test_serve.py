@@ -206,7 +206,8 @@ def test_the_server_exits_when_its_parent_goes_away() -> None:
     script = (
         "import subprocess, sys\n"
         "p = subprocess.Popen([sys.executable, '-m', 'host.cli', 'serve', '--pty'],"
-        " stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)\n"
+        " stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,"
+        " text=True)\n"
         "print(p.pid, p.stdout.readline().strip(), flush=True)\n"
     )
     out = subprocess.run(
