@@ -515,6 +515,7 @@ def format_report(result: DemoResult) -> Any:
             f"{s.get('precision')}, {s.get('labels')} labels, {s.get('device')}"
         )
     )
+    lat = result.chip_latency_ms_per_update
     table.add_column("measure")
     table.add_column("value", justify="right")
     table.add_row("accuracy before the fault", f"{result.accuracy_before_fault:.3f}")
@@ -527,7 +528,7 @@ def format_report(result: DemoResult) -> Any:
         table.add_row("teacher label accuracy", f"{result.teacher_label_accuracy:.3f}")
     table.add_row(
         "chip latency per update (simulated)",
-        _figure(result.chip_latency_ms_per_update, "{:.4f} ms"),
+        _figure(None if lat is None else lat * 1e3, "{:.1f} us"),
     )
     table.add_row(
         "chip energy per update (simulated)", _figure(result.chip_energy_uj_per_update, "{:.2f} uJ")
