@@ -63,7 +63,9 @@ DEFAULT_DEVICE = "emu://hnpu-v2"
 #: Largest batch one FORWARD takes on the emulator (its LIMIT), used to chunk evaluation.
 _PREDICT_CHUNK = 256
 #: On-device SGD learning rate per algorithm (momentum 0.9 for all); see docs/demo.md.
-LEARNING_RATES = {"bp": 0.01, "dfa": 0.001, "bias-only": 0.05}
+LEARNING_RATES = {"bp": 0.01, "dfa": 0.0005, "bias-only": 0.05}
+#: Pretraining epochs: on the host (BP, bias-only) and on the device with DFA.
+PRETRAIN_EPOCHS = {"bp": 15, "dfa": 20, "bias-only": 15}
 
 #: SGD learning rate of the on-device DFA pretraining (fp32, momentum 0.9, batch 32).
 DFA_PRETRAIN_LR = 0.003
@@ -223,7 +225,7 @@ def pretrain_dfa_on_device(
     data: datasets.Split,
     *,
     seed: int = 0,
-    epochs: int = 15,
+    epochs: int = 20,
     batch: int = 32,
     lr: float = DFA_PRETRAIN_LR,
 ) -> Weights:
@@ -259,9 +261,12 @@ def pretrain_dfa_on_device(
 class DemoConfig:
     """Every setting of one demo run (the CLI's flags; see docs/demo.md for the defaults).
 
-    ``lr`` None takes ``LEARNING_RATES[algorithm]``. ``window``: the recent frames each update
-    trains on. ``eval_every``: frames between evaluations (None: about ten points per run).
-    ``heldout``: how many held-out frames to evaluate (None: all 360).
+    ``lr`` None takes ``LEARNING_RATES[algorithm]``. ``window``: frames per update (the new
+    frame and ``window - 1`` earlier ones, drawn from all frames so far when ``replay``, else
+    the most recent). ``trainable``: as ``Device.deploy`` takes it. ``eval_every``: frames
+    between evaluations (None: about ten points per run).
+    ``heldout``: how many held-out frames to evaluate (None: all 360). ``pretrain_epochs``
+    None takes ``PRETRAIN_EPOCHS[algorithm]``.
     """
 
     device: str = DEFAULT_DEVICE
@@ -278,7 +283,7 @@ class DemoConfig:
     trainable: str | int = "all"
     eval_every: int | None = None
     heldout: int | None = None
-    pretrain_epochs: int = 15
+    pretrain_epochs: int | None = None
 
     def __post_init__(self) -> None:
         if self.fault not in datasets.FAULTS:
@@ -293,6 +298,8 @@ class DemoConfig:
             )
         for name, lo in (("frames", 1), ("window", 1), ("pretrain_epochs", 0)):
             v = getattr(self, name)
+            if name == "pretrain_epochs" and v is None:
+                continue
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:
                 raise InvalidArgument(f"{name} must be an int >= {lo}, got {v!r}")
         if not isinstance(self.seed, int) or self.seed < 0:
@@ -312,6 +319,13 @@ class DemoConfig:
     @property
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else LEARNING_RATES[self.algorithm]
+
+    @property
+    def epochs(self) -> int:
+        """Pretraining epochs: ``pretrain_epochs`` or ``PRETRAIN_EPOCHS[algorithm]``."""
+        if self.pretrain_epochs is not None:
+            return self.pretrain_epochs
+        return PRETRAIN_EPOCHS[self.algorithm]
 
     @property
     def eval_interval(self) -> int:
@@ -439,11 +453,11 @@ def run(config: DemoConfig, progress: Progress | None = None) -> DemoResult:
     with host.open(cfg.device) as dev:
         if cfg.algorithm == "dfa":
             weights = pretrain_dfa_on_device(
-                dev, spec, data.pretrain, seed=cfg.seed, epochs=cfg.pretrain_epochs
+                dev, spec, data.pretrain, seed=cfg.seed, epochs=cfg.epochs
             )
         else:
             weights = pretrain(
-                spec, data.pretrain.x, data.pretrain.y, seed=cfg.seed, epochs=cfg.pretrain_epochs
+                spec, data.pretrain.x, data.pretrain.y, seed=cfg.seed, epochs=cfg.epochs
             )
         model = dev.deploy(
             spec,
@@ -493,7 +507,12 @@ def run(config: DemoConfig, progress: Progress | None = None) -> DemoResult:
         curve=curve,
         teacher_label_accuracy=(None if cfg.labels == "true" else float(np.mean(labels == truth))),
         skipped_shares=skipped_shares(counters or {}),
-        settings={**asdict(cfg), "lr": cfg.learning_rate, "eval_every": cfg.eval_interval},
+        settings={
+            **asdict(cfg),
+            "lr": cfg.learning_rate,
+            "eval_every": cfg.eval_interval,
+            "pretrain_epochs": cfg.epochs,
+        },
     )
 
 
