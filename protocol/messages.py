@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import io
+import struct as pystruct
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -751,8 +752,65 @@ def _encode(
         raise MessageError(Status.BAD_REQUEST, f"cannot encode {name}: {e}") from None
 
 
+# TENSOR_DATA fast path. A tensor moves as one TENSOR_DATA request and response per frame, so
+# the generic construct codec (tens of microseconds a message) was the largest per-frame cost of
+# a tensor upload. These struct layouts are the same fields as the construct definitions of
+# REQUEST_BODIES[TENSOR_DATA] / RESPONSE_BODIES[TENSOR_DATA] and produce the same bytes (a
+# hypothesis test compares the two paths). Anything unusual (a missing field, a value out of
+# range, a non-int, a length that does not match) goes to the construct path, which produces
+# the documented error or result.
+_DATA_REQ = pystruct.Struct("<BIIII")  # opcode, request_id, id, offset, data length
+_DATA_RESP = pystruct.Struct("<BIII")  # opcode, request_id, id, offset
+_DATA_REQ_OP = 0x11
+_DATA_RESP_OP = 0x91
+_U32_MAX = 0xFFFF_FFFF
+
+
+def _fast_u32s(*values: Any) -> bool:
+    """True if every value is a plain int in u32 range (bools and subclasses excluded)."""
+    for v in values:
+        if type(v) is not int or not 0 <= v <= _U32_MAX:
+            return False
+    return True
+
+
+def _encode_data_request(request_id: Any, body: Any) -> bytes | None:
+    """TENSOR_DATA request bytes by struct, or None where construct must decide."""
+    if type(body) is not dict:
+        return None
+    tid = body.get("id")
+    offset = body.get("offset")
+    data = body.get("data")
+    if not _fast_u32s(request_id, tid, offset):
+        return None
+    if type(data) is bytes or type(data) is bytearray:
+        n = len(data)
+    elif type(data) is memoryview and data.c_contiguous:
+        n = data.nbytes
+    else:
+        return None
+    if n > _U32_MAX:
+        return None
+    return b"".join((_DATA_REQ.pack(_DATA_REQ_OP, request_id, tid, offset, n), data))
+
+
+def _encode_data_response(request_id: Any, body: Any) -> bytes | None:
+    """TENSOR_DATA response bytes by struct, or None where construct must decide."""
+    if type(body) is not dict:
+        return None
+    tid = body.get("id")
+    offset = body.get("offset")
+    if not _fast_u32s(request_id, tid, offset):
+        return None
+    return _DATA_RESP.pack(_DATA_RESP_OP, request_id, tid, offset)
+
+
 def encode_request(opcode: Opcode, request_id: int, body: Mapping[str, Any] | None = None) -> bytes:
     """Bytes of a request message. Raises MessageError on a missing or out-of-range field."""
+    if opcode == _DATA_REQ_OP and type(opcode) is Opcode:
+        fast = _encode_data_request(request_id, body)
+        if fast is not None:
+            return fast
     return _encode(Request, REQUEST_BODIES, opcode, request_id, body)
 
 
@@ -762,6 +820,10 @@ def encode_response(
     """Bytes of a response; ``opcode`` may be the request's Opcode (the response bit is set)."""
     if isinstance(opcode, Opcode):
         opcode = response_opcode(opcode)
+    if opcode == _DATA_RESP_OP and type(opcode) is ResponseOpcode:
+        fast = _encode_data_response(request_id, body)
+        if fast is not None:
+            return fast
     return _encode(Response, RESPONSE_BODIES, opcode, request_id, body)
 
 
@@ -812,12 +874,21 @@ def _decode(struct: Struct, data: bytes, what: str) -> tuple[int, int, dict[str,
 
 def decode_request(data: bytes) -> RequestMsg:
     """Parse a request message. Raises MessageError (UNKNOWN_OPCODE or BAD_REQUEST)."""
+    n = len(data)
+    if n >= _DATA_REQ.size and data[0] == _DATA_REQ_OP:
+        _, rid, tid, offset, length = _DATA_REQ.unpack_from(data)
+        if length == n - _DATA_REQ.size:  # else construct reports what is wrong
+            chunk = bytes(data[_DATA_REQ.size :])
+            return RequestMsg(Opcode.TENSOR_DATA, rid, {"id": tid, "offset": offset, "data": chunk})
     opcode, request_id, body = _decode(Request, data, "request")
     return RequestMsg(Opcode(opcode), request_id, body)
 
 
 def decode_response(data: bytes) -> ResponseMsg:
     """Parse a response message. Raises MessageError (UNKNOWN_OPCODE or BAD_REQUEST)."""
+    if len(data) == _DATA_RESP.size and data[0] == _DATA_RESP_OP:
+        _, rid, tid, offset = _DATA_RESP.unpack(data)
+        return ResponseMsg(ResponseOpcode.TENSOR_DATA, rid, {"id": tid, "offset": offset})
     opcode, request_id, body = _decode(Response, data, "response")
     return ResponseMsg(ResponseOpcode(opcode), request_id, body)
 
