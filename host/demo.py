@@ -4,7 +4,9 @@ The job, in order:
 
 1. A small CNN (``digits_cnn``) is trained on the host in numpy (``pretrain``: the same
    ``host.nn`` layer definitions, Adam, fp32) on the clean pretraining split of the bundled
-   digits. That is the model as it leaves the factory.
+   digits. That is the model as it leaves the factory. For ``--algorithm dfa`` the model is
+   instead trained with DFA on the device in fp32 (``pretrain_dfa_on_device``): DFA adapts
+   only a model whose weights are aligned with the chip's own feedback matrices.
 2. It is deployed to the device (``host.open(url)``, nothing else) with the requested precision
    and algorithm; accuracy on clean held-out frames is measured on the device.
 3. A camera fault hits every frame from now on (``host.datasets.apply_fault``); accuracy on the
