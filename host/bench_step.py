@@ -35,6 +35,7 @@ from numpy.typing import NDArray
 
 import host
 from host import nn
+from host.demo import digits_cnn
 
 __all__ = ["CASES", "PRECISIONS", "TARGETS", "Case", "format_table", "numpy_step", "run"]
 
@@ -53,20 +54,6 @@ class Case:
     build: Callable[[], nn.Sequential]
     batch: int
     classes: int
-
-
-def digits_cnn() -> nn.Sequential:
-    """The demo's model (host.demo.digits_cnn), repeated here so the bench stands alone."""
-    return nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(128, 32),
-        nn.ReLU(),
-        nn.Linear(32, 10),
-        input_shape=(1, 8, 8),
-    )
 
 
 def mdnet_fc(width: int = 512, features: int = 4608) -> nn.Sequential:
