@@ -253,18 +253,22 @@ class Stop:
 
     def _handler(self, signum: int, frame: object) -> None:
         self.requested = True
-        with contextlib.suppress(OSError):
-            os.write(self.wfd, b"\0")
+        if self.wfd >= 0:
+            with contextlib.suppress(OSError):
+                os.write(self.wfd, b"\0")
 
     def install(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._old[sig] = signal.signal(sig, self._handler)
 
     def close(self) -> None:
+        # Once a stop was asked for, further SIGINT/SIGTERM are ignored: a second one during
+        # the shutdown must not kill the process half way (exit status 0 all the same).
         for sig, old in self._old.items():
-            signal.signal(sig, old)  # type: ignore[arg-type]
+            signal.signal(sig, signal.SIG_IGN if self.requested else old)  # type: ignore[arg-type]
         os.close(self.rfd)
-        os.close(self.wfd)
+        wfd, self.wfd = self.wfd, -1  # a late signal must not write to a reused fd number
+        os.close(wfd)
 
     def check(self) -> bool:
         """Whether to stop: a signal came, or the parent went away (we were re-parented)."""

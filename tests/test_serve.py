@@ -195,6 +195,8 @@ def test_killing_the_server_makes_the_host_raise_link_lost(transport: str) -> No
 def test_sigint_stops_the_server_cleanly() -> None:
     with served("--pty") as (proc, _):
         proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)  # a second signal during the shutdown changes nothing
+        proc.wait(timeout=10)
         code, err = _stop(proc)
     assert code == 0
     assert "stopped" in err
