@@ -33,6 +33,11 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", _default))
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-slow", action="store_true", help="run tests marked slow")
+    # --device / --device-key / --device-baud of the conformance suite, so that
+    # `pytest --device URL` works from the project root too
+    from tests.conformance.options import add_options
+
+    add_options(parser)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
