@@ -13,13 +13,11 @@ down whichever runs next). The datapath result is also compared with the float64
 once per case (``"exact": true``), and the 1-minute load average is recorded: on a shared
 2-core machine other processes slow both sides, and numpy's spinning BLAS worker threads
 suffer most from it.
-If ``device_model.bench_quant`` exists, its records are appended.
+The quantizer records of ``device_model.bench_quant`` are appended.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
 import sys
 import time
@@ -28,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from device_model import datapath
+from device_model import bench_quant, datapath
 
 SHAPES: tuple[tuple[int, int, int], ...] = (
     (256, 256, 256),
@@ -98,9 +96,7 @@ def run(quick: bool = False, progress: bool = True) -> list[dict[str, Any]]:
             records.append(rec)
             if progress:
                 print(_row(rec), file=sys.stderr, flush=True)
-    if importlib.util.find_spec("device_model.bench_quant") is not None:
-        quant = importlib.import_module("device_model.bench_quant")
-        records.extend(quant.run(quick=quick))
+    records.extend(bench_quant.run(quick=quick))
     return records
 
 
