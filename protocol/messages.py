@@ -834,7 +834,9 @@ def encode_error(request_id: int, status: Status, detail: str, request_opcode: i
     return encode_response(ResponseOpcode.ERROR, request_id, body)
 
 
-def _decode(struct: Struct, data: bytes, what: str) -> tuple[int, int, dict[str, Any]]:
+def _decode(
+    struct: Struct, data: bytes | bytearray | memoryview, what: str
+) -> tuple[int, int, dict[str, Any]]:
     data = bytes(data)
     if len(data) < HEADER_SIZE:
         raise MessageError(
@@ -872,7 +874,7 @@ def _decode(struct: Struct, data: bytes, what: str) -> tuple[int, int, dict[str,
     return opcode, request_id, _plain(obj.body)
 
 
-def decode_request(data: bytes) -> RequestMsg:
+def decode_request(data: bytes | bytearray | memoryview) -> RequestMsg:
     """Parse a request message. Raises MessageError (UNKNOWN_OPCODE or BAD_REQUEST)."""
     n = len(data)
     if n >= _DATA_REQ.size and data[0] == _DATA_REQ_OP:
@@ -884,7 +886,7 @@ def decode_request(data: bytes) -> RequestMsg:
     return RequestMsg(Opcode(opcode), request_id, body)
 
 
-def decode_response(data: bytes) -> ResponseMsg:
+def decode_response(data: bytes | bytearray | memoryview) -> ResponseMsg:
     """Parse a response message. Raises MessageError (UNKNOWN_OPCODE or BAD_REQUEST)."""
     if len(data) == _DATA_RESP.size and data[0] == _DATA_RESP_OP:
         _, rid, tid, offset = _DATA_RESP.unpack(data)
