@@ -137,15 +137,18 @@ _ZERO = b"\x00"
 _ONE = b"\x01"
 _ZERO_RUNS = re.compile(b"(\x00\x00+)")
 _ONES = re.compile(b"\x01+")
-#: Shortest zero run worth the regex path of _cobs_blocks (same bytes either way).
-_LONG_RUN = b"\x00" * 8
 
 
 def _cobs_segments(data: bytes, out: list[bytes]) -> None:
     """Append the COBS blocks of ``data`` to ``out`` as alternating code bytes and runs."""
+    _cobs_split(data.split(b"\x00"), out)
+
+
+def _cobs_split(segs: list[bytes], out: list[bytes]) -> None:
+    """Append the COBS blocks of data split on its zeros (``segs``) to ``out``."""
     append = out.append
     code = _CODE
-    for seg in data.split(b"\x00"):
+    for seg in segs:
         n = len(seg)
         if n < 254:
             append(code[n + 1])
@@ -162,12 +165,15 @@ def _cobs_segments(data: bytes, out: list[bytes]) -> None:
 
 def _cobs_blocks(data: bytes, out: list[bytes]) -> None:
     """Append the COBS encoding of ``data`` to ``out``. A run of k > 1 zeros is k - 1 empty
-    blocks (0x01 each) after the block its first zero ends: emitted as one string, so zero-filled
-    tensors cost one step per run, not one per byte. Data without a run of ``_LONG_RUN`` zeros
-    (headers and small integers hold short runs) skips the regex scan: its few empty blocks
-    cost less one by one than a scan of the whole frame."""
-    if _LONG_RUN not in data:
-        _cobs_segments(data, out)
+    blocks (0x01 each) after the block its first zero ends. Data with few zeros (tensor bytes,
+    headers) is split on its zeros once, the split bounded so that it stops early on data rich
+    in zeros; that data goes by runs instead (a regex split on runs of two or more zeros, each
+    run emitted as one string), so zero-filled tensors cost one step per run, not one per byte.
+    Both ways give the same bytes."""
+    most = 16 + (len(data) >> 6)
+    segs = data.split(b"\x00", most)
+    if len(segs) <= most:
+        _cobs_split(segs, out)
         return
     parts = _ZERO_RUNS.split(data)
     for k in range(0, len(parts) - 1, 2):

@@ -126,7 +126,7 @@ def test_fast_path_round_trips_through_memoryview(rid: int, tid: int, off: int, 
     )
 )
 def test_cobs_zero_run_path_and_plain_path_give_the_same_bytes(data: bytes) -> None:
-    """protocol.framing encodes frames with long zero runs by a regex path and others by a
+    """protocol.framing encodes data rich in zeros by a regex path and other data by a
     plain split: the two must agree byte for byte on any data (one wire format)."""
     from protocol import framing
 
