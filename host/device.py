@@ -542,6 +542,11 @@ class Device:
             codes = arr
         else:
             params = numerics.scale_params(arr, fmt)
+            if fmt == "hfp8":
+                # the descriptor carries the variant: forward 1-4-3 with the default bias
+                params = {**params, "bias": 7, "stage": "forward"}
+                scale["exp_bias"] = 7
+                scale["stage"] = int(m.HfpStage.FORWARD)
             codes = numerics.encode(arr, fmt, **params)
             if "frac_bits" in params:
                 scale["frac_bits"] = int(params["frac_bits"])

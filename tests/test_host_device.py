@@ -276,7 +276,21 @@ def test_repeated_uploads_skip_the_bytes_but_never_use_a_lost_tensor(dev: host.D
     np.testing.assert_array_equal(dev._download(9), x)
 
 
-WIRE_FORMATS = ["fp32", "fp16", "bf16", "e4m3", "e5m2", "flex16", "fp8-seb", "dfxp4", "dfxp8"]
+WIRE_FORMATS = [
+    "fp32",
+    "fp16",
+    "bf16",
+    "tf32",
+    "dlfloat16",
+    "e4m3",
+    "e5m2",
+    "hfp8",
+    "flex16",
+    "fp8-seb",
+    "fgmp",
+    "dfxp4",
+    "dfxp8",
+]
 
 
 @pytest.fixture(scope="module")
