@@ -14,8 +14,16 @@ Options (each at most once):
 * ``key`` - hex bytes: the device requires AUTH with this key.
 * ``max_payload`` / ``window`` - the device link's offer (256..16384 / 1..64).
 
-Fault options (corrupt, drop, ...) of a later issue join ``FAULT_OPTIONS``: each maps a name to
-a parser returning a ``Fault`` that filters the bytes in each direction.
+Fault options (``device_model.emu_faults``; each maps to a ``Fault`` filtering the bytes in
+each direction, applied in the URL's order, all seeded so that a failing run replays):
+
+* ``corrupt=P`` / ``insert=P`` - per-byte bit flip / inserted garbage byte, both ways (0..0.1).
+* ``drop=P`` / ``dup=P`` - per-frame loss / duplication, both ways (0..0.5).
+* ``reset_every=N`` - the device restarts (state and link lost, new epoch) after a random
+  number of frames to it, mean N (1..2**40).
+* ``fault_seed`` - integer >= 0, seed of the faults. Default: ``seed``.
+
+``EmuSerial.fault_stats`` counts the faults really injected since the port opened.
 
 pyserial finds this handler as ``device_model.protocol_emu`` once ``"device_model"`` is in
 ``serial.protocol_handler_packages``: importing this module (or calling ``register()``) adds
@@ -33,6 +41,7 @@ from typing import Any, Protocol
 import serial
 from serial.serialutil import PortNotOpenError, SerialBase, SerialException
 
+from device_model import emu_faults
 from device_model.config import preset_names
 from device_model.firmware import Firmware
 from device_model.firmware_link import DeviceLink
@@ -82,9 +91,10 @@ DEVICE_OPTIONS: dict[str, Callable[[str], Any]] = {
     "key": _hex_option,
     "max_payload": _int_option("max_payload", MIN_PAYLOAD, MAX_PAYLOAD),
     "window": _int_option("window", 1, MAX_WINDOW),
+    "fault_seed": _int_option("fault_seed", 0, (1 << 64) - 1),
 }
-#: Fault options: name -> parser returning a Fault (filled by the fault-injection issue).
-FAULT_OPTIONS: dict[str, Callable[[str], Fault]] = {}
+#: Fault options: name -> parser returning a Fault.
+FAULT_OPTIONS: dict[str, Callable[[str], Fault]] = dict(emu_faults.FAULTS)
 
 
 @dataclass(frozen=True)
@@ -97,6 +107,8 @@ class EmuOptions:
     max_payload: int = DEFAULT_PAYLOAD
     window: int = DEFAULT_WINDOW
     faults: tuple[Fault, ...] = field(default=())
+    #: Seed of the faults (None: ``seed``).
+    fault_seed: int | None = None
 
 
 def parse_url(url: str) -> EmuOptions:
@@ -145,19 +157,38 @@ class EmuSerial(SerialBase):
         except ValueError as e:
             raise SerialException(str(e)) from None
         self.options = opts
+        fault_seed = opts.seed if opts.fault_seed is None else opts.fault_seed
+        for f in opts.faults:
+            reseed = getattr(f, "seed", None)
+            if reseed is not None:
+                reseed(fault_seed)
+        # In-process: every open is a new device, so a seeded link epoch makes a whole session
+        # replay byte for byte. (A served device takes fresh epochs: see DeviceLink.)
+        self._device = self._new_device(opts.seed)
+        self._rx = bytearray()
+        self._reconfigure_port()
+        self.is_open = True
+
+    def _new_device(self, seed: int) -> DeviceLink:
+        opts = self.options
+        assert opts is not None
         fw = Firmware(
             opts.preset,
-            seed=opts.seed,
+            seed=seed,
             key=opts.key,
             max_payload=opts.max_payload,
             window=opts.window,
         )
-        # In-process: every open is a new device, so a seeded link epoch makes a whole session
-        # replay byte for byte. (A served device takes fresh epochs: see DeviceLink.)
-        self._device = DeviceLink(fw, seed=opts.seed)
-        self._rx = bytearray()
-        self._reconfigure_port()
-        self.is_open = True
+        return DeviceLink(fw, seed=seed)
+
+    @property
+    def fault_stats(self) -> dict[str, int]:
+        """Faults injected since the port opened, by kind (both directions summed)."""
+        out: dict[str, int] = {}
+        for f in self.options.faults if self.options else ():
+            for k, v in getattr(f, "stats", {}).items():
+                out[k] = out.get(k, 0) + v
+        return out
 
     def close(self) -> None:
         self.is_open = False
@@ -187,6 +218,13 @@ class EmuSerial(SerialBase):
         assert self.options is not None
         for f in self.options.faults:
             data = f.to_device(data)
+        for f in self.options.faults:
+            take_reset = getattr(f, "take_reset", None)
+            seed = take_reset() if take_reset is not None else None
+            if seed is not None:
+                # The device restarts: its state, its link session and these bytes are lost.
+                dev = self._device = self._new_device(seed)
+                data = b""
         out = dev.feed(data, time.monotonic())
         for f in self.options.faults:
             out = f.to_host(out)

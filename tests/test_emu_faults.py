@@ -1,0 +1,220 @@
+"""Fault injection on the emu:// port: the option parsing, the fault filters themselves, and
+exactly-once training under each fault (same final weights as a fault-free run, no command
+executed twice, the faults really injected), and device resets reported as lost state."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from typing import Any
+
+import numpy as np
+import pytest
+import serial
+from hypothesis import given
+from hypothesis import strategies as st
+from serial import SerialException
+
+import host
+from device_model import emu_faults
+from device_model.emu_faults import Corrupt, Drop, Duplicate, Insert, Reset
+from device_model.emu_port import EmuSerial, parse_url
+from host import errors, nn
+
+BASE = "emu://hnpu-v2?seed=1"
+STEPS = 6
+
+
+# ---------------------------------------------------------------------------- options
+
+
+def test_fault_options_parse_into_faults_in_url_order() -> None:
+    opts = parse_url(f"{BASE}&corrupt=1e-4&drop=0.01&dup=0.001&insert=1e-5&reset_every=500")
+    assert opts.faults == (Corrupt(1e-4), Drop(0.01), Duplicate(0.001), Insert(1e-5), Reset(500))
+    assert opts.fault_seed is None
+    assert parse_url(f"{BASE}&corrupt=0&fault_seed=9").fault_seed == 9
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("corrupt=x", r"corrupt='x' is not a number; accepted 0\.\.0\.1"),
+        ("corrupt=0.5", r"corrupt=0.5 out of range; accepted 0\.\.0\.1"),
+        ("insert=-1e-3", r"insert=-1e-3 out of range; accepted 0\.\.0\.1"),
+        ("drop=nan", r"drop=nan out of range; accepted 0\.\.0\.5"),
+        ("dup=1", r"dup=1 out of range; accepted 0\.\.0\.5"),
+        ("reset_every=0", r"reset_every=0 out of range; accepted 1\.\."),
+        ("reset_every=1.5", r"reset_every='1.5' is not an integer"),
+        ("fault_seed=-1", r"fault_seed=-1 out of range"),
+        ("drop=0.1&drop=0.2", r"'drop' given twice"),
+    ],
+)
+def test_bad_fault_options_say_what_is_accepted(query: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_url(f"{BASE}&{query}")
+    with pytest.raises(SerialException, match=message):
+        serial.serial_for_url(f"{BASE}&{query}")
+
+
+# ---------------------------------------------------------------------------- filters
+
+FRAMES = [bytes([0]) + bytes(range(1 + i, 40 + i)) + bytes([0]) for i in range(50)]
+STREAM = b"".join(FRAMES)
+
+
+def _frames(data: bytes) -> list[bytes]:
+    return [f for f in data.split(b"\x00") if f]
+
+
+def test_drop_everything_keeps_only_delimiters_and_counts_each_frame() -> None:
+    d = Drop(0.5)
+    d.p = 1.0
+    d.seed(0)
+    assert d.to_device(STREAM) == b"\x00" * (2 * len(FRAMES))
+    assert d.stats == {"dropped_frames": len(FRAMES)}
+
+
+def test_drop_and_dup_remove_and_repeat_whole_frames_only() -> None:
+    drop, dup = Drop(0.3), Duplicate(0.3)
+    drop.seed(5)
+    dup.seed(5)
+    originals = _frames(STREAM)
+    kept = _frames(drop.to_host(STREAM))
+    doubled = _frames(dup.to_host(STREAM))
+    assert set(kept) <= set(originals)
+    assert len(originals) - len(kept) == drop.stats["dropped_frames"] > 0
+    assert sorted(set(doubled)) == sorted(originals)  # nothing altered, nothing lost
+    assert len(doubled) - len(originals) == dup.stats["duplicated_frames"] > 0
+
+
+@given(cuts=st.lists(st.integers(0, len(STREAM)), max_size=8), seed=st.integers(0, 2**32))
+def test_frame_faults_do_not_depend_on_how_the_stream_is_split(cuts: list[int], seed: int) -> None:
+    for cls in (Drop, Duplicate):
+        whole, split = cls(0.3), cls(0.3)
+        whole.seed(seed)
+        split.seed(seed)
+        bounds = [0, *sorted(cuts), len(STREAM)]
+        pieces = [split.to_device(STREAM[a:b]) for a, b in itertools.pairwise(bounds)]
+        assert b"".join(pieces) == whole.to_device(STREAM)
+        assert split.stats == whole.stats
+
+
+def test_corrupt_flips_one_bit_per_counted_byte() -> None:
+    c = Corrupt(0.01)
+    c.seed(3)
+    out = c.to_host(STREAM)
+    assert len(out) == len(STREAM)
+    diffs = [a ^ b for a, b in zip(STREAM, out, strict=True) if a != b]
+    assert len(diffs) == c.stats["corrupted_bytes"] > 0
+    assert all(bin(x).count("1") == 1 for x in diffs)
+
+
+def test_insert_adds_counted_bytes_and_keeps_the_original_in_order() -> None:
+    ins = Insert(0.01)
+    ins.seed(3)
+    out = ins.to_device(STREAM)
+    assert len(out) - len(STREAM) == ins.stats["inserted_bytes"] > 0
+    it = iter(out)
+    assert all(b in it for b in STREAM)  # STREAM is a subsequence of out
+
+
+def test_a_fault_seed_replays_the_same_faults_and_another_differs() -> None:
+    def run(seed: int) -> bytes:
+        c = Corrupt(0.01)
+        c.seed(seed)
+        return c.to_device(STREAM)
+
+    assert run(1) == run(1)
+    assert run(1) != run(2)
+
+
+def test_zero_probability_changes_nothing() -> None:
+    for f in (Corrupt(0.0), Insert(0.0), Drop(0.0), Duplicate(0.0)):
+        assert f.to_device(STREAM) == STREAM and f.to_host(STREAM) == STREAM
+
+
+def test_reset_comes_after_about_every_n_frames() -> None:
+    r = Reset(10)
+    r.seed(1)
+    seeds = []
+    for frame in FRAMES * 20:
+        r.to_device(frame)
+        s = r.take_reset()
+        if s is not None:
+            seeds.append(s)
+    assert 40 <= len(seeds) <= 200  # 1000 frames, mean 10 per reset
+    assert r.stats == {"device_resets": len(seeds)} and len(set(seeds)) == len(seeds)
+
+
+def test_parsers_registered_for_every_fault() -> None:
+    assert set(emu_faults.FAULTS) == {"corrupt", "insert", "drop", "dup", "reset_every"}
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def _train(url: str) -> tuple[str, dict[str, Any], EmuSerial, host.Device]:
+    """A seeded run: deploy, STEPS train steps, get_weights; the weights' SHA-256."""
+    dev = host.open(url, timeout=5.0)
+    model = dev.deploy(
+        nn.Sequential(nn.Linear(16, 24), nn.ReLU(), nn.Linear(24, 4)),
+        optimizer=host.optim.SGD(0.05),
+    )
+    rng = np.random.default_rng(0)
+    for _ in range(STEPS):
+        x = rng.standard_normal((8, 16)).astype(np.float32)
+        model.train_step(x, rng.integers(0, 4, 8))
+    w = model.get_weights()
+    digest = hashlib.sha256(b"".join(k.encode() + w[k].tobytes() for k in sorted(w))).hexdigest()
+    port = dev.runner.port
+    assert isinstance(port, EmuSerial)
+    return digest, dict(port.fault_stats), port, dev
+
+
+@pytest.fixture(scope="module")
+def clean() -> tuple[str, int, int]:
+    digest, stats, port, dev = _train(BASE)
+    assert stats == {}
+    out = digest, port.firmware.executed, port.firmware.step
+    dev.close()
+    return out
+
+
+@pytest.mark.parametrize(
+    ("query", "stat"),
+    [
+        ("corrupt=2e-3", "corrupted_bytes"),
+        ("insert=2e-3", "inserted_bytes"),
+        ("drop=0.05", "dropped_frames"),
+        ("dup=0.05", "duplicated_frames"),
+        ("corrupt=1e-3&insert=1e-3&drop=0.02&dup=0.02&fault_seed=7", "corrupted_bytes"),
+    ],
+)
+def test_training_under_faults_is_exactly_once_and_bit_identical(
+    clean: tuple[str, int, int], query: str, stat: str
+) -> None:
+    digest, stats, port, dev = _train(f"{BASE}&{query}")
+    assert stats[stat] > 0  # the faults happened
+    assert digest == clean[0]
+    # The device executed exactly the fault-free run's commands: none lost, none twice.
+    assert (port.firmware.executed, port.firmware.step) == clean[1:]
+    dev.close()
+
+
+def test_a_device_reset_during_training_is_state_lost_not_garbage() -> None:
+    # reset_every=40: the device restarts (state lost) well within the run; the host must say
+    # so instead of training on a device that holds no model.
+    with pytest.raises(errors.StateLost, match="deploy it again"):
+        _train(f"{BASE}&reset_every=40")
+
+
+def test_requests_without_device_state_complete_across_resets_by_replay() -> None:
+    dev = host.open(f"{BASE}&reset_every=6", timeout=5.0)
+    port = dev.runner.port
+    assert isinstance(port, EmuSerial)
+    while port.fault_stats["device_resets"] < 2:
+        assert dev.counters()["ff"]["macs_total"] == 0
+    # Every reset the port made was seen by the host as a new link session.
+    assert dev.runner.resets >= 1
+    assert dev.counters()["ff"]["macs_total"] == 0
+    dev.close()
