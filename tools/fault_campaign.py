@@ -11,14 +11,19 @@ For every setting (fault-free first, as the reference) one run does, through ``h
 
 A device reset loses the device's state; the host reports it (``StateLost``) and this script
 recovers the way a user would: deploy again from its last checkpoint (the weights after the
-last completed step) and redo the step. Any other exception fails the run.
+last completed step) and redo the step. A reset in a pipelined tensor transfer currently
+reaches the caller as DeviceError(UNKNOWN_TENSOR or NO_MODEL) instead of StateLost; it is
+recovered the same way and counted apart (state_lost_as_device_error). Any other host error
+ends the run (the row's ``error``).
 
 Printed as JSON, one row per setting: commands (host requests), device_executed (requests the
 device executed, all devices of the run), duplicates_executed (executed - commands on a single
 device; with resets, requests the old device executed before dying are counted too),
 payload_bytes (tensor bytes moved), wire_bytes (both directions), undetected_errors (weight hash
 mismatches plus tensor read-backs that differ), state_lost (recoveries), faults injected,
-seconds, and goodput (payload bytes per second relative to fault-free).
+seconds, goodput (payload bytes per second relative to fault-free) and wire_goodput (payload
+bytes per wire byte relative to fault-free: the same figure without timing noise). A run that
+ended early has ``error`` set; its commands then include the unanswered ones.
 
     python tools/fault_campaign.py --quick        # about a minute
     python tools/fault_campaign.py --steps 2000 --tensor-rounds 128
@@ -75,6 +80,8 @@ class Row:
     state_lost_as_device_error: int = 0
     seconds: float = 0.0
     goodput: float = 1.0
+    #: Payload bytes per wire byte relative to fault-free: goodput free of timing noise.
+    wire_goodput: float = 1.0
     weights_sha256: str = ""
     #: The exception that ended the run early, if any ("" when it completed).
     error: str = ""
@@ -234,12 +241,15 @@ def main(argv: list[str] | None = None) -> int:
     for name, query in settings:
         row = run(name, f"{BASE}&{query}&fault_seed={args.fault_seed}", steps, rounds)
         if row.error:
-            row.goodput = 0.0
+            row.goodput = row.wire_goodput = 0.0
         else:
             if row.weights_sha256 != ref.weights_sha256:
                 row.undetected_errors += 1
             row.goodput = round(
                 (row.payload_bytes / row.seconds) / (ref.payload_bytes / ref.seconds), 3
+            )
+            row.wire_goodput = round(
+                (row.payload_bytes / row.wire_bytes) / (ref.payload_bytes / ref.wire_bytes), 3
             )
         rows.append(row)
         print(f"{name}: {row.seconds} s", file=sys.stderr, flush=True)
