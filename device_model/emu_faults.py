@@ -8,6 +8,7 @@ streaming filters: a frame split over several writes is handled as one frame.
 
 * ``corrupt=P`` - each byte, either way, has a bit flipped with probability P.
 * ``insert=P`` - after each byte, a random garbage byte is inserted with probability P.
+* ``delete=P`` - each byte, either way, is lost with probability P.
 * ``drop=P`` - each frame (the bytes between two 0x00 delimiters) vanishes with probability P.
 * ``dup=P`` - each frame is sent twice with probability P.
 * ``reset_every=N`` - the device restarts after a random number of frames to it (geometric,
@@ -159,6 +160,27 @@ class Insert(_Directional):
         for i in hits:
             out += data[start : i + 1]
             out.append(state.rng.randrange(256))
+            start = i + 1
+        out += data[start:]
+        self.stats[self.stat] += len(hits)
+        return bytes(out)
+
+
+class Delete(_Directional):
+    """Loses each byte with probability ``p``."""
+
+    name = "delete"
+    stat = "deleted_bytes"
+
+    def _filter(self, data: bytes, state: object) -> bytes:
+        assert isinstance(state, _Gaps)
+        hits = state.positions(len(data))
+        if not hits:
+            return data
+        out = bytearray()
+        start = 0
+        for i in hits:
+            out += data[start:i]
             start = i + 1
         out += data[start:]
         self.stats[self.stat] += len(hits)
@@ -328,6 +350,7 @@ def _maker(cls: type[_Directional], hi: float) -> Callable[[str], _Directional]:
 FAULTS: dict[str, Callable[[str], Any]] = {
     "corrupt": _maker(Corrupt, MAX_BYTE_P),
     "insert": _maker(Insert, MAX_BYTE_P),
+    "delete": _maker(Delete, MAX_BYTE_P),
     "drop": _maker(Drop, MAX_FRAME_P),
     "dup": _maker(Duplicate, MAX_FRAME_P),
     "reset_every": _parse_reset,

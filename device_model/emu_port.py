@@ -17,7 +17,8 @@ Options (each at most once):
 Fault options (``device_model.emu_faults``; each maps to a ``Fault`` filtering the bytes in
 each direction, applied in the URL's order, all seeded so that a failing run replays):
 
-* ``corrupt=P`` / ``insert=P`` - per-byte bit flip / inserted garbage byte, both ways (0..0.1).
+* ``corrupt=P`` / ``insert=P`` / ``delete=P`` - per-byte bit flip / inserted garbage byte /
+  lost byte, both ways (0..0.1).
 * ``drop=P`` / ``dup=P`` - per-frame loss / duplication, both ways (0..0.5).
 * ``reset_every=N`` - the device restarts (state and link lost, new epoch) after a random
   number of frames to it, mean N (1..2**40).

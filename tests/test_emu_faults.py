@@ -17,7 +17,7 @@ from serial import SerialException
 
 import host
 from device_model import emu_faults
-from device_model.emu_faults import Corrupt, Drop, Duplicate, Insert, Reset
+from device_model.emu_faults import Corrupt, Delete, Drop, Duplicate, Insert, Reset
 from device_model.emu_port import EmuSerial, parse_url
 from host import errors, nn
 
@@ -41,6 +41,7 @@ def test_fault_options_parse_into_faults_in_url_order() -> None:
         ("corrupt=x", r"corrupt='x' is not a number; accepted 0\.\.0\.1"),
         ("corrupt=0.5", r"corrupt=0.5 out of range; accepted 0\.\.0\.1"),
         ("insert=-1e-3", r"insert=-1e-3 out of range; accepted 0\.\.0\.1"),
+        ("delete=0.2", r"delete=0.2 out of range; accepted 0\.\.0\.1"),
         ("drop=nan", r"drop=nan out of range; accepted 0\.\.0\.5"),
         ("dup=1", r"dup=1 out of range; accepted 0\.\.0\.5"),
         ("reset_every=0", r"reset_every=0 out of range; accepted 1\.\."),
@@ -118,6 +119,15 @@ def test_insert_adds_counted_bytes_and_keeps_the_original_in_order() -> None:
     assert all(b in it for b in STREAM)  # STREAM is a subsequence of out
 
 
+def test_delete_loses_counted_bytes_and_keeps_the_rest_in_order() -> None:
+    d = Delete(0.01)
+    d.seed(3)
+    out = d.to_host(STREAM)
+    assert len(STREAM) - len(out) == d.stats["deleted_bytes"] > 0
+    it = iter(STREAM)
+    assert all(b in it for b in out)  # out is a subsequence of STREAM
+
+
 def test_a_fault_seed_replays_the_same_faults_and_another_differs() -> None:
     def run(seed: int) -> bytes:
         c = Corrupt(0.01)
@@ -129,7 +139,7 @@ def test_a_fault_seed_replays_the_same_faults_and_another_differs() -> None:
 
 
 def test_zero_probability_changes_nothing() -> None:
-    for f in (Corrupt(0.0), Insert(0.0), Drop(0.0), Duplicate(0.0)):
+    for f in (Corrupt(0.0), Insert(0.0), Delete(0.0), Drop(0.0), Duplicate(0.0)):
         assert f.to_device(STREAM) == STREAM and f.to_host(STREAM) == STREAM
 
 
@@ -147,7 +157,7 @@ def test_reset_comes_after_about_every_n_frames() -> None:
 
 
 def test_parsers_registered_for_every_fault() -> None:
-    assert set(emu_faults.FAULTS) == {"corrupt", "insert", "drop", "dup", "reset_every"}
+    assert set(emu_faults.FAULTS) == {"corrupt", "insert", "delete", "drop", "dup", "reset_every"}
 
 
 # ---------------------------------------------------------------------------- training
@@ -185,6 +195,7 @@ def clean() -> tuple[str, int, int]:
     [
         ("corrupt=2e-3", "corrupted_bytes"),
         ("insert=2e-3", "inserted_bytes"),
+        ("delete=2e-3", "deleted_bytes"),
         ("drop=0.05", "dropped_frames"),
         ("dup=0.05", "duplicated_frames"),
         ("corrupt=1e-3&insert=1e-3&drop=0.02&dup=0.02&fault_seed=7", "corrupted_bytes"),

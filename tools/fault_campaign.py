@@ -57,6 +57,7 @@ SETTINGS: list[tuple[str, str]] = [
     ("drop 1%", "drop=0.01"),
     ("dup 1%", "dup=0.01"),
     ("insert 1e-4", "insert=1e-4"),
+    ("delete 1e-4", "delete=1e-4"),
     ("all of them", "corrupt=1e-4&drop=0.01&dup=0.01&insert=1e-4"),
 ]
 TENSOR_SHAPE = (512, 512)
