@@ -56,7 +56,7 @@ _LOSSES = {
     "mse": Loss.MSE,
 }
 #: Statuses that mean "the device no longer holds what we gave it" after a restart.
-_LOST = {Status.NO_MODEL, Status.UNKNOWN_TENSOR, Status.NOT_AUTHENTICATED}
+_LOST = errors.LOST_STATUSES
 
 
 def _fingerprint(desc: Mapping[str, Any]) -> tuple[Any, ...]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from protocol.status import Status
 
 __all__ = [
+    "LOST_STATUSES",
     "AuthError",
     "DeviceError",
     "DiscoveryError",
@@ -93,3 +94,7 @@ class ShapeError(InvalidArgument):
 
 class DiscoveryError(MicrotrainError):
     """No serial port, or more than one, matches the USB identifiers asked for."""
+
+
+#: Statuses a request gets from a device that restarted and lost the state it referred to.
+LOST_STATUSES = frozenset({Status.NO_MODEL, Status.UNKNOWN_TENSOR, Status.NOT_AUTHENTICATED})

@@ -340,15 +340,28 @@ class Model:
 
     @_locked
     def get_weights(self) -> dict[str, NDArray[np.float32]]:
-        """The device's current weights as a state dict (float32 copies)."""
+        """The device's current weights as a state dict (float32 copies).
+
+        A device that restarts while the weights are read loses the snapshot tensors: the
+        read is tried once more, and ``_check_model`` raises StateLost if the model itself
+        is gone (never a bare UNKNOWN_TENSOR for what is really a restart)."""
         dev = self.device
-        dev._check_model(self)
-        body = dev._call_model("GET_WEIGHTS", {"layer": ALL_LAYERS}, 0)
-        out: dict[str, NDArray[np.float32]] = {}
-        for p in body["params"]:
-            name = f"{p['layer']}.{'weight' if int(p['param']) == 0 else 'bias'}"
-            out[name] = dev._download(int(p["tensor"]["id"]))
-        return {k: out[k] for k in self.spec.param_shapes() if k in out}
+        for attempt in range(2):
+            dev._check_model(self)
+            resets = dev.runner.resets
+            body = dev._call_model("GET_WEIGHTS", {"layer": ALL_LAYERS}, 0)
+            out: dict[str, NDArray[np.float32]] = {}
+            try:
+                for p in body["params"]:
+                    name = f"{p['layer']}.{'weight' if int(p['param']) == 0 else 'bias'}"
+                    out[name] = dev._download(int(p["tensor"]["id"]))
+            except errors.DeviceError as e:
+                restarted = dev.runner.resets != resets
+                if attempt == 0 and restarted and e.status in errors.LOST_STATUSES:
+                    continue
+                raise
+            return {k: out[k] for k in self.spec.param_shapes() if k in out}
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
     @_locked
     def set_weights(self, weights: Mapping[str, Any]) -> None:

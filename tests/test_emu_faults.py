@@ -229,3 +229,18 @@ def test_requests_without_device_state_complete_across_resets_by_replay() -> Non
     assert dev.runner.resets >= 1
     assert dev.counters()["ff"]["macs_total"] == 0
     dev.close()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_restart_while_weights_are_read_is_state_lost_not_an_unknown_tensor(seed: int) -> None:
+    """Weight snapshots vanish with a restarted device: the host must say the model is lost
+    (StateLost), never surface the device's UNKNOWN_TENSOR for what is really a restart."""
+    dev = host.open(f"emu://hnpu-v2?seed={seed}&reset_every=60", timeout=3)
+    try:
+        net = host.nn.Sequential(host.nn.Linear(256, 256), host.nn.ReLU(), host.nn.Linear(256, 10))
+        with pytest.raises(host.errors.StateLost):
+            model = dev.deploy(net, precision="fp32", seed=0)
+            for _ in range(6):
+                model.get_weights()
+    finally:
+        dev.close()
