@@ -126,51 +126,13 @@ class _Directional:
         return hash((type(self).__name__, self.p))
 
 
-class Corrupt(_Directional):
-    """Flips one random bit of a byte, each byte with probability ``p``."""
+class _ByteFault(_Directional):
+    """A fault hitting single bytes at the positions of a geometric gap process: each hit
+    byte is replaced by what ``_replace`` returns (drawn in stream order, so seeded runs
+    replay)."""
 
-    name = "corrupt"
-    stat = "corrupted_bytes"
-
-    def _filter(self, data: bytes, state: object) -> bytes:
-        assert isinstance(state, _Gaps)
-        hits = state.positions(len(data))
-        if not hits:
-            return data
-        out = bytearray(data)
-        for i in hits:
-            out[i] ^= 1 << state.rng.randrange(8)
-        self.stats[self.stat] += len(hits)
-        return bytes(out)
-
-
-class Insert(_Directional):
-    """Inserts a random garbage byte after each byte with probability ``p``."""
-
-    name = "insert"
-    stat = "inserted_bytes"
-
-    def _filter(self, data: bytes, state: object) -> bytes:
-        assert isinstance(state, _Gaps)
-        hits = state.positions(len(data))
-        if not hits:
-            return data
-        out = bytearray()
-        start = 0
-        for i in hits:
-            out += data[start : i + 1]
-            out.append(state.rng.randrange(256))
-            start = i + 1
-        out += data[start:]
-        self.stats[self.stat] += len(hits)
-        return bytes(out)
-
-
-class Delete(_Directional):
-    """Loses each byte with probability ``p``."""
-
-    name = "delete"
-    stat = "deleted_bytes"
+    def _replace(self, byte: int, rng: random.Random) -> bytes:
+        raise NotImplementedError
 
     def _filter(self, data: bytes, state: object) -> bytes:
         assert isinstance(state, _Gaps)
@@ -181,10 +143,41 @@ class Delete(_Directional):
         start = 0
         for i in hits:
             out += data[start:i]
+            out += self._replace(data[i], state.rng)
             start = i + 1
         out += data[start:]
         self.stats[self.stat] += len(hits)
         return bytes(out)
+
+
+class Corrupt(_ByteFault):
+    """Flips one random bit of a byte, each byte with probability ``p``."""
+
+    name = "corrupt"
+    stat = "corrupted_bytes"
+
+    def _replace(self, byte: int, rng: random.Random) -> bytes:
+        return bytes((byte ^ (1 << rng.randrange(8)),))
+
+
+class Insert(_ByteFault):
+    """Inserts a random garbage byte after each byte with probability ``p``."""
+
+    name = "insert"
+    stat = "inserted_bytes"
+
+    def _replace(self, byte: int, rng: random.Random) -> bytes:
+        return bytes((byte, rng.randrange(256)))
+
+
+class Delete(_ByteFault):
+    """Loses each byte with probability ``p``."""
+
+    name = "delete"
+    stat = "deleted_bytes"
+
+    def _replace(self, byte: int, rng: random.Random) -> bytes:
+        return b""
 
 
 class _FrameState:
