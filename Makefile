@@ -10,7 +10,7 @@ CSRC   := $(wildcard cext/*.c cext/*.h cext/include/*.h) cext/build_chip.py
 $(STAMP): pyproject.toml setup.py $(CSRC)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip 'setuptools>=77' wheel
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,federated]'
 	touch $@
 
 setup: $(STAMP)

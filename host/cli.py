@@ -100,6 +100,26 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return demo.main(args)
 
 
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from host import studies
+
+    return studies.main(args, "reproduce")
+
+
+def _cmd_scenario(args: argparse.Namespace) -> int:
+    from host import studies
+
+    return studies.main(args, "scenario")
+
+
+def _cmd_federate(args: argparse.Namespace) -> int:
+    import importlib
+
+    federated = importlib.import_module("host.federated")
+    rc: int = federated.main(args)
+    return rc
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="microtrain",
@@ -135,6 +155,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(d)
     d.set_defaults(func=_cmd_demo)
+
+    from host import studies
+
+    r = sub.add_parser("reproduce", help="design-space studies of the survey (JSON + PNG)")
+    studies.add_arguments(r, "reproduce")
+    r.set_defaults(func=_cmd_reproduce)
+    sc = sub.add_parser("scenario", help="on-device scenarios: new-classes, distill")
+    studies.add_arguments(sc, "scenario")
+    sc.set_defaults(func=_cmd_scenario)
+
+    f = sub.add_parser("federate", help="federated learning across emulated or real chips (flwr)")
+    f.add_argument("--clients", type=int, default=8, help="number of clients (default 8)")
+    f.add_argument("--rounds", type=int, default=10, help="federated rounds (default 10)")
+    f.add_argument(
+        "--device",
+        action="append",
+        default=None,
+        metavar="URL",
+        help="device URL of a client (repeat; clients beyond those given use emu://hnpu-v2)",
+    )
+    f.add_argument(
+        "--partition", default="dirichlet:0.5", help="iid or dirichlet:ALPHA (default 0.5)"
+    )
+    f.add_argument("--seed", type=int, default=0, help="seed of partitions, training and SR")
+    f.add_argument("--json-out", default=None, metavar="FILE", help="write the rounds as JSON")
+    f.add_argument("--plot", default=None, metavar="FILE", help="write a PNG of the curve")
+    f.set_defaults(func=_cmd_federate)
     return p
 
 
