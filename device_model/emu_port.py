@@ -13,6 +13,8 @@ Options (each at most once):
 * ``seed`` - integer >= 0, seed of the device's randomness (link epochs). Default 0.
 * ``key`` - hex bytes: the device requires AUTH with this key.
 * ``max_payload`` / ``window`` - the device link's offer (256..16384 / 1..64).
+* ``transpose`` - the preset's transposed-read solution for EP (survey Table 2): ``software``,
+  ``transposable-pe`` or ``transpose-sram``. Default: the preset's own.
 
 Fault options (``device_model.emu_faults``; each maps to a ``Fault`` filtering the bytes in
 each direction, applied in the URL's order, all seeded so that a failing run replays):
@@ -43,7 +45,7 @@ import serial
 from serial.serialutil import PortNotOpenError, SerialBase, SerialException
 
 from device_model import emu_faults
-from device_model.config import preset_names
+from device_model.config import TRANSPOSE_MODES, get_preset, preset_names
 from device_model.firmware import Firmware
 from device_model.firmware_link import DeviceLink
 from protocol.framing import DEFAULT_PAYLOAD, MAX_PAYLOAD, MIN_PAYLOAD
@@ -86,6 +88,12 @@ def _hex_option(text: str) -> bytes:
     return key
 
 
+def _transpose_option(text: str) -> str:
+    if text not in TRANSPOSE_MODES:
+        raise ValueError(f"option transpose={text!r}; accepted: {', '.join(TRANSPOSE_MODES)}")
+    return text
+
+
 #: Device options: name -> parser of its text value.
 DEVICE_OPTIONS: dict[str, Callable[[str], Any]] = {
     "seed": _int_option("seed", 0, (1 << 64) - 1),
@@ -93,6 +101,7 @@ DEVICE_OPTIONS: dict[str, Callable[[str], Any]] = {
     "max_payload": _int_option("max_payload", MIN_PAYLOAD, MAX_PAYLOAD),
     "window": _int_option("window", 1, MAX_WINDOW),
     "fault_seed": _int_option("fault_seed", 0, (1 << 64) - 1),
+    "transpose": _transpose_option,
 }
 #: Fault options: name -> parser returning a Fault.
 FAULT_OPTIONS: dict[str, Callable[[str], Fault]] = dict(emu_faults.FAULTS)
@@ -110,6 +119,8 @@ class EmuOptions:
     faults: tuple[Fault, ...] = field(default=())
     #: Seed of the faults (None: ``seed``).
     fault_seed: int | None = None
+    #: The preset's transposed-read solution overridden (None: the preset's own).
+    transpose: str | None = None
 
 
 def parse_url(url: str) -> EmuOptions:
@@ -173,8 +184,11 @@ class EmuSerial(SerialBase):
     def _new_device(self, seed: int) -> DeviceLink:
         opts = self.options
         assert opts is not None
+        preset = get_preset(opts.preset)
+        if opts.transpose is not None:
+            preset = preset.with_overrides(transpose_mode=opts.transpose)
         fw = Firmware(
-            opts.preset,
+            preset,
             seed=seed,
             key=opts.key,
             max_payload=opts.max_payload,
