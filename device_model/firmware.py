@@ -15,6 +15,13 @@ duplicate request, same id and same bytes, is answered from the cache without ex
 a different request reusing an id is executed and replaces the entry). Device memory is the
 preset's ``device_memory_bytes``: the engine's memory plus the stored tensors must fit in it.
 
+Resource limits, each refused with its own status before anything changes (HELLO reports them
+as chip parameters): one tensor at most ``max_tensor_bytes`` (TENSOR_TOO_LARGE), at most
+``max_tensors`` tensors under host ids (TOO_MANY_TENSORS), all of them within device memory
+(OUT_OF_MEMORY), at most the preset's ``max_layers`` layers per model (TOO_MANY_LAYERS), and at
+most ``max_pending`` answers waiting for the host's acknowledgement (TOO_MANY_PENDING, counted
+by the link end, see ``receive``).
+
 The link end that turns bytes into messages and back is ``device_model.firmware_link``.
 """
 
@@ -65,8 +72,22 @@ FIRMWARE_NAME = "microtrain-emu 0.1.0"
 MAX_BATCH = 256
 #: Responses kept for duplicate request ids.
 DEFAULT_CACHE_SIZE = 64
+#: Largest tensor, in wire bytes, the device takes or makes (uploads, FORWARD outputs): 16 MiB
+#: (assumption: one DMA descriptor with a 24-bit length field moves a tensor; a quarter of the
+#: presets' 64 MiB device memory). Weight snapshots of GET_WEIGHTS are views of engine memory,
+#: which device memory already bounds, and are exempt.
+MAX_TENSOR_BYTES = 1 << 24
+#: Tensors the device holds under host ids (uploads and FORWARD outputs): 1024 (assumption: a
+#: 1024-entry tensor descriptor table in device SRAM). Zero-byte tensors count too, so the
+#: table, not device memory, bounds what a stream of empty uploads costs.
+MAX_TENSORS = 1024
+#: Answers the device queues before the host's link acknowledges them: 256 (assumption: a
+#: transmit queue of 256 response descriptors, 32 windows at the default window of 8; a host
+#: that reads its answers stays within a few windows, see docs/reliability.md). A request
+#: arriving when the queue is full is answered TOO_MANY_PENDING and not executed.
+MAX_PENDING = 256
 #: Statuses that change no state and may succeed later: not cached, so a retry executes.
-_TRANSIENT = frozenset({Status.BUSY})
+_TRANSIENT = frozenset({Status.BUSY, Status.TOO_MANY_PENDING})
 _ALGORITHM_NAMES = {"bp": Algorithm.BP, "dfa": Algorithm.DFA, "pdfa": Algorithm.PIPELINED_DFA}
 
 #: Builds an engine: (input_shape, layer specs, preset, init_seed=, weights=) -> engine.
@@ -154,6 +175,9 @@ class Firmware:
         max_payload: int = DEFAULT_PAYLOAD,
         window: int = DEFAULT_WINDOW,
         cache_size: int = DEFAULT_CACHE_SIZE,
+        max_tensor_bytes: int = MAX_TENSOR_BYTES,
+        max_tensors: int = MAX_TENSORS,
+        max_pending: int = MAX_PENDING,
         engine_factory: EngineFactory | None = None,
         config_factory: Callable[[dict[str, Any], dict[int, np.ndarray]], Any] | None = None,
     ) -> None:
@@ -162,6 +186,17 @@ class Firmware:
             raise TypeError(f"key must be bytes or None, got {type(key).__name__}")
         if cache_size < 1:
             raise ValueError(f"cache_size must be >= 1, got {cache_size}")
+        for name, v in (
+            ("max_tensor_bytes", max_tensor_bytes),
+            ("max_tensors", max_tensors),
+            ("max_pending", max_pending),
+        ):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        #: Resource limits (see the module docstring); HELLO reports them.
+        self.max_tensor_bytes = max_tensor_bytes
+        self.max_tensors = max_tensors
+        self.max_pending = max_pending
         self.seed = seed
         self.key = bytes(key) if key is not None else None
         #: Payload bytes per frame; the link end sets the agreed value (TENSOR_READ sizes).
@@ -203,8 +238,12 @@ class Firmware:
 
     # ------------------------------------------------------------------ entry point
 
-    def receive(self, message: bytes | bytearray | memoryview) -> list[bytes]:
-        """Answer one request message: a list holding exactly one response message."""
+    def receive(self, message: bytes | bytearray | memoryview, *, pending: int = 0) -> list[bytes]:
+        """Answer one request message: a list holding exactly one response message.
+
+        ``pending``: answers the link end has queued and the host has not acknowledged yet. At
+        ``max_pending`` or more the request is answered TOO_MANY_PENDING without executing it
+        (not cached: the same request id executes once the host has read its answers)."""
         data = bytes(message)
         if len(data) < m.HEADER_SIZE:
             detail = (
@@ -221,6 +260,13 @@ class Firmware:
                 "AUTH are accepted until then"
             )
             return [self._error(request_id, opcode, Status.NOT_AUTHENTICATED, detail)]
+        if pending >= self.max_pending:
+            detail = (
+                f"{pending} answers wait for the host's acknowledgement; this device queues "
+                f"at most {self.max_pending}: the request was not executed, read the answers "
+                "and send it again"
+            )
+            return [self._error(request_id, opcode, Status.TOO_MANY_PENDING, detail)]
         digest = hashlib.sha256(data).digest()
         cached = self._cache.get(request_id)
         if cached is not None and cached[0] == digest:
@@ -317,6 +363,26 @@ class Firmware:
             )
         return x
 
+    def _host_tensor_count(self) -> int:
+        return sum(1 for i in self.tensors._tensors if i < DEVICE_TENSOR_ID_BASE)
+
+    def _check_new_tensor(self, tensor_id: int, nbytes: int, what: str) -> None:
+        """TENSOR_TOO_LARGE / TOO_MANY_TENSORS for a tensor of ``nbytes`` stored as
+        ``tensor_id`` (replacing the tensor of that id, if any)."""
+        if nbytes > self.max_tensor_bytes:
+            raise FirmwareError(
+                Status.TENSOR_TOO_LARGE,
+                f"{what} takes {nbytes} bytes; the device's largest tensor is "
+                f"{self.max_tensor_bytes} bytes (max_tensor_bytes): split it, use a smaller "
+                "batch or a narrower format",
+            )
+        if tensor_id not in self.tensors and self._host_tensor_count() >= self.max_tensors:
+            raise FirmwareError(
+                Status.TOO_MANY_TENSORS,
+                f"{what}: the device holds {self.max_tensors} tensors, its maximum "
+                "(max_tensors); reuse the id of a tensor no longer needed or RESET TENSORS",
+            )
+
     def _check_output_id(self, output_id: int) -> None:
         if output_id >= DEVICE_TENSOR_ID_BASE:
             raise FirmwareError(
@@ -361,6 +427,12 @@ class Firmware:
             ):
                 params.append({"name": f"{name}.min", "value": float(value[0])})
                 params.append({"name": f"{name}.max", "value": float(value[1])})
+        params += [
+            {"name": "max_tensor_bytes", "value": float(self.max_tensor_bytes)},
+            {"name": "max_tensors", "value": float(self.max_tensors)},
+            {"name": "max_pending", "value": float(self.max_pending)},
+            {"name": "max_batch", "value": float(MAX_BATCH)},
+        ]
         features = (
             Feature.AUTH
             | Feature.STOCHASTIC_ROUNDING
@@ -474,6 +546,7 @@ class Firmware:
         if resumed is not None:
             return {"id": tid, "offset": resumed.received}
         need = int(desc["nbytes"])
+        self._check_new_tensor(tid, need, f"tensor {tid}")
         free = self._free_bytes(replacing=tid)
         if need > free:
             raise self._oom(f"tensor {tid}", need, free)
@@ -518,6 +591,13 @@ class Firmware:
         return weights
 
     def _define_model(self, body: dict[str, Any]) -> dict[str, Any]:
+        n_layers, most = len(body["layers"]), self.preset.max_layers
+        if n_layers > most:
+            raise FirmwareError(
+                Status.TOO_MANY_LAYERS,
+                f"the model has {n_layers} layers; {self.preset.name}'s layer table holds at "
+                f"most {most} (max_layers): merge layers or use a smaller model",
+            )
         plan = plan_model(body["input_shape"], body["layers"], self.preset.max_layers)
         weights = self._initial_weights(body["weights"], plan)
         # Parameters alone (fp32) plus one sample's activations must fit before we allocate.
@@ -610,6 +690,7 @@ class Firmware:
         out_id = int(body["output_id"])
         self._check_output_id(out_id)
         need = 4 * x.shape[0] * int(np.prod(plan.output_shape))
+        self._check_new_tensor(out_id, need, f"output {out_id}")
         free = self._free_bytes(replacing=out_id)
         if need > free:
             raise self._oom(f"output {out_id}", need, free)

@@ -33,6 +33,10 @@ class Status(IntEnum):
     VERSION_MISMATCH = 0x0010
     SCHEMA_MISMATCH = 0x0011
     UNSUPPORTED = 0x0012
+    TENSOR_TOO_LARGE = 0x0013
+    TOO_MANY_TENSORS = 0x0014
+    TOO_MANY_LAYERS = 0x0015
+    TOO_MANY_PENDING = 0x0016
     INTERNAL = 0x00FF
 
 
@@ -56,7 +60,10 @@ STATUS_MEANING: dict[Status, str] = {
     Status.NOT_AUTHENTICATED: "the device has a key the host has not proven: only HELLO/AUTH",
     Status.AUTH_FAILED: "the AUTH proof is wrong or its counter was already used",
     Status.BUSY: "the device cannot take the request now; retry later",
-    Status.LIMIT: "a protocol limit is exceeded (payload size, tensor count, dimensions)",
+    Status.LIMIT: (
+        "a protocol limit without a code of its own is exceeded (batch size, a device-range "
+        "tensor id, a chunk past the end of its tensor)"
+    ),
     Status.CHECKSUM_MISMATCH: "END: the received tensor bytes do not match the CRC-32 of BEGIN",
     Status.TRANSFER_INCOMPLETE: (
         "END or use of a tensor whose bytes have not all arrived; detail names the offset"
@@ -65,6 +72,21 @@ STATUS_MEANING: dict[Status, str] = {
     Status.VERSION_MISMATCH: "HELLO: the host's protocol major version differs from the device's",
     Status.SCHEMA_MISMATCH: "HELLO: the host's schema hash differs from the device's",
     Status.UNSUPPORTED: "a valid request the device does not implement (feature bit clear)",
+    Status.TENSOR_TOO_LARGE: (
+        "a tensor (upload or FORWARD output) is larger than the device's largest tensor "
+        "(HELLO parameter max_tensor_bytes)"
+    ),
+    Status.TOO_MANY_TENSORS: (
+        "the device holds as many tensors as it can describe (HELLO parameter max_tensors): "
+        "reuse an id or RESET TENSORS"
+    ),
+    Status.TOO_MANY_LAYERS: (
+        "DEFINE_MODEL: more layers than the chip's layer table (HELLO parameter max_layers)"
+    ),
+    Status.TOO_MANY_PENDING: (
+        "more answers wait for the host's acknowledgement than the device queues (HELLO "
+        "parameter max_pending); the request was not executed: read the answers, then retry"
+    ),
     Status.INTERNAL: "a device fault; the device stays usable, the detail describes it",
 }
 

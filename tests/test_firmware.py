@@ -585,10 +585,12 @@ def test_begin_refusals(host: Host) -> None:
     device_id = {**desc, "id": DEVICE_TENSOR_ID_BASE}
     assert host.status(Opcode.TENSOR_BEGIN, {"tensor": device_id}) == Status.LIMIT
     too_big = {**desc, "shape": [40_000_000], "nbytes": 80_000_000, "dtype": DType.FP16}
-    assert host.status(Opcode.TENSOR_BEGIN, {"tensor": too_big}) == Status.OUT_OF_MEMORY
-    # Held tensors count against device memory: two 40 MB tensors do not fit in 64 MiB.
-    big = {**desc, "shape": [20_000_000], "nbytes": 40_000_000, "dtype": DType.FP16}
-    assert host.call(Opcode.TENSOR_BEGIN, {"tensor": big})["offset"] == 0
+    assert host.status(Opcode.TENSOR_BEGIN, {"tensor": too_big}) == Status.TENSOR_TOO_LARGE
+    # Held tensors count against device memory: six 12 MiB tensors do not fit in 64 MiB.
+    n = 6 << 20
+    big = {**desc, "shape": [n], "nbytes": 2 * n, "dtype": DType.FP16}
+    for tid in range(10, 15):
+        assert host.call(Opcode.TENSOR_BEGIN, {"tensor": {**big, "id": tid}})["offset"] == 0
     assert host.status(Opcode.TENSOR_BEGIN, {"tensor": {**big, "id": 4}}) == Status.OUT_OF_MEMORY
     host.call(Opcode.RESET, {"scope": m.ResetScope.TENSORS})
     assert host.call(Opcode.TENSOR_BEGIN, {"tensor": {**big, "id": 4}})["offset"] == 0

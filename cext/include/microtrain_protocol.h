@@ -18,9 +18,9 @@
 #define MT_PROTOCOL_MAJOR 1
 #define MT_PROTOCOL_MINOR 0
 /* schema hash: first 8 bytes of SHA-256 of the canonical message definitions */
-#define MT_SCHEMA_HASH_INIT { 0x2d, 0x91, 0xdc, 0x91, 0x6d, 0x46, 0x5b, 0x7a }
+#define MT_SCHEMA_HASH_INIT { 0xbc, 0xa3, 0x22, 0x7c, 0x8b, 0xfa, 0x2e, 0x37 }
 /* the same 8 bytes read as a little-endian u64 */
-#define MT_SCHEMA_HASH_U64 0x7a5b466d91dc912dULL
+#define MT_SCHEMA_HASH_U64 0x372efa8b7c22a3bcULL
 #define MT_MSG_HEADER_SIZE 5
 #define MT_RESPONSE_BIT 0x80
 #define MT_NO_REQUEST_ID 0xffffffffu
@@ -195,13 +195,17 @@ enum mt_status {
     MT_STATUS_NOT_AUTHENTICATED = 0x9, /* the device has a key the host has not proven: only HELLO/AUTH */
     MT_STATUS_AUTH_FAILED = 0xa, /* the AUTH proof is wrong or its counter was already used */
     MT_STATUS_BUSY = 0xb, /* the device cannot take the request now; retry later */
-    MT_STATUS_LIMIT = 0xc, /* a protocol limit is exceeded (payload size, tensor count, dimensions) */
+    MT_STATUS_LIMIT = 0xc, /* a protocol limit without a code of its own is exceeded (batch size, a device-range tensor id, a chunk past the end of its tensor) */
     MT_STATUS_CHECKSUM_MISMATCH = 0xd, /* END: the received tensor bytes do not match the CRC-32 of BEGIN */
     MT_STATUS_TRANSFER_INCOMPLETE = 0xe, /* END or use of a tensor whose bytes have not all arrived; detail names the offset */
     MT_STATUS_NO_MODEL = 0xf, /* FORWARD/TRAIN_STEP/BACKWARD/GET_WEIGHTS/TRAIN_CONFIG before DEFINE_MODEL */
     MT_STATUS_VERSION_MISMATCH = 0x10, /* HELLO: the host's protocol major version differs from the device's */
     MT_STATUS_SCHEMA_MISMATCH = 0x11, /* HELLO: the host's schema hash differs from the device's */
     MT_STATUS_UNSUPPORTED = 0x12, /* a valid request the device does not implement (feature bit clear) */
+    MT_STATUS_TENSOR_TOO_LARGE = 0x13, /* a tensor (upload or FORWARD output) is larger than the device's largest tensor (HELLO parameter max_tensor_bytes) */
+    MT_STATUS_TOO_MANY_TENSORS = 0x14, /* the device holds as many tensors as it can describe (HELLO parameter max_tensors): reuse an id or RESET TENSORS */
+    MT_STATUS_TOO_MANY_LAYERS = 0x15, /* DEFINE_MODEL: more layers than the chip's layer table (HELLO parameter max_layers) */
+    MT_STATUS_TOO_MANY_PENDING = 0x16, /* more answers wait for the host's acknowledgement than the device queues (HELLO parameter max_pending); the request was not executed: read the answers, then retry */
     MT_STATUS_INTERNAL = 0xff, /* a device fault; the device stays usable, the detail describes it */
 };
 
