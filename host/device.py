@@ -36,7 +36,15 @@ from host.runner import Runner, check
 from protocol import messages as m
 from protocol import numerics
 from protocol.dtypes import DType, from_wire
-from protocol.messages import Algorithm, Feature, Loss, Opcode, PruningMode, TrainableMode
+from protocol.messages import (
+    Algorithm,
+    Feature,
+    Loss,
+    Opcode,
+    PrecisionFlags,
+    PruningMode,
+    TrainableMode,
+)
 from protocol.status import Status
 
 __all__ = ["Device", "open"]
@@ -374,6 +382,10 @@ class Device:
                 f"{self._hello['preset']} has no stochastic thresholding unit: use "
                 f"'{prec.format}+overflow' (dynamic fixed point without ST) or '+amax'"
             )
+        if prec.laps and "laps" not in self.info()["features"]:
+            raise errors.InvalidArgument(
+                f"{self._hello['preset']} has no LAPS unit: drop '+laps' or use emu://hnpu-v1"
+            )
         opt = optimizer if optimizer is not None else SGD(0.01)
         if not isinstance(opt, SGD):
             raise errors.InvalidArgument("optimizer must be host.optim.SGD(...)")
@@ -382,7 +394,11 @@ class Device:
         kind, mode = _ALGORITHMS[algorithm]
         trainable_body, prune_body, masks = self._selection(model, mode, trainable, prune)
         config = {
-            "precision": {"flags": 0, "sr_seed": seed, "policy": prec.policy()},
+            "precision": {
+                "flags": int(PrecisionFlags.LAPS) if prec.laps else 0,
+                "sr_seed": seed,
+                "policy": prec.policy(),
+            },
             "algorithm": {
                 "kind": kind,
                 "feedback": 0,

@@ -10,7 +10,8 @@ directly:
   ``"dfxp8+sr"``. For the scaled formats (dfxpN, flex16, fp8-seb) ``"+amax"`` (the default: the
   scale of each tensor from its largest magnitude), ``"+overflow"`` (dynamic fixed point: the
   fractional length moved by the overflow ratio, dfxpN/flex16 only), ``"+st"`` (overflow with
-  stochastic thresholding) or ``"+fixed"`` choose how the scale is picked.
+  stochastic thresholding) or ``"+fixed"`` choose how the scale is picked. ``"+laps"`` turns on
+  layerwise adaptive precision scaling (DFXP widths 4/8/12/16 only; presets with a LAPS unit).
 * ``Precision(format, rounding=..., scale=..., frac_bits=..., classes=..., saturate=...)``
   gives the same and more (which tensor classes, the initial or fixed fractional length:
   default N-2 for dfxpN, 13 for flex16, i.e. a range of about +-2 / +-4).
@@ -102,6 +103,7 @@ class Precision:
     frac_bits: int | None = None
     classes: tuple[str, ...] = _DATAPATH
     saturate: bool = True
+    laps: bool = False
 
     def __post_init__(self) -> None:
         accepted = ", ".join(d.format_name for d in FORMATS)
@@ -136,6 +138,11 @@ class Precision:
             raise errors.InvalidArgument(
                 f"unknown tensor class(es) {bad or '(none given)'}; accepted: {', '.join(_CLASSES)}"
             )
+        if self.laps and self.format not in ("dfxp4", "dfxp8", "dfxp12", "dfxp16"):
+            raise errors.InvalidArgument(
+                f"laps needs a dfxp4/8/12/16 format (the widths LAPS moves between), got "
+                f"{self.format}"
+            )
         if self.frac_bits is None:
             object.__setattr__(self, "frac_bits", _default_frac(self.format))
         if not isinstance(self.frac_bits, int) or not -64 <= self.frac_bits <= 64:
@@ -159,12 +166,14 @@ class Precision:
         for o in opts:
             if o in _ROUNDINGS:
                 kw["rounding"] = "stochastic" if o == "sr" else o
+            elif o == "laps":
+                kw["laps"] = True
             elif o in _SCALES:
                 kw["scale"] = o
             else:
                 raise errors.InvalidArgument(
                     f"unknown precision option {o!r} in {spec!r}; accepted: "
-                    f"{', '.join([*_ROUNDINGS, *_SCALES])}"
+                    f"{', '.join([*_ROUNDINGS, *_SCALES, 'laps'])}"
                 )
         return cls(fmt, **kw)
 
@@ -204,8 +213,10 @@ class Precision:
         return act if act in _WIRE_INPUT else "fp32"
 
     def __str__(self) -> str:
-        return f"{self.format}+{self.rounding}" + (
-            f"+{self.scale}" if _is_scaled(self.format) else ""
+        return (
+            f"{self.format}+{self.rounding}"
+            + (f"+{self.scale}" if _is_scaled(self.format) else "")
+            + ("+laps" if self.laps else "")
         )
 
 
