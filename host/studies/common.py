@@ -51,7 +51,9 @@ __all__ = [
     "evaluate",
     "host_accuracy",
     "ia_sparsity",
+    "layer_ia_sparsity",
     "model",
+    "param_layers",
     "pretrained",
     "run_on_device",
     "train_on_device",
@@ -175,6 +177,46 @@ def ia_sparsity(counters: Mapping[str, Any], stage: str = "ff") -> float | None:
     if total is None or zero is None or total - pruned <= 0:
         return None
     return float(zero) / float(total - pruned)
+
+
+def param_layers(spec: nn.Sequential) -> list[int]:
+    """Indices of the layers with parameters (Linear, Conv2d)."""
+    return [i for i, layer in enumerate(spec.layers) if layer.param_shapes(spec.shapes[i])]
+
+
+def layer_ia_sparsity(
+    url: str | host.Device,
+    spec: nn.Sequential,
+    weights: Mapping[str, Any],
+    x: Any,
+    *,
+    precision: str | host.Precision = "fp32",
+    seed: int = 0,
+) -> list[float]:
+    """Input-activation sparsity of each parameterised layer of ``spec`` (in order), from the
+    chip's counters: the model's prefixes up to each such layer are deployed with ``weights``
+    (no pruning flag: pruned weights are plain zeros, counted after input_zero) and run FORWARD
+    on ``x``; layer k's FF counts are prefix k's minus prefix k-1's, and its sparsity is
+    ``input_zero / macs_total``: the share of its MACs whose input operand is zero after
+    quantization (for a Linear exactly the share of zero input elements; a conv also counts
+    its zero padding). Scales picked per tensor (``+amax``, ``+fixed``) behave exactly as in
+    the whole model; ``+overflow``/``+st`` range state restarts with each deploy."""
+    xs = np.asarray(x, dtype=np.float32)
+    out: list[float] = []
+    prev_zero = prev_total = 0.0
+    with _session(url) as dev:
+        for i in param_layers(spec):
+            sub = nn.Sequential(*spec.layers[: i + 1], input_shape=spec.input_shape)
+            w = {k: v for k, v in weights.items() if int(k.split(".")[0]) <= i}
+            m = dev.deploy(sub, w, precision=precision, seed=seed)
+            dev.reset_counters()
+            for at in range(0, len(xs), PREDICT_CHUNK):
+                m.predict(xs[at : at + PREDICT_CHUNK])
+            ff = dev.counters()["ff"]
+            zero, total = float(ff["skipped"]["input_zero"]), float(ff["macs_total"])
+            out.append((zero - prev_zero) / (total - prev_total))
+            prev_zero, prev_total = zero, total
+    return out
 
 
 @dataclass
