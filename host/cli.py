@@ -87,6 +87,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             baud=args.baud,
             seed=args.seed,
             key_file=args.key_file,
+            faults=args.faults,
+            fault_direction=args.fault_direction,
         )
         return cli_serve.serve(opts)
     except cli_serve.ServeError as e:
@@ -148,6 +150,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--baud", type=int, default=None, help="pace bytes like a UART of this rate")
     s.add_argument("--seed", type=int, default=None, help="pin the link's random epochs")
     s.add_argument("--key-file", default=None, help="file holding the auth key as hex text")
+    s.add_argument(
+        "--faults",
+        default=None,
+        metavar="OPTIONS",
+        help="seeded line faults as emu://'s, e.g. 'corrupt=1e-4&drop=0.01&fault_seed=1'",
+    )
+    s.add_argument(
+        "--fault-direction",
+        default=None,
+        help="which bytes the faults hit: both (default), to-device or to-host",
+    )
     s.set_defaults(func=_cmd_serve)
 
     d = sub.add_parser("demo", help="the main job: on-device adaptation after a camera fault")
@@ -181,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, default=0, help="seed of partitions, training and SR")
     f.add_argument("--json-out", default=None, metavar="FILE", help="write the rounds as JSON")
     f.add_argument("--plot", default=None, metavar="FILE", help="write a PNG of the curve")
+    from host.federated import add_arguments as add_federate_arguments
+
+    add_federate_arguments(f)
     f.set_defaults(func=_cmd_federate)
     return p
 
