@@ -17,12 +17,18 @@ streaming filters: a frame split over several writes is handled as one frame.
 
 Byte-level events are drawn as geometric gaps between events, not one draw per byte, so a low
 rate costs nothing on megabytes of tensor traffic.
+
+``parse_faults`` reads the same options from a query string (``corrupt=1e-4&drop=0.01&...``,
+plus ``fault_seed``) with the same parsers, and ``FaultLine`` applies them to a byte stream
+between a host and a device outside this process (``microtrain serve --faults``), optionally in
+one direction only.
 """
 
 from __future__ import annotations
 
 import math
 import random
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -348,3 +354,109 @@ FAULTS: dict[str, Callable[[str], Any]] = {
     "dup": _maker(Duplicate, MAX_FRAME_P),
     "reset_every": _parse_reset,
 }
+
+
+#: Seeds accepted for ``fault_seed``.
+MAX_FAULT_SEED = (1 << 64) - 1
+#: Which bytes a FaultLine impairs: both ways, only the host's bytes to the device, or only
+#: the device's bytes to the host.
+DIRECTIONS = ("both", "to-device", "to-host")
+
+
+def _parse_fault_seed(text: str) -> int:
+    try:
+        v = int(text, 10)
+    except ValueError:
+        raise ValueError(
+            f"option fault_seed={text!r} is not an integer; accepted 0..{MAX_FAULT_SEED}"
+        ) from None
+    if not 0 <= v <= MAX_FAULT_SEED:
+        raise ValueError(f"option fault_seed={v} out of range; accepted 0..{MAX_FAULT_SEED}")
+    return v
+
+
+def parse_faults(text: str) -> tuple[list[Any], int | None]:
+    """The faults of a query string ``name=value&...`` (the fault options of ``emu://``, in
+    order, each at most once, parsed by the same parsers) and its ``fault_seed`` (None if not
+    given). ValueError names the bad option and what is accepted."""
+    faults: list[Any] = []
+    seen: set[str] = set()
+    seed: int | None = None
+    accepted = ", ".join([*FAULTS, "fault_seed"])
+    text = text.strip().lstrip("?")
+    for name, value in urllib.parse.parse_qsl(text, keep_blank_values=True):
+        if name in seen:
+            raise ValueError(f"option {name!r} given twice")
+        seen.add(name)
+        if name == "fault_seed":
+            seed = _parse_fault_seed(value)
+        elif name in FAULTS:
+            faults.append(FAULTS[name](value))
+        else:
+            raise ValueError(f"unknown fault option {name!r} in {text!r}; accepted: {accepted}")
+    if text and not seen:
+        raise ValueError(f"no fault option in {text!r}; expected name=value&..., names: {accepted}")
+    return faults, seed
+
+
+class FaultLine:
+    """The faults of a line between a host and a device, for a server that moves the bytes
+    itself (``microtrain serve``): ``to_device`` / ``to_host`` filter each direction through
+    every fault in order, as ``emu://`` does, and ``take_reset`` says when the device must
+    restart.
+
+    ``direction`` limits the byte and frame faults to one way (``to-device``: the host's bytes
+    are impaired, ``to-host``: the device's); ``reset_every`` counts frames to the device
+    whatever the direction. All generators are seeded from ``seed``."""
+
+    def __init__(self, faults: list[Any], seed: int = 0, direction: str = "both") -> None:
+        if direction not in DIRECTIONS:
+            raise ValueError(
+                f"fault direction {direction!r} unknown; accepted: {', '.join(DIRECTIONS)}"
+            )
+        self.faults = list(faults)
+        self.direction = direction
+        self.seed = seed
+        for f in self.faults:
+            f.seed(seed)
+        self._resets = [f for f in self.faults if isinstance(f, Reset)]
+        both = direction == "both"
+        self._down = [
+            f for f in self.faults if both or direction == "to-device" or isinstance(f, Reset)
+        ]
+        self._up = [f for f in self.faults if both or direction == "to-host"]
+
+    def to_device(self, data: bytes) -> bytes:
+        """The host's bytes as the device receives them."""
+        for f in self._down:
+            data = f.to_device(data)
+        return data
+
+    def to_host(self, data: bytes) -> bytes:
+        """The device's bytes as the host receives them."""
+        for f in self._up:
+            data = f.to_host(data)
+        return data
+
+    def take_reset(self) -> int | None:
+        """A seed for the restarted device if a reset is due (after ``to_device``), else None."""
+        due = None
+        for r in self._resets:
+            s = r.take_reset()
+            if s is not None:
+                due = s
+        return due
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Faults injected so far, by kind (both directions summed)."""
+        out: dict[str, int] = {}
+        for f in self.faults:
+            for k, v in f.stats.items():
+                out[k] = out.get(k, 0) + v
+        return out
+
+    def describe(self) -> str:
+        """The options as given (for logs): ``corrupt=0.0001&drop=0.01 (both ways, seed 3)``."""
+        parts = [f"{f.name}={getattr(f, 'p', getattr(f, 'every', ''))}" for f in self.faults]
+        return f"{'&'.join(parts) or 'none'} ({self.direction}, fault_seed {self.seed})"

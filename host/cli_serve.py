@@ -11,6 +11,14 @@ a "virtual FPGA" that the host reaches exactly as it reaches a board.
   model) survives, as a powered board's does. Port 0 picks a free port; the line ``TCP
   HOST:PORT`` says which.
 
+``--faults "corrupt=1e-4&drop=0.01&...&fault_seed=N"`` impairs the line with the fault options of
+``emu://`` (same names, same parsers and seeded generators: ``device_model.emu_faults``), on the
+bytes both ways by default or one way with ``--fault-direction to-device|to-host``. With
+``reset_every=N`` the served device restarts as a board would: fresh firmware (no tensors, no
+model, not authenticated), a new link session with a new epoch; the bytes of the read in which
+the reset falls and the output not yet written die with the old device. Faults and restarts are
+counted and logged when the server stops, with the requests the devices executed.
+
 ``--baud N`` paces both directions like a UART of that rate (10 bits per byte, see ``Pacer``).
 The loop sleeps in ``select`` until bytes arrive, the device link's next timer, the pacer's next
 slot, or a signal; it stops on SIGINT/SIGTERM or when the parent process goes away.
@@ -35,7 +43,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TextIO
 
+from device_model import emu_faults
 from device_model.config import preset_names
+from device_model.emu_faults import FaultLine
 from device_model.firmware import Firmware
 from device_model.firmware_link import DeviceLink
 
@@ -70,6 +80,19 @@ class ServeOptions:
     #: Pins the device link's random epochs (a replayable session); None: OS randomness.
     seed: int | None = None
     key: bytes | None = None
+    #: The fault options as given (``corrupt=1e-4&...``), validated; "" for none.
+    faults: str = ""
+    fault_direction: str = "both"
+
+    def fault_line(self) -> FaultLine | None:
+        """A fresh FaultLine for ``faults`` (None without faults). The fault seed is the
+        string's ``fault_seed``, else ``--seed``, else 0."""
+        if not self.faults:
+            return None
+        faults, seed = emu_faults.parse_faults(self.faults)
+        if seed is None:
+            seed = self.seed or 0
+        return FaultLine(faults, seed, self.fault_direction)
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
@@ -133,6 +156,8 @@ def options(
     baud: int | None,
     seed: int | None,
     key_file: str | None,
+    faults: str | None = None,
+    fault_direction: str | None = None,
 ) -> ServeOptions:
     """Validate the command line's values into ServeOptions (ServeError on bad ones)."""
     if pty == (tcp is not None):
@@ -143,6 +168,20 @@ def options(
         raise ServeError(f"--baud must be a positive number of bits per second, got {baud}")
     if seed is not None and not 0 <= seed < 2**64:
         raise ServeError(f"--seed must be in 0..2**64-1, got {seed}")
+    if fault_direction is not None and fault_direction not in emu_faults.DIRECTIONS:
+        raise ServeError(
+            f"--fault-direction {fault_direction!r} unknown; accepted: "
+            + ", ".join(emu_faults.DIRECTIONS)
+        )
+    if fault_direction is not None and not faults:
+        raise ServeError("--fault-direction needs --faults (the faults to apply)")
+    if faults:
+        try:
+            emu_faults.parse_faults(faults)
+        except ValueError as e:
+            raise ServeError(
+                f"--faults: {e} (e.g. --faults 'corrupt=1e-4&drop=0.01&fault_seed=1')"
+            ) from None
     return ServeOptions(
         preset=preset,
         pty=pty,
@@ -150,6 +189,8 @@ def options(
         baud=baud,
         seed=seed,
         key=read_key_file(key_file) if key_file is not None else None,
+        faults=faults or "",
+        fault_direction=fault_direction or "both",
     )
 
 
@@ -196,12 +237,63 @@ class Pacer:
 # ---------------------------------------------------------------------- the device session
 
 
+class Board:
+    """The served device across restarts: its firmware (rebuilt fresh when a ``reset_every``
+    fault restarts it), the fault line, and what all its incarnations executed."""
+
+    def __init__(self, opts: ServeOptions, log: Callable[[str], None] | None = None) -> None:
+        self.opts = opts
+        self.line = opts.fault_line()
+        self.firmware = self._build()
+        self.restarts = 0
+        self._executed_before = 0
+        self._log = log
+
+    def _build(self) -> Firmware:
+        return Firmware(self.opts.preset, seed=self.opts.seed or 0, key=self.opts.key)
+
+    def restart(self) -> Firmware:
+        """Power-cycle: a fresh firmware (no tensors, no model, not authenticated)."""
+        self._executed_before += self.firmware.executed
+        self.restarts += 1
+        self.firmware = self._build()
+        if self._log is not None:
+            self._log(f"device restart {self.restarts} (reset_every fault)")
+        return self.firmware
+
+    @property
+    def executed(self) -> int:
+        """Requests executed (not answered from a cache) by every incarnation of the device."""
+        return self._executed_before + self.firmware.executed
+
+    def summary(self) -> str:
+        """One log line: requests executed, restarts and the faults injected."""
+        text = f"{self.executed} requests executed, {self.restarts} device restarts"
+        if self.line is not None:
+            stats = ", ".join(f"{k} {v}" for k, v in sorted(self.line.stats.items()))
+            text += f"; faults {self.line.describe()}: {stats or 'none injected'}"
+        return text
+
+
 class Session:
     """One host's session: the device link over the firmware, the pacers of both directions
-    and the device's output not yet written."""
+    and the device's output not yet written. With a ``board`` that has a fault line, the bytes
+    both ways go through it and a due reset restarts the device (``Board.restart``) and its
+    link (a new epoch: from OS randomness, or from the fault's seed when ``seed`` pins the
+    epochs)."""
 
-    def __init__(self, firmware: Firmware, baud: int | None, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        firmware: Firmware,
+        baud: int | None,
+        seed: int | None = None,
+        *,
+        board: Board | None = None,
+    ) -> None:
         self.firmware = firmware
+        self._seed = seed
+        self._board = board
+        self.line = board.line if board is not None else None
         # Link epochs from OS randomness unless pinned (DeviceLink's default): a restarted
         # server must show a new epoch, or the host could not tell that it lost its state.
         self.link = DeviceLink(firmware, seed=seed)
@@ -214,6 +306,14 @@ class Session:
     def receive(self, data: bytes, now: float) -> None:
         """Bytes from the host. A new host link epoch is a new host: it must AUTH again,
         so the firmware forgets the key before it serves any message of the new session."""
+        if self.line is not None:
+            data = self.line.to_device(data)
+            reset_seed = self.line.take_reset()
+            if reset_seed is not None:
+                self._restart(reset_seed)
+                return  # these bytes die with the old device
+            if not data:
+                return
         self.link.link.receive_bytes(data, now)  # decode only; the messages wait
         epoch = self.link.link.peer_epoch
         if epoch is not None and epoch != self._peer_epoch:
@@ -222,10 +322,21 @@ class Session:
             self._peer_epoch = epoch
         self.link.poll(now)  # serve what arrived
 
+    def _restart(self, reset_seed: int) -> None:
+        """The device restarts: fresh firmware, a fresh link (new epoch), output lost."""
+        assert self._board is not None
+        self.firmware = self._board.restart()
+        self.link = DeviceLink(self.firmware, seed=None if self._seed is None else reset_seed)
+        self.out.clear()
+        self._peer_epoch = None
+
     def produce(self, now: float) -> None:
         """Run the device link's timers and queue what it sends (bounded: see MAX_PENDING)."""
         self.link.poll(now)
-        self.out += self.link.bytes_to_send(now)
+        out = self.link.bytes_to_send(now)
+        if self.line is not None and out:
+            out = self.line.to_host(out)
+        self.out += out
         if len(self.out) > MAX_PENDING:
             del self.out[: len(self.out) - MAX_PENDING]
 
@@ -357,12 +468,15 @@ def serve_pty(opts: ServeOptions, out: TextIO, err: TextIO) -> int:
         tty.setraw(slave, termios.TCSANOW)
         os.set_blocking(master, False)
         path = os.ttyname(slave)
-        firmware = Firmware(opts.preset, seed=opts.seed or 0, key=opts.key)
-        session = Session(firmware, opts.baud, opts.seed)
+        board = Board(opts, lambda text: _log(err, text))
+        session = Session(board.firmware, opts.baud, opts.seed, board=board)
         with stop_signals() as stop:
             print(f"PTY {path}", file=out, flush=True)
             _log(err, f"{opts.preset} on {path}" + (f" at {opts.baud} baud" if opts.baud else ""))
+            if board.line is not None:
+                _log(err, f"faults {board.line.describe()}")
             pump(session, master, stop)
+        _log(err, board.summary())
         _log(err, "stopped")
         return 0
     finally:
@@ -393,7 +507,7 @@ def serve_tcp(opts: ServeOptions, out: TextIO, err: TextIO) -> int:
         listener.setblocking(False)
         bound_host, bound_port = listener.getsockname()[:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-        firmware = Firmware(opts.preset, seed=opts.seed or 0, key=opts.key)
+        board = Board(opts, lambda text: _log(err, text))
         sessions = 0
 
         def refuse() -> None:
@@ -405,6 +519,8 @@ def serve_tcp(opts: ServeOptions, out: TextIO, err: TextIO) -> int:
         with stop_signals() as stop:
             print(f"TCP {shown}:{bound_port}", file=out, flush=True)
             _log(err, f"{opts.preset} on {shown}:{bound_port}, one connection at a time")
+            if board.line is not None:
+                _log(err, f"faults {board.line.describe()}")
             while not stop.check():
                 readable, _, _ = select.select([listener.fileno(), stop.rfd], [], [], PARENT_CHECK)
                 if listener.fileno() not in readable:
@@ -419,11 +535,12 @@ def serve_tcp(opts: ServeOptions, out: TextIO, err: TextIO) -> int:
                     conn.setblocking(False)
                     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                     seed = None if opts.seed is None else (opts.seed + sessions) % 2**64
-                    session = Session(firmware, opts.baud, seed)
+                    session = Session(board.firmware, opts.baud, seed, board=board)
                     why = pump(
                         session, conn.fileno(), stop, extra=listener.fileno(), on_extra=refuse
                     )
                 _log(err, f"connection {sessions} closed" if why == "eof" else "stopping")
+        _log(err, board.summary())
         _log(err, "stopped")
     return 0
 

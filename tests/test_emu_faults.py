@@ -244,3 +244,59 @@ def test_a_restart_while_weights_are_read_is_state_lost_not_an_unknown_tensor(se
                 model.get_weights()
     finally:
         dev.close()
+
+
+# ---------------------------------------------------------------------------- fault lines
+
+
+def test_parse_faults_reads_the_emu_options_in_order_with_their_seed() -> None:
+    faults, seed = emu_faults.parse_faults("corrupt=1e-4&drop=0.01&reset_every=500&fault_seed=9")
+    assert faults == [Corrupt(1e-4), Drop(0.01), Reset(500)] and seed == 9
+    assert emu_faults.parse_faults("dup=0.1") == ([Duplicate(0.1)], None)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("corrupt=x", r"corrupt='x' is not a number; accepted 0\.\.0\.1"),
+        ("drop=0.9", r"drop=0.9 out of range; accepted 0\.\.0\.5"),
+        ("seed=1", r"unknown fault option 'seed'.*accepted: corrupt, .*fault_seed"),
+        ("dup=0.1&dup=0.2", r"'dup' given twice"),
+        ("fault_seed=x", r"fault_seed='x' is not an integer"),
+        ("&&", r"no fault option"),
+    ],
+)
+def test_parse_faults_says_what_is_accepted(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        emu_faults.parse_faults(text)
+
+
+def test_a_fault_line_hits_only_its_direction_and_counts_resets_whatever_the_direction() -> None:
+    def line(direction: str) -> emu_faults.FaultLine:
+        return emu_faults.FaultLine([Corrupt(0.05), Reset(3)], seed=4, direction=direction)
+
+    both, down, up = line("both"), line("to-device"), line("to-host")
+    assert down.to_host(STREAM) == STREAM and down.to_device(STREAM) != STREAM
+    assert up.to_device(STREAM) == STREAM and up.to_host(STREAM) != STREAM
+    # The same seed gives each direction the same faults as a two-way line.
+    assert both.to_device(STREAM) == line("to-device").to_device(STREAM)
+    assert both.to_host(STREAM) == line("to-host").to_host(STREAM)
+    for ln in (down, up):
+        assert ln.take_reset() is not None  # 50 frames to the device, a reset every 3
+        assert ln.stats["device_resets"] == 1
+    assert "corrupt=0.05&reset_every=3 (to-host, fault_seed 4)" == up.describe()
+    with pytest.raises(ValueError, match="accepted: both, to-device, to-host"):
+        emu_faults.FaultLine([], direction="up")
+
+
+def test_a_fault_line_replays_the_emu_port_faults_for_the_same_seed() -> None:
+    """The served path and emu:// draw the same faults from the same options and seed."""
+    faults, _ = emu_faults.parse_faults("corrupt=0.01&insert=0.01&drop=0.1")
+    line = emu_faults.FaultLine(faults, seed=5)
+    port_faults = parse_url(f"{BASE}&corrupt=0.01&insert=0.01&drop=0.1").faults
+    for f in port_faults:
+        f.seed(5)  # type: ignore[attr-defined]
+    data = STREAM
+    for f in port_faults:
+        data = f.to_device(data)
+    assert line.to_device(STREAM) == data

@@ -387,3 +387,18 @@ def test_a_port_in_use_is_reported_not_raised(capsys: pytest.CaptureFixture[str]
         assert cli.main(["serve", "--tcp", f"127.0.0.1:{port}"]) == 2
     err = capsys.readouterr().err
     assert f"cannot listen on 127.0.0.1:{port}" in err and "pick another port" in err
+
+
+def test_bad_fault_arguments_say_what_is_accepted() -> None:
+    with pytest.raises(ServeError, match=r"--faults: option corrupt=0.5 out of range; accepted"):
+        _opts(pty=True, faults="corrupt=0.5")
+    with pytest.raises(ServeError, match=r"--faults: unknown fault option 'crupt'"):
+        _opts(pty=True, faults="crupt=1e-4")
+    with pytest.raises(ServeError, match="accepted: both, to-device, to-host"):
+        _opts(pty=True, faults="drop=0.1", fault_direction="sideways")
+    with pytest.raises(ServeError, match="--fault-direction needs --faults"):
+        _opts(pty=True, fault_direction="to-host")
+    opts = _opts(pty=True, seed=7, faults="drop=0.1&reset_every=9", fault_direction="to-host")
+    line = opts.fault_line()
+    assert line is not None and line.seed == 7 and line.direction == "to-host"
+    assert _opts(pty=True).fault_line() is None
