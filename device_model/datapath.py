@@ -35,6 +35,8 @@ __all__ = [
     "gemm_int",
     "kernel_available",
     "round_ieee_like",
+    "sgd_update",
+    "zero_counts",
 ]
 
 KERNELS: dict[str, int] = {
@@ -496,3 +498,89 @@ def conv2d_weight_grad(
         dy2, cols, acc_bits=acc_bits, acc_mode=acc_mode, kernel=kernel, threads=threads
     )
     return dw.reshape(o, x.shape[1], kh, kw), stats
+
+
+# ---------------------------------------------------------------- element-wise training
+
+
+def _f32_owned(x: object, name: str) -> np.ndarray:
+    if not isinstance(x, np.ndarray) or x.dtype != np.float32:
+        raise ValueError(f"{name} must be a numpy float32 array")
+    if not (x.flags.c_contiguous and x.flags.writeable and x.flags.aligned):
+        raise ValueError(f"{name} must be C-contiguous, aligned and writeable (updated in place)")
+    return x
+
+
+def _mask_ptr(mask: np.ndarray | None, n: int, name: str) -> Any:
+    if mask is None:
+        return ffi.NULL
+    if not isinstance(mask, np.ndarray) or mask.dtype not in (np.bool_, np.uint8):
+        raise ValueError(f"{name} must be a bool or uint8 numpy array, got {type(mask)}")
+    if mask.size != n or not mask.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous with {n} elements, got shape {mask.shape}")
+    return ffi.from_buffer("uint8_t[]", mask, require_writable=False)
+
+
+def sgd_update(
+    w: np.ndarray,
+    g: np.ndarray,
+    *,
+    lr: float,
+    momentum: np.ndarray | None = None,
+    mu: float = 0.0,
+    weight_decay: float = 0.0,
+    update: np.ndarray | None = None,
+    keep: np.ndarray | None = None,
+    threads: int | None = None,
+) -> None:
+    """One SGD step in place, in one C pass (cext/train_api.h is the definition): where
+    ``update`` (all when None): d = g + wd*w; m = mu*m + d and d = m when ``momentum`` is
+    given; w = w - lr*d, every operation a float32 operation rounded once; then w = 0 where
+    ``keep`` is False. Elements not updated keep w and m. ``lr``, ``mu`` and
+    ``weight_decay`` are rounded to float32 first (as numpy does with np.float32 scalars)."""
+    w = _f32_owned(w, "w")
+    if not isinstance(g, np.ndarray) or g.dtype != np.float32 or g.shape != w.shape:
+        raise ValueError(f"g must be a float32 array of shape {w.shape}")
+    gc = np.ascontiguousarray(g)
+    mp = ffi.NULL
+    if momentum is not None:
+        m = _f32_owned(momentum, "momentum")
+        if m.shape != w.shape:
+            raise ValueError(f"momentum must have shape {w.shape}, got {m.shape}")
+        mp = _ptr(m, "float *")
+    rc = lib.mt_sgd_update(
+        _ptr(w, "float *"),
+        mp,
+        _ptr(gc, "float *"),
+        _mask_ptr(update, w.size, "update"),
+        _mask_ptr(keep, w.size, "keep"),
+        w.size,
+        float(np.float32(lr)),
+        float(np.float32(mu)),
+        float(np.float32(weight_decay)),
+        _threads(threads),
+    )
+    _check_rc(rc, "sgd_update")
+
+
+def zero_counts(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Zeros (+0 or -0) of a 2-D float32 matrix per row and per column, as int64 arrays:
+    ``((x == 0).sum(axis=1), (x == 0).sum(axis=0))`` in one pass, without copying a view
+    with unit stride along either axis."""
+    if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 2:
+        raise ValueError("x must be a 2-D numpy float32 array")
+    rows, cols = x.shape
+    per_row = np.empty(rows, np.int64)
+    per_col = np.empty(cols, np.int64)
+    if x.size == 0:
+        per_row[:] = 0
+        per_col[:] = 0
+        return per_row, per_col
+    if not x.flags.aligned or x.strides[0] % 4 or x.strides[1] % 4:
+        x = np.ascontiguousarray(x)
+    rs, cs = x.strides[0] // 4, x.strides[1] // 4
+    base = ffi.cast("float *", x.__array_interface__["data"][0])
+    lib.mt_zero_counts(
+        base, rows, cols, rs, cs, _ptr(per_row, "int64_t *"), _ptr(per_col, "int64_t *")
+    )
+    return per_row, per_col

@@ -97,6 +97,28 @@ class _Step:
         return out
 
 
+@dataclass(frozen=True)
+class _UpdatePlan:
+    """The masks of one trainable parameter as the update kernel takes them (None = every
+    element) and the element counts the update's counters need, fixed per configuration."""
+
+    update: np.ndarray | None  # trainable and not pruned
+    keep: np.ndarray | None  # not pruned
+    ntrain: int  # trainable elements
+    npruned: int  # trainable elements that are pruned
+
+    @classmethod
+    def of(cls, trainable: np.ndarray, keep: np.ndarray | None) -> _UpdatePlan:
+        upd = trainable if keep is None else (trainable & keep)
+        npruned = 0 if keep is None else int((trainable & ~keep).sum())
+        return cls(
+            update=None if upd.all() else np.ascontiguousarray(upd),
+            keep=None if keep is None else np.ascontiguousarray(keep),
+            ntrain=int(trainable.sum()),
+            npruned=npruned,
+        )
+
+
 def _bytes(n: int, bits: int) -> int:
     return math.ceil(n * bits / 8)
 
@@ -177,6 +199,9 @@ class Engine:
         self._kept = None
         for n, m in setup.keep.items():
             self._params[n] = np.where(m, self._params[n], np.float32(0)).astype(np.float32)
+        self._upd_plan = {
+            n: _UpdatePlan.of(tm, setup.keep.get(n)) for n, tm in setup.trainable.items()
+        }
 
     # ------------------------------------------------------------------ weights
     def get_weights(self) -> dict[str, np.ndarray]:
@@ -417,10 +442,8 @@ class Engine:
                 acc, so = k.gemm_int(xa.c, w.c, trans_a=False, trans_b=True)
                 y = rescale(acc, xa.frac + w.frac)
             else:
-                # W^T as a contiguous (in x out) matrix: the float kernel's fastest layout;
-                # the accumulation order over k (and so every bit) is the same
-                wt = np.ascontiguousarray(w.values.T)
-                y = k.gemm_float(xa.values, wt, trans_a=False, trans_b=False)
+                # W (out x in) read transposed by the kernel (it packs B panels anyway)
+                y = k.gemm_float(xa.values, w.values, trans_a=False, trans_b=True)
         else:
             p_nat = im2col(xa.values, layer)
             o = layer.out_shape[0]
@@ -428,8 +451,7 @@ class Engine:
                 acc, so = k.conv2d(xa.c, w.c, layer.stride, layer.padding)
                 y = rescale(acc, xa.frac + w.frac)
             else:
-                wt = np.ascontiguousarray(w.values.reshape(o, -1).T)
-                y2 = k.gemm_float(p_nat, wt, trans_a=False, trans_b=False)
+                y2 = k.gemm_float(p_nat, w.values.reshape(o, -1), trans_a=False, trans_b=True)
                 ho, wo = layer.out_shape[1:]
                 y = np.ascontiguousarray(y2.reshape(nb, ho, wo, o).transpose(0, 3, 1, 2))
         if b is not None:
@@ -765,42 +787,37 @@ class Engine:
     def _update(self, grads: dict[str, QTensor], pass_no: int, step: _Step) -> None:
         """SGD with momentum and weight decay (PyTorch's rule): d = g + wd*w; m = mu*m + d;
         w = w - lr*m, then MOMENTUM/MASTER_WEIGHTS quantization; frozen and pruned elements
-        keep their value (pruned ones stay zero)."""
+        keep their value (pruned ones stay zero). With both of those classes in fp32 (the
+        quantization is the identity) the step is one in-place kernel call per parameter."""
         s = self._setup
-        lr, mu, wd = np.float32(s.lr), np.float32(s.momentum), np.float32(s.weight_decay)
         skips = self.preset.skips("update")
-        new_w: dict[str, np.ndarray] = {}
-        new_m: dict[str, np.ndarray] = {}
         per_layer: dict[int, list[int]] = {}
         for n, gq in grads.items():
             li = int(n.split(".")[0])
-            part = PART_WEIGHT if n.endswith(".weight") else PART_BIAS
-            w = self._params[n]
-            d = (gq.values + wd * w).astype(np.float32)
-            if s.momentum > 0:
-                m_old = self._momentum.get(n, np.zeros_like(w))
-                m = (mu * m_old + d).astype(np.float32)
-                mq = self._policy.quantize(m, li, "momentum", part, pass_no)
-                new_m[n] = mq.values
-                d = mq.values
-            wn = (w - lr * d).astype(np.float32)
-            wn = self._policy.quantize(wn, li, "master_weights", part, pass_no).values
-            tm = s.trainable[n]
-            keep = s.keep.get(n)
-            upd = tm if keep is None else (tm & keep)
-            new_w[n] = np.where(upd, wn, w).astype(np.float32)
-            if keep is not None:
-                new_w[n] = np.where(keep, new_w[n], np.float32(0)).astype(np.float32)
-            if n in new_m:
-                new_m[n] = np.where(upd, new_m[n], self._momentum.get(n, 0)).astype(np.float32)
-            t = per_layer.setdefault(li, [0, 0, 0, 0])
-            t[0] += int(tm.sum())
-            t[1] += 0 if keep is None else int((tm & ~keep).sum())
-            t[2] += w.size
-            t[3] = self._fmt_bits(li, "master_weights")
-        self._params.update(new_w)
-        self._momentum.update(new_m)
-        for li, (ntrain, npruned, nall, wbits) in per_layer.items():
+            plan = self._upd_plan[n]
+            if self._fp32_update(li):
+                m = None
+                if s.momentum > 0:
+                    m = self._momentum.get(n)
+                    if m is None:
+                        m = self._momentum[n] = np.zeros_like(self._params[n])
+                self._k.sgd_update(
+                    self._params[n],
+                    gq.values,
+                    lr=s.lr,
+                    momentum=m,
+                    mu=s.momentum,
+                    weight_decay=s.weight_decay,
+                    update=plan.update,
+                    keep=plan.keep,
+                )
+            else:
+                self._update_quantized(n, gq, li, pass_no)
+            t = per_layer.setdefault(li, [0, 0, 0])
+            t[0] += plan.ntrain
+            t[1] += plan.npruned
+            t[2] = self._fmt_bits(li, "master_weights")
+        for li, (ntrain, npruned, wbits) in per_layer.items():
             pruned = 2 * npruned if "pruned" in skips else 0
             wb = _bytes(ntrain - npruned * ("pruned" in skips), wbits)
             mb = wb if s.momentum > 0 else 0
@@ -817,5 +834,39 @@ class Engine:
                 sram_read_bytes=wb + mb + gb,
                 sram_write_bytes=wb + mb,
             )
-            del nall
             step.add(li, stage_costs(work, self.preset), "update")
+
+    def _fp32_update(self, layer: int) -> bool:
+        pol = self._policy
+        return (
+            pol.entry(layer, "momentum").format == "fp32"
+            and pol.entry(layer, "master_weights").format == "fp32"
+        )
+
+    def _update_quantized(self, n: str, gq: QTensor, li: int, pass_no: int) -> None:
+        """The update of one parameter whose momentum or master weights are quantized: the
+        same float32 steps as sgd_update, with MOMENTUM quantized before it is used and
+        MASTER_WEIGHTS after."""
+        s = self._setup
+        lr, mu, wd = np.float32(s.lr), np.float32(s.momentum), np.float32(s.weight_decay)
+        part = PART_WEIGHT if n.endswith(".weight") else PART_BIAS
+        w = self._params[n]
+        d = (gq.values + wd * w).astype(np.float32)
+        new_m = None
+        if s.momentum > 0:
+            m_old = self._momentum.get(n, np.zeros_like(w))
+            m = (mu * m_old + d).astype(np.float32)
+            mq = self._policy.quantize(m, li, "momentum", part, pass_no)
+            new_m = mq.values
+            d = mq.values
+        wn = (w - lr * d).astype(np.float32)
+        wn = self._policy.quantize(wn, li, "master_weights", part, pass_no).values
+        tm = s.trainable[n]
+        keep = s.keep.get(n)
+        upd = tm if keep is None else (tm & keep)
+        new_w = np.where(upd, wn, w).astype(np.float32)
+        if keep is not None:
+            new_w = np.where(keep, new_w, np.float32(0)).astype(np.float32)
+        self._params[n] = new_w
+        if new_m is not None:
+            self._momentum[n] = np.where(upd, new_m, self._momentum.get(n, 0)).astype(np.float32)

@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from device_model.datapath import zero_counts
+
 __all__ = ["MacCounts", "count_macs", "nzslices"]
 
 MacCounts = dict[str, Any]
@@ -94,6 +96,13 @@ def count_macs(
     it). Returns macs_total, macs_executed and the four MAC skip reasons."""
     ni, nk = p.shape
     nj = q.shape[1]
+    masked = (
+        counted is not None
+        or (out_skip is not None and out_reason in skips)
+        or (pruned_b is not None and ("pruned" in skips or "weight_zero" in skips))
+    )
+    if not masked:
+        return _count_unmasked(p, q, a_is_p=a_is_p, skips=skips)
     shape = (ni, nk, nj)
     r = counted
     total = _pair(None, None, r, shape)
@@ -120,6 +129,43 @@ def count_macs(
         wz = _and(zb, alive_b)
         fa, fb2 = (alive_a, wz) if a_is_p else (wz, alive_a)
         out["weight_zero"] = _pair(fa, fb2, r, shape)
+    skipped = sum(out.values())
+    return {"macs_total": total, "macs_executed": total - skipped, **out}
+
+
+def _zeros_per_k(p: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Zeros of each column k of P (I x K) and of each row k of Q (K x J), in one pass over
+    each operand (C for float32 matrices)."""
+    if p.dtype == np.float32:
+        zp = zero_counts(p)[1]
+    else:
+        zp = (p == 0).sum(axis=0, dtype=np.int64)
+    if q.dtype == np.float32:
+        zq = zero_counts(q)[0]
+    else:
+        zq = (q == 0).sum(axis=1, dtype=np.int64)
+    return zp, zq
+
+
+def _count_unmasked(
+    p: np.ndarray, q: np.ndarray, *, a_is_p: bool, skips: frozenset[str]
+) -> MacCounts:
+    """count_macs without output masks or pruning: every count is a sum over k of per-k
+    zero counts (the same numbers as the general path's _pair sums)."""
+    ni, nk = p.shape
+    nj = q.shape[1]
+    out: MacCounts = {"input_zero": 0, "weight_zero": 0, "output_zero": 0, "pruned": 0}
+    total = ni * nk * nj
+    iz, wz = "input_zero" in skips, "weight_zero" in skips
+    if iz or wz:
+        zp, zq = _zeros_per_k(p, q)
+        # the a operand's zeros per k and the other dimension's length; the b operand's
+        za, na, zb, nb = (zp, ni, zq, nj) if a_is_p else (zq, nj, zp, ni)
+        if iz:
+            out["input_zero"] = int(za.sum()) * nb
+        if wz:
+            alive_a = (na - za) if iz else np.full(nk, na, np.int64)
+            out["weight_zero"] = int(alive_a @ zb)
     skipped = sum(out.values())
     return {"macs_total": total, "macs_executed": total - skipped, **out}
 

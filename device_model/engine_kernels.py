@@ -7,6 +7,9 @@ the engine (device_model.engine_reference) plugs in the same interface built fro
 protocol.numerics and device_model.gemm_reference, so the two engines differ exactly in the
 kernels and can be compared bit for bit.
 
+``sgd_update`` is the float32 SGD step of the update stage, in place (master weights and
+momentum in fp32; the engine quantizes other formats itself).
+
 Integer kernels return ``(int64 result, slice_ops)`` where ``slice_ops`` is the number of
 non-zero 4-bit slice products the kernel did (zero operands contribute none).
 """
@@ -46,6 +49,18 @@ class Kernels(Protocol):
     def conv2d_weight_grad(
         self, x: np.ndarray, dy: np.ndarray, khw: tuple[int, int], stride: Any, padding: Any
     ) -> IntResult: ...
+    def sgd_update(
+        self,
+        w: np.ndarray,
+        g: np.ndarray,
+        *,
+        lr: float,
+        momentum: np.ndarray | None,
+        mu: float,
+        weight_decay: float,
+        update: np.ndarray | None,
+        keep: np.ndarray | None,
+    ) -> None: ...
 
 
 class ChipKernels:
@@ -87,3 +102,26 @@ class ChipKernels:
     ) -> IntResult:
         y, st = datapath.conv2d_weight_grad(x, dy, khw, stride=stride, padding=padding)
         return y, st.slice_ops
+
+    def sgd_update(
+        self,
+        w: np.ndarray,
+        g: np.ndarray,
+        *,
+        lr: float,
+        momentum: np.ndarray | None,
+        mu: float,
+        weight_decay: float,
+        update: np.ndarray | None,
+        keep: np.ndarray | None,
+    ) -> None:
+        datapath.sgd_update(
+            w,
+            g,
+            lr=lr,
+            momentum=momentum,
+            mu=mu,
+            weight_decay=weight_decay,
+            update=update,
+            keep=keep,
+        )

@@ -110,6 +110,31 @@ class ReferenceKernels:
         dw = gr.gemm_int_ref(dy2, cols, acc_bits=_acc_bits(x, dy))
         return dw.reshape(o, x.shape[1], *khw), _slice_ops(dy2, cols)
 
+    def sgd_update(
+        self,
+        w: np.ndarray,
+        g: np.ndarray,
+        *,
+        lr: float,
+        momentum: np.ndarray | None,
+        mu: float,
+        weight_decay: float,
+        update: np.ndarray | None,
+        keep: np.ndarray | None,
+    ) -> None:
+        """PyTorch's SGD rule in numpy float32, in place: d = g + wd*w; m = mu*m + d and
+        d = m (with momentum); w = w - lr*d where ``update``; w = 0 where not ``keep``."""
+        lr32, mu32, wd32 = np.float32(lr), np.float32(mu), np.float32(weight_decay)
+        d = (g + wd32 * w).astype(np.float32)
+        if momentum is not None:
+            m = (mu32 * momentum + d).astype(np.float32)
+            d = m
+            momentum[...] = m if update is None else np.where(update, m, momentum)
+        wn = (w - lr32 * d).astype(np.float32)
+        w[...] = wn if update is None else np.where(update, wn, w)
+        if keep is not None:
+            w[...] = np.where(keep, w, np.float32(0))
+
 
 class ReferenceEngine(Engine):
     """The engine on the numpy reference kernels (same interface as Engine)."""

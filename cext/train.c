@@ -1,0 +1,168 @@
+/* Element-wise training kernels (declarations and definitions in train_api.h).
+ *
+ * mt_sgd_update is the engine's SGD update in one pass: the same float32 operations in the
+ * same order as the numpy reference (device_model.engine_reference), each rounded once
+ * (fp-contract is off: no FMA), so the results are identical bit for bit. Elements are
+ * independent, so splitting the array across two threads changes nothing.
+ */
+#pragma GCC optimize("fp-contract=off")
+
+#include "train_api.h"
+
+#include <pthread.h>
+#include <stddef.h>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__GLIBC__)
+#define VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
+#else
+#define VECTOR_CLONES
+#endif
+
+/* Arrays at least this long are split across two threads. */
+#define SPLIT_MIN ((int64_t)1 << 17)
+
+typedef struct {
+    float *w, *m;
+    const float *g;
+    const uint8_t *upd, *keep;
+    float lr, mu, wd;
+    int64_t lo, hi;
+} sgd_job;
+
+VECTOR_CLONES static void sgd_range(const sgd_job *t)
+{
+    float *restrict w = t->w;
+    float *restrict m = t->m;
+    const float *restrict g = t->g;
+    const uint8_t *upd = t->upd, *keep = t->keep;
+    const float lr = t->lr, mu = t->mu, wd = t->wd;
+    const int64_t lo = t->lo, hi = t->hi;
+    /* the common cases as straight loops the compiler vectorises */
+    if (!upd && !keep && !m) {
+        for (int64_t i = lo; i < hi; i++) {
+            float d = g[i] + wd * w[i];
+            w[i] = w[i] - lr * d;
+        }
+        return;
+    }
+    if (!upd && !keep) {
+        for (int64_t i = lo; i < hi; i++) {
+            float d = g[i] + wd * w[i];
+            float mm = mu * m[i] + d;
+            m[i] = mm;
+            w[i] = w[i] - lr * mm;
+        }
+        return;
+    }
+    for (int64_t i = lo; i < hi; i++) {
+        float wi = w[i];
+        float d = g[i] + wd * wi;
+        int u = upd ? upd[i] != 0 : 1;
+        if (m) {
+            float mm = mu * m[i] + d;
+            m[i] = u ? mm : m[i];
+            d = mm;
+        }
+        float wn = wi - lr * d;
+        wn = u ? wn : wi;
+        w[i] = (keep && !keep[i]) ? 0.0f : wn;
+    }
+}
+
+static void *sgd_thread(void *p)
+{
+    sgd_range(p);
+    return NULL;
+}
+
+int mt_sgd_update(float *w, float *m, const float *g, const uint8_t *upd, const uint8_t *keep,
+                  int64_t n, float lr, float mu, float wd, int threads)
+{
+    if (!w || !g || n < 0)
+        return -1;
+    if (threads <= 0)
+        threads = n >= SPLIT_MIN ? 2 : 1;
+    sgd_job a = {w, m, g, upd, keep, lr, mu, wd, 0, n};
+    if (threads < 2 || n < 128) {
+        sgd_range(&a);
+        return 0;
+    }
+    int64_t mid = (n / 2) & ~(int64_t)63; /* whole cache lines to each thread */
+    sgd_job b = a;
+    a.hi = mid;
+    b.lo = mid;
+    pthread_t th;
+    if (pthread_create(&th, NULL, sgd_thread, &b) != 0) {
+        a.hi = n;
+        sgd_range(&a);
+        return 0;
+    }
+    sgd_range(&a);
+    pthread_join(th, NULL);
+    return 0;
+}
+
+VECTOR_CLONES static void zero_rows_unit(const float *x, int64_t rows, int64_t cols, int64_t rs,
+                                         int64_t *per_row, int64_t *per_col, int64_t *total)
+{
+    /* unit column stride: walk rows, counting into per_row and per_col */
+    int64_t tot = 0;
+    for (int64_t r = 0; r < rows; r++) {
+        const float *row = x + r * rs;
+        int64_t z = 0;
+        if (per_col) {
+            for (int64_t c = 0; c < cols; c++) {
+                int64_t e = row[c] == 0.0f;
+                per_col[c] += e;
+                z += e;
+            }
+        } else {
+            for (int64_t c = 0; c < cols; c++)
+                z += row[c] == 0.0f;
+        }
+        if (per_row)
+            per_row[r] = z;
+        tot += z;
+    }
+    *total = tot;
+}
+
+int64_t mt_zero_counts(const float *x, int64_t rows, int64_t cols, int64_t rs, int64_t cs,
+                       int64_t *per_row, int64_t *per_col)
+{
+    if (rows <= 0 || cols <= 0) {
+        for (int64_t c = 0; per_col && c < cols; c++)
+            per_col[c] = 0;
+        for (int64_t r = 0; per_row && r < rows; r++)
+            per_row[r] = 0;
+        return 0;
+    }
+    int64_t total = 0;
+    if (cs == 1) {
+        for (int64_t c = 0; per_col && c < cols; c++)
+            per_col[c] = 0;
+        zero_rows_unit(x, rows, cols, rs, per_row, per_col, &total);
+        return total;
+    }
+    if (rs == 1) { /* unit row stride (a transposed view): the same walk, roles swapped */
+        for (int64_t r = 0; per_row && r < rows; r++)
+            per_row[r] = 0;
+        zero_rows_unit(x, cols, rows, cs, per_col, per_row, &total);
+        return total;
+    }
+    for (int64_t c = 0; per_col && c < cols; c++)
+        per_col[c] = 0;
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t z = 0;
+        for (int64_t c = 0; c < cols; c++) {
+            int64_t e = x[r * rs + c * cs] == 0.0f;
+            z += e;
+            if (per_col)
+                per_col[c] += e;
+        }
+        if (per_row)
+            per_row[r] = z;
+        total += z;
+    }
+    return total;
+}

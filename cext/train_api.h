@@ -1,0 +1,25 @@
+#ifndef MICROTRAIN_TRAIN_API_H
+#define MICROTRAIN_TRAIN_API_H
+/* Element-wise training kernels of the engine (docs/engine.md, "Update"): one pass over a
+ * parameter tensor doing what the engine's numpy update does in several, bit for bit.
+ */
+#include <stdint.h>
+
+/* SGD with momentum and weight decay, in place, float32 IEEE arithmetic (each operation
+ * rounded once, no FMA), for i = 0..n-1:
+ *   if upd is NULL or upd[i]:
+ *       d = g[i] + wd * w[i]
+ *       if m is not NULL: m[i] = mu * m[i] + d; d = m[i]
+ *       w[i] = w[i] - lr * d
+ *   if keep is not NULL and !keep[i]: w[i] = 0
+ * (an element not updated keeps w[i] and m[i]). upd and keep are 0/1 bytes. threads <= 0 =
+ * automatic (2 for large n). Returns 0, or -1 on a bad argument. */
+int mt_sgd_update(float *w, float *m, const float *g, const uint8_t *upd, const uint8_t *keep,
+                  int64_t n, float lr, float mu, float wd, int threads);
+
+/* Zero elements of a rows x cols float32 matrix x[r * rs + c * cs] (strides in elements):
+ * per_row[r] (rows entries) and per_col[c] (cols entries) get the number of elements equal
+ * to zero (+0 or -0) in row r and column c; either may be NULL. Returns the total count. */
+int64_t mt_zero_counts(const float *x, int64_t rows, int64_t cols, int64_t rs, int64_t cs,
+                       int64_t *per_row, int64_t *per_col);
+#endif

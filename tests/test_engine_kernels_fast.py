@@ -1,0 +1,142 @@
+"""The engine's element-wise C kernels against their numpy definitions, bit for bit.
+
+* ``datapath.sgd_update`` (the update stage in one pass) against
+  ``ReferenceKernels.sgd_update`` (the numpy SGD rule the reference engine runs), with
+  momentum or not, weight decay, update and keep masks, signed zeros, subnormals, infinities
+  and NaN among the values, and on one or two threads;
+* ``datapath.zero_counts`` against ``(x == 0).sum(axis)`` on C-ordered, transposed and
+  strided views.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from device_model import datapath as dp
+from device_model.engine_reference import ReferenceKernels
+
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # inf and NaN inputs
+
+_SPECIALS = np.array([0.0, -0.0, 1e-40, -3e-42, np.inf, -np.inf, np.nan, 3e38], np.float32)
+
+
+def _values(rng: np.random.Generator, n: int, specials: bool) -> np.ndarray:
+    x = (rng.standard_normal(n) * np.exp2(rng.integers(-30, 30, n))).astype(np.float32)
+    if specials and n:
+        hit = rng.random(n) < 0.1
+        x[hit] = rng.choice(_SPECIALS, int(hit.sum()))
+    return x
+
+
+def _same_bits(got: np.ndarray, want: np.ndarray) -> None:
+    """Equal float32 words; any NaN equals any NaN (payloads depend on operand order)."""
+    gn, wn = np.isnan(got), np.isnan(want)
+    np.testing.assert_array_equal(gn, wn)
+    np.testing.assert_array_equal(got.view(np.uint32)[~gn], want.view(np.uint32)[~wn])
+
+
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(0, 300),
+    momentum=st.booleans(),
+    masks=st.sampled_from(["none", "update", "keep", "both"]),
+    specials=st.booleans(),
+    lr=st.sampled_from([0.01, 0.1, 1.0, 3.7e-5]),
+    mu=st.sampled_from([0.0, 0.9, 0.5]),
+    wd=st.sampled_from([0.0, 1e-4, 0.25]),
+    threads=st.sampled_from([1, 2]),
+)
+def test_sgd_update_equals_numpy_rule_bit_for_bit(
+    seed: int,
+    n: int,
+    momentum: bool,
+    masks: str,
+    specials: bool,
+    lr: float,
+    mu: float,
+    wd: float,
+    threads: int,
+) -> None:
+    rng = np.random.default_rng(seed)
+    w, g = _values(rng, n, specials), _values(rng, n, specials)
+    m = _values(rng, n, specials) if momentum else None
+    keep = rng.random(n) < 0.7 if masks in ("keep", "both") else None
+    upd = rng.random(n) < 0.6 if masks in ("update", "both") else None
+    if upd is not None and keep is not None:
+        upd &= keep
+    kw = {"lr": lr, "mu": mu, "weight_decay": wd, "update": upd, "keep": keep}
+    w_ref, m_ref = w.copy(), None if m is None else m.copy()
+    ReferenceKernels().sgd_update(w_ref, g, momentum=m_ref, **kw)
+    dp.sgd_update(w, g, momentum=m, threads=threads, **kw)
+    _same_bits(w, w_ref)
+    if m is not None:
+        assert m_ref is not None
+        _same_bits(m, m_ref)
+
+
+def test_sgd_update_large_array_splits_across_threads_identically() -> None:
+    rng = np.random.default_rng(5)
+    n = (1 << 18) + 77  # above the two-thread threshold, not a multiple of the split
+    w, g, m = (_values(rng, n, True) for _ in range(3))
+    keep = rng.random(n) < 0.9
+    outs = []
+    for threads in (1, 2):
+        ww, mm = w.copy(), m.copy()
+        dp.sgd_update(
+            ww,
+            g,
+            lr=0.05,
+            momentum=mm,
+            mu=0.9,
+            weight_decay=1e-3,
+            update=keep,
+            keep=keep,
+            threads=threads,
+        )
+        outs.append((ww, mm))
+    w_ref, m_ref = w.copy(), m.copy()
+    ReferenceKernels().sgd_update(
+        w_ref, g, lr=0.05, momentum=m_ref, mu=0.9, weight_decay=1e-3, update=keep, keep=keep
+    )
+    for ww, mm in outs:
+        _same_bits(ww, w_ref)
+        _same_bits(mm, m_ref)
+
+
+def test_sgd_update_rejects_bad_arguments() -> None:
+    w = np.zeros(4, np.float32)
+    with pytest.raises(ValueError, match="g must be a float32 array of shape"):
+        dp.sgd_update(w, np.zeros(3, np.float32), lr=0.1)
+    with pytest.raises(ValueError, match="w must be C-contiguous"):
+        dp.sgd_update(np.zeros(8, np.float32)[::2], np.zeros(4, np.float32), lr=0.1)
+    with pytest.raises(ValueError, match="w must be a numpy float32 array"):
+        dp.sgd_update(np.zeros(4), np.zeros(4, np.float32), lr=0.1)
+    with pytest.raises(ValueError, match="keep must be C-contiguous with 4 elements"):
+        dp.sgd_update(w, np.zeros(4, np.float32), lr=0.1, keep=np.ones(5, bool))
+    with pytest.raises(ValueError, match="momentum must have shape"):
+        dp.sgd_update(w, np.zeros(4, np.float32), lr=0.1, momentum=np.zeros(5, np.float32))
+
+
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    rows=st.integers(0, 40),
+    cols=st.integers(0, 40),
+    layout=st.sampled_from(["c", "t", "rows", "cols", "both"]),
+)
+def test_zero_counts_equal_numpy(seed: int, rows: int, cols: int, layout: str) -> None:
+    rng = np.random.default_rng(seed)
+    base = _values(rng, 4 * rows * cols, True).reshape(2 * rows, 2 * cols)
+    base[rng.random(base.shape) < 0.4] = rng.choice(np.float32([0.0, -0.0]))
+    x = {
+        "c": base[:rows, :cols],
+        "t": base[:cols, :rows].T,
+        "rows": base[::2, :cols],
+        "cols": base[:rows, ::2],
+        "both": base[::2, ::2],
+    }[layout]
+    per_row, per_col = dp.zero_counts(x)
+    np.testing.assert_array_equal(per_row, (x == 0).sum(axis=1))
+    np.testing.assert_array_equal(per_col, (x == 0).sum(axis=0))
