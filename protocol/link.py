@@ -42,7 +42,12 @@ Data transfer:
 * Credits: each frame advertises how many frames from its ack the sender may have in flight:
   the window while the receiver's undelivered inbox is under ``rx_buffer`` bytes, else 0. A
   sender held at 0 credits polls (ACK with FLAG_POLL) every RTO; freeing inbox space sends an
-  ACK with the new credits at once.
+  ACK with the new credits at once. DATA arriving while the inbox holds more than ``rx_buffer``
+  plus a window of frames is dropped unacknowledged, so a sender that ignores credits gets
+  retransmissions, not memory.
+* Receive memory is bounded whatever arrives: the frame decoder holds one partial frame, the
+  out-of-order store at most a window of frames, reassembly at most ``max_message`` bytes (a
+  longer message is discarded up to its last fragment), the inbox about ``rx_buffer`` bytes.
 
 Exactly once: within a session every message is delivered once, in order. Across a peer reset
 the link is at-least-once by design: the host replays each unanswered request, and the device
@@ -127,8 +132,14 @@ class LinkConfig:
     rto_max: float = 4.0
     #: Longest a frame may live in the channel; silence kept after a session ends.
     frame_lifetime: float = 1.0
-    #: Undelivered inbox bytes above which the end advertises 0 credits.
+    #: Undelivered inbox bytes above which the end advertises 0 credits; DATA frames that
+    #: arrive while the inbox holds this much are dropped unacknowledged (credits ignored).
     rx_buffer: int = 1 << 22
+    #: Largest message reassembled: a message growing past it is discarded up to its last
+    #: fragment and counted (``stats["oversize_messages"]``), so reassembly memory is bounded.
+    #: 32 MiB: above every message of the protocol (the largest is a FORWARD answer carrying
+    #: an output of at most 16 MiB inline).
+    max_message: int = 1 << 25
     #: In-order DATA frames received before an ACK goes out at once (0: half the window).
     ack_every: int = 0
     #: Longest an ACK for in-order data waits for more frames or DATA to ride on. 0: the ACK
@@ -145,8 +156,8 @@ class LinkConfig:
             raise LinkError(f"window {self.window} out of range; accepted 1..{MAX_WINDOW}")
         if not 0 < self.rto_min <= self.rto_initial <= self.rto_max:
             raise LinkError("timeouts must satisfy 0 < rto_min <= rto_initial <= rto_max")
-        if self.frame_lifetime < 0 or self.rx_buffer < 1:
-            raise LinkError("frame_lifetime must be >= 0 and rx_buffer >= 1")
+        if self.frame_lifetime < 0 or self.rx_buffer < 1 or self.max_message < 1:
+            raise LinkError("frame_lifetime must be >= 0, rx_buffer and max_message >= 1")
         if self.ack_every < 0 or not 0 <= self.ack_delay < self.rto_min:
             raise LinkError("ack_every must be >= 0 and 0 <= ack_delay < rto_min")
 
@@ -240,6 +251,8 @@ class Link:
             "naks_sent": 0,
             "peer_resets": 0,
             "bytes_sent": 0,
+            "oversize_messages": 0,
+            "frames_refused": 0,
         }
         self.epoch = 0
         self._start(epoch, quiet_until=float("-inf"))
@@ -292,6 +305,12 @@ class Link:
     def unanswered(self) -> list[int]:
         """HOST: ids of messages that would be replayed after a reset, in order."""
         return list(self._unanswered)
+
+    @property
+    def unacked_messages(self) -> int:
+        """Messages of this session queued or in flight and not yet acknowledged by the peer
+        (a device's answers the host has not read yet)."""
+        return len(self._queue) + sum(1 for o in self._inflight.values() if o.flags & _LAST)
 
     def take_messages(self) -> list[Message]:
         """Delivered messages, in order; frees inbox space (and re-opens credits)."""
@@ -476,6 +495,8 @@ class Link:
         self._rcv_nxt = 0
         self._ooo = {}
         self._parts: list[bytes] = []
+        self._parts_bytes = 0
+        self._discarding = False
         self._nak_for: int | None = None
         self._ctrl: list[bytes] = []
         self._ack_pending = False
@@ -607,6 +628,13 @@ class Link:
         if d >= self._window or len(f.payload) > self._max_payload:
             self._ack_pending = True  # a copy of something delivered: our ack was lost
             return
+        if self._inbox_bytes >= self.config.rx_buffer + self._window * self._max_payload:
+            # Beyond what the last credits granted (the inbox was under rx_buffer when they
+            # went out): dropped, the sender retransmits once the inbox is taken. Bounds what
+            # a sender that ignores credits costs.
+            self.stats["frames_refused"] += 1
+            self._ack_pending = True
+            return
         if d > 0:
             self._ack_pending = True
             self._ooo[f.seq] = f
@@ -627,8 +655,17 @@ class Link:
 
     def _deliver(self, f: Frame) -> None:
         self._rcv_nxt = (self._rcv_nxt + 1) & _SEQ_MASK
-        self._parts.append(f.payload)
-        if f.flags & _LAST:
+        if not self._discarding:
+            self._parts.append(f.payload)
+            self._parts_bytes += len(f.payload)
+            if self._parts_bytes > self.config.max_message:
+                self.stats["oversize_messages"] += 1
+                self._discarding = True
+                self._parts = []
+        if not f.flags & _LAST:
+            return
+        discarded, self._discarding, self._parts_bytes = self._discarding, False, 0
+        if not discarded:
             payload = b"".join(self._parts) if len(self._parts) > 1 else self._parts[0]
             self._parts = []
             self._inbox.append(Message(f.channel, payload))

@@ -137,6 +137,7 @@ static inline const char *mt_frame_check_name(int v)
 #define MT_LINK_CONFIG_RTO_MAX 4.0
 #define MT_LINK_CONFIG_FRAME_LIFETIME 1.0
 #define MT_LINK_CONFIG_RX_BUFFER 4194304
+#define MT_LINK_CONFIG_MAX_MESSAGE 33554432
 #define MT_LINK_CONFIG_ACK_EVERY 0
 #define MT_LINK_CONFIG_ACK_DELAY 0.0
 
