@@ -86,6 +86,12 @@ MAX_TENSORS = 1024
 #: that reads its answers stays within a few windows, see docs/reliability.md). A request
 #: arriving when the queue is full is answered TOO_MANY_PENDING and not executed.
 MAX_PENDING = 256
+#: Largest request message the device's link reassembles: 1 MiB (assumption: the receive
+#: buffer of the firmware). Every request of the protocol fits, at its schema maxima (the
+#: largest, TRAIN_CONFIG with 4096 policy entries and 2 x 65535 masks, is 962,603 bytes), except
+#: a TENSOR_DATA chunk over 1 MiB; hosts send one-frame chunks. A longer message is discarded
+#: by the link unanswered (``Link.stats["oversize_messages"]``).
+MAX_REQUEST_BYTES = 1 << 20
 #: Statuses that change no state and may succeed later: not cached, so a retry executes.
 _TRANSIENT = frozenset({Status.BUSY, Status.TOO_MANY_PENDING})
 _ALGORITHM_NAMES = {"bp": Algorithm.BP, "dfa": Algorithm.DFA, "pdfa": Algorithm.PIPELINED_DFA}
@@ -230,6 +236,7 @@ class Firmware:
             Opcode.TRAIN_CONFIG: self._train_config,
             Opcode.FORWARD: self._forward,
             Opcode.TRAIN_STEP: self._train_step,
+            Opcode.TRAIN_STEP_INLINE: self._train_step_inline,
             Opcode.BACKWARD: self._backward,
             Opcode.GET_WEIGHTS: self._get_weights,
             Opcode.READ_COUNTERS: self._read_counters,
@@ -442,6 +449,7 @@ class Firmware:
             | Feature.RESUME
             | Feature.COUNTERS
             | Feature.PACKED_DFXP4
+            | Feature.INLINE_STEP
             | Feature.PRUNING
         )
         if self.key is not None:
@@ -741,6 +749,22 @@ class Firmware:
             "step": self.step,
             "counters": normalize_counters(res.counters),
         }
+
+    def _train_step_inline(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Store input and target as completed uploads (the checks of TENSOR_BEGIN, DATA and
+        END), then TRAIN_STEP on them."""
+        ids = [int(body[k]["id"]) for k in ("input", "target")]
+        if ids[0] == ids[1]:
+            raise FirmwareError(Status.BAD_REQUEST, f"input and target share the id {ids[0]}")
+        for key, tid in zip(("input", "target"), ids, strict=True):
+            desc, data = body[key], body[f"{key}_data"]
+            self.tensors.check_begin(desc, STORABLE)
+            self._check_new_tensor(tid, len(data), f"{key} {tid}")
+            free = self._free_bytes(replacing=tid)
+            if len(data) > free:
+                raise self._oom(f"{key} {tid}", len(data), free)
+            self.tensors.put_host(desc, data)
+        return self._train_step({"input_id": ids[0], "target_id": ids[1]})
 
     def _backward(self, body: dict[str, Any]) -> dict[str, Any]:
         engine, _ = self._need_model()

@@ -7,14 +7,23 @@ Sans-I/O like the link itself: the caller feeds bytes and the time, and writes o
 bytes and then asks for output gets the responses in the same call. The agreed max payload is
 and window are handed to the firmware before each message, so HELLO reports what this
 session uses and TENSOR_READ answers fit one frame.
+
+Bounded whatever the host sends: the device's link reassembles requests of at most
+``MAX_REQUEST_BYTES`` and holds at most two windows of undelivered requests; the firmware answers
+TOO_MANY_PENDING once ``Firmware.max_pending`` answers wait for the host's acknowledgement, and
+after ``PENDING_RESERVE`` more such refusals the device stops taking requests (the link's credits
+close) until the host has read its answers.
 """
 
 from __future__ import annotations
 
 import random
 
-from device_model.firmware import Firmware
+from device_model.firmware import MAX_REQUEST_BYTES, Firmware
 from protocol.link import Link, LinkConfig, Role
+
+#: TOO_MANY_PENDING answers the device queues beyond ``max_pending`` before it stops reading.
+PENDING_RESERVE = 64
 
 
 class DeviceLink:
@@ -28,11 +37,18 @@ class DeviceLink:
         seed: int | None = None,
     ) -> None:
         self.firmware = firmware
-        cfg = config or LinkConfig(max_payload=firmware.max_payload, window=firmware.window)
+        cfg = config or LinkConfig(
+            max_payload=firmware.max_payload,
+            window=firmware.window,
+            max_message=MAX_REQUEST_BYTES,
+            rx_buffer=2 * firmware.window * firmware.max_payload,
+        )
         # The link epoch must differ after every restart, or the host cannot see that the
         # device lost its state: fresh OS randomness unless a test pins ``seed``.
         rng = random.SystemRandom() if seed is None else random.Random(seed)
         self.link = Link(Role.DEVICE, cfg, rng=rng)
+        #: Most answers seen waiting for the host's acknowledgement (statistics).
+        self.peak_pending = 0
 
     def receive_bytes(self, data: bytes | bytearray | memoryview, now: float) -> None:
         """Bytes from the host: frames are decoded, and every delivered request is answered."""
@@ -61,8 +77,12 @@ class DeviceLink:
         return self.link.bytes_to_send(now)
 
     def _serve(self) -> None:
+        if self.link.unacked_messages >= self.firmware.max_pending + PENDING_RESERVE:
+            return  # requests wait in the link's inbox until the host reads its answers
         for msg in self.link.take_messages():
             self.firmware.max_payload = self.link.max_payload
             self.firmware.window = self.link.window
-            for response in self.firmware.receive(msg.payload):
+            pending = self.link.unacked_messages
+            self.peak_pending = max(self.peak_pending, pending)
+            for response in self.firmware.receive(msg.payload, pending=pending):
                 self.link.send_message(msg.channel, response)
