@@ -36,9 +36,15 @@ Data transfer:
   for a duplicate, an out-of-order frame or a filled hole.
 * NAK (same payload as ACK) is sent at once on a CRC or other frame error, and on a gap (once
   per missing seq); it asks for seq ``ack`` again.
-* Retransmit timeout: Jacobson/Karels SRTT/RTTVAR, Karn's rule (no samples from retransmitted
-  frames), doubling backoff on expiry, bounded by ``rto_min``/``rto_max``; on expiry every
-  unacknowledged, un-SACKed frame is sent again.
+* Loss inference: an ACK, NAK or DATA that reports (cumulatively or in the SACK) a frame sent
+  after an un-SACKed one means the earlier one was lost, since a serial line keeps the order
+  of frames: it is sent again at once. Every transmission has a place in the sender's send
+  order (``sent_no``), so each loss is inferred once per transmission, a lost retransmission
+  included; a channel that reorders frames only costs spurious retransmissions.
+* Retransmit timeout (for what no later frame reveals, e.g. the last frame of a burst):
+  Jacobson/Karels SRTT/RTTVAR, Karn's rule (no samples from retransmitted frames), doubling
+  backoff on expiry, bounded by ``rto_min``/``rto_max``; on expiry every unacknowledged,
+  un-SACKed frame is sent again.
 * Credits: each frame advertises how many frames from its ack the sender may have in flight:
   the window while the receiver's undelivered inbox is under ``rx_buffer`` bytes, else 0. A
   sender held at 0 credits polls (ACK with FLAG_POLL) every RTO; freeing inbox space sends an
@@ -180,6 +186,7 @@ class _Out:
         "retransmitted",
         "sacked",
         "sent_at",
+        "sent_no",
         "seq",
     )
 
@@ -190,6 +197,8 @@ class _Out:
         self.flags = flags
         self.payload = payload
         self.sent_at = 0.0
+        #: Position of its last transmission in this end's send order (loss detection).
+        self.sent_no = 0
         self.retransmitted = False
         self.sacked = False
 
@@ -243,6 +252,8 @@ class Link:
         self._srtt: float | None = None
         self._rttvar = 0.0
         self._rto = self.config.rto_initial
+        #: Transmissions of DATA frames so far (each frame's ``sent_no`` is its place in it).
+        self._tx_no = 0
         #: Counters: frames by fate, for tests and benchmarks.
         self.stats: dict[str, int] = {
             "frames_sent": 0,
@@ -351,7 +362,7 @@ class Link:
                 for o in self._inflight.values():
                     if not o.sacked:
                         o.retransmitted = True
-                        self._retx.append(o.seq)
+                        self._retx[o.seq] = None
                         o.sent_at = now
         elif self._queue and self._peer_credits == 0 and now >= self._probe_at:
             self._poll_pending = True
@@ -423,11 +434,13 @@ class Link:
             out.extend(self._ctrl)
             self._ctrl.clear()
         carried = False
-        for seq in dict.fromkeys(self._retx):
+        for seq in self._retx:
             o = self._inflight.get(seq)
             if o is not None and not o.sacked:
                 carried = True
                 o.sent_at = now
+                o.sent_no = self._tx_no
+                self._tx_no += 1
                 o.retransmitted = True
                 self.stats["retransmits"] += 1
                 out.append(
@@ -490,7 +503,10 @@ class Link:
         self._snd_una = 0
         self._snd_nxt = 0
         self._inflight = {}
-        self._retx: list[int] = []
+        #: Seqs to send again at the next ``bytes_to_send`` (an ordered set).
+        self._retx: dict[int, None] = {}
+        #: Highest ``sent_no`` of a frame the peer has acked or SACKed in this session.
+        self._delivered_no = -1
         self._peer_credits = self._window
         self._rcv_nxt = 0
         self._ooo = {}
@@ -569,6 +585,7 @@ class Link:
             return
         if not self.established:
             return
+        delivered = self._delivered_no
         self._on_ack(f.ack, f.credits)
         if t == FrameType.DATA:
             self._on_data(f)
@@ -578,9 +595,11 @@ class Link:
             if t == FrameType.NAK:
                 o = self._inflight.get(f.ack)
                 if o is not None and not o.sacked:
-                    self._retx.append(f.ack)
+                    self._retx[f.ack] = None
             if f.flags & _POLL:
                 self._ack_pending = True
+        if self._delivered_no > delivered:
+            self._detect_losses()
 
     def _on_ack(self, ack: int, credits: int) -> None:
         n = (ack - self._snd_una) & _SEQ_MASK
@@ -590,13 +609,17 @@ class Link:
         if n == 0:
             return
         sample: float | None = None
+        delivered = self._delivered_no
         for _ in range(n):
             o = self._inflight.pop(self._snd_una)
             if o.flags & _LAST:
                 self._acked_through = max(self._acked_through, o.msg_id)
             if not o.retransmitted and sample is None:
                 sample = self._now - o.sent_at
+            if o.sent_no > delivered:
+                delivered = o.sent_no
             self._snd_una = (self._snd_una + 1) & _SEQ_MASK
+        self._delivered_no = delivered
         if sample is not None:
             self._rtt_sample(sample)
         self._probe_at = self._now + self._rto
@@ -606,22 +629,38 @@ class Link:
         while bitmap:
             if bitmap & 1:
                 o = self._inflight.get((ack + 1 + i) & _SEQ_MASK)
-                if o is not None:
+                if o is not None and not o.sacked:
                     o.sacked = True
+                    if o.sent_no > self._delivered_no:
+                        self._delivered_no = o.sent_no
             bitmap >>= 1
             i += 1
 
     def _rtt_sample(self, r: float) -> None:
-        cfg = self.config
         if self._srtt is None:
             self._srtt = r
             self._rttvar = r / 2
         else:
             self._rttvar = 0.75 * self._rttvar + 0.25 * abs(self._srtt - r)
             self._srtt = 0.875 * self._srtt + 0.125 * r
-        self._rto = min(
-            cfg.rto_max, max(cfg.rto_min, self._srtt + max(cfg.rto_min, 4 * self._rttvar))
-        )
+        self._rto = self._base_rto()
+
+    def _base_rto(self) -> float:
+        """The retransmit timeout without backoff: SRTT + 4 RTTVAR within the bounds."""
+        cfg = self.config
+        if self._srtt is None:
+            return cfg.rto_initial
+        return min(cfg.rto_max, max(cfg.rto_min, self._srtt + max(cfg.rto_min, 4 * self._rttvar)))
+
+    def _detect_losses(self) -> None:
+        """The peer has a frame sent after these un-SACKed ones: on a line that keeps the
+        order of frames (a UART does) they were lost, so send them again now rather than at
+        the timeout. Each loss is inferred once per transmission: a frame sent again gets a
+        new ``sent_no`` above every one the peer has reported so far."""
+        top = self._delivered_no
+        for o in self._inflight.values():
+            if not o.sacked and o.sent_no < top and o.seq not in self._retx:
+                self._retx[o.seq] = None
 
     def _on_data(self, f: Frame) -> None:
         d = (f.seq - self._rcv_nxt) & _SEQ_MASK
@@ -697,6 +736,8 @@ class Link:
                 self._queue.popleft()
             o = _Out(self._snd_nxt, q.channel, flags, chunk, q.msg_id)
             o.sent_at = now
+            o.sent_no = self._tx_no
+            self._tx_no += 1
             self._inflight[o.seq] = o
             self._snd_nxt = (self._snd_nxt + 1) & _SEQ_MASK
             out.append(
