@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Fault campaign: seeded training and tensor traffic over ``emu://`` under each fault setting.
 
-For every setting (fault-free first, as the reference) one run does, through ``host.open``:
+For every setting (fault-free first, as the reference, and once more at the end) one run does,
+through ``host.open``:
 
 * training: deploy a small MLP (SGD), ``--steps`` train steps on seeded data, get_weights; the
   SHA-256 of the final weights must equal the fault-free run's;
@@ -9,35 +10,50 @@ For every setting (fault-free first, as the reference) one run does, through ``h
   (1 MiB up and 1 MiB down per round) with seeded random weights; every read must equal
   what was written.
 
-A device reset loses the device's state; the host reports it (``StateLost``) and this script
-recovers the way a user would: deploy again from its last checkpoint (the weights after the
-last completed step) and redo the step. A reset in a pipelined tensor transfer currently
-reaches the caller as DeviceError(UNKNOWN_TENSOR or NO_MODEL) instead of StateLost; it is
-recovered the same way and counted apart (state_lost_as_device_error). Any other host error
-ends the run (the row's ``error``).
+The device-reset setting (``reset_every=--reset-every``, default a reset every 40 frames to the
+device on average) runs the training part again and again, each run seeded like the reference
+and each final hash checked, until ``--resets`` device resets (default 1,000) have happened.
+A reset loses the device's state; the host reports it (``StateLost``) and this script recovers
+the way a user would: deploy again from its last checkpoint (the weights after the last
+completed step) and redo the step. A reset reported as DeviceError(UNKNOWN_TENSOR or NO_MODEL)
+instead is counted apart (state_lost_as_device_error) and recovered the same way. Any other
+host error ends the run (the row's ``error``).
 
-Printed as JSON, one row per setting: commands (host requests), device_executed (requests the
-device executed, all devices of the run), duplicates_executed (executed - commands on a single
-device; with resets, requests the old device executed before dying are counted too),
-payload_bytes (tensor bytes moved), wire_bytes (both directions), undetected_errors (weight hash
-mismatches plus tensor read-backs that differ), state_lost (recoveries), faults injected,
-seconds, goodput (payload bytes per second relative to fault-free) and wire_goodput (payload
-bytes per wire byte relative to fault-free: the same figure without timing noise). A run that
-ended early has ``error`` set; its commands then include the unanswered ones.
+Exactly once is checked on request-id logs: every request the device's firmware executes (not
+answered from its cache) is logged with its request id, per device (a reset makes a new one).
+``duplicates_executed`` counts ids executed twice by one device, ``lost`` ids the host sent that
+no device executed, ``replayed_after_reset`` ids executed by an old device that died before its
+answer got through and again by the new one (the link replays unanswered requests; what the old
+device did died with its state).
+
+Reconnect time: for every reset, the time from the new device existing (it is ready at once in
+this in-process port) to the host receiving the first response from it (from the new link epoch).
+
+Printed as JSON (``--json-out`` writes it to a file too), one row per setting: commands (host
+requests), payload_bytes (tensor bytes moved), wire_bytes (both directions), undetected_errors
+(weight hash mismatches plus tensor read-backs that differ), state_lost (recoveries), the
+request-id checks above, faults injected, seconds, goodput (payload bytes per second relative
+to fault-free: the mean rate of the two fault-free runs) and wire_goodput (payload bytes per wire
+byte relative to fault-free: the same figure without timing noise). ``--markdown`` prints the
+table for docs/reliability.md instead.
 
     python tools/fault_campaign.py --quick        # about a minute
-    python tools/fault_campaign.py --steps 2000 --tensor-rounds 128
+    python tools/fault_campaign.py --json-out campaign.json
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import hashlib
 import json
 import os
+import statistics
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,22 +61,26 @@ import numpy as np
 import host
 from device_model.emu_port import EmuSerial
 from host import errors, nn
+from protocol.framing import DEFAULT_PAYLOAD
+from protocol.link import DEFAULT_WINDOW
 from protocol.messages import Status
 
-BASE = "emu://hnpu-v2?seed=1"
-#: (name, URL query) of every setting after the fault-free reference.
+#: Every run uses the link's default frame size and window, which emu:// also picks under a
+#: fault option (on a clean port it offers 16 KiB x 32): the reference differs only by faults.
+BASE = f"emu://hnpu-v2?seed=1&max_payload={DEFAULT_PAYLOAD}&window={DEFAULT_WINDOW}"
+#: (name, URL query) of every setting after the fault-free reference, resets excepted.
 SETTINGS: list[tuple[str, str]] = [
     ("corrupt 1e-5", "corrupt=1e-5"),
     ("corrupt 1e-4", "corrupt=1e-4"),
     ("corrupt 1e-3", "corrupt=1e-3"),
-    ("corrupt 1e-3, 256 B frames", "corrupt=1e-3&max_payload=256"),
     ("drop 1%", "drop=0.01"),
     ("dup 1%", "dup=0.01"),
     ("insert 1e-4", "insert=1e-4"),
     ("delete 1e-4", "delete=1e-4"),
-    ("all of them", "corrupt=1e-4&drop=0.01&dup=0.01&insert=1e-4"),
+    ("all of them", "corrupt=1e-4&drop=0.01&dup=0.01&insert=1e-4&delete=1e-4"),
 ]
 TENSOR_SHAPE = (512, 512)
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -69,15 +89,21 @@ class Row:
 
     setting: str
     url: str
+    runs: int = 0
     commands: int = 0
     device_executed: int = 0
+    #: Request ids executed more than once by one device.
     duplicates_executed: int = 0
+    #: Request ids the host sent that no device executed.
+    lost: int = 0
+    #: Request ids executed by a device that then restarted, and again by its successor.
+    replayed_after_reset: int = 0
     payload_bytes: int = 0
     wire_bytes: int = 0
     undetected_errors: int = 0
     state_lost: int = 0
-    #: Device resets the host reported as a DeviceError (UNKNOWN_TENSOR / NO_MODEL in a
-    #: pipelined tensor transfer) instead of StateLost; recovered like StateLost.
+    #: Device resets the host reported as a DeviceError (UNKNOWN_TENSOR / NO_MODEL) instead
+    #: of StateLost; recovered like StateLost.
     state_lost_as_device_error: int = 0
     seconds: float = 0.0
     goodput: float = 1.0
@@ -87,18 +113,27 @@ class Row:
     #: The exception that ended the run early, if any ("" when it completed).
     error: str = ""
     faults: dict[str, int] = field(default_factory=dict)
+    #: Seconds from a restarted device being ready to the host's next answer from it.
+    reconnect_s: list[float] = field(default_factory=list)
 
 
 class Meter:
-    """Counts what crosses an EmuSerial and every device behind it (resets make new ones)."""
+    """Counts what crosses an EmuSerial and every device behind it (resets make new ones):
+    wire bytes, request ids executed per device, and reconnect times."""
 
-    def __init__(self, port: EmuSerial) -> None:
+    def __init__(self, dev: host.Device) -> None:
+        port = dev.runner.port
+        assert isinstance(port, EmuSerial)
         self.port = port
         self.wire = 0
-        self.devices: list[Any] = [port._dev()]
-        #: Requests the device executed before the meter was attached (HELLO, AUTH).
-        self.before = port.firmware.executed
+        #: Per device: request id -> times executed.
+        self.logs: list[collections.Counter[int]] = []
+        self.reconnect: list[float] = []
+        self._ready: tuple[float, Any] | None = None
+        self._watch(port._dev())
         write, read, new_device = port.write, port.read, port._new_device
+        link = dev.runner.link
+        take = link.take_messages
 
         def counted_write(data: Any) -> int | None:
             n = write(data)
@@ -112,17 +147,51 @@ class Meter:
 
         def tracked_device(seed: int) -> Any:
             d = new_device(seed)
-            self.devices.append(d)
+            self._watch(d)
+            self._ready = (time.monotonic(), d)
             return d
+
+        def timed_take() -> Any:
+            msgs = take()
+            if msgs and self._ready is not None:
+                t, d = self._ready
+                if link.peer_epoch == d.link.epoch:
+                    self.reconnect.append(time.monotonic() - t)
+                    self._ready = None
+            return msgs
 
         port.write = counted_write  # type: ignore[method-assign]
         port.read = counted_read  # type: ignore[method-assign]
         port._new_device = tracked_device  # type: ignore[method-assign]
+        link.take_messages = timed_take  # type: ignore[method-assign]
 
-    @property
-    def executed(self) -> int:
-        """Requests executed by every device since the meter was attached."""
-        return sum(d.firmware.executed for d in self.devices) - self.before
+    def _watch(self, device: Any) -> None:
+        """Log the request ids ``device``'s firmware executes (not answered from its cache)."""
+        fw = device.firmware
+        log: collections.Counter[int] = collections.Counter()
+        self.logs.append(log)
+        receive = fw.receive
+
+        def logged(message: Any, *a: Any, **kw: Any) -> Any:
+            before = fw.executed
+            out = receive(message, *a, **kw)
+            if fw.executed > before:
+                log[int.from_bytes(bytes(message[1:5]), "little")] += 1
+            return out
+
+        fw.receive = logged
+
+    def check(self, row: Row, sent: set[int]) -> None:
+        """Add the request-id checks of this run to ``row``."""
+        anywhere: collections.Counter[int] = collections.Counter()
+        for log in self.logs:
+            row.device_executed += sum(log.values())
+            row.duplicates_executed += sum(n - 1 for n in log.values() if n > 1)
+            anywhere.update(log.keys())
+        row.replayed_after_reset += sum(1 for n in anywhere.values() if n > 1)
+        # HELLO/AUTH of the session are sent before the meter counts: only counted ids.
+        row.lost += len(sent - anywhere.keys())
+        row.reconnect_s += [round(t, 4) for t in self.reconnect]
 
 
 def _digest(w: dict[str, np.ndarray]) -> str:
@@ -133,10 +202,14 @@ _LOST = {Status.UNKNOWN_TENSOR, Status.NO_MODEL}
 
 
 def _retrying(dev: host.Device, fn: Any, recover: Any, row: Row) -> Any:
-    """``fn()``; on StateLost, ``recover()`` and try again (a device reset loses the model)."""
-    for _ in range(100):
+    """``fn()``; on a state loss (StateLost, or a DeviceError of a lost tensor or model across
+    a reset), ``recover()`` then ``fn()`` again: a device reset loses the model."""
+    lost = False
+    for _ in range(1000):
         resets = dev.runner.resets
         try:
+            if lost:
+                recover()
             return fn()
         except errors.StateLost:
             row.state_lost += 1
@@ -144,39 +217,41 @@ def _retrying(dev: host.Device, fn: Any, recover: Any, row: Row) -> Any:
             if dev.runner.resets == resets or e.status not in _LOST:
                 raise
             row.state_lost_as_device_error += 1
-        recover()
-    raise RuntimeError("100 state losses in a row")
+        lost = True
+    raise RuntimeError("1000 state losses in a row")
 
 
-def run(name: str, url: str, steps: int, rounds: int) -> Row:
-    """One setting: training then tensor traffic (see the module docstring); a run that fails
-    (e.g. times out) is a row with ``error`` set."""
-    row = Row(name, url)
+def run(name: str, url: str, steps: int, rounds: int, row: Row | None = None) -> Row:
+    """One run of a setting (training, then ``rounds`` of tensor traffic) added to ``row``; a
+    run that fails (e.g. times out) sets the row's ``error``."""
+    row = row or Row(name, url)
     t0 = time.monotonic()
     dev = host.open(url, timeout=5.0)
-    port = dev.runner.port
-    assert isinstance(port, EmuSerial)
-    meter = Meter(port)
+    meter = Meter(dev)
+    sent: set[int] = set()
     try:
-        _run(dev, row, steps, rounds)
+        _run(dev, row, steps, rounds, sent)
     except (errors.MicrotrainError, RuntimeError) as e:
         row.error = f"{type(e).__name__}: {e}"
     finally:
         dev.close()
-    row.device_executed = meter.executed
-    row.duplicates_executed = meter.executed - row.commands
-    row.wire_bytes = meter.wire
-    row.faults = port.fault_stats
-    row.seconds = round(time.monotonic() - t0, 3)
+    meter.check(row, sent)
+    row.runs += 1
+    row.wire_bytes += meter.wire
+    for k, v in meter.port.fault_stats.items():
+        row.faults[k] = row.faults.get(k, 0) + v
+    row.seconds = round(row.seconds + time.monotonic() - t0, 3)
     return row
 
 
-def _run(dev: host.Device, row: Row, steps: int, rounds: int) -> None:
+def _run(dev: host.Device, row: Row, steps: int, rounds: int, sent: set[int]) -> None:
     submit = dev.runner.submit
 
     def counted_submit(*a: Any, **kw: Any) -> int:
+        rid = submit(*a, **kw)
         row.commands += 1
-        return submit(*a, **kw)
+        sent.add(rid)
+        return rid
 
     dev.runner.submit = counted_submit  # type: ignore[method-assign]
 
@@ -206,7 +281,10 @@ def _run(dev: host.Device, row: Row, steps: int, rounds: int) -> None:
         ckpt = got or ckpt
         row.payload_bytes += x.nbytes
     final = _retrying(dev, lambda: state["model"].get_weights(), lambda: deploy(ckpt), row)
-    row.weights_sha256 = _digest(final)
+    digest = _digest(final)
+    if row.weights_sha256 and digest != row.weights_sha256:
+        row.undetected_errors += 1  # runs of one setting must agree
+    row.weights_sha256 = digest
 
     big = nn.Sequential(nn.Linear(*TENSOR_SHAPE))
     trng = np.random.default_rng(1)
@@ -226,48 +304,160 @@ def _run(dev: host.Device, row: Row, steps: int, rounds: int) -> None:
         row.payload_bytes += 2 * sum(v.nbytes for v in w.values())
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="a short run (about a minute)")
-    ap.add_argument("--steps", type=int, default=400, help="train steps per setting")
-    ap.add_argument("--tensor-rounds", type=int, default=32, help="1 MiB up+down rounds")
-    ap.add_argument("--reset-every", type=int, default=0, help="mean frames between resets")
-    ap.add_argument("--fault-seed", type=int, default=1)
-    args = ap.parse_args(argv)
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def provenance() -> dict[str, Any]:
+    """The commit the figures come from, and the code files that differed from it."""
+    dirty = _git("status", "--porcelain", "--", "protocol", "host", "device_model", "cext")
+    return {
+        "commit": _git("rev-parse", "--short", "HEAD"),
+        "uncommitted": [line[3:] for line in dirty.splitlines() if line[:2].strip()],
+    }
+
+
+def summary(xs: list[float]) -> dict[str, float]:
+    """n, median, p95 and max of ``xs`` (seconds)."""
+    if not xs:
+        return {"n": 0}
+    s = sorted(xs)
+    p95 = s[min(len(s) - 1, int(0.95 * len(s)))]
+    return {"n": len(s), "median": statistics.median(s), "p95": p95, "max": s[-1]}
+
+
+def _score(row: Row, ref_rate: float, ref_ratio: float, ref_hash: str) -> None:
+    if row.error:
+        row.goodput = row.wire_goodput = 0.0
+        return
+    if row.weights_sha256 != ref_hash:
+        row.undetected_errors += 1
+    row.goodput = round((row.payload_bytes / row.seconds) / ref_rate, 3)
+    row.wire_goodput = round((row.payload_bytes / row.wire_bytes) / ref_ratio, 3)
+
+
+def campaign(args: argparse.Namespace) -> dict[str, Any]:
     steps, rounds = (40, 4) if args.quick else (args.steps, args.tensor_rounds)
-    reset_every = args.reset_every or (400 if args.quick else 2000)
-    settings = [*SETTINGS, ("resets", f"reset_every={reset_every}")]
+    target = args.resets if args.resets is not None else (20 if args.quick else 1000)
+    only = set(args.only.split(",")) if args.only else None
+    t_start = time.monotonic()
     rows = [run("fault-free", BASE, steps, rounds)]
-    ref = rows[0]
-    for name, query in settings:
+    for name, query in SETTINGS:
+        if only is not None and name not in only:
+            continue
         row = run(name, f"{BASE}&{query}&fault_seed={args.fault_seed}", steps, rounds)
-        if row.error:
-            row.goodput = row.wire_goodput = 0.0
-        else:
-            if row.weights_sha256 != ref.weights_sha256:
-                row.undetected_errors += 1
-            row.goodput = round(
-                (row.payload_bytes / row.seconds) / (ref.payload_bytes / ref.seconds), 3
-            )
-            row.wire_goodput = round(
-                (row.payload_bytes / row.wire_bytes) / (ref.payload_bytes / ref.wire_bytes), 3
-            )
         rows.append(row)
-        print(f"{name}: {row.seconds} s", file=sys.stderr, flush=True)
-    out = {
-        "command": " ".join(["tools/fault_campaign.py", *(argv or sys.argv[1:])]),
+        print(f"{name}: {row.seconds} s {row.error}", file=sys.stderr, flush=True)
+    if target and (only is None or "resets" in only):
+        url = f"{BASE}&reset_every={args.reset_every}"
+        row = Row("resets", f"{url}&fault_seed={args.fault_seed}+k")
+        k = 0
+        while row.faults.get("device_resets", 0) < target and not row.error:
+            run("resets", f"{url}&fault_seed={args.fault_seed + k}", steps, 0, row)
+            k += 1
+            print(f"resets: {row.faults} in {row.seconds} s", file=sys.stderr, flush=True)
+        rows.append(row)
+    rows.append(run("fault-free (again)", BASE, steps, rounds))
+    refs = [rows[0], rows[-1]]
+    ref_rate = statistics.mean(r.payload_bytes / r.seconds for r in refs)
+    ref_ratio = statistics.mean(r.payload_bytes / r.wire_bytes for r in refs)
+    for row in rows:
+        _score(row, ref_rate, ref_ratio, rows[0].weights_sha256)
+    reconnect = [t for r in rows for t in r.reconnect_s]
+    return {
+        "command": " ".join(["tools/fault_campaign.py", *args.argv]),
+        **provenance(),
+        "seconds": round(time.monotonic() - t_start, 1),
         "loadavg": [round(x, 2) for x in os.getloadavg()],
         "steps": steps,
         "tensor_rounds": rounds,
+        "totals": {
+            "commands": sum(r.commands for r in rows),
+            "payload_mib": round(sum(r.payload_bytes for r in rows) / 2**20, 1),
+            "device_resets": sum(r.faults.get("device_resets", 0) for r in rows),
+        },
+        "reconnect_s": summary(reconnect),
         "rows": [asdict(r) for r in rows],
     }
-    print(json.dumps(out, indent=1))
-    # With resets, an old device may have executed a request before dying: not a duplicate.
-    bad = [
-        r.setting
-        for r in rows
-        if r.undetected_errors or (r.duplicates_executed > 0 and "reset" not in r.url)
+
+
+def _fmt_faults(faults: dict[str, int]) -> str:
+    short = {
+        "corrupted_bytes": "corrupted",
+        "inserted_bytes": "inserted",
+        "deleted_bytes": "deleted",
+        "dropped_frames": "dropped frames",
+        "duplicated_frames": "dup frames",
+        "device_resets": "resets",
+    }
+    return ", ".join(f"{v} {short.get(k, k)}" for k, v in faults.items()) or "-"
+
+
+def markdown(out: dict[str, Any]) -> str:
+    """The campaign as a Markdown table (docs/reliability.md)."""
+    head = (
+        "| setting | runs | commands | dup exec | lost | payload MiB | wire MiB | undetected "
+        "| state lost | faults | s | goodput | wire goodput |"
+    )
+    lines = [head, "|" + " --- |" * 13]
+    for r in out["rows"]:
+        lost = r["state_lost"] + r["state_lost_as_device_error"]
+        lines.append(
+            f"| {r['setting']} | {r['runs']} | {r['commands']} | {r['duplicates_executed']} | "
+            f"{r['lost']} | {r['payload_bytes'] / 2**20:.1f} | {r['wire_bytes'] / 2**20:.1f} | "
+            f"{r['undetected_errors']} | {lost} | {_fmt_faults(r['faults'])} | "
+            f"{r['seconds']:.1f} | "
+            + (f"**{r['error'].split(':')[0]}** | 0 |" if r["error"] else f"{r['goodput']} | ")
+            + ("" if r["error"] else f"{r['wire_goodput']} |")
+        )
+    rc = out["reconnect_s"]
+    if rc.get("n"):
+        lines.append("")
+        lines.append(
+            f"Reconnect after a reset (device ready to host's next answer, {rc['n']} resets): "
+            f"median {rc['median'] * 1e3:.0f} ms, p95 {rc['p95'] * 1e3:.0f} ms, "
+            f"max {rc['max'] * 1e3:.0f} ms."
+        )
+    return "\n".join(lines)
+
+
+def failures(out: dict[str, Any]) -> list[str]:
+    """Settings that broke exactly-once or bit-exactness (a loud timeout is not one)."""
+    return [
+        r["setting"]
+        for r in out["rows"]
+        if r["undetected_errors"] or r["duplicates_executed"] or (r["lost"] and not r["error"])
     ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="a short run (about a minute)")
+    ap.add_argument("--steps", type=int, default=400, help="train steps per run")
+    ap.add_argument("--tensor-rounds", type=int, default=32, help="1 MiB up+down rounds")
+    ap.add_argument("--reset-every", type=int, default=40, help="mean frames between resets")
+    ap.add_argument(
+        "--resets", type=int, default=None, help="device resets to reach (default 1000, quick 20)"
+    )
+    ap.add_argument("--fault-seed", type=int, default=1)
+    ap.add_argument("--only", default="", help="comma-separated setting names (and 'resets')")
+    ap.add_argument("--json-out", default="", help="also write the JSON to this file")
+    ap.add_argument("--markdown", action="store_true", help="print a Markdown table, not JSON")
+    args = ap.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    out = campaign(args)
+    text = json.dumps(out, indent=1)
+    if args.json_out:
+        Path(args.json_out).write_text(text + "\n")
+    print(markdown(out) if args.markdown else text)
+    bad = failures(out)
+    if bad:
+        print(f"exactly-once or bit-exactness broken in: {', '.join(bad)}", file=sys.stderr)
     return 1 if bad else 0
 
 
