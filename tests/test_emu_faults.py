@@ -300,3 +300,52 @@ def test_a_fault_line_replays_the_emu_port_faults_for_the_same_seed() -> None:
     for f in port_faults:
         data = f.to_device(data)
     assert line.to_device(STREAM) == data
+
+
+# ---------------------------------------------------------------------------- the campaign
+
+
+def _campaign() -> Any:
+    """tools/fault_campaign.py as a module (tools/ is not a package)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    if "fault_campaign" in sys.modules:
+        return sys.modules["fault_campaign"]
+    path = Path(__file__).resolve().parent.parent / "tools" / "fault_campaign.py"
+    spec = importlib.util.spec_from_file_location("fault_campaign", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["fault_campaign"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_campaigns_request_id_check_counts_duplicates_losses_and_replays() -> None:
+    import collections
+    import dataclasses
+    import types
+
+    fc = _campaign()
+    row = fc.Row("x", "u")
+    meter = types.SimpleNamespace(
+        logs=[collections.Counter({1: 1, 2: 2}), collections.Counter({2: 1, 3: 1})],
+        reconnect=[0.5],
+    )
+    fc.Meter.check(meter, row, {1, 2, 3, 4})
+    assert (row.device_executed, row.duplicates_executed, row.lost) == (5, 1, 1)
+    assert row.replayed_after_reset == 1 and row.reconnect_s == [0.5]
+    assert fc.failures({"rows": [dataclasses.asdict(row)]}) == ["x"]
+
+
+def test_a_campaign_run_under_resets_is_exactly_once_with_the_fault_free_hash() -> None:
+    fc = _campaign()
+    clean = fc.run("fault-free", fc.BASE, 3, 0)
+    row = fc.run("resets", f"{fc.BASE}&reset_every=12&fault_seed=2", 3, 0)
+    assert not row.error and row.faults["device_resets"] >= 1
+    assert row.weights_sha256 == clean.weights_sha256
+    assert (row.duplicates_executed, row.lost) == (0, 0)
+    assert clean.device_executed == clean.commands > 0 and clean.lost == 0
+    # Each reset that the host saw through has a reconnect time (ready -> next answer).
+    assert 1 <= len(row.reconnect_s) <= row.faults["device_resets"]
