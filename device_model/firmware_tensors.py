@@ -37,7 +37,9 @@ class StoredTensor:
     """One tensor: its descriptor (TensorDesc dict), its wire bytes and how many arrived."""
 
     desc: dict[str, Any]
-    buf: bytearray
+    #: The wire bytes: a bytearray while a transfer fills it, immutable bytes when the tensor
+    #: arrived whole (TRAIN_STEP_INLINE) or was made by the device.
+    buf: bytearray | bytes
     received: int = 0
     complete: bool = False
     #: True for tensors the device created (outputs, weight snapshots).
@@ -195,6 +197,8 @@ class TensorStore:
                 Status.LIMIT,
                 f"chunk [{offset}, {end}) runs past the tensor's {len(t.buf)} bytes",
             )
+        if not isinstance(t.buf, bytearray):
+            t.buf = bytearray(t.buf)
         t.buf[offset:end] = data
         t.received = end
         return end
@@ -232,6 +236,34 @@ class TensorStore:
         t.complete = True
         return t
 
+    def put_host(self, desc: dict[str, Any], data: bytes) -> StoredTensor:
+        """Store a host tensor that arrived whole (TRAIN_STEP_INLINE) as a completed transfer of
+        ``desc`` (validated by ``check_begin`` and the memory checks first): the length, the
+        CRC-32 and the wire form are checked as TENSOR_DATA and TENSOR_END would check them,
+        and nothing is stored if one fails. The bytes are kept as they are, not copied."""
+        tid = int(desc["id"])
+        if len(data) != int(desc["nbytes"]):
+            raise FirmwareError(
+                Status.BAD_REQUEST,
+                f"tensor {tid}: {len(data)} data bytes, but its descriptor says nbytes "
+                f"{desc['nbytes']}",
+            )
+        crc = zlib.crc32(data)
+        if crc != desc["crc32"]:
+            raise FirmwareError(
+                Status.CHECKSUM_MISMATCH,
+                f"tensor {tid}: CRC-32 of the data is {crc:#010x}, the descriptor says "
+                f"{desc['crc32']:#010x}; nothing was stored, send it again",
+            )
+        dtype = DType(desc["dtype"])
+        try:
+            from_wire(data, dtype, desc["shape"])
+        except ValueError as e:
+            raise FirmwareError(Status.BAD_REQUEST, f"tensor {tid}: {e}") from None
+        t = StoredTensor(desc=dict(desc), buf=bytes(data), received=len(data), complete=True)
+        self._tensors[tid] = t
+        return t
+
     # ------------------------------------------------------------------ device tensors
 
     def put(
@@ -255,7 +287,7 @@ class TensorStore:
         }
         t = StoredTensor(
             desc=desc,
-            buf=bytearray(data),
+            buf=data,
             received=len(data),
             complete=True,
             device_made=device_made,

@@ -6,13 +6,18 @@ handshake (protocol major and schema hash must match: else ``ProtocolMismatch``)
 the device requires it (``key``; else ``AuthError``). The emulator's URL handler is found
 through ``serial.protocol_handler_packages`` by package *name*: this module never imports it.
 
-Tensors go up as TENSOR_BEGIN / pipelined TENSOR_DATA chunks (each fits one frame) /
-TENSOR_END; a transfer that the device reports incomplete (TRANSFER_INCOMPLETE) resumes from
-the offset a repeated TENSOR_BEGIN returns. Tensors come down with pipelined TENSOR_READs.
+Tensors go up as TENSOR_BEGIN / pipelined TENSOR_DATA chunks (up to ``CHUNK_BYTES`` each, at
+most the device's largest request; the link cuts them into frames) / TENSOR_END; a transfer
+that the device reports incomplete (TRANSFER_INCOMPLETE) resumes from the offset a repeated
+TENSOR_BEGIN returns. Tensors come down with pipelined TENSOR_READs. A training step whose
+tensors fit one request goes as TRAIN_STEP_INLINE (one round trip, no upload requests).
 
 If the device restarts (the link sees a new epoch), the runner replays unanswered requests;
 the device is greeted again (HELLO, AUTH) and a deployed model it no longer holds makes every
-use of that model raise ``StateLost`` (deploy it again).
+use of that model raise ``StateLost`` (deploy it again). Operations of several requests
+(uploads, weight reads) check for a restart between their requests too: tensors lost with a
+restart are uploaded again when the host still has them (deploy, set_weights), and a restart
+that took the model raises ``StateLost``, never the device's UNKNOWN_TENSOR or NO_MODEL.
 """
 
 from __future__ import annotations
@@ -65,6 +70,18 @@ _LOSSES = {
 }
 #: Statuses that mean "the device no longer holds what we gave it" after a restart.
 _LOST = errors.LOST_STATUSES
+#: Largest TENSOR_DATA chunk the host sends (bytes of tensor data; capped by the device's
+#: ``max_request_bytes``). Assumption: 256 KiB keeps a lost or replayed chunk cheap on a slow
+#: line while a 2.4 MB MDNet batch takes 10 request/response pairs instead of 150 one-frame ones.
+CHUNK_BYTES = 256 * 1024
+#: Attempts at an upload (or a deploy) that device restarts interrupt before StateLost.
+UPLOAD_ATTEMPTS = 3
+#: A device's largest request when HELLO does not state ``max_request_bytes`` (the emulated
+#: firmware's receive buffer, device_model.firmware.MAX_REQUEST_BYTES).
+DEFAULT_MAX_REQUEST = 1 << 20
+#: Bytes of a TRAIN_STEP_INLINE request besides the tensor bytes, at most: header, two
+#: descriptors and two data lengths.
+INLINE_OVERHEAD = m.HEADER_SIZE + 2 * (m.MAX_TENSOR_DESC_SIZE + 4)
 
 
 def _fingerprint(desc: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -264,7 +281,7 @@ class Device:
                     self._after_reset()
                     raise errors.StateLost(
                         f"the device restarted during {opcode.name} and lost its state "
-                        f"({status.name}: {resp.body['detail']}); deploy the model again"
+                        f"({status.name}: {resp.body['detail']}); deploy it again"
                     )
                 return check(resp, opcode)
             return check(resp, opcode)
@@ -477,6 +494,32 @@ class Device:
         return tr, pr, masks
 
     def _define(self, handle: Model, weights: Mapping[str, NDArray[np.float32]] | None) -> None:
+        """``_define_once``, done again from the start when the device restarts meanwhile
+        (the host holds everything a deploy sends), up to UPLOAD_ATTEMPTS times."""
+        for _ in range(UPLOAD_ATTEMPTS):
+            if self.runner.resets != self._seen_resets:
+                self._after_reset()
+            resets = self.runner.resets
+            try:
+                self._define_once(handle, weights)
+            except errors.StateLost:
+                if self.runner.resets == resets:
+                    raise
+                continue
+            except errors.DeviceError as e:
+                if self.runner.resets == resets or e.status not in _LOST:
+                    raise
+                continue
+            if self.runner.resets == resets:
+                return
+        raise errors.StateLost(
+            f"the device restarted during each of {UPLOAD_ATTEMPTS} attempts to deploy the "
+            "model; check its power supply and the line, then deploy again"
+        )
+
+    def _define_once(
+        self, handle: Model, weights: Mapping[str, NDArray[np.float32]] | None
+    ) -> None:
         """DEFINE_MODEL (with uploaded weights) then TRAIN_CONFIG (with uploaded masks)."""
         spec = handle.spec
         refs = []
@@ -515,24 +558,51 @@ class Device:
 
     # ------------------------------------------------------------------ tensors
 
-    def _upload_array(self, tid: int, values: Any, fmt: str) -> None:
+    def _upload_array(self, tid: int, values: Any, fmt: str, saturate: bool | None = None) -> None:
         """Send ``values`` as tensor ``tid`` in format/dtype ``fmt``."""
-        self._upload_arrays([(tid, values, fmt)])
+        self._upload_encoded([self._encode(tid, values, fmt, saturate)])
 
     def _upload_arrays(self, tensors: list[tuple[int, Any, str]]) -> None:
-        """Send several tensors (id, values, format) pipelined: every TENSOR_BEGIN, DATA and
-        END is sent before waiting, so a step's uploads cost one round trip. A tensor whose
-        transfer did not go through (the device held part of it, or lost it) is sent again
-        by ``_upload``, which resumes from the device's offset."""
-        encoded = [self._encode(tid, values, fmt) for tid, values, fmt in tensors]
+        """Send several tensors (id, values, format); see ``_upload_encoded``."""
+        self._upload_encoded([self._encode(tid, values, fmt) for tid, values, fmt in tensors])
+
+    def _upload_encoded(self, encoded: list[tuple[dict[str, Any], bytes]]) -> None:
+        """Send several encoded tensors pipelined: every TENSOR_BEGIN, DATA and END is sent
+        before waiting, so the uploads cost one round trip. A tensor whose transfer did not go
+        through (the device held part of it, or lost it) is sent again by ``_upload``, which
+        resumes from the device's offset. A device restart during the uploads loses what the
+        old session stored: every tensor is sent again in full (the host has them all), up to
+        ``UPLOAD_ATTEMPTS`` times; then StateLost."""
+        with self.lock:
+            for _ in range(UPLOAD_ATTEMPTS):
+                if self.runner.resets != self._seen_resets:
+                    self._after_reset()
+                resets = self.runner.resets
+                try:
+                    self._upload_pipelined(encoded)
+                except errors.DeviceError as e:
+                    if self.runner.resets == resets or e.status not in _LOST:
+                        raise
+                else:
+                    if self.runner.resets == resets:
+                        return
+                for desc, _ in encoded:
+                    self._sent.pop(desc["id"], None)
+            raise errors.StateLost(
+                f"the device restarted during each of {UPLOAD_ATTEMPTS} attempts to upload "
+                f"{len(encoded)} tensor(s); check its power supply and the line, then retry"
+            )
+
+    def _upload_pipelined(self, encoded: list[tuple[dict[str, Any], bytes]]) -> None:
+        chunk = self._chunk_payload()
         groups: list[list[int]] = []
         for desc, data in encoded:
             ids = [self.runner.submit(Opcode.TENSOR_BEGIN, {"tensor": desc})]
             # The same contents as the last completed upload of this id: the device still
             # holds them (BEGIN answers offset = nbytes), else END fails and _upload resends.
             same = self._sent.pop(desc["id"], None) == _fingerprint(desc)
-            for chunk in [] if same else m.data_chunks(desc["id"], data, self.runner.max_payload):
-                ids.append(self.runner.submit(Opcode.TENSOR_DATA, chunk))
+            for body in [] if same else m.data_chunks(desc["id"], data, chunk):
+                ids.append(self.runner.submit(Opcode.TENSOR_DATA, body))
             ids.append(self.runner.submit(Opcode.TENSOR_END, {"id": desc["id"]}))
             groups.append(ids)
         nbytes = sum(len(data) for _, data in encoded)
@@ -548,14 +618,55 @@ class Device:
                 self._upload(desc, data)
             self._sent[desc["id"]] = _fingerprint(desc)
 
+    def _max_request(self) -> int:
+        """The device's largest request message in bytes (HELLO's ``max_request_bytes``)."""
+        for p in self._hello.get("parameters", ()):
+            if p["name"] == "max_request_bytes":
+                return int(p["value"])
+        return DEFAULT_MAX_REQUEST
+
+    def _chunk_payload(self) -> int:
+        """Message size of the TENSOR_DATA chunks (``data_chunks``'s max_payload argument)."""
+        most = min(CHUNK_BYTES + m.DATA_OVERHEAD, self._max_request())
+        return max(self.runner.max_payload, most)
+
+    def _train_step(
+        self, xs: NDArray[np.float32], fmt: str, saturate: bool, ys: NDArray[Any], ydt: str
+    ) -> Any:
+        """The TRAIN_STEP response body of one step on the deployed model: one
+        TRAIN_STEP_INLINE request when the device offers it and the tensors fit its largest
+        request, else uploads and TRAIN_STEP (two round trips)."""
+        encoded = [
+            self._encode(self.INPUT_ID, xs, fmt, saturate),
+            self._encode(self.TARGET_ID, ys, ydt),
+        ]
+        size = INLINE_OVERHEAD + sum(len(data) for _, data in encoded)
+        if self._hello["features"] & Feature.INLINE_STEP and size <= self._max_request():
+            (dx, bx), (dy, by) = encoded
+            self._sent.pop(self.INPUT_ID, None)
+            self._sent.pop(self.TARGET_ID, None)
+            body = {"input": dx, "input_data": bx, "target": dy, "target_data": by}
+            resp = self._call_model("TRAIN_STEP_INLINE", body, size)
+            self._sent[self.INPUT_ID] = _fingerprint(dx)
+            self._sent[self.TARGET_ID] = _fingerprint(dy)
+            return resp
+        self._upload_encoded(encoded)
+        ids = {"input_id": self.INPUT_ID, "target_id": self.TARGET_ID}
+        return self._call_model("TRAIN_STEP", ids, xs.nbytes)
+
     @staticmethod
-    def _encode(tid: int, values: Any, fmt: str) -> tuple[dict[str, Any], bytes]:
-        """(TensorDesc, wire bytes) of ``values`` in format/dtype ``fmt``."""
+    def _encode(
+        tid: int, values: Any, fmt: str, saturate: bool | None = None
+    ) -> tuple[dict[str, Any], bytes]:
+        """(TensorDesc, wire bytes) of ``values`` in format/dtype ``fmt`` (``saturate``: the
+        overflow behaviour of a number format, None for the format's default)."""
         dtype = DType.from_name(fmt)
         arr = np.asarray(values)
         scale: dict[str, Any] = {}
         if fmt in ("int32", "uint8", "int8", "int16", "int64"):
             codes = arr
+        elif fmt == "fp32":
+            codes = np.ascontiguousarray(arr, dtype=np.float32).view(np.uint32)
         else:
             params = numerics.scale_params(arr, fmt)
             if fmt == "hfp8":
@@ -563,7 +674,7 @@ class Device:
                 params = {**params, "bias": 7, "stage": "forward"}
                 scale["exp_bias"] = 7
                 scale["stage"] = int(m.HfpStage.FORWARD)
-            codes = numerics.encode(arr, fmt, **params)
+            codes = numerics.encode(arr, fmt, saturate=saturate, **params)
             if "frac_bits" in params:
                 scale["frac_bits"] = int(params["frac_bits"])
             if "shared_exp" in params:
@@ -576,7 +687,7 @@ class Device:
         self._sent.pop(tid, None)
         for _ in range(4):
             offset = self._call(Opcode.TENSOR_BEGIN, {"tensor": desc})["offset"]
-            chunks = m.data_chunks(tid, data, self.runner.max_payload, offset)
+            chunks = m.data_chunks(tid, data, self._chunk_payload(), offset)
             ids = [self.runner.submit(Opcode.TENSOR_DATA, c) for c in chunks]
             resps = self.runner.wait(ids, nbytes=len(data) - offset)
             failed = [r for r in resps if r.is_error]

@@ -16,8 +16,19 @@ directly:
   gives the same and more (which tensor classes, the initial or fixed fractional length:
   default N-2 for dfxpN, 13 for flex16, i.e. a range of about +-2 / +-4).
 
-Inputs are sent in the activation format when the wire has it (a dfxp8 input costs one byte per
-element), else in fp32; weights travel in fp32 (the master copy).
+Inputs are sent in the activation format (a dfxp8 input costs one byte per element) only where
+that gives the device exactly the values its own quantisation of the fp32 input would give:
+round to nearest, the scale of a scaled format from the tensor's largest magnitude (``amax``),
+and a Linear or Conv2d as the first layer (after a Flatten at most). The device then
+quantises the decoded values to themselves (the amax scale of nearest-rounded values is the
+scale of the originals). Otherwise the input goes as fp32: stochastic rounding draws random
+bits keyed by the device's pass count, the overflow/st/fixed scales are device state, and a
+ReLU or pooling layer before the first quantisation changes the tensor the scale comes from.
+Weights travel in fp32 (the master copy).
+
+A training step is one TRAIN_STEP_INLINE request carrying input and targets (one round trip)
+when the device offers it and the request fits the device's ``max_request_bytes``; otherwise
+the tensors are uploaded (TENSOR_BEGIN/DATA/END) and a TRAIN_STEP follows.
 """
 
 from __future__ import annotations
@@ -31,7 +42,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from host import errors
-from host.nn import Sequential
+from host.nn import Conv2d, Flatten, Linear, Sequential
 from protocol.dtypes import FORMATS, DType
 from protocol.messages import (
     ALL_LAYERS,
@@ -208,9 +219,15 @@ class Precision:
         return out
 
     def input_dtype(self) -> str:
-        """Format name inputs are sent in."""
+        """Format name inputs are sent in when the first layer quantises them (see the module
+        docstring): the activation format with nearest rounding (and the amax scale for the
+        scaled formats), else fp32."""
         act = self.format if "activations" in self.classes else "fp32"
-        return act if act in _WIRE_INPUT else "fp32"
+        if act not in _WIRE_INPUT or self.rounding != "nearest":
+            return "fp32"
+        if _is_scaled(act) and self.scale != "amax":
+            return "fp32"
+        return act
 
     def __str__(self) -> str:
         return (
@@ -263,6 +280,13 @@ class Model:
     def input_shape(self) -> tuple[int, ...]:
         return self.spec.input_shape
 
+    def input_format(self) -> str:
+        """Format the inputs of this model travel in (see the module docstring)."""
+        first = next((la for la in self.spec.layers if not isinstance(la, Flatten)), None)
+        if not isinstance(first, Linear | Conv2d):
+            return "fp32"
+        return self.precision.input_dtype()
+
     @property
     def output_shape(self) -> tuple[int, ...]:
         return self.spec.output_shape
@@ -309,12 +333,7 @@ class Model:
         ys, ydt = self._targets(y, xs.shape[0])
         dev = self.device
         dev._check_model(self)
-        dev._upload_arrays(
-            [(dev.INPUT_ID, xs, self.precision.input_dtype()), (dev.TARGET_ID, ys, ydt)]
-        )
-        body = dev._call_model(
-            "TRAIN_STEP", {"input_id": dev.INPUT_ID, "target_id": dev.TARGET_ID}, xs.nbytes
-        )
+        body = dev._train_step(xs, self.input_format(), self.precision.saturate, ys, ydt)
         return StepResult(float(body["loss"]), int(body["step"]), body["counters"])
 
     @_locked
@@ -324,7 +343,7 @@ class Model:
         xs = self._batch(x)
         dev = self.device
         dev._check_model(self)
-        dev._upload_array(dev.INPUT_ID, xs, self.precision.input_dtype())
+        dev._upload_array(dev.INPUT_ID, xs, self.input_format(), self.precision.saturate)
         flags = 0x01 | (0x02 if keep_activations else 0)
         body = dev._call_model(
             "FORWARD",

@@ -62,7 +62,7 @@ from construct import (
 from numpy.typing import NDArray
 
 from protocol.dtypes import DType, shape_count, to_wire, wire_nbytes
-from protocol.messages_counters import Counters
+from protocol.messages_counters import COUNTERS_SIZE, Counters, pack_counters, unpack_counters
 from protocol.messages_types import (
     Blob,
     Code,
@@ -78,7 +78,7 @@ from protocol.status import MessageError, Status
 
 #: Protocol version. Major: incompatible change (the link is refused); minor: compatible.
 PROTOCOL_MAJOR = 1
-PROTOCOL_MINOR = 0
+PROTOCOL_MINOR = 1
 
 #: Bit set in a response opcode: response opcode = request opcode | RESPONSE_BIT.
 RESPONSE_BIT = 0x80
@@ -125,6 +125,7 @@ class Opcode(IntEnum):
     TRAIN_STEP = 0x31
     BACKWARD = 0x32
     GET_WEIGHTS = 0x33
+    TRAIN_STEP_INLINE = 0x34
     READ_COUNTERS = 0x40
     RESET_COUNTERS = 0x41
 
@@ -145,6 +146,7 @@ class ResponseOpcode(IntEnum):
     TRAIN_STEP = 0xB1
     BACKWARD = 0xB2
     GET_WEIGHTS = 0xB3
+    TRAIN_STEP_INLINE = 0xB4
     READ_COUNTERS = 0xC0
     RESET_COUNTERS = 0xC1
     ERROR = 0xFF
@@ -299,6 +301,7 @@ class Feature(IntFlag):
     RESUME = 0x0200  #: TENSOR_BEGIN resumes an interrupted transfer
     COUNTERS = 0x0400  #: READ_COUNTERS returns at least one present field
     PACKED_DFXP4 = 0x0800  #: dfxp4 tensors packed two per byte
+    INLINE_STEP = 0x1000  #: TRAIN_STEP_INLINE (a training step with its tensors in the request)
 
 
 # ----------------------------------------------------------------------------- records
@@ -522,6 +525,12 @@ REQUEST_BODIES: dict[Opcode, Struct] = {
         "error_id" / U32 * "dLoss/dOutput for the last FORWARD with KEEP_ACTIVATIONS",
     ),
     Opcode.GET_WEIGHTS: _body("layer" / U16 * "layer index, 0xFFFF = every layer"),
+    Opcode.TRAIN_STEP_INLINE: _body(
+        "input" / TensorDesc * "the input batch, stored under its id as TENSOR_END would",
+        "input_data" / Blob(U32) * "its wire bytes (nbytes of them)",
+        "target" / TensorDesc * "the targets, stored under their id (not the input's)",
+        "target_data" / Blob(U32) * "their wire bytes (nbytes of them)",
+    ),
     Opcode.READ_COUNTERS: _body(),
     Opcode.RESET_COUNTERS: _body(),
 }
@@ -585,6 +594,11 @@ RESPONSE_BODIES: dict[ResponseOpcode, Struct] = {
         "step" / U64, "counters" / Counters * "counters delta of this step"
     ),
     ResponseOpcode.GET_WEIGHTS: _body("params" / List(U16, ParamTensor)),
+    ResponseOpcode.TRAIN_STEP_INLINE: _body(
+        "loss" / Float32l * "mean loss of the batch before the update",
+        "step" / U64 * "training steps done since DEFINE_MODEL",
+        "counters" / Counters * "counters delta of this step",
+    ),
     ResponseOpcode.READ_COUNTERS: _body("counters" / Counters * "totals since RESET_COUNTERS"),
     ResponseOpcode.RESET_COUNTERS: _body(),
     ResponseOpcode.ERROR: _body(
@@ -663,6 +677,17 @@ MESSAGE_DOCS: dict[Opcode, str] = {
         "Backward pass and update from an externally supplied output error (dLoss/dOutput, "
         "shape of the last FORWARD's output), e.g. for distillation or host-side losses. "
         "Requires a preceding FORWARD with KEEP_ACTIVATIONS (else BAD_REQUEST)."
+    ),
+    Opcode.TRAIN_STEP_INLINE: (
+        "TRAIN_STEP with its tensors in the request: the input and the target are stored "
+        "under their ids exactly as a TENSOR_BEGIN/DATA/END of the same descriptor and bytes "
+        "would store them (a later TENSOR_BEGIN of the same descriptor answers offset = nbytes), "
+        "then the step runs and answers as TRAIN_STEP does. One request and one response per "
+        "step instead of seven; the link fragments a request longer than a frame. The tensor "
+        "checks of TENSOR_BEGIN and TENSOR_END apply (BAD_SHAPE, UNSUPPORTED_FORMAT, "
+        "CHECKSUM_MISMATCH, TENSOR_TOO_LARGE, OUT_OF_MEMORY, LIMIT); BAD_REQUEST if the data "
+        "length differs from nbytes or both tensors have the same id. Devices with feature "
+        "INLINE_STEP."
     ),
     Opcode.GET_WEIGHTS: (
         "Lists the device tensors holding the weights and biases of one layer or all "
@@ -805,10 +830,157 @@ def _encode_data_response(request_id: Any, body: Any) -> bytes | None:
     return _DATA_RESP.pack(_DATA_RESP_OP, request_id, tid, offset)
 
 
+# Training-step fast path: the same idea for the messages of every training step
+# (TRAIN_STEP, TRAIN_STEP_INLINE and their responses, with TensorDesc and the counters by
+# precompiled structs). Same bytes as construct, checked by hypothesis in
+# tests/test_messages_fastpath.py; anything construct would refuse goes to construct.
+_HEAD = pystruct.Struct("<BI")  # opcode, request_id
+_DESC_HEAD = pystruct.Struct("<IBbbBBB")  # id, dtype, frac_bits, shared_exp, exp_bias, stage, ndim
+_U32 = pystruct.Struct("<I")
+_DESC_TAIL = pystruct.Struct("<II")  # nbytes, crc32
+_STEP_REQ = pystruct.Struct("<BIII")  # opcode, request_id, input_id, target_id
+_STEP_RESP = pystruct.Struct("<BIfQ")  # opcode, request_id, loss, step (then the counters)
+_STEP_REQ_OP = 0x31
+_INLINE_REQ_OP = 0x34
+_STEP_RESP_OPS = (0xB1, 0xB4)
+_DTYPE_CODES: dict[int, DType] = {int(d): d for d in DType}
+_STAGE_CODES: dict[int, HfpStage] = {int(h): h for h in HfpStage}
+
+
+def _small_int(v: Any, lo: int, hi: int) -> bool:
+    return type(v) is int and lo <= v <= hi
+
+
+def _pack_desc(desc: Any) -> list[bytes] | None:
+    """The TensorDesc fields' bytes by struct, or None where construct must decide."""
+    if type(desc) is not dict:
+        return None
+    scale, shape, dtype = desc.get("scale"), desc.get("shape"), desc.get("dtype")
+    if type(scale) is not dict or not isinstance(shape, list | tuple) or len(shape) > MAX_NDIM:
+        return None
+    if type(shape) not in (list, tuple):  # a subclass: construct decides
+        return None
+    if isinstance(dtype, bool) or not isinstance(dtype, int) or dtype not in _DTYPE_CODES:
+        return None
+    fb, se, eb, st = (scale.get(k) for k in ("frac_bits", "shared_exp", "exp_bias", "stage"))
+    if isinstance(st, HfpStage):
+        st = int(st)
+    if not (
+        _small_int(fb, -64, 64)
+        and _small_int(se, -64, 64)
+        and _small_int(eb, 0, 15)
+        and st in _STAGE_CODES
+        and _fast_u32s(desc.get("id"), desc.get("nbytes"), desc.get("crc32"), *shape)
+    ):
+        return None
+    return [
+        _DESC_HEAD.pack(desc["id"], int(dtype), fb, se, eb, st, len(shape)),
+        pystruct.pack(f"<{len(shape)}I", *shape),
+        _DESC_TAIL.pack(desc["nbytes"], desc["crc32"]),
+    ]
+
+
+def _unpack_desc(data: bytes, at: int) -> tuple[dict[str, Any], int] | None:
+    """(TensorDesc dict, offset after it) at ``at``, or None where construct must decide."""
+    n = len(data)
+    if at + _DESC_HEAD.size > n:
+        return None
+    tid, dtype, fb, se, eb, st, ndim = _DESC_HEAD.unpack_from(data, at)
+    at += _DESC_HEAD.size
+    end = at + 4 * ndim + _DESC_TAIL.size
+    if (
+        dtype not in _DTYPE_CODES
+        or not (-64 <= fb <= 64 and -64 <= se <= 64 and eb <= 15)
+        or st not in _STAGE_CODES
+        or ndim > MAX_NDIM
+        or end > n
+    ):
+        return None
+    shape = list(pystruct.unpack_from(f"<{ndim}I", data, at))
+    nbytes, crc = _DESC_TAIL.unpack_from(data, end - _DESC_TAIL.size)
+    scale = {"frac_bits": fb, "shared_exp": se, "exp_bias": eb, "stage": _STAGE_CODES[st]}
+    desc = {
+        "id": tid,
+        "dtype": _DTYPE_CODES[dtype],
+        "scale": scale,
+        "shape": shape,
+        "nbytes": nbytes,
+        "crc32": crc,
+    }
+    return desc, end
+
+
+def _blob_len(data: Any) -> int | None:
+    if type(data) is bytes or type(data) is bytearray:
+        return len(data)
+    if type(data) is memoryview and data.c_contiguous:
+        return data.nbytes
+    return None
+
+
+def _encode_inline_request(request_id: Any, body: Any) -> bytes | None:
+    """TRAIN_STEP_INLINE request bytes by struct (one copy of the tensor bytes), or None."""
+    if type(body) is not dict or not _fast_u32s(request_id):
+        return None
+    parts: list[Any] = [_HEAD.pack(_INLINE_REQ_OP, request_id)]
+    for key in ("input", "target"):
+        desc = _pack_desc(body.get(key))
+        data = body.get(f"{key}_data")
+        n = _blob_len(data)
+        if desc is None or n is None or n > _U32_MAX:
+            return None
+        parts += desc
+        parts += (_U32.pack(n), data)
+    return b"".join(parts)
+
+
+def _decode_inline_request(data: bytes) -> RequestMsg | None:
+    at = _HEAD.size
+    body: dict[str, Any] = {}
+    for key in ("input", "target"):
+        got = _unpack_desc(data, at)
+        if got is None or got[1] + 4 > len(data):
+            return None
+        body[key], at = got
+        (n,) = _U32.unpack_from(data, at)
+        at += 4
+        if at + n > len(data):
+            return None
+        body[f"{key}_data"] = data[at : at + n]
+        at += n
+    if at != len(data):
+        return None
+    return RequestMsg(Opcode.TRAIN_STEP_INLINE, _U32.unpack_from(data, 1)[0], body)
+
+
+def _encode_step_response(opcode: int, request_id: Any, body: Any) -> bytes | None:
+    """TRAIN_STEP / TRAIN_STEP_INLINE response bytes by struct, or None."""
+    if type(body) is not dict or not _fast_u32s(request_id):
+        return None
+    loss, step = body.get("loss"), body.get("step")
+    if type(loss) is not float or type(step) is not int or not 0 <= step < 1 << 64:
+        return None
+    counters = pack_counters(body.get("counters"))
+    if counters is None:
+        return None
+    try:
+        return _STEP_RESP.pack(opcode, request_id, loss, step) + counters
+    except (pystruct.error, OverflowError):
+        return None
+
+
 def encode_request(opcode: Opcode, request_id: int, body: Mapping[str, Any] | None = None) -> bytes:
     """Bytes of a request message. Raises MessageError on a missing or out-of-range field."""
-    if opcode == _DATA_REQ_OP and type(opcode) is Opcode:
-        fast = _encode_data_request(request_id, body)
+    if type(opcode) is Opcode:
+        fast = None
+        if opcode == _DATA_REQ_OP:
+            fast = _encode_data_request(request_id, body)
+        elif opcode == _INLINE_REQ_OP:
+            fast = _encode_inline_request(request_id, body)
+        elif opcode == _STEP_REQ_OP and type(body) is dict:
+            ids = (request_id, body.get("input_id"), body.get("target_id"))
+            if _fast_u32s(*ids):
+                fast = _STEP_REQ.pack(_STEP_REQ_OP, *ids)
         if fast is not None:
             return fast
     return _encode(Request, REQUEST_BODIES, opcode, request_id, body)
@@ -820,8 +992,12 @@ def encode_response(
     """Bytes of a response; ``opcode`` may be the request's Opcode (the response bit is set)."""
     if isinstance(opcode, Opcode):
         opcode = response_opcode(opcode)
-    if opcode == _DATA_RESP_OP and type(opcode) is ResponseOpcode:
-        fast = _encode_data_response(request_id, body)
+    if type(opcode) is ResponseOpcode:
+        fast = None
+        if opcode == _DATA_RESP_OP:
+            fast = _encode_data_response(request_id, body)
+        elif opcode in _STEP_RESP_OPS:
+            fast = _encode_step_response(int(opcode), request_id, body)
         if fast is not None:
             return fast
     return _encode(Response, RESPONSE_BODIES, opcode, request_id, body)
@@ -877,11 +1053,19 @@ def _decode(
 def decode_request(data: bytes | bytearray | memoryview) -> RequestMsg:
     """Parse a request message. Raises MessageError (UNKNOWN_OPCODE or BAD_REQUEST)."""
     n = len(data)
-    if n >= _DATA_REQ.size and data[0] == _DATA_REQ_OP:
+    op = data[0] if n else -1
+    if op == _DATA_REQ_OP and n >= _DATA_REQ.size:
         _, rid, tid, offset, length = _DATA_REQ.unpack_from(data)
         if length == n - _DATA_REQ.size:  # else construct reports what is wrong
             chunk = bytes(data[_DATA_REQ.size :])
             return RequestMsg(Opcode.TENSOR_DATA, rid, {"id": tid, "offset": offset, "data": chunk})
+    elif op == _INLINE_REQ_OP and n >= _HEAD.size:
+        fast = _decode_inline_request(bytes(data))
+        if fast is not None:
+            return fast
+    elif op == _STEP_REQ_OP and n == _STEP_REQ.size:
+        _, rid, input_id, target_id = _STEP_REQ.unpack(data)
+        return RequestMsg(Opcode.TRAIN_STEP, rid, {"input_id": input_id, "target_id": target_id})
     opcode, request_id, body = _decode(Request, data, "request")
     return RequestMsg(Opcode(opcode), request_id, body)
 
@@ -891,6 +1075,12 @@ def decode_response(data: bytes | bytearray | memoryview) -> ResponseMsg:
     if len(data) == _DATA_RESP.size and data[0] == _DATA_RESP_OP:
         _, rid, tid, offset = _DATA_RESP.unpack(data)
         return ResponseMsg(ResponseOpcode.TENSOR_DATA, rid, {"id": tid, "offset": offset})
+    if len(data) == _STEP_RESP.size + COUNTERS_SIZE and data[0] in _STEP_RESP_OPS:
+        counters = unpack_counters(data, _STEP_RESP.size)
+        if counters is not None:
+            op, rid, loss, step = _STEP_RESP.unpack_from(data)
+            body = {"loss": loss, "step": step, "counters": counters}
+            return ResponseMsg(ResponseOpcode(op), rid, body)
     opcode, request_id, body = _decode(Response, data, "response")
     return ResponseMsg(ResponseOpcode(opcode), request_id, body)
 

@@ -90,6 +90,7 @@ _COUNTERS["ff"]["skipped"].update(input_zero=300, weight_zero=36)
 _COUNTERS["total"].update(macs_total=1536, macs_executed=1200, cycles=96, energy_pj=812.5)
 _COUNTERS["memory_peak_bytes"].update(weights=48, activations=256, total=304)
 _COUNTERS["latency_s"] = 9.6e-8
+_Y_DESC, _Y_DATA = m.tensor_message(4, np.array([2, 0, 1], dtype=np.int32), wd.DType.INT32)
 _CHALLENGE = bytes(range(0xA0, 0xB0))
 _NONCE = bytes(range(0x10, 0x20))
 _KEY = b"example-key-not-secret"
@@ -191,6 +192,12 @@ REQUEST_EXAMPLES: dict[m.Opcode, dict[str, Any]] = {
     m.Opcode.TRAIN_STEP: {"input_id": 2, "target_id": 4},
     m.Opcode.BACKWARD: {"error_id": 5},
     m.Opcode.GET_WEIGHTS: {"layer": m.ALL_LAYERS},
+    m.Opcode.TRAIN_STEP_INLINE: {
+        "input": {**_W_DESC, "id": 2},
+        "input_data": _W_DATA,
+        "target": _Y_DESC,
+        "target_data": _Y_DATA,
+    },
     m.Opcode.READ_COUNTERS: {},
     m.Opcode.RESET_COUNTERS: {},
 }
@@ -236,6 +243,7 @@ RESPONSE_EXAMPLES: dict[m.ResponseOpcode, dict[str, Any]] = {
     m.ResponseOpcode.TRAIN_CONFIG: {"memory_bytes": 4096},
     m.ResponseOpcode.FORWARD: {"output": _OUT_DESC, "data": _OUT_DATA},
     m.ResponseOpcode.TRAIN_STEP: {"loss": 1.09375, "step": 1, "counters": _COUNTERS},
+    m.ResponseOpcode.TRAIN_STEP_INLINE: {"loss": 1.09375, "step": 2, "counters": _COUNTERS},
     m.ResponseOpcode.BACKWARD: {"step": 2, "counters": _COUNTERS},
     m.ResponseOpcode.GET_WEIGHTS: {
         "params": [{"layer": 4, "param": m.ParamKind.WEIGHT, "tensor": _DEV_DESC}]

@@ -16,11 +16,11 @@
 #endif
 
 #define MT_PROTOCOL_MAJOR 1
-#define MT_PROTOCOL_MINOR 0
+#define MT_PROTOCOL_MINOR 1
 /* schema hash: first 8 bytes of SHA-256 of the canonical message definitions */
-#define MT_SCHEMA_HASH_INIT { 0xbc, 0xa3, 0x22, 0x7c, 0x8b, 0xfa, 0x2e, 0x37 }
+#define MT_SCHEMA_HASH_INIT { 0x9d, 0x66, 0x91, 0x5f, 0xec, 0x0c, 0xfe, 0xde }
 /* the same 8 bytes read as a little-endian u64 */
-#define MT_SCHEMA_HASH_U64 0x372efa8b7c22a3bcULL
+#define MT_SCHEMA_HASH_U64 0xdefe0cec5f91669dULL
 #define MT_MSG_HEADER_SIZE 5
 #define MT_RESPONSE_BIT 0x80
 #define MT_NO_REQUEST_ID 0xffffffffu
@@ -158,6 +158,7 @@ enum mt_opcode {
     MT_OP_TRAIN_STEP = 0x31,
     MT_OP_BACKWARD = 0x32,
     MT_OP_GET_WEIGHTS = 0x33,
+    MT_OP_TRAIN_STEP_INLINE = 0x34,
     MT_OP_READ_COUNTERS = 0x40,
     MT_OP_RESET_COUNTERS = 0x41,
 };
@@ -177,6 +178,7 @@ enum mt_response_opcode {
     MT_RSP_TRAIN_STEP = 0xb1,
     MT_RSP_BACKWARD = 0xb2,
     MT_RSP_GET_WEIGHTS = 0xb3,
+    MT_RSP_TRAIN_STEP_INLINE = 0xb4,
     MT_RSP_READ_COUNTERS = 0xc0,
     MT_RSP_RESET_COUNTERS = 0xc1,
     MT_RSP_ERROR = 0xff,
@@ -264,6 +266,7 @@ enum mt_feature {
     MT_FEATURE_RESUME = 0x200, /* TENSOR_BEGIN resumes an interrupted transfer */
     MT_FEATURE_COUNTERS = 0x400, /* READ_COUNTERS returns at least one present field */
     MT_FEATURE_PACKED_DFXP4 = 0x800, /* dfxp4 tensors packed two per byte */
+    MT_FEATURE_INLINE_STEP = 0x1000, /* TRAIN_STEP_INLINE (a training step with its tensors in the request) */
 };
 
 /* DFA feedback matrix kind. */
@@ -376,7 +379,7 @@ enum mt_trainable_mode {
 static inline int mt_request_opcode_known(uint32_t v)
 {
     switch (v) {
-    case 0x1: case 0x2: case 0x3: case 0x10: case 0x11: case 0x12: case 0x13: case 0x20: case 0x21: case 0x30: case 0x31: case 0x32: case 0x33: case 0x40: case 0x41:
+    case 0x1: case 0x2: case 0x3: case 0x10: case 0x11: case 0x12: case 0x13: case 0x20: case 0x21: case 0x30: case 0x31: case 0x32: case 0x33: case 0x34: case 0x40: case 0x41:
         return 1;
     default:
         return 0;
@@ -387,7 +390,7 @@ static inline int mt_request_opcode_known(uint32_t v)
 static inline int mt_response_opcode_known(uint32_t v)
 {
     switch (v) {
-    case 0x81: case 0x82: case 0x83: case 0x90: case 0x91: case 0x92: case 0x93: case 0xa0: case 0xa1: case 0xb0: case 0xb1: case 0xb2: case 0xb3: case 0xc0: case 0xc1: case 0xff:
+    case 0x81: case 0x82: case 0x83: case 0x90: case 0x91: case 0x92: case 0x93: case 0xa0: case 0xa1: case 0xb0: case 0xb1: case 0xb2: case 0xb3: case 0xb4: case 0xc0: case 0xc1: case 0xff:
         return 1;
     default:
         return 0;
@@ -421,7 +424,7 @@ static inline long mt_body_fixed_size(uint32_t opcode)
         return 680;
     case 0xb2:
         return 688;
-    case 0xb1:
+    case 0xb1: case 0xb4:
         return 692;
     default:
         return -1;
@@ -792,6 +795,14 @@ struct MT_PACKED mt_rsp_get_weights_head {
 };
 _Static_assert(sizeof(struct mt_rsp_get_weights_head) == 2, "mt_rsp_get_weights_head is 2 bytes");
 
+/* response TRAIN_STEP_INLINE body (692 bytes) */
+struct MT_PACKED mt_rsp_train_step_inline {
+    float loss;
+    uint64_t step;
+    struct mt_counters counters;
+};
+_Static_assert(sizeof(struct mt_rsp_train_step_inline) == 692, "mt_rsp_train_step_inline is 692 bytes");
+
 /* response READ_COUNTERS body (680 bytes) */
 struct MT_PACKED mt_rsp_read_counters {
     struct mt_counters counters;
@@ -808,8 +819,9 @@ _Static_assert(sizeof(struct mt_rsp_error_head) == 5, "mt_rsp_error_head is 5 by
 
 /* variable-length bodies and records (parse them field by field, see docs/protocol.md):
  * record ChipParam, record Layer, record ParamTensor, record TensorDesc, req HELLO, req
- * TENSOR_BEGIN, req TENSOR_DATA, req DEFINE_MODEL, req TRAIN_CONFIG, rsp HELLO, rsp
- * TENSOR_READ, rsp DEFINE_MODEL, rsp FORWARD, rsp GET_WEIGHTS, rsp ERROR
+ * TENSOR_BEGIN, req TENSOR_DATA, req DEFINE_MODEL, req TRAIN_CONFIG, req
+ * TRAIN_STEP_INLINE, rsp HELLO, rsp TENSOR_READ, rsp DEFINE_MODEL, rsp FORWARD, rsp
+ * GET_WEIGHTS, rsp ERROR
  */
 
 /* ---- helpers ---- */
