@@ -257,9 +257,16 @@ class Board:
         self._executed_before += self.firmware.executed
         self.restarts += 1
         self.firmware = self._build()
-        if self._log is not None:
-            self._log(f"device restart {self.restarts} (reset_every fault)")
         return self.firmware
+
+    def ready(self) -> None:
+        """Log that the restarted device is ready, with the time on the system's monotonic
+        clock (``time.monotonic()`` in another process on Linux: reconnect times)."""
+        if self._log is not None:
+            self._log(
+                f"device restart {self.restarts} (reset_every fault), "
+                f"ready at monotonic {time.monotonic():.6f}"
+            )
 
     @property
     def executed(self) -> int:
@@ -329,6 +336,7 @@ class Session:
         self.link = DeviceLink(self.firmware, seed=None if self._seed is None else reset_seed)
         self.out.clear()
         self._peer_epoch = None
+        self._board.ready()
 
     def produce(self, now: float) -> None:
         """Run the device link's timers and queue what it sends (bounded: see MAX_PENDING)."""

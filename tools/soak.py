@@ -87,6 +87,8 @@ class Server:
         self.path = line[1]
         self.lines: list[str] = []
         self.restarts = 0
+        #: time.monotonic() at which each restarted device was ready (the server's log).
+        self.ready_at: list[float] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -96,6 +98,9 @@ class Server:
             self.lines.append(line.rstrip("\n"))
             if "device restart" in line:
                 self.restarts += 1
+                m = re.search(r"ready at monotonic ([0-9.]+)", line)
+                if m:
+                    self.ready_at.append(float(m.group(1)))
 
     def stop(self) -> dict[str, Any]:
         """SIGTERM the server; its closing counts (executed requests, restarts, faults)."""
@@ -234,6 +239,17 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
         port.read = counted_read
         port.write = counted_write
         dev.runner.submit = counted_submit  # type: ignore[method-assign]
+        link = dev.runner.link
+        take = link.take_messages
+        epochs: list[tuple[float, int | None]] = [(time.monotonic(), link.peer_epoch)]
+
+        def timed_take() -> Any:
+            msgs = take()
+            if msgs and link.peer_epoch != epochs[-1][1]:
+                epochs.append((time.monotonic(), link.peer_epoch))  # first answer of a session
+            return msgs
+
+        link.take_messages = timed_take  # type: ignore[method-assign]
         trainer = Trainer(dev, checkpoint="reset_every" in faults)
         t0 = time.monotonic()
         end = t0 + 60.0 * args.minutes
@@ -274,6 +290,13 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         closing = server.stop()
     ref = reference(trainer.steps)
+    # Reconnect: from a restarted device being ready to the host's first message of the new
+    # link session (both on the system's monotonic clock).
+    reconnect = []
+    for t in server.ready_at:
+        after = [te for te, _ in epochs if te >= t]
+        if after:
+            reconnect.append(round(after[0] - t, 4))
     warm = [s for s in samples if s["t"] >= 0.1 * 60.0 * args.minutes] or samples
     growth = {k: round(warm[-1][k] - warm[0][k], 2) for k in ("host_rss_mib", "server_rss_mib")}
     return {
@@ -290,6 +313,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
         "same_weights_as_fault_free": final == ref,
         "rss_growth_after_warmup_mib": growth,
         "memory_flat": all(abs(v) <= args.rss_tolerance for v in growth.values()),
+        "reconnect_s": sorted(reconnect),
         "samples": samples,
     }
 
