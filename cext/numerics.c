@@ -52,11 +52,12 @@ static inline uint32_t rand_of(const uint32_t *rbits, uint64_t key, uint64_t off
     return rbits ? rbits[j] : sr_at(key, offset + (uint64_t)j);
 }
 
+/* out[j] = r[first + j] for j < n (AVX-512 when the CPU has it; defined below). */
+static void sr_fill(uint32_t *out, size_t n, uint64_t key, uint64_t first);
+
 void mt_sr_bits(uint32_t *out, size_t n, uint64_t seed, uint64_t stream, uint64_t offset)
 {
-    uint64_t key = sr_key(seed, stream);
-    for (size_t j = 0; j < n; j++)
-        out[j] = sr_at(key, offset + (uint64_t)j);
+    sr_fill(out, n, sr_key(seed, stream), offset);
 }
 
 /* ---------------------------------------------------------------- threads */
@@ -334,8 +335,7 @@ static inline const uint32_t *block_rbits(uint32_t *rb, const uint32_t *rbits, u
 {
     if (rbits)
         return rbits + b;
-    for (size_t j = 0; j < m; j++)
-        rb[j] = sr_at(key, first + j);
+    sr_fill(rb, m, key, first);
     return rb;
 }
 
@@ -522,6 +522,218 @@ ALWAYS_INLINE void fixed_blocks(const fixed_ctx *t, size_t lo, size_t hi, const 
     }
 }
 
+/* ---------------------------------------------------------------- AVX-512 fixed point
+ *
+ * encode_fixed1 on 16 elements at once, in 32-bit lanes (the scalar code uses 64-bit
+ * intermediates; everything fits in 32 bits here): with |y| = sig * 2^sh, sig < 2^24,
+ *  - sh > 0: no dropped bits; kept = sig << sh. Saturating, the shift stops at 8 (a normal
+ *    sig << 8 >= 2^31 is beyond every code range, and sig << 8 < 2^32 cannot wrap); wrapping,
+ *    vpsllvd gives sig << sh mod 2^32 (0 for sh >= 32), whose low 16 bits are the scalar
+ *    code's.
+ *  - sh <= 0: k = -sh dropped bits, clamped to 63 like the scalar code, and to 32 for
+ *    nearest rounding (k >= 25 keeps nothing and rounds down either way). kept = sig >> k
+ *    and rem = sig & (2^k - 1) come from vpsrlvd/vpsllvd, which give 0 for counts >= 32.
+ *  - stochastic: F = rem << (32 - k) (k <= 32) or rem >> (k - 32) with the sticky bits
+ *    below (k > 32); the scalar rule rr < F + sticky (64-bit) is rr <= F when sticky, else
+ *    rr < F.
+ * The random values: z = key + i * GOLDEN advances by 16 * GOLDEN per 16 elements (mod
+ * 2^64), mixed by mix64 in two vectors of eight 64-bit lanes; the high halves are r[i].
+ * Same bits as the scalar loops (tests/test_numerics_c.py compares both with the numpy
+ * reference, and with each other). */
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define HAVE_AVX512_FIXED 1
+#define AVX512_FIXED_TARGET __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl")))
+
+AVX512_FIXED_TARGET static inline __m512i mix64_v(__m512i z)
+{
+    z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 30)),
+                           _mm512_set1_epi64((long long)0xBF58476D1CE4E5B9ULL));
+    z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 27)),
+                           _mm512_set1_epi64((long long)0x94D049BB133111EBULL));
+    return _mm512_xor_si512(z, _mm512_srli_epi64(z, 31));
+}
+
+/* r of 16 consecutive indices from z0 (lanes 0..7) and z1 (lanes 8..15). */
+AVX512_FIXED_TARGET static inline __m512i rand16(__m512i z0, __m512i z1)
+{
+    __m256i lo = _mm512_cvtepi64_epi32(_mm512_srli_epi64(mix64_v(z0), 32));
+    __m256i hi = _mm512_cvtepi64_epi32(_mm512_srli_epi64(mix64_v(z1), 32));
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+}
+
+AVX512_FIXED_TARGET static inline __m512i encode_fixed16(__m512i u, __m512i r, int nbits, int f,
+                                                         int rounding, int sat)
+{
+    const __m512i one = _mm512_set1_epi32(1), zero = _mm512_setzero_si512();
+    const __mmask16 neg = _mm512_test_epi32_mask(u, _mm512_set1_epi32((int)0x80000000u));
+    const __m512i a = _mm512_and_si512(u, _mm512_set1_epi32(0x7FFFFFFF));
+    const __m512i ex = _mm512_srli_epi32(a, 23);
+    const __mmask16 normal = _mm512_test_epi32_mask(ex, ex);
+    const __m512i sig = _mm512_mask_or_epi32(a, normal, _mm512_and_si512(a, _mm512_set1_epi32(0x7FFFFF)),
+                                             _mm512_set1_epi32(0x800000));
+    const __m512i sh = _mm512_add_epi32(_mm512_max_epi32(ex, one), _mm512_set1_epi32(f - 150));
+    const __mmask16 left = _mm512_cmpgt_epi32_mask(sh, zero);
+    /* sh > 0 */
+    __m512i lsh = sat ? _mm512_min_epi32(sh, _mm512_set1_epi32(8)) : sh;
+    __m512i kept_l = _mm512_sllv_epi32(sig, _mm512_max_epi32(lsh, zero));
+    /* sh <= 0 */
+    __m512i k = _mm512_min_epi32(_mm512_sub_epi32(zero, sh),
+                                 _mm512_set1_epi32(rounding == MT_ROUND_NEAREST ? 32 : 63));
+    k = _mm512_max_epi32(k, zero);
+    __m512i kept_r = _mm512_srlv_epi32(sig, k);
+    __m512i rem = _mm512_and_si512(sig, _mm512_sub_epi32(_mm512_sllv_epi32(one, k), one));
+    __mmask16 up = 0;
+    if (rounding == MT_ROUND_NEAREST) {
+        __m512i half = _mm512_srli_epi32(_mm512_sllv_epi32(one, _mm512_sub_epi32(k, one)), 0);
+        half = _mm512_maskz_mov_epi32(_mm512_cmpgt_epi32_mask(k, zero), half);
+        __mmask16 gt = _mm512_cmpgt_epu32_mask(rem, half);
+        __mmask16 eq = _mm512_cmpeq_epi32_mask(rem, half) & _mm512_cmpgt_epi32_mask(k, zero) &
+                       _mm512_test_epi32_mask(kept_r, one);
+        up = gt | eq;
+    } else if (rounding == MT_ROUND_STOCHASTIC) {
+        const __m512i c32 = _mm512_set1_epi32(32);
+        __mmask16 big = _mm512_cmpgt_epi32_mask(k, c32);
+        __m512i s2 = _mm512_maskz_sub_epi32(big, k, c32);
+        __m512i fl = _mm512_sllv_epi32(rem, _mm512_sub_epi32(c32, k));
+        __m512i F = _mm512_mask_mov_epi32(fl, big, _mm512_srlv_epi32(rem, s2));
+        __m512i smask = _mm512_sub_epi32(_mm512_sllv_epi32(one, s2), one);
+        __mmask16 sticky = _mm512_test_epi32_mask(rem, smask) & neg;
+        __m512i rr = _mm512_mask_xor_epi32(r, neg, r, _mm512_set1_epi32(-1));
+        up = (_mm512_cmplt_epu32_mask(rr, F) & ~sticky) | (_mm512_cmple_epu32_mask(rr, F) & sticky);
+    }
+    up &= (__mmask16)~left;
+    __m512i mag = _mm512_mask_mov_epi32(kept_r, left, kept_l);
+    mag = _mm512_mask_add_epi32(mag, up, mag, one);
+    const int32_t hi = (int32_t)((1u << (nbits - 1)) - 1), lo = -hi - 1;
+    __m512i v = _mm512_mask_sub_epi32(mag, neg, zero, mag);
+    if (sat) {
+        /* compare magnitudes (unsigned: a shifted one may reach 2^32 - 256) */
+        __mmask16 pos_big = _mm512_cmpgt_epu32_mask(mag, _mm512_set1_epi32(hi)) & ~neg;
+        __mmask16 neg_big = _mm512_cmpgt_epu32_mask(mag, _mm512_set1_epi32((int)(1u << (nbits - 1)))) & neg;
+        v = _mm512_mask_mov_epi32(v, pos_big, _mm512_set1_epi32(hi));
+        v = _mm512_mask_mov_epi32(v, neg_big, _mm512_set1_epi32(lo));
+    } else {
+        const __m512i sb = _mm512_set1_epi32((int)(1u << (nbits - 1)));
+        const __m512i msk = _mm512_set1_epi32((int)((2u << (nbits - 1)) - 1));
+        v = _mm512_sub_epi32(_mm512_xor_si512(_mm512_and_si512(v, msk), sb), sb);
+    }
+    const __m512i inf = _mm512_set1_epi32(0x7F800000);
+    v = _mm512_mask_mov_epi32(v, _mm512_cmpgt_epi32_mask(a, inf), zero);
+    __mmask16 isinf = _mm512_cmpeq_epi32_mask(a, inf);
+    v = _mm512_mask_mov_epi32(v, isinf & ~neg, _mm512_set1_epi32(hi));
+    v = _mm512_mask_mov_epi32(v, isinf & neg, _mm512_set1_epi32(lo));
+    return v;
+}
+
+AVX512_FIXED_TARGET static void fixed_avx512(const fixed_ctx *t, size_t lo, size_t hi,
+                                             const int rounding, const int sat)
+{
+    const int nbits = t->nbits, f = t->frac_bits;
+    const __m512 scale = _mm512_set1_ps(pow2f(-f));
+    const uint64_t i0 = t->offset + lo;
+    const __m512i lane = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m512i g = _mm512_set1_epi64((long long)GOLDEN);
+    /* z = key + i * GOLDEN for i = i0 + lane and i0 + 8 + lane; step 16 * GOLDEN */
+    __m512i z0 = _mm512_add_epi64(_mm512_set1_epi64((long long)(t->key + i0 * GOLDEN)),
+                                  _mm512_mullo_epi64(lane, g));
+    __m512i z1 = _mm512_add_epi64(z0, _mm512_set1_epi64((long long)(8 * GOLDEN)));
+    const __m512i step = _mm512_set1_epi64((long long)(16 * GOLDEN));
+    for (size_t j = lo; j < hi; j += 16) {
+        const size_t m = hi - j < 16 ? hi - j : 16;
+        const __mmask16 km = (__mmask16)(m == 16 ? 0xFFFFu : ((1u << m) - 1));
+        __m512i u = _mm512_maskz_loadu_epi32(km, t->x + j);
+        __m512i r = _mm512_setzero_si512();
+        if (rounding == MT_ROUND_STOCHASTIC) {
+            if (t->rbits)
+                r = _mm512_maskz_loadu_epi32(km, t->rbits + j);
+            else
+                r = rand16(z0, z1);
+            z0 = _mm512_add_epi64(z0, step);
+            z1 = _mm512_add_epi64(z1, step);
+        }
+        __m512i v = encode_fixed16(u, r, nbits, f, rounding, sat);
+        /* full vectors take plain stores (masked stores are slow on some CPUs) */
+        if (t->out) {
+            __m512 q = _mm512_mul_ps(_mm512_cvtepi32_ps(v), scale);
+            if (m == 16)
+                _mm512_storeu_ps(t->out + j, q);
+            else
+                _mm512_mask_storeu_ps(t->out + j, km, q);
+        }
+        if (t->codes && nbits <= 8) {
+            __m128i c = _mm512_cvtepi32_epi8(v);
+            if (m == 16)
+                _mm_storeu_si128((__m128i *)((int8_t *)t->codes + j), c);
+            else
+                _mm_mask_storeu_epi8((int8_t *)t->codes + j, km, c);
+        } else if (t->codes) {
+            __m256i c = _mm512_cvtepi32_epi16(v);
+            if (m == 16)
+                _mm256_storeu_si256((__m256i *)((int16_t *)t->codes + j), c);
+            else
+                _mm256_mask_storeu_epi16((int16_t *)t->codes + j, km, c);
+        }
+    }
+}
+
+static void fixed_range_avx512(const void *p, size_t lo, size_t hi)
+{
+    const fixed_ctx *t = p;
+    switch (t->rounding * 2 + t->saturate) {
+    case MT_ROUND_NEAREST * 2 + 0: fixed_avx512(t, lo, hi, MT_ROUND_NEAREST, 0); break;
+    case MT_ROUND_NEAREST * 2 + 1: fixed_avx512(t, lo, hi, MT_ROUND_NEAREST, 1); break;
+    case MT_ROUND_STOCHASTIC * 2 + 0: fixed_avx512(t, lo, hi, MT_ROUND_STOCHASTIC, 0); break;
+    case MT_ROUND_STOCHASTIC * 2 + 1: fixed_avx512(t, lo, hi, MT_ROUND_STOCHASTIC, 1); break;
+    case MT_ROUND_TRUNCATE * 2 + 0: fixed_avx512(t, lo, hi, MT_ROUND_TRUNCATE, 0); break;
+    default: fixed_avx512(t, lo, hi, MT_ROUND_TRUNCATE, 1); break;
+    }
+}
+
+static int has_avx512_fixed(void)
+{
+    static int cached = -1;
+    if (cached < 0)
+        cached = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+                 __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+    return cached;
+}
+
+AVX512_FIXED_TARGET static void sr_fill_avx512(uint32_t *out, size_t n, uint64_t key,
+                                               uint64_t first)
+{
+    const __m512i lane = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
+    __m512i z0 = _mm512_add_epi64(_mm512_set1_epi64((long long)(key + first * GOLDEN)),
+                                  _mm512_mullo_epi64(lane, _mm512_set1_epi64((long long)GOLDEN)));
+    __m512i z1 = _mm512_add_epi64(z0, _mm512_set1_epi64((long long)(8 * GOLDEN)));
+    const __m512i step = _mm512_set1_epi64((long long)(16 * GOLDEN));
+    for (size_t j = 0; j < n; j += 16) {
+        const size_t m = n - j < 16 ? n - j : 16;
+        const __mmask16 km = (__mmask16)(m == 16 ? 0xFFFFu : ((1u << m) - 1));
+        if (m == 16)
+            _mm512_storeu_si512(out + j, rand16(z0, z1));
+        else
+            _mm512_mask_storeu_epi32(out + j, km, rand16(z0, z1));
+        z0 = _mm512_add_epi64(z0, step);
+        z1 = _mm512_add_epi64(z1, step);
+    }
+}
+#else
+#define HAVE_AVX512_FIXED 0
+#endif
+
+static void sr_fill(uint32_t *out, size_t n, uint64_t key, uint64_t first)
+{
+#if HAVE_AVX512_FIXED
+    if (!g_portable && has_avx512_fixed()) {
+        sr_fill_avx512(out, n, key, first);
+        return;
+    }
+#endif
+    for (size_t j = 0; j < n; j++)
+        out[j] = sr_at(key, first + j);
+}
+
 ALWAYS_INLINE void fixed_dispatch(const void *p, size_t lo, size_t hi)
 {
     const fixed_ctx *t = p;
@@ -545,13 +757,27 @@ static void fixed_range_portable(const void *p, size_t lo, size_t hi)
     fixed_dispatch(p, lo, hi);
 }
 
+/* The fixed-point loop to run: the AVX-512 one when the CPU has it (and the caller did not
+ * ask for the portable loops), else the compiler-vectorised clones or the baseline loops. */
+static range_fn fixed_kernel(const fixed_ctx *t)
+{
+    if (g_portable)
+        return fixed_range_portable;
+#if HAVE_AVX512_FIXED
+    if (has_avx512_fixed() && !(t->codes && t->out)) /* one output per call on this path */
+        return fixed_range_avx512;
+#endif
+    (void)t;
+    return fixed_range;
+}
+
 void mt_encode_fixed(const float *x, void *codes, size_t n, int nbits, int frac_bits,
                      int rounding, int saturate, uint64_t seed, uint64_t stream,
                      uint64_t offset, const uint32_t *rbits)
 {
     fixed_ctx t = {x,        codes,  NULL, nbits, frac_bits, rounding, saturate != 0,
                    sr_key(seed, stream), offset, rbits};
-    run_split(g_portable ? fixed_range_portable : fixed_range, &t, n);
+    run_split(fixed_kernel(&t), &t, n);
 }
 
 void mt_quantize_fixed(const float *x, float *out, size_t n, int nbits, int frac_bits,
@@ -560,7 +786,7 @@ void mt_quantize_fixed(const float *x, float *out, size_t n, int nbits, int frac
 {
     fixed_ctx t = {x,        NULL,   out, nbits, frac_bits, rounding, saturate != 0,
                    sr_key(seed, stream), offset, rbits};
-    run_split(g_portable ? fixed_range_portable : fixed_range, &t, n);
+    run_split(fixed_kernel(&t), &t, n);
 }
 
 void mt_decode_fixed(const void *codes, float *out, size_t n, int nbits, int frac_bits)
@@ -640,16 +866,38 @@ size_t mt_count_outliers(const uint32_t *codes, size_t n)
 
 /* ---------------------------------------------------------------- per-tensor scaling */
 
-uint32_t mt_amax_bits(const float *x, size_t n)
+/* Finite magnitudes order like their bit patterns (as int32: below 2^31); inf and NaN are
+ * skipped. Signed compares, so the baseline clone vectorises too. */
+VECTOR_CLONES static int32_t amax_range(const float *x, size_t lo, size_t hi)
 {
-    /* finite magnitudes order like their bit patterns; inf and NaN are skipped */
-    uint32_t m = 0;
-    for (size_t j = 0; j < n; j++) {
-        uint32_t a = f32_bits(x[j]) & 0x7FFFFFFFu;
-        a = a < 0x7F800000u ? a : 0;
+    int32_t m = 0;
+    for (size_t j = lo; j < hi; j++) {
+        int32_t a = (int32_t)(f32_bits(x[j]) & 0x7FFFFFFFu);
+        a = a < 0x7F800000 ? a : 0;
         m = a > m ? a : m;
     }
     return m;
+}
+
+typedef struct {
+    const float *x;
+    int32_t part[2]; /* the maximum of each half */
+    size_t mid;
+} amax_ctx;
+
+static void amax_part(const void *p, size_t lo, size_t hi)
+{
+    amax_ctx *t = (amax_ctx *)p; /* each call writes only its own slot */
+    t->part[lo >= t->mid && t->mid > 0] = amax_range(t->x, lo, hi);
+}
+
+uint32_t mt_amax_bits(const float *x, size_t n)
+{
+    amax_ctx t = {x, {0, 0}, (n / 2) & ~(size_t)63};
+    if (g_threads < 2 || n < SPLIT_MIN)
+        return (uint32_t)amax_range(x, 0, n);
+    run_split(amax_part, &t, n);
+    return (uint32_t)(t.part[0] > t.part[1] ? t.part[0] : t.part[1]);
 }
 
 static inline int clamp64(int v) { return v < -64 ? -64 : (v > 64 ? 64 : v); }

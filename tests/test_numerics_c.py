@@ -420,3 +420,87 @@ def test_bad_input_raises_like_reference(
     with pytest.raises(type(want.value)) as got:
         getattr(cnum, fn)(*args, **kwargs)
     assert str(got.value) == str(want.value)
+
+
+# ------------------------------------------------- AVX-512 fixed point and generator
+
+def _raw_encode_fixed(
+    words: np.ndarray, nbits: int, frac: int, rnd: int, sat: int, offset: int, rb: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """mt_encode_fixed and mt_quantize_fixed called directly (with an element offset, which
+    the Python API always passes as 0)."""
+    x = words.view(np.float32)
+    codes = np.empty(x.size, np.int8 if nbits <= 8 else np.int16)
+    vals = np.empty(x.size, np.float32)
+    ffi, lib = _chip.ffi, _chip.lib
+    rptr = ffi.NULL if rb is None else ffi.from_buffer("uint32_t[]", rb)
+    xp = ffi.from_buffer("float[]", x)
+    lib.mt_encode_fixed(
+        xp, ffi.from_buffer(codes), x.size, nbits, frac, rnd, sat, 7, 9, offset, rptr
+    )
+    lib.mt_quantize_fixed(
+        xp, ffi.from_buffer("float[]", vals), x.size, nbits, frac, rnd, sat, 7, 9, offset, rptr
+    )
+    return codes, vals
+
+
+@given(
+    words=st.lists(
+        st.one_of(
+            st.integers(0, 2**32 - 1),
+            st.sampled_from(SPECIALS.view(np.uint32).tolist()),
+            # values near the code range and the rounding boundaries of small frac_bits
+            st.integers(0x3F000000, 0x47800000),
+            st.integers(0xBF000000, 0xC7800000),
+        ),
+        max_size=70,
+    ),
+    nbits=st.integers(4, 16),
+    frac=st.integers(-64, 64),
+    rounding=st.sampled_from([0, 1, 2]),
+    sat=st.sampled_from([0, 1]),
+    offset=st.integers(0, 2**64 - 1),
+    injected=st.booleans(),
+)
+def test_fixed_point_avx512_loops_equal_portable_loops(
+    words: list[int], nbits: int, frac: int, rounding: int, sat: int, offset: int, injected: bool
+) -> None:
+    """The 32-bit-lane AVX-512 fixed-point encoder (and its generator, from any element
+    offset) against the portable loops, codes and values, every width, scale and mode."""
+    w = np.array(words, np.uint32)
+    rb = None
+    if injected:
+        rb = np.random.default_rng(len(words)).integers(0, 2**32, w.size, dtype=np.uint32)
+    fast = _raw_encode_fixed(w, nbits, frac, rounding, sat, offset, rb)
+    try:
+        _chip.lib.mt_numerics_set_portable(1)
+        slow = _raw_encode_fixed(w, nbits, frac, rounding, sat, offset, rb)
+    finally:
+        _chip.lib.mt_numerics_set_portable(0)
+    assert_same_codes(fast[0], slow[0])
+    assert_same_values(fast[1], slow[1])
+
+
+@given(n=st.integers(0, 100), offset=st.integers(0, 2**64 - 1), seed=st.integers(0, 2**64 - 1))
+def test_sr_bits_avx512_equal_portable_from_any_offset(n: int, offset: int, seed: int) -> None:
+    fast = cnum.sr_bits(n, seed=seed, stream=3, offset=offset)
+    try:
+        _chip.lib.mt_numerics_set_portable(1)
+        slow = cnum.sr_bits(n, seed=seed, stream=3, offset=offset)
+    finally:
+        _chip.lib.mt_numerics_set_portable(0)
+    np.testing.assert_array_equal(fast, slow)
+
+
+def test_amax_of_large_arrays_split_across_threads() -> None:
+    """The amax pass runs on two threads above 2^18 elements; the split cannot change it,
+    wherever the largest magnitude lies (first half, second half, next to inf and NaN)."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((1 << 18) + 1000).astype(np.float32)
+    x[rng.integers(0, x.size, 50)] = np.float32(np.nan)
+    x[7] = np.float32(np.inf)
+    for pos in (3, x.size // 2 - 1, x.size // 2 + 5, x.size - 1):
+        y = x.copy()
+        y[pos] = np.float32(-1e6)
+        for fmt in ("dfxp8", "flex16", "fp8-seb"):
+            assert cnum.scale_params(y, fmt) == ref.scale_params(y, fmt)
