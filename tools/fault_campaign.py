@@ -61,9 +61,11 @@ import numpy as np
 import host
 from device_model.emu_port import EmuSerial
 from host import errors, nn
+from protocol import messages as m
 from protocol.framing import DEFAULT_PAYLOAD
 from protocol.link import DEFAULT_WINDOW
 from protocol.messages import Status
+from protocol.status import MessageError
 
 #: Every run uses the link's default frame size and window, which emu:// also picks under a
 #: fault option (on a clean port it offers 16 KiB x 32): the reference differs only by faults.
@@ -106,7 +108,12 @@ class Row:
     #: of StateLost; recovered like StateLost.
     state_lost_as_device_error: int = 0
     seconds: float = 0.0
+    #: CPU seconds of this process (host and device both run in it): the work, without waits.
+    cpu_seconds: float = 0.0
     goodput: float = 1.0
+    #: Payload bytes per CPU second relative to fault-free: less sensitive to machine load,
+    #: blind to time spent waiting (timers, quiet time).
+    cpu_goodput: float = 1.0
     #: Payload bytes per wire byte relative to fault-free: goodput free of timing noise.
     wire_goodput: float = 1.0
     weights_sha256: str = ""
@@ -129,7 +136,8 @@ class Meter:
         #: Per device: request id -> times executed.
         self.logs: list[collections.Counter[int]] = []
         self.reconnect: list[float] = []
-        self._ready: tuple[float, Any] | None = None
+        #: After a reset: when the new device was made, and the ids it was asked.
+        self._ready: tuple[float, set[int]] | None = None
         self._watch(port._dev())
         write, read, new_device = port.write, port.read, port._new_device
         link = dev.runner.link
@@ -147,15 +155,16 @@ class Meter:
 
         def tracked_device(seed: int) -> Any:
             d = new_device(seed)
-            self._watch(d)
-            self._ready = (time.monotonic(), d)
+            self._ready = (time.monotonic(), self._watch(d))
             return d
 
         def timed_take() -> Any:
             msgs = take()
             if msgs and self._ready is not None:
-                t, d = self._ready
-                if link.peer_epoch == d.link.epoch:
+                t, asked = self._ready
+                # The first response the new device gave (a response of the old one may
+                # still arrive after the reset: it is not counted).
+                if any(_response_id(msg.payload) in asked for msg in msgs):
                     self.reconnect.append(time.monotonic() - t)
                     self._ready = None
             return msgs
@@ -165,21 +174,26 @@ class Meter:
         port._new_device = tracked_device  # type: ignore[method-assign]
         link.take_messages = timed_take  # type: ignore[method-assign]
 
-    def _watch(self, device: Any) -> None:
-        """Log the request ids ``device``'s firmware executes (not answered from its cache)."""
+    def _watch(self, device: Any) -> set[int]:
+        """Log the request ids ``device``'s firmware executes (not answered from its cache);
+        returns the set of every id it is asked (executed or not), filled as it runs."""
         fw = device.firmware
         log: collections.Counter[int] = collections.Counter()
+        asked: set[int] = set()
         self.logs.append(log)
         receive = fw.receive
 
         def logged(message: Any, *a: Any, **kw: Any) -> Any:
+            rid = int.from_bytes(bytes(message[1:5]), "little")
+            asked.add(rid)
             before = fw.executed
             out = receive(message, *a, **kw)
             if fw.executed > before:
-                log[int.from_bytes(bytes(message[1:5]), "little")] += 1
+                log[rid] += 1
             return out
 
         fw.receive = logged
+        return asked
 
     def check(self, row: Row, sent: set[int]) -> None:
         """Add the request-id checks of this run to ``row``."""
@@ -192,6 +206,13 @@ class Meter:
         # HELLO/AUTH of the session are sent before the meter counts: only counted ids.
         row.lost += len(sent - anywhere.keys())
         row.reconnect_s += [round(t, 4) for t in self.reconnect]
+
+
+def _response_id(payload: bytes) -> int | None:
+    try:
+        return int(m.decode_response(payload).request_id)
+    except MessageError:
+        return None
 
 
 def _digest(w: dict[str, np.ndarray]) -> str:
@@ -226,6 +247,7 @@ def run(name: str, url: str, steps: int, rounds: int, row: Row | None = None) ->
     run that fails (e.g. times out) sets the row's ``error``."""
     row = row or Row(name, url)
     t0 = time.monotonic()
+    c0 = time.process_time()
     dev = host.open(url, timeout=5.0)
     meter = Meter(dev)
     sent: set[int] = set()
@@ -241,6 +263,7 @@ def run(name: str, url: str, steps: int, rounds: int, row: Row | None = None) ->
     for k, v in meter.port.fault_stats.items():
         row.faults[k] = row.faults.get(k, 0) + v
     row.seconds = round(row.seconds + time.monotonic() - t0, 3)
+    row.cpu_seconds = round(row.cpu_seconds + time.process_time() - c0, 3)
     return row
 
 
@@ -331,13 +354,17 @@ def summary(xs: list[float]) -> dict[str, float]:
     return {"n": len(s), "median": statistics.median(s), "p95": p95, "max": s[-1]}
 
 
-def _score(row: Row, ref_rate: float, ref_ratio: float, ref_hash: str) -> None:
+def _score(row: Row, refs: list[Row]) -> None:
     if row.error:
-        row.goodput = row.wire_goodput = 0.0
+        row.goodput = row.wire_goodput = row.cpu_goodput = 0.0
         return
-    if row.weights_sha256 != ref_hash:
+    if row.weights_sha256 != refs[0].weights_sha256:
         row.undetected_errors += 1
+    ref_rate = statistics.mean(r.payload_bytes / r.seconds for r in refs)
+    ref_cpu = statistics.mean(r.payload_bytes / max(r.cpu_seconds, 1e-6) for r in refs)
+    ref_ratio = statistics.mean(r.payload_bytes / r.wire_bytes for r in refs)
     row.goodput = round((row.payload_bytes / row.seconds) / ref_rate, 3)
+    row.cpu_goodput = round((row.payload_bytes / max(row.cpu_seconds, 1e-6)) / ref_cpu, 3)
     row.wire_goodput = round((row.payload_bytes / row.wire_bytes) / ref_ratio, 3)
 
 
@@ -363,11 +390,8 @@ def campaign(args: argparse.Namespace) -> dict[str, Any]:
             print(f"resets: {row.faults} in {row.seconds} s", file=sys.stderr, flush=True)
         rows.append(row)
     rows.append(run("fault-free (again)", BASE, steps, rounds))
-    refs = [rows[0], rows[-1]]
-    ref_rate = statistics.mean(r.payload_bytes / r.seconds for r in refs)
-    ref_ratio = statistics.mean(r.payload_bytes / r.wire_bytes for r in refs)
     for row in rows:
-        _score(row, ref_rate, ref_ratio, rows[0].weights_sha256)
+        _score(row, [rows[0], rows[-1]])
     reconnect = [t for r in rows for t in r.reconnect_s]
     return {
         "command": " ".join(["tools/fault_campaign.py", *args.argv]),
@@ -402,9 +426,9 @@ def markdown(out: dict[str, Any]) -> str:
     """The campaign as a Markdown table (docs/reliability.md)."""
     head = (
         "| setting | runs | commands | dup exec | lost | payload MiB | wire MiB | undetected "
-        "| state lost | faults | s | goodput | wire goodput |"
+        "| state lost | faults | s | goodput | CPU goodput | wire goodput |"
     )
-    lines = [head, "|" + " --- |" * 13]
+    lines = [head, "|" + " --- |" * 14]
     for r in out["rows"]:
         lost = r["state_lost"] + r["state_lost_as_device_error"]
         lines.append(
@@ -412,8 +436,13 @@ def markdown(out: dict[str, Any]) -> str:
             f"{r['lost']} | {r['payload_bytes'] / 2**20:.1f} | {r['wire_bytes'] / 2**20:.1f} | "
             f"{r['undetected_errors']} | {lost} | {_fmt_faults(r['faults'])} | "
             f"{r['seconds']:.1f} | "
-            + (f"**{r['error'].split(':')[0]}** | 0 |" if r["error"] else f"{r['goodput']} | ")
-            + ("" if r["error"] else f"{r['wire_goodput']} |")
+            + (
+                f"**{r['error'].split(':')[0]}** | 0 | 0 |"
+                if r["error"]
+                else "- | - | - |"  # training only, with a checkpoint read per step
+                if "reset_every" in r["url"]
+                else f"{r['goodput']} | {r['cpu_goodput']} | {r['wire_goodput']} |"
+            )
         )
     rc = out["reconnect_s"]
     if rc.get("n"):
