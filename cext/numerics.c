@@ -509,6 +509,12 @@ ALWAYS_INLINE void fixed_blocks(const fixed_ctx *t, size_t lo, size_t hi, const 
                 cb[j] = FIXED_AT(j);
             for (size_t j = 0; j < m; j++)
                 o[j] = (float)cb[j] * scale;
+            if (t->codes && nbits <= 8)
+                for (size_t j = 0; j < m; j++)
+                    ((int8_t *)t->codes + b)[j] = (int8_t)cb[j];
+            else if (t->codes)
+                for (size_t j = 0; j < m; j++)
+                    ((int16_t *)t->codes + b)[j] = (int16_t)cb[j];
         } else if (nbits <= 8) {
             int8_t *o = (int8_t *)t->codes + b;
             for (size_t j = 0; j < m; j++)
@@ -764,7 +770,7 @@ static range_fn fixed_kernel(const fixed_ctx *t)
     if (g_portable)
         return fixed_range_portable;
 #if HAVE_AVX512_FIXED
-    if (has_avx512_fixed() && !(t->codes && t->out)) /* one output per call on this path */
+    if (has_avx512_fixed())
         return fixed_range_avx512;
 #endif
     (void)t;
@@ -785,6 +791,15 @@ void mt_quantize_fixed(const float *x, float *out, size_t n, int nbits, int frac
                        uint64_t offset, const uint32_t *rbits)
 {
     fixed_ctx t = {x,        NULL,   out, nbits, frac_bits, rounding, saturate != 0,
+                   sr_key(seed, stream), offset, rbits};
+    run_split(fixed_kernel(&t), &t, n);
+}
+
+void mt_encode_fixed_values(const float *x, void *codes, float *out, size_t n, int nbits,
+                            int frac_bits, int rounding, int saturate, uint64_t seed,
+                            uint64_t stream, uint64_t offset, const uint32_t *rbits)
+{
+    fixed_ctx t = {x,        codes,  out, nbits, frac_bits, rounding, saturate != 0,
                    sr_key(seed, stream), offset, rbits};
     run_split(fixed_kernel(&t), &t, n);
 }

@@ -46,6 +46,10 @@ void mt_encode_fixed(const float *x, void *codes, size_t n, int nbits, int frac_
                      int rounding, int saturate, uint64_t seed, uint64_t stream,
                      uint64_t offset, const uint32_t *rbits);
 void mt_decode_fixed(const void *codes, float *out, size_t n, int nbits, int frac_bits);
+/* encode and decode in one pass: the codes and their values (code * 2^-frac_bits). */
+void mt_encode_fixed_values(const float *x, void *codes, float *out, size_t n, int nbits,
+                            int frac_bits, int rounding, int saturate, uint64_t seed,
+                            uint64_t stream, uint64_t offset, const uint32_t *rbits);
 /* encode + decode in one pass (no code array): out = the quantized values. */
 void mt_quantize_fixed(const float *x, float *out, size_t n, int nbits, int frac_bits,
                        int rounding, int saturate, uint64_t seed, uint64_t stream,

@@ -7,6 +7,8 @@ the engine (device_model.engine_reference) plugs in the same interface built fro
 protocol.numerics and device_model.gemm_reference, so the two engines differ exactly in the
 kernels and can be compared bit for bit.
 
+``encode_values`` gives a fixed-point tensor's codes and their float32 values
+(code * 2^-frac, ``frac`` the fractional length the parameters in ``kw`` give).
 ``sgd_update`` is the float32 SGD step of the update stage, in place (master weights and
 momentum in fp32; the engine quantizes other formats itself).
 
@@ -34,6 +36,9 @@ class Kernels(Protocol):
     name: str
 
     def encode(self, x: np.ndarray, fmt: str, **kw: Any) -> np.ndarray: ...
+    def encode_values(
+        self, x: np.ndarray, fmt: str, frac: int, **kw: Any
+    ) -> tuple[np.ndarray, np.ndarray]: ...
     def quantize(self, x: np.ndarray, fmt: str, **kw: Any) -> np.ndarray: ...
     def scale_params(self, x: np.ndarray, fmt: str, **kw: Any) -> dict[str, Any]: ...
     def gemm_int(
@@ -71,6 +76,11 @@ class ChipKernels:
 
     def encode(self, x: np.ndarray, fmt: str, **kw: Any) -> np.ndarray:
         return chip_numerics.encode(x, fmt, **kw)
+
+    def encode_values(
+        self, x: np.ndarray, fmt: str, frac: int, **kw: Any
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return chip_numerics.encode_values(x, fmt, **kw)
 
     def quantize(self, x: np.ndarray, fmt: str, **kw: Any) -> np.ndarray:
         return chip_numerics.quantize(x, fmt, **kw)

@@ -193,8 +193,7 @@ class Policy:
             key = (layer, CLASS[cls], part)
             frac = self._frac(x, fmt, e, key, laps_shift)
             params = {"shared_exp": -frac} if fmt == "flex16" else {"frac_bits": frac}
-            codes = k.encode(x, fmt, **kw, **params)
-            values = rescale(codes, frac)
+            codes, values = k.encode_values(x, fmt, frac, **kw, **params)
             if e.frac_mode == "overflow":
                 self.frac[key] = next_frac_bits(x, format_bits(fmt), frac)
             elif e.frac_mode == "stochastic_threshold":

@@ -22,6 +22,7 @@ import numpy as np
 from device_model import gemm_reference as gr
 from device_model.engine import Engine
 from device_model.engine_kernels import IntResult, Kernels
+from device_model.engine_policy import rescale
 from protocol import numerics as ref_numerics
 
 __all__ = ["ReferenceEngine", "ReferenceKernels"]
@@ -50,6 +51,12 @@ class ReferenceKernels:
 
     def encode(self, x: np.ndarray, fmt: str, **kw: Any) -> np.ndarray:
         return ref_numerics.encode(x, fmt, **kw)
+
+    def encode_values(
+        self, x: np.ndarray, fmt: str, frac: int, **kw: Any
+    ) -> tuple[np.ndarray, np.ndarray]:
+        codes = ref_numerics.encode(x, fmt, **kw)
+        return codes, rescale(codes, frac)
 
     def quantize(self, x: np.ndarray, fmt: str, **kw: Any) -> np.ndarray:
         return ref_numerics.quantize(x, fmt, **kw)

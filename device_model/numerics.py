@@ -30,6 +30,7 @@ __all__ = [
     "code_dtype",
     "decode",
     "encode",
+    "encode_values",
     "outlier_ratio",
     "quantize",
     "scale_params",
@@ -185,6 +186,40 @@ def encode(
         spec = _c_float(_float_spec(xs, fmt, params), out.itemsize)
         lib.mt_encode_float(xp, ffi.from_buffer(out), n, spec, rnd, sat, seed_, stream_, 0, rptr)
     return out
+
+
+def encode_values(
+    x: npt.ArrayLike,
+    fmt: str,
+    *,
+    rounding: str = "nearest",
+    seed: int = 0,
+    stream: int = 0,
+    saturate: bool | None = None,
+    rbits: npt.ArrayLike | None = None,
+    **params: Any,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(encode(x, ...), decode(codes, ...))`` of a fixed-point format (dfxpN, flex16) in
+    one C pass: the codes and their float32 values code * 2^-frac (frac_bits, or
+    -shared_exp for flex16; computed from ``x`` when not given)."""
+    fmt = _ref._check_format(fmt)
+    if not _is_fixed(fmt):
+        raise ValueError(f"encode_values takes a fixed-point format (dfxpN, flex16), got {fmt}")
+    rnd = _ROUND_CODE[_ref._check_rounding(rounding)]
+    _ref._check_params(fmt, params)
+    sat = _ref._saturate(fmt, saturate)
+    seed_, stream_ = _ref._key_part(seed, "seed"), _ref._key_part(stream, "stream")
+    xs = _ref._as_f32(x)
+    _keep, rptr = _rbits_ptr(rbits, xs.shape)
+    v = _scale_param(xs, fmt, params)
+    f = -v if fmt == "flex16" else v
+    codes = np.empty(xs.shape, dtype=code_dtype(fmt))
+    out = np.empty(xs.shape, dtype=np.float32)
+    lib.mt_encode_fixed_values(
+        _f32(xs.reshape(-1)), ffi.from_buffer(codes), _f32(out.reshape(-1)), xs.size,
+        _fixed_bits(fmt), f, rnd, sat, seed_, stream_, 0, rptr,
+    )  # fmt: skip
+    return codes, out
 
 
 def decode(codes: npt.ArrayLike, fmt: str, **params: Any) -> np.ndarray:

@@ -424,6 +424,7 @@ def test_bad_input_raises_like_reference(
 
 # ------------------------------------------------- AVX-512 fixed point and generator
 
+
 def _raw_encode_fixed(
     words: np.ndarray, nbits: int, frac: int, rnd: int, sat: int, offset: int, rb: Any
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -504,3 +505,26 @@ def test_amax_of_large_arrays_split_across_threads() -> None:
         y[pos] = np.float32(-1e6)
         for fmt in ("dfxp8", "flex16", "fp8-seb"):
             assert cnum.scale_params(y, fmt) == ref.scale_params(y, fmt)
+
+
+@pytest.mark.parametrize("fmt", [*DFXP, "flex16"])
+@FEW
+@given(data=st.data())
+def test_encode_values_is_encode_then_decode(fmt: str, data: st.DataObject) -> None:
+    """encode_values (one C pass) = the reference's codes and their decoded values, with
+    the scale given or computed, in every rounding mode."""
+    x = data.draw(tensors(fmt, {}))
+    name = "frac_bits" if fmt.startswith("dfxp") else "shared_exp"
+    params = data.draw(st.sampled_from([{}, {name: -7}, {name: 3}, {name: 64}]))
+    for rounding in ROUNDINGS:
+        kw = dict(rounding=rounding, seed=5, stream=2, **params)
+        codes, values = cnum.encode_values(x, fmt, **kw)
+        used = params or ref.scale_params(x, fmt)
+        r = ref.encode(x, fmt, **kw)
+        assert_same_codes(codes, r)
+        assert_same_values(values, ref.decode(r, fmt, **used))
+
+
+def test_encode_values_refuses_other_formats() -> None:
+    with pytest.raises(ValueError, match="fixed-point format"):
+        cnum.encode_values(np.ones(3, np.float32), "e4m3")
