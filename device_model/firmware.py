@@ -65,7 +65,7 @@ from protocol.messages import (
     ResetScope,
     TrainableMode,
 )
-from protocol.messages_counters import COUNTER_FIELDS, empty_counters
+from protocol.messages_counters import COUNTER_FIELDS, counters_from_tree, empty_counters
 from protocol.status import MessageError, Status
 
 FIRMWARE_NAME = "microtrain-emu 0.1.0"
@@ -154,19 +154,7 @@ def zero_counters() -> dict[str, Any]:
 def normalize_counters(tree: Any) -> dict[str, Any]:
     """The engine's counters in the wire schema: every known leaf copied as a plain number,
     missing leaves None (the backend cannot count them), unknown keys ignored."""
-    out = empty_counters()
-    for path in COUNTER_FIELDS:
-        node: Any = tree
-        for p in path.split("."):
-            node = node.get(p) if isinstance(node, dict) else None
-        if node is None:
-            continue
-        *parents, leaf = path.split(".")
-        dst = out
-        for p in parents:
-            dst = dst[p]
-        dst[leaf] = float(node) if leaf in ("energy_pj", "latency_s") else int(node)
-    return out
+    return counters_from_tree(tree)
 
 
 class Firmware:
@@ -243,6 +231,7 @@ class Firmware:
             Opcode.TRAIN_CONFIG: self._train_config,
             Opcode.FORWARD: self._forward,
             Opcode.TRAIN_STEP: self._train_step,
+            Opcode.TRAIN_STEP_INLINE: self._train_step_inline,
             Opcode.BACKWARD: self._backward,
             Opcode.GET_WEIGHTS: self._get_weights,
             Opcode.READ_COUNTERS: self._read_counters,
@@ -459,6 +448,7 @@ class Firmware:
             | Feature.RESUME
             | Feature.COUNTERS
             | Feature.PACKED_DFXP4
+            | Feature.INLINE_STEP
             | Feature.PRUNING
         )
         if self.key is not None:
@@ -758,6 +748,24 @@ class Firmware:
             "step": self.step,
             "counters": normalize_counters(res.counters),
         }
+
+    def _train_step_inline(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Store input and target as completed uploads (the checks of TENSOR_BEGIN, DATA and
+        END), then TRAIN_STEP on them."""
+        ids = [int(body[k]["id"]) for k in ("input", "target")]
+        if ids[0] == ids[1]:
+            raise FirmwareError(Status.BAD_REQUEST, f"input and target share the id {ids[0]}")
+        free = self._free_bytes()  # one query of the engine's memory for both tensors
+        for key, tid in zip(("input", "target"), ids, strict=True):
+            desc, data = body[key], body[f"{key}_data"]
+            self.tensors.check_begin(desc, STORABLE)
+            self._check_new_tensor(tid, len(data), f"{key} {tid}")
+            old = self.tensors.counted_bytes(tid)
+            if len(data) > free + old:
+                raise self._oom(f"{key} {tid}", len(data), free + old)
+            self.tensors.put_host(desc, data)
+            free += old - len(data)
+        return self._train_step({"input_id": ids[0], "target_id": ids[1]})
 
     def _backward(self, body: dict[str, Any]) -> dict[str, Any]:
         engine, _ = self._need_model()
