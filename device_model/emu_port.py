@@ -264,7 +264,7 @@ class EmuSerial(SerialBase):
         self._dev()
         if isinstance(data, str):
             raise TypeError("write() takes bytes-like data, not str")
-        raw = bytes(memoryview(data))
+        raw = data if type(data) is bytes else bytes(memoryview(data))  # bytes: no copy
         self._pump(raw)
         return len(raw)
 

@@ -97,6 +97,11 @@ class TensorStore:
             if i != exclude and not t.meta.get("mirror")
         )
 
+    def counted_bytes(self, tensor_id: int) -> int:
+        """Bytes of tensor ``tensor_id`` that ``held_bytes`` counts (0 if there is none)."""
+        t = self._tensors.get(tensor_id)
+        return 0 if t is None or t.meta.get("mirror") else len(t.buf)
+
     def get(self, tensor_id: int, what: str = "tensor") -> StoredTensor:
         """A completed tensor, else UNKNOWN_TENSOR / TRANSFER_INCOMPLETE."""
         t = self._tensors.get(tensor_id)
@@ -117,7 +122,7 @@ class TensorStore:
     def values(self, tensor_id: int, what: str = "tensor") -> NDArray[np.float32]:
         """float32 values of a completed number-format tensor (plain integers are cast)."""
         t = self.get(tensor_id, what)
-        codes = from_wire(bytes(t.buf), t.dtype, t.shape)
+        codes = from_wire(t.buf, t.dtype, t.shape)  # a view: every decode below copies
         if t.dtype in PLAIN_INTEGERS:
             return np.asarray(codes, dtype=np.float32)
         if t.dtype.format_name not in numerics.FORMATS:
@@ -138,7 +143,7 @@ class TensorStore:
                 Status.UNSUPPORTED_FORMAT,
                 f"{what} id {tensor_id} has dtype {t.dtype.format_name}; accepted: {accepted}",
             )
-        return np.asarray(from_wire(bytes(t.buf), t.dtype, t.shape), dtype=np.int64)
+        return np.array(from_wire(t.buf, t.dtype, t.shape), dtype=np.int64)
 
     # ------------------------------------------------------------------ host transfers
 
@@ -227,7 +232,7 @@ class TensorStore:
                 f"announced {t.desc['crc32']:#010x}; the tensor was discarded, upload it again",
             )
         try:
-            from_wire(bytes(t.buf), t.dtype, t.shape)
+            from_wire(t.buf, t.dtype, t.shape)
         except ValueError as e:
             del self._tensors[tensor_id]
             raise FirmwareError(

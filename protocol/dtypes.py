@@ -147,8 +147,10 @@ def to_wire(codes: NDArray[np.generic], dtype: DType) -> bytes:
     return (nib[0::2] | (nib[1::2] << 4)).astype(np.uint8).tobytes()
 
 
-def from_wire(data: bytes, dtype: DType, shape: tuple[int, ...] | list[int]) -> NDArray[np.generic]:
-    """Code array of ``shape`` from wire bytes (a read-only view where no unpacking is needed).
+def from_wire(
+    data: bytes | bytearray | memoryview, dtype: DType, shape: tuple[int, ...] | list[int]
+) -> NDArray[np.generic]:
+    """Code array of ``shape`` from wire bytes (a view of ``data`` where no unpacking is needed).
 
     Raises ValueError when ``len(data)`` is not exactly the wire size of the shape, or when the
     padding nibble of an odd-length dfxp4 tensor is not zero.

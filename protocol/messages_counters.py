@@ -201,3 +201,19 @@ def unpack_counters(data: bytes | bytearray | memoryview, offset: int = 0) -> di
             node = node.setdefault(p, {})
         node[leaf] = v
     return out
+
+
+def counters_from_tree(tree: Any) -> dict[str, Any]:
+    """The counters dict of any nested mapping of numbers (a backend's own counters): every
+    schema leaf copied as a plain int or float, a leaf the tree lacks (or holds None) as None,
+    keys the schema does not name ignored. One pass over the precomputed slots."""
+    out: dict[str, Any] = {}
+    for parents, leaf, is_float in _SLOTS:
+        node = tree
+        dst = out
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+            dst = dst.setdefault(p, {})
+        v = node.get(leaf) if isinstance(node, dict) else None
+        dst[leaf] = None if v is None else float(v) if is_float else int(v)
+    return out

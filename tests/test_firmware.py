@@ -636,6 +636,72 @@ def test_mlp_session(engine_kind: str, host: Host) -> None:
     assert zeroed["ff"]["macs_total"] in (0, None)
 
 
+def _inline_body(x: np.ndarray, labels: np.ndarray, xid: int = 1, yid: int = 2) -> dict:
+    dx, bx = m.tensor_message(xid, np.asarray(x, np.float32).view(np.uint32), DType.FP32)
+    dy, by = m.tensor_message(yid, labels, DType.INT32)
+    return {"input": dx, "input_data": bx, "target": dy, "target_data": by}
+
+
+def test_inline_train_step_equals_uploads_then_train_step(engine_kind: str) -> None:
+    """TRAIN_STEP_INLINE stores input and target as completed uploads would and answers as
+    TRAIN_STEP does: two devices, one fed each way, end with identical weights."""
+    results = []
+    for inline in (False, True):
+        h = Host()
+        try:
+            assert h.hello()["features"] & Feature.INLINE_STEP
+            mlp = Mlp(h, seed=3)
+            rng = np.random.default_rng(4)
+            steps = []
+            for _ in range(3):
+                x = rng.standard_normal((BATCH, IN)).astype(np.float32)
+                y = rng.integers(0, OUT, BATCH).astype(np.int32)
+                if inline:
+                    r = h.call(Opcode.TRAIN_STEP_INLINE, _inline_body(x, y, 7, 8))
+                else:
+                    h.upload_f32(7, x)
+                    h.upload(8, y, DType.INT32)
+                    r = h.call(Opcode.TRAIN_STEP, {"input_id": 7, "target_id": 8})
+                steps.append((r["loss"], r["step"], r["counters"]))
+            listed = h.call(Opcode.GET_WEIGHTS, {"layer": ALL_LAYERS})["params"]
+            weights = [h.download_f32(p["tensor"]["id"]) for p in listed]
+            # The inline tensors are stored like uploads: the same descriptor resumes at the end.
+            desc, _ = m.tensor_message(7, x.view(np.uint32), DType.FP32)
+            assert h.call(Opcode.TENSOR_BEGIN, {"tensor": desc})["offset"] == desc["nbytes"]
+            np.testing.assert_array_equal(h.download_f32(7), x)
+            results.append((steps, weights))
+            assert mlp.define["layer_count"] == 3
+        finally:
+            h.close()
+    (s0, w0), (s1, w1) = results
+    assert s0 == s1
+    for a, b in zip(w0, w1, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_inline_train_step_refusals_leave_the_device_usable(fake_engine: None, host: Host) -> None:
+    mlp = Mlp(host)
+    good = _inline_body(mlp.x, mlp.labels)
+    op = Opcode.TRAIN_STEP_INLINE
+    assert host.status(op, _inline_body(mlp.x, mlp.labels, 5, 5)) == Status.BAD_REQUEST
+    bad_crc = {**good, "input": {**good["input"], "crc32": good["input"]["crc32"] ^ 1}}
+    assert host.status(op, bad_crc) == Status.CHECKSUM_MISMATCH
+    short = {**good, "target_data": good["target_data"][:-4]}
+    assert host.status(op, short) == Status.BAD_REQUEST
+    wrong_shape = {**good, "input": {**good["input"], "shape": [BATCH, IN + 1]}}
+    assert host.status(op, wrong_shape) == Status.BAD_SHAPE
+    big = _inline_body(np.zeros((BATCH, IN + 1), np.float32), mlp.labels)
+    assert host.status(op, big) == Status.BAD_SHAPE  # the model takes IN features
+    no_model = Host()
+    try:
+        no_model.hello()
+        assert no_model.status(op, good) == Status.NO_MODEL
+    finally:
+        no_model.close()
+    r = host.call(op, good)
+    assert r["step"] == 1 and r["loss"] == pytest.approx(mlp.loss(), rel=1e-4)
+
+
 def test_forward_keep_then_backward(engine_kind: str, host: Host) -> None:
     mlp = Mlp(host)
     assert host.status(Opcode.BACKWARD, {"error_id": 3}) == Status.BAD_REQUEST

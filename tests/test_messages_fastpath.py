@@ -250,7 +250,7 @@ def counter_trees(draw: Any) -> Any:
         for p in parents:
             node = node[p]
         if draw(st.integers(0, 30)) == 0:
-            del node[name]
+            node.pop(name, None)
         else:
             node[name] = draw(leaf)
     return tree
