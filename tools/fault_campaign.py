@@ -48,9 +48,13 @@ import collections
 import hashlib
 import json
 import os
+import re
+import select
+import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -61,6 +65,7 @@ import numpy as np
 import host
 from device_model.emu_port import EmuSerial
 from host import errors, nn
+from host.runner import Runner
 from protocol import messages as m
 from protocol.framing import DEFAULT_PAYLOAD
 from protocol.link import DEFAULT_WINDOW
@@ -267,6 +272,188 @@ def run(name: str, url: str, steps: int, rounds: int, row: Row | None = None) ->
     return row
 
 
+#: The server's closing log line (host/cli_serve.py ``Board.summary``).
+SERVE_SUMMARY = r"(\d+) requests executed, (\d+) device restarts(?:; faults .*?\): (.*))?"
+
+
+class ServedDevice:
+    """``microtrain serve --pty --seed S [--faults F]`` in a subprocess, its stderr read by a
+    thread: device restarts and the time each restarted device was ready (the server logs it
+    on the system's monotonic clock), and the closing counts."""
+
+    def __init__(self, faults: str, seed: int = 1) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "host.cli", "serve", "--pty", "--seed", str(seed)]
+            + (["--faults", faults] if faults else []),
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], 60)
+        line = self.proc.stdout.readline().split() if ready else []
+        if len(line) != 2 or line[0] != "PTY":
+            self.proc.kill()
+            raise RuntimeError(f"microtrain serve did not start: {self.proc.stderr.read()}")
+        self.path = line[1]
+        self.lines: list[str] = []
+        self.restarts = 0
+        #: time.monotonic() at which each restarted device was ready.
+        self.ready_at: list[float] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+            if "device restart" in line:
+                self.restarts += 1
+                found = re.search(r"ready at monotonic ([0-9.]+)", line)
+                if found:
+                    self.ready_at.append(float(found.group(1)))
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds of the server so far (Linux /proc; 0 elsewhere)."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            return 0.0
+
+    def stop(self) -> dict[str, Any]:
+        """SIGTERM the server; its closing counts (executed requests, restarts, faults)."""
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._reader.join(timeout=10)
+        found = re.search(SERVE_SUMMARY, "\n".join(self.lines))
+        out: dict[str, Any] = {"exit_status": self.proc.returncode}
+        if found:
+            out["executed"] = int(found.group(1))
+            out["restarts"] = int(found.group(2))
+            faults = {}
+            for part in (found.group(3) or "").split(", "):
+                kind, _, count = part.rpartition(" ")
+                if count.isdigit():
+                    faults[kind] = int(count)
+            out["faults"] = faults
+        return out
+
+
+class EpochClock:
+    """When the host got its first answer in each new link session: wraps the host link's
+    ``take_messages``. Messages taken in the same batch as the new session's SYNC/CONFIG may
+    be late answers of the old device, so the first answer counted is one taken after the
+    host already knew the new epoch."""
+
+    def __init__(self, dev: host.Device) -> None:
+        link = dev.runner.link
+        take = link.take_messages
+        self.first_answer: list[float] = []
+        state = {"seen": link.peer_epoch, "answered": link.peer_epoch}
+
+        def timed_take() -> Any:
+            msgs = take()
+            epoch = link.peer_epoch
+            if msgs and epoch == state["seen"] and epoch != state["answered"]:
+                self.first_answer.append(time.monotonic())
+                state["answered"] = epoch
+            state["seen"] = epoch
+            return msgs
+
+        link.take_messages = timed_take  # type: ignore[method-assign]
+
+    def reconnect(self, ready_at: list[float]) -> list[float]:
+        """For each time a device was ready, seconds to the host's next first answer."""
+        out = []
+        for t in ready_at:
+            after = [a for a in self.first_answer if a >= t]
+            if after:
+                out.append(round(after[0] - t, 4))
+        return out
+
+
+def _open_counting(url: str) -> tuple[host.Device, int]:
+    """``host.open(url)`` and how many requests it sent (HELLO, AUTH) before returning."""
+    orig = Runner.submit
+    count = [0]
+
+    def counting(self: Runner, *a: Any, **kw: Any) -> int:
+        count[0] += 1
+        return orig(self, *a, **kw)
+
+    Runner.submit = counting  # type: ignore[method-assign]
+    try:
+        dev = host.open(url, timeout=5.0)
+    finally:
+        Runner.submit = orig  # type: ignore[method-assign]
+    return dev, count[0]
+
+
+def run_pty(name: str, faults: str, steps: int, rounds: int, row: Row | None = None) -> Row:
+    """``run`` over ``microtrain serve --pty --faults FAULTS``: the device in another process
+    behind a real pty. Exactly once is checked on counts (the server's executed requests
+    against the host's): ``duplicates_executed`` is the excess without resets; with resets it is
+    reported as ``replayed_after_reset`` (an old device's work cannot be told apart)."""
+    where = f"serve --pty --seed 1 --faults '{faults}'" if faults else "serve --pty --seed 1"
+    row = row or Row(name, where)
+    server = ServedDevice(faults)
+    t0 = time.monotonic()
+    c0 = time.process_time()
+    sent: set[int] = set()
+    wire = [0]
+    clock: EpochClock | None = None
+    pre = 0
+    try:
+        dev, pre = _open_counting(server.path)
+        port = dev.runner.port
+        read, write = port.read, port.write
+
+        def counted_read(size: int = 1) -> bytes:
+            out: bytes = read(size)
+            wire[0] += len(out)
+            return out
+
+        def counted_write(data: Any) -> int | None:
+            n: int | None = write(data)
+            wire[0] += n or 0
+            return n
+
+        port.read, port.write = counted_read, counted_write
+        clock = EpochClock(dev)
+        try:
+            _run(dev, row, steps, rounds, sent)
+        finally:
+            dev.close()
+    except (errors.MicrotrainError, RuntimeError) as e:
+        row.error = f"{type(e).__name__}: {e}"
+    cpu = server.cpu_seconds()
+    closing = server.stop()
+    executed = int(closing.get("executed", 0))
+    row.device_executed += executed
+    extra = executed - pre - len(sent)
+    if "reset_every" in faults:
+        row.replayed_after_reset += max(extra, 0)
+    else:
+        row.duplicates_executed += max(extra, 0)
+    row.lost += max(-extra, 0) if not row.error else 0
+    if clock is not None:
+        row.reconnect_s += clock.reconnect(server.ready_at)
+    row.runs += 1
+    row.wire_bytes += wire[0]
+    for k, v in closing.get("faults", {}).items():
+        row.faults[k] = row.faults.get(k, 0) + v
+    row.seconds = round(row.seconds + time.monotonic() - t0, 3)
+    row.cpu_seconds = round(row.cpu_seconds + time.process_time() - c0 + cpu, 3)
+    return row
+
+
 def _run(dev: host.Device, row: Row, steps: int, rounds: int, sent: set[int]) -> None:
     submit = dev.runner.submit
 
@@ -373,23 +560,29 @@ def campaign(args: argparse.Namespace) -> dict[str, Any]:
     target = args.resets if args.resets is not None else (20 if args.quick else 1000)
     only = set(args.only.split(",")) if args.only else None
     t_start = time.monotonic()
-    rows = [run("fault-free", BASE, steps, rounds)]
+
+    def one(name: str, query: str, n_rounds: int, row: Row | None = None) -> Row:
+        if args.pty:
+            return run_pty(name, query, steps, n_rounds, row)
+        return run(name, f"{BASE}&{query}" if query else BASE, steps, n_rounds, row)
+
+    rows = [one("fault-free", "", rounds)]
     for name, query in SETTINGS:
         if only is not None and name not in only:
             continue
-        row = run(name, f"{BASE}&{query}&fault_seed={args.fault_seed}", steps, rounds)
+        row = one(name, f"{query}&fault_seed={args.fault_seed}", rounds)
         rows.append(row)
         print(f"{name}: {row.seconds} s {row.error}", file=sys.stderr, flush=True)
     if target and (only is None or "resets" in only):
-        url = f"{BASE}&reset_every={args.reset_every}"
-        row = Row("resets", f"{url}&fault_seed={args.fault_seed}+k")
+        query = f"reset_every={args.reset_every}"
+        row = Row("resets", f"{query}&fault_seed={args.fault_seed}+k")
         k = 0
         while row.faults.get("device_resets", 0) < target and not row.error:
-            run("resets", f"{url}&fault_seed={args.fault_seed + k}", steps, 0, row)
+            one("resets", f"{query}&fault_seed={args.fault_seed + k}", 0, row)
             k += 1
             print(f"resets: {row.faults} in {row.seconds} s", file=sys.stderr, flush=True)
         rows.append(row)
-    rows.append(run("fault-free (again)", BASE, steps, rounds))
+    rows.append(one("fault-free (again)", "", rounds))
     for row in rows:
         _score(row, [rows[0], rows[-1]])
     reconnect = [t for r in rows for t in r.reconnect_s]
@@ -398,6 +591,7 @@ def campaign(args: argparse.Namespace) -> dict[str, Any]:
         **provenance(),
         "seconds": round(time.monotonic() - t_start, 1),
         "loadavg": [round(x, 2) for x in os.getloadavg()],
+        "path": "serve --pty" if args.pty else "emu://",
         "steps": steps,
         "tensor_rounds": rounds,
         "totals": {
@@ -425,14 +619,15 @@ def _fmt_faults(faults: dict[str, int]) -> str:
 def markdown(out: dict[str, Any]) -> str:
     """The campaign as a Markdown table (docs/reliability.md)."""
     head = (
-        "| setting | runs | commands | dup exec | lost | payload MiB | wire MiB | undetected "
-        "| state lost | faults | s | goodput | CPU goodput | wire goodput |"
+        "| setting | runs | commands | dup exec | replayed | lost | payload MiB | wire MiB "
+        "| undetected | state lost | faults | s | goodput | CPU goodput | wire goodput |"
     )
-    lines = [head, "|" + " --- |" * 14]
+    lines = [head, "|" + " --- |" * 15]
     for r in out["rows"]:
         lost = r["state_lost"] + r["state_lost_as_device_error"]
         lines.append(
             f"| {r['setting']} | {r['runs']} | {r['commands']} | {r['duplicates_executed']} | "
+            f"{r['replayed_after_reset']} | "
             f"{r['lost']} | {r['payload_bytes'] / 2**20:.1f} | {r['wire_bytes'] / 2**20:.1f} | "
             f"{r['undetected_errors']} | {lost} | {_fmt_faults(r['faults'])} | "
             f"{r['seconds']:.1f} | "
@@ -477,6 +672,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="", help="comma-separated setting names (and 'resets')")
     ap.add_argument("--json-out", default="", help="also write the JSON to this file")
     ap.add_argument("--markdown", action="store_true", help="print a Markdown table, not JSON")
+    ap.add_argument(
+        "--pty",
+        action="store_true",
+        help="run every setting over microtrain serve --pty --faults (a device in another "
+        "process behind a real pty) instead of emu://",
+    )
     args = ap.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     out = campaign(args)

@@ -29,12 +29,7 @@ import argparse
 import hashlib
 import json
 import os
-import re
-import select
-import signal
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -46,12 +41,13 @@ from host import errors, nn
 from host.datasets import load_digits_splits
 from protocol.messages import Status
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fault_campaign import EpochClock, ServedDevice  # a sibling tool
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_FAULTS = "corrupt=1e-4&drop=0.01&dup=0.001&insert=1e-5&delete=1e-5&reset_every=5000"
 BATCH = 32
 _LOST = {Status.UNKNOWN_TENSOR, Status.NO_MODEL}
-#: The server's closing log line (host/cli_serve.py Board.summary).
-SUMMARY = r"(\d+) requests executed, (\d+) device restarts(?:; faults .*?\): (.*))?"
 
 
 def rss_mib(pid: int | str = "self") -> float:
@@ -63,67 +59,6 @@ def rss_mib(pid: int | str = "self") -> float:
     except OSError:
         pass
     return float("nan")
-
-
-class Server:
-    """``microtrain serve --pty`` in a subprocess; its stderr collected by a thread."""
-
-    def __init__(self, faults: str, seed: int) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "host.cli", "serve", "--pty", "--seed", str(seed)]
-            + (["--faults", faults] if faults else []),
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], 60)
-        line = self.proc.stdout.readline().split() if ready else []
-        if len(line) != 2 or line[0] != "PTY":
-            self.proc.kill()
-            raise RuntimeError(f"microtrain serve did not start: {self.proc.stderr.read()}")
-        self.path = line[1]
-        self.lines: list[str] = []
-        self.restarts = 0
-        #: time.monotonic() at which each restarted device was ready (the server's log).
-        self.ready_at: list[float] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-            if "device restart" in line:
-                self.restarts += 1
-                m = re.search(r"ready at monotonic ([0-9.]+)", line)
-                if m:
-                    self.ready_at.append(float(m.group(1)))
-
-    def stop(self) -> dict[str, Any]:
-        """SIGTERM the server; its closing counts (executed requests, restarts, faults)."""
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._reader.join(timeout=10)
-        text = "\n".join(self.lines)
-        m = re.search(SUMMARY, text)
-        out: dict[str, Any] = {"exit_status": self.proc.returncode}
-        if m:
-            out["executed"] = int(m.group(1))
-            out["restarts"] = int(m.group(2))
-            faults = {}
-            for part in (m.group(3) or "").split(", "):
-                name, _, count = part.rpartition(" ")
-                if count.isdigit():
-                    faults[name] = int(count)
-            out["faults"] = faults
-        return out
 
 
 class Trainer:
@@ -212,7 +147,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
     faults = args.faults
     if "fault_seed" not in faults:
         faults += f"&fault_seed={args.fault_seed}"
-    server = Server(faults, args.seed)
+    server = ServedDevice(faults, args.seed)
     samples: list[dict[str, Any]] = []
     try:
         dev = host.open(server.path, timeout=10)
@@ -239,17 +174,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
         port.read = counted_read
         port.write = counted_write
         dev.runner.submit = counted_submit  # type: ignore[method-assign]
-        link = dev.runner.link
-        take = link.take_messages
-        epochs: list[tuple[float, int | None]] = [(time.monotonic(), link.peer_epoch)]
-
-        def timed_take() -> Any:
-            msgs = take()
-            if msgs and link.peer_epoch != epochs[-1][1]:
-                epochs.append((time.monotonic(), link.peer_epoch))  # first answer of a session
-            return msgs
-
-        link.take_messages = timed_take  # type: ignore[method-assign]
+        clock = EpochClock(dev)
         trainer = Trainer(dev, checkpoint="reset_every" in faults)
         t0 = time.monotonic()
         end = t0 + 60.0 * args.minutes
@@ -290,13 +215,9 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         closing = server.stop()
     ref = reference(trainer.steps)
-    # Reconnect: from a restarted device being ready to the host's first message of the new
+    # Reconnect: from a restarted device being ready to the host's first answer of the new
     # link session (both on the system's monotonic clock).
-    reconnect = []
-    for t in server.ready_at:
-        after = [te for te, _ in epochs if te >= t]
-        if after:
-            reconnect.append(round(after[0] - t, 4))
+    reconnect = clock.reconnect(server.ready_at)
     warm = [s for s in samples if s["t"] >= 0.1 * 60.0 * args.minutes] or samples
     growth = {k: round(warm[-1][k] - warm[0][k], 2) for k in ("host_rss_mib", "server_rss_mib")}
     return {
