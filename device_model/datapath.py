@@ -565,22 +565,23 @@ def sgd_update(
 
 def zero_counts(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Zeros (+0 or -0) of a 2-D float32 matrix per row and per column, as int64 arrays:
-    ``((x == 0).sum(axis=1), (x == 0).sum(axis=0))`` in one pass, without copying a view
-    with unit stride along either axis."""
+    ``((x == 0).sum(axis=1), (x == 0).sum(axis=0))`` in one pass, without copying a C- or
+    F-ordered matrix."""
     if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 2:
         raise ValueError("x must be a 2-D numpy float32 array")
     rows, cols = x.shape
-    per_row = np.empty(rows, np.int64)
-    per_col = np.empty(cols, np.int64)
+    out = np.zeros(rows + cols, np.int64)
+    per_row, per_col = out[:rows], out[rows:]
     if x.size == 0:
-        per_row[:] = 0
-        per_col[:] = 0
         return per_row, per_col
-    if not x.flags.aligned or x.strides[0] % 4 or x.strides[1] % 4:
-        x = np.ascontiguousarray(x)
-    rs, cs = x.strides[0] // 4, x.strides[1] // 4
-    base = ffi.cast("float *", x.__array_interface__["data"][0])
+    if x.flags.c_contiguous:
+        base, rs, cs = x, cols, 1
+    elif x.flags.f_contiguous:
+        base, rs, cs = x.T, 1, rows
+    else:
+        base, rs, cs = np.ascontiguousarray(x), cols, 1
+    op = ffi.from_buffer("int64_t[]", out)
     lib.mt_zero_counts(
-        base, rows, cols, rs, cs, _ptr(per_row, "int64_t *"), _ptr(per_col, "int64_t *")
+        ffi.from_buffer("float[]", base, require_writable=False), rows, cols, rs, cs, op, op + rows
     )
     return per_row, per_col

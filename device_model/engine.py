@@ -18,6 +18,7 @@ The numpy reference (device_model.engine_reference) is this class with numpy ker
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Mapping, Sequence
@@ -29,6 +30,7 @@ import numpy as np
 from device_model.config import ChipPreset
 from device_model.costs import StageCounters, StageWork, counters_dict, stage_costs
 from device_model.costs_schedule import LayerCycles, bp_latency, dfa_latency, pdfa_period
+from device_model.datapath import zero_counts
 from device_model.engine_config import EngineConfig, EngineError, PolicyEntry
 from device_model.engine_counts import count_macs, masked_slice_ops
 from device_model.engine_kernels import ChipKernels, Kernels
@@ -79,22 +81,38 @@ class StepResult:
     outputs: np.ndarray | None = None
 
 
+_COUNTER_FIELDS = tuple(f.name for f in dataclasses.fields(StageCounters))
+
+
+def _sum_counters(items: Sequence[StageCounters]) -> StageCounters:
+    """The field-wise sum (StageCounters.__add__ over all of them, in one construction)."""
+    if len(items) == 1:
+        return items[0]
+    return StageCounters(
+        *[sum(getattr(c, n) for c in items) for n in _COUNTER_FIELDS]  # type: ignore[arg-type]
+    )
+
+
 @dataclass
 class _Step:
     """Work of one call: stage counters per layer, memory of the step."""
 
-    per_layer: dict[int, dict[str, StageCounters]] = field(default_factory=dict)
+    per_layer: dict[int, dict[str, list[StageCounters]]] = field(default_factory=dict)
 
     def add(self, layer: int, c: StageCounters, stage: str) -> None:
-        d = self.per_layer.setdefault(layer, {})
-        d[stage] = d.get(stage, StageCounters()) + c
+        self.per_layer.setdefault(layer, {}).setdefault(stage, []).append(c)
+
+    def layer_stage(self, layer: int) -> dict[str, StageCounters]:
+        return {s: _sum_counters(v) for s, v in self.per_layer[layer].items()}
 
     def stages(self) -> dict[str, StageCounters]:
-        out = {s: StageCounters() for s in _STAGES}
-        for d in self.per_layer.values():
-            for s, c in d.items():
-                out[s] = out[s] + c
-        return out
+        """Totals per stage: each layer's sum, then the layers' sums in order (the float
+        energies are added in that order)."""
+        out: dict[str, list[StageCounters]] = {s: [] for s in _STAGES}
+        for li in self.per_layer:
+            for s, c in self.layer_stage(li).items():
+                out[s].append(c)
+        return {s: _sum_counters(v) if v else StageCounters() for s, v in out.items()}
 
 
 @dataclass(frozen=True)
@@ -117,6 +135,14 @@ class _UpdatePlan:
             ntrain=int(trainable.sum()),
             npruned=npruned,
         )
+
+
+def _error_matrix(e: np.ndarray) -> np.ndarray:
+    """The error of a layer's output as the GEMM operand of EP and WG: (n, o) for Linear,
+    (n * ho * wo, o) for Conv2d (NCHW moved to NHWC)."""
+    if e.ndim == 2:
+        return e
+    return np.ascontiguousarray(e.transpose(0, 2, 3, 1)).reshape(-1, e.shape[1])
 
 
 def _bytes(n: int, bits: int) -> int:
@@ -195,6 +221,7 @@ class Engine:
         )
         self._setup: Setup = setup
         self._policy = policy
+        self._mem_cache: dict[int, dict[str, int]] = {}
         self._momentum = {}
         self._kept = None
         for n, m in setup.keep.items():
@@ -250,6 +277,13 @@ class Engine:
         return format_bits(self._policy.entry(layer, cls).format)
 
     def _memory(self, batch: int) -> dict[str, int]:
+        """Memory of a step at ``batch`` (fixed per configuration: cached)."""
+        got = self._mem_cache.get(batch)
+        if got is None:
+            got = self._mem_cache[batch] = self._memory_uncached(batch)
+        return dict(got)
+
+    def _memory_uncached(self, batch: int) -> dict[str, int]:
         lm, grads, opt = [], 0, 0
         plays = [x for x in self.layers if x.has_params]
         shapes = feedback_shapes(self.layers)
@@ -285,10 +319,10 @@ class Engine:
     def _finish(self, step: _Step, batch: int) -> dict[str, Any]:
         stages = step.stages()
         for s in _STAGES:
-            self._total[s] = self._total[s] + stages[s]
+            self._total[s] = _sum_counters([self._total[s], stages[s]])
         cyc = []
         for li in sorted(step.per_layer):
-            d = step.per_layer[li]
+            d = step.layer_stage(li)
             cyc.append(LayerCycles(**{s: d[s].cycles if s in d else 0 for s in _STAGES}))
         alg = self._setup.algorithm
         has_bw = any(c.backward for c in cyc)
@@ -471,7 +505,19 @@ class Engine:
         keep = self._setup.keep.get(f"{i}.weight")
         pr = None if keep is None else ~keep.reshape(layer.out_shape[0], -1).T
         skips = self.preset.skips("ff")
-        cnt = count_macs(p_nat, q_nat, a_is_p=True, skips=skips, stage="ff", pruned_b=pr)
+        # zeros per row and column of the input and of the weights, kept for EP and WG
+        xz = zero_counts(p_nat)
+        wz = zero_counts(w.values.reshape(layer.out_shape[0], -1))
+        cnt = count_macs(
+            p_nat,
+            q_nat,
+            a_is_p=True,
+            skips=skips,
+            stage="ff",
+            pruned_b=pr,
+            zeros_p=xz[1],
+            zeros_q=wz[1],
+        )
         sl = so if (so is not None and "zero_slice" in skips) else None
         wbytes = _bytes(w.values.size, w.bits)
         ibytes = _bytes(x.size, xa.bits)
@@ -488,7 +534,8 @@ class Engine:
             sram_write_bytes=obytes,
         )
         step.add(i, stage_costs(work, self.preset), "ff")
-        return y, {"xa": xa, "w": w, "cols": p_nat if layer.kind == "conv2d" else None}
+        cols = p_nat if layer.kind == "conv2d" else None
+        return y, {"xa": xa, "w": w, "cols": cols, "xz": xz, "wz": wz}
 
     # ------------------------------------------------------------------ backward
     def _relu_mask_before(
@@ -528,14 +575,17 @@ class Engine:
             c = cache[i]
             if layer.has_params:
                 eq = self._policy.quantize(e, i, "errors", PART_DATA, pass_no)
+                # zeros per row and column of the error matrix (rows n or (n, ho, wo),
+                # columns o), shared by WG and EP
+                ez = zero_counts(_error_matrix(eq.values))
                 if i in trainable_layers:
-                    self._wg(layer, eq, c, pass_no, step, grads)
+                    self._wg(layer, eq, c, pass_no, step, grads, ez)
                 if dfa:
                     if i == last:
                         deliver = self._dfa_errors(eq, cache, step, trainable_layers)
                     active = False
                 elif any(j < i for j in trainable_layers):
-                    e = self._ep(layer, eq, c, cache, step)
+                    e = self._ep(layer, eq, c, cache, step, ez)
                 else:
                     active = False
             elif layer.kind == "relu":
@@ -626,7 +676,13 @@ class Engine:
         return QTensor(k.quantize(bm, fmt, **params), fmt)
 
     def _ep(
-        self, layer: Layer, eq: QTensor, c: dict[str, Any], cache: list[Any], step: _Step
+        self,
+        layer: Layer,
+        eq: QTensor,
+        c: dict[str, Any],
+        cache: list[Any],
+        step: _Step,
+        ez: tuple[np.ndarray, np.ndarray],
     ) -> np.ndarray:
         """BP error propagation through W transposed: the error at the layer's input."""
         k, w, nb = self._k, c["w"], eq.values.shape[0]
@@ -678,6 +734,8 @@ class Engine:
             counted=counted,
             out_skip=mask,
             pruned_b=pr,
+            zeros_p=ez[1],
+            zeros_q=c["wz"][0],
         )
         sl = None
         if so is not None and "zero_slice" in skips:
@@ -710,6 +768,7 @@ class Engine:
         pass_no: int,
         step: _Step,
         grads: dict[str, QTensor],
+        ez: tuple[np.ndarray, np.ndarray],
     ) -> None:
         """Weight and bias gradients of one layer (those of trainable parameters only),
         quantized with its GRADIENTS entry. The bias gradient is a sum (no MACs counted)."""
@@ -758,6 +817,8 @@ class Engine:
             stage="wg",
             out_skip=prune_out,
             out_reason="pruned",
+            zeros_p=ez[0],
+            zeros_q=c["xz"][0],
         )
         sl = None
         if so is not None and "zero_slice" in skips:

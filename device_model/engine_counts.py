@@ -86,6 +86,8 @@ def count_macs(
     out_skip: np.ndarray | None = None,
     out_reason: str = "output_zero",
     pruned_b: np.ndarray | None = None,
+    zeros_p: np.ndarray | None = None,
+    zeros_q: np.ndarray | None = None,
 ) -> MacCounts:
     """Counts of one stage's GEMM P (I x K) . Q (K x J).
 
@@ -93,7 +95,9 @@ def count_macs(
     work at all); ``out_skip`` (I x J bool): outputs skipped whole for ``out_reason``
     ("output_zero": ReLU mask in EP; "pruned": pruned gradients in WG), applied only when
     the stage skips that reason; ``pruned_b``: pruned elements of the ``b`` operand (shape of
-    it). Returns macs_total, macs_executed and the four MAC skip reasons."""
+    it). ``zeros_p`` / ``zeros_q``: the zeros of each column of P / each row of Q when the
+    caller has them already (used when nothing is masked). Returns macs_total,
+    macs_executed and the four MAC skip reasons."""
     ni, nk = p.shape
     nj = q.shape[1]
     masked = (
@@ -102,7 +106,7 @@ def count_macs(
         or (pruned_b is not None and ("pruned" in skips or "weight_zero" in skips))
     )
     if not masked:
-        return _count_unmasked(p, q, a_is_p=a_is_p, skips=skips)
+        return _count_unmasked(p, q, a_is_p=a_is_p, skips=skips, zp=zeros_p, zq=zeros_q)
     shape = (ni, nk, nj)
     r = counted
     total = _pair(None, None, r, shape)
@@ -133,22 +137,26 @@ def count_macs(
     return {"macs_total": total, "macs_executed": total - skipped, **out}
 
 
-def _zeros_per_k(p: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _zeros_per_k(
+    p: np.ndarray, q: np.ndarray, zp: np.ndarray | None, zq: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
     """Zeros of each column k of P (I x K) and of each row k of Q (K x J), in one pass over
-    each operand (C for float32 matrices)."""
-    if p.dtype == np.float32:
-        zp = zero_counts(p)[1]
-    else:
-        zp = (p == 0).sum(axis=0, dtype=np.int64)
-    if q.dtype == np.float32:
-        zq = zero_counts(q)[0]
-    else:
-        zq = (q == 0).sum(axis=1, dtype=np.int64)
+    each operand (C for float32 matrices) unless given."""
+    if zp is None:
+        zp = zero_counts(p)[1] if p.dtype == np.float32 else (p == 0).sum(axis=0, dtype=np.int64)
+    if zq is None:
+        zq = zero_counts(q)[0] if q.dtype == np.float32 else (q == 0).sum(axis=1, dtype=np.int64)
     return zp, zq
 
 
 def _count_unmasked(
-    p: np.ndarray, q: np.ndarray, *, a_is_p: bool, skips: frozenset[str]
+    p: np.ndarray,
+    q: np.ndarray,
+    *,
+    a_is_p: bool,
+    skips: frozenset[str],
+    zp: np.ndarray | None = None,
+    zq: np.ndarray | None = None,
 ) -> MacCounts:
     """count_macs without output masks or pruning: every count is a sum over k of per-k
     zero counts (the same numbers as the general path's _pair sums)."""
@@ -158,7 +166,7 @@ def _count_unmasked(
     total = ni * nk * nj
     iz, wz = "input_zero" in skips, "weight_zero" in skips
     if iz or wz:
-        zp, zq = _zeros_per_k(p, q)
+        zp, zq = _zeros_per_k(p, q, zp, zq)
         # the a operand's zeros per k and the other dimension's length; the b operand's
         za, na, zb, nb = (zp, ni, zq, nj) if a_is_p else (zq, nj, zp, ni)
         if iz:
