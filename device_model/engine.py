@@ -89,7 +89,7 @@ def _sum_counters(items: Sequence[StageCounters]) -> StageCounters:
     if len(items) == 1:
         return items[0]
     return StageCounters(
-        *[sum(getattr(c, n) for c in items) for n in _COUNTER_FIELDS]  # type: ignore[arg-type]
+        *[sum(getattr(c, n) for c in items) for n in _COUNTER_FIELDS]
     )
 
 
