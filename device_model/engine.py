@@ -88,9 +88,7 @@ def _sum_counters(items: Sequence[StageCounters]) -> StageCounters:
     """The field-wise sum (StageCounters.__add__ over all of them, in one construction)."""
     if len(items) == 1:
         return items[0]
-    return StageCounters(
-        *[sum(getattr(c, n) for c in items) for n in _COUNTER_FIELDS]
-    )
+    return StageCounters(*[sum(getattr(c, n) for c in items) for n in _COUNTER_FIELDS])
 
 
 @dataclass
