@@ -18,9 +18,10 @@ close) until the host has read its answers.
 from __future__ import annotations
 
 import random
+from collections import deque
 
 from device_model.firmware import MAX_REQUEST_BYTES, Firmware
-from protocol.link import Link, LinkConfig, Role
+from protocol.link import Link, LinkConfig, Message, Role
 
 #: TOO_MANY_PENDING answers the device queues beyond ``max_pending`` before it stops reading.
 PENDING_RESERVE = 64
@@ -49,6 +50,9 @@ class DeviceLink:
         self.link = Link(Role.DEVICE, cfg, rng=rng)
         #: Most answers seen waiting for the host's acknowledgement (statistics).
         self.peak_pending = 0
+        #: Requests taken from the link and not answered yet (the answer queue was full).
+        self._waiting: deque[Message] = deque()
+        self._waiting_session: tuple[int, int | None] = (self.link.epoch, None)
 
     def receive_bytes(self, data: bytes | bytearray | memoryview, now: float) -> None:
         """Bytes from the host: frames are decoded, and every delivered request is answered."""
@@ -77,9 +81,18 @@ class DeviceLink:
         return self.link.bytes_to_send(now)
 
     def _serve(self) -> None:
-        if self.link.unacked_messages >= self.firmware.max_pending + PENDING_RESERVE:
+        cap = self.firmware.max_pending + PENDING_RESERVE
+        session = (self.link.epoch, self.link.peer_epoch)
+        if session != self._waiting_session:
+            self._waiting.clear()  # requests of an ended session: the host replays them
+            self._waiting_session = session
+        if self.link.unacked_messages >= cap:
             return  # requests wait in the link's inbox until the host reads its answers
-        for msg in self.link.take_messages():
+        self._waiting.extend(self.link.take_messages())
+        while self._waiting:
+            if self.link.unacked_messages >= cap:
+                return  # the rest waits here (at most one inbox) until the host reads
+            msg = self._waiting.popleft()
             self.firmware.max_payload = self.link.max_payload
             self.firmware.window = self.link.window
             pending = self.link.unacked_messages
