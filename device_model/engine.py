@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,14 +82,15 @@ class StepResult:
     outputs: np.ndarray | None = None
 
 
-_COUNTER_FIELDS = tuple(f.name for f in dataclasses.fields(StageCounters))
+_COUNTER_VALUES = operator.attrgetter(*(f.name for f in dataclasses.fields(StageCounters)))
 
 
 def _sum_counters(items: Sequence[StageCounters]) -> StageCounters:
-    """The field-wise sum (StageCounters.__add__ over all of them, in one construction)."""
+    """The field-wise sum (StageCounters.__add__ over all of them in order, from zero, in
+    one construction)."""
     if len(items) == 1:
         return items[0]
-    return StageCounters(*[sum(getattr(c, n) for c in items) for n in _COUNTER_FIELDS])
+    return StageCounters(*map(sum, zip(*map(_COUNTER_VALUES, items), strict=True)))
 
 
 @dataclass

@@ -233,9 +233,27 @@ def _pool_windows(x: np.ndarray, layer: Layer, fill: float) -> np.ndarray:
     return win.reshape(*win.shape[:4], kh * kw)
 
 
+def _tiled(layer: Layer) -> bool:
+    """Windows that tile the input (stride = kernel, no padding): reshapes, no window view."""
+    return layer.stride == layer.kernel and layer.padding == (0, 0)
+
+
+def _tiles(x: np.ndarray, layer: Layer) -> np.ndarray:
+    """The windows of a tiled pool as (n, c, ho, wo, kh * kw), offsets in (i, j) order (the
+    rows and columns past the last whole window dropped, as the window view drops them)."""
+    (kh, kw), (ho, wo) = layer.kernel, layer.out_shape[1:]
+    n, c = x.shape[:2]
+    t = x[:, :, : ho * kh, : wo * kw].reshape(n, c, ho, kh, wo, kw)
+    return t.transpose(0, 1, 2, 4, 3, 5).reshape(n, c, ho, wo, kh * kw)
+
+
 def pool_forward(x: np.ndarray, layer: Layer) -> tuple[np.ndarray, np.ndarray | None]:
     """Max pool (padding with -inf; returns the flat window index of the first maximum for
     the backward pass) or average pool (zero padding counted, like PyTorch's default)."""
+    if layer.kind == "max_pool2d" and _tiled(layer):
+        win = _tiles(x, layer)
+        arg = np.argmax(win, axis=-1)
+        return np.take_along_axis(win, arg[..., None], -1)[..., 0].astype(np.float32), arg
     if layer.kind == "max_pool2d":
         win = _pool_windows(x, layer, -np.inf)
         arg = np.argmax(win, axis=-1)
@@ -254,6 +272,12 @@ def pool_backward(dy: np.ndarray, layer: Layer, arg: np.ndarray | None) -> np.nd
         assert arg is not None
         onehot = np.zeros((nb, c, ho, wo, kh * kw), np.float32)
         np.put_along_axis(onehot, arg[..., None], dy[..., None], -1)
+        if _tiled(layer):  # col2im of disjoint windows: each input gets 0 + its one entry
+            _, h, w = layer.in_shape
+            dx = np.zeros((nb, c, h, w), np.float32)
+            t = onehot.reshape(nb, c, ho, wo, kh, kw).transpose(0, 1, 2, 4, 3, 5)
+            dx[:, :, : ho * kh, : wo * kw] += t.reshape(nb, c, ho * kh, wo * kw)
+            return dx
         cols: np.ndarray = onehot
     else:
         cols = np.broadcast_to((dy / np.float32(kh * kw))[..., None], (nb, c, ho, wo, kh * kw))

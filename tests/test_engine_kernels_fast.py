@@ -5,17 +5,20 @@
   momentum or not, weight decay, update and keep masks, signed zeros, subnormals, infinities
   and NaN among the values, and on one or two threads;
 * ``datapath.zero_counts`` against ``(x == 0).sum(axis)`` on C-ordered, transposed and
-  strided views.
+  strided views;
+* the reshape path of max pools whose windows tile the input against the window-view path.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from device_model import datapath as dp
+from device_model import engine_layers
+from device_model.engine_layers import LayerSpec, build_layers, pool_backward, pool_forward
 from device_model.engine_reference import ReferenceKernels
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # inf and NaN inputs
@@ -140,3 +143,34 @@ def test_zero_counts_equal_numpy(seed: int, rows: int, cols: int, layout: str) -
     per_row, per_col = dp.zero_counts(x)
     np.testing.assert_array_equal(per_row, (x == 0).sum(axis=1))
     np.testing.assert_array_equal(per_col, (x == 0).sum(axis=0))
+
+
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    c=st.integers(1, 3),
+    h=st.integers(1, 9),
+    w=st.integers(1, 9),
+    k=st.sampled_from([1, 2, 3, (2, 3), (3, 1)]),
+)
+def test_tiled_max_pool_equals_window_view_path(
+    seed: int, c: int, h: int, w: int, k: int | tuple[int, int]
+) -> None:
+    """Max pools whose windows tile the input take a reshape path; it must give the window
+    view's outputs, argmax indices (first maximum, NaN first) and input errors bit for bit,
+    including ties, NaN and signed zeros."""
+    kh, kw = (k, k) if isinstance(k, int) else k
+    assume(kh <= h and kw <= w)
+    layer = build_layers((c, h, w), [LayerSpec("max_pool2d", kernel_size=k)])[0]
+    rng = np.random.default_rng(seed)
+    x = rng.choice(np.float32([0.0, -0.0, 1.0, -1.0, np.nan, 2.5]), (3, c, h, w))
+    x = np.where(rng.random(x.shape) < 0.5, rng.standard_normal(x.shape), x).astype(np.float32)
+    y, arg = pool_forward(x, layer)
+    dy = rng.choice(np.float32([0.0, -0.0, 1.5, -2.0]), y.shape).astype(np.float32)
+    dx = pool_backward(dy, layer, arg)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(engine_layers, "_tiled", lambda _layer: False)
+        y2, arg2 = pool_forward(x, layer)
+        dx2 = pool_backward(dy, layer, arg2)
+    np.testing.assert_array_equal(arg, arg2)
+    np.testing.assert_array_equal(y.view(np.uint32), y2.view(np.uint32))
+    np.testing.assert_array_equal(dx.view(np.uint32), dx2.view(np.uint32))
