@@ -148,18 +148,40 @@ Counters = CountersAdapter(record("Counters", CountersWire))
 # ----------------------------------------------------------------------------- fast path
 # A training step's response carries the counters, so their construct codec (a field object
 # per leaf) was a large part of a small step's protocol cost. These functions produce and read
-# the same bytes as ``Counters`` with one precompiled struct; where the construct codec would
+# the same bytes as ``Counters`` with one precompiled struct, walking the tree once per parent
+# dict (runs of consecutive slots under the same parent); where the construct codec would
 # raise (a missing leaf, a value out of range, a noncanonical encoding) they return None and the
 # caller falls back to ``Counters``, which raises the documented error.
 
-#: (parent keys, leaf, is_float) of every field, in slot order.
+
+def _runs() -> tuple[tuple[tuple[str, ...], tuple[str, ...], bool], ...]:
+    """(parent keys, leaves, is_float) for each run of consecutive slots sharing a parent and
+    a value type, in slot order."""
+    out: list[tuple[tuple[str, ...], list[str], bool]] = []
+    for path in COUNTER_FIELDS:
+        *parents, leaf = path.split(".")
+        key = (tuple(parents), _is_float(path))
+        if out and (out[-1][0], out[-1][2]) == key:
+            out[-1][1].append(leaf)
+        else:
+            out.append((key[0], [leaf], key[1]))
+    return tuple((p, tuple(leaves), f) for p, leaves, f in out)
+
+
+_RUNS = _runs()
+#: The wire layout as one struct: the valid bitmap, then every slot.
+_FAST = _struct.Struct(
+    f"<{VALID_BYTES}s" + "".join(("d" if f else "Q") * len(leaves) for _, leaves, f in _RUNS)
+)
+#: Bytes of the counters on the wire.
+COUNTERS_SIZE = _FAST.size
+_N = len(COUNTER_FIELDS)
+
+
+#: (parent keys, leaf, is_float) of every slot, in slot order.
 _SLOTS: tuple[tuple[tuple[str, ...], str, bool], ...] = tuple(
     (tuple(p.split(".")[:-1]), p.rsplit(".", 1)[-1], _is_float(p)) for p in COUNTER_FIELDS
 )
-#: The wire layout as one struct: the valid bitmap, then every slot.
-_FAST = _struct.Struct(f"<{VALID_BYTES}s" + "".join("d" if f else "Q" for _, _, f in _SLOTS))
-#: Bytes of the counters on the wire.
-COUNTERS_SIZE = _FAST.size
 
 
 def pack_counters(tree: Any) -> bytes | None:
@@ -187,7 +209,7 @@ def unpack_counters(data: bytes | bytearray | memoryview, offset: int = 0) -> di
     ``Counters`` must decide (noncanonical bytes, which it reports as an error)."""
     raw = _FAST.unpack_from(data, offset)
     valid = int.from_bytes(raw[0], "little")
-    if valid >> len(_SLOTS):
+    if valid >> _N:
         return None
     out: dict[str, Any] = {}
     for i, (parents, leaf, is_float) in enumerate(_SLOTS):
@@ -206,14 +228,19 @@ def unpack_counters(data: bytes | bytearray | memoryview, offset: int = 0) -> di
 def counters_from_tree(tree: Any) -> dict[str, Any]:
     """The counters dict of any nested mapping of numbers (a backend's own counters): every
     schema leaf copied as a plain int or float, a leaf the tree lacks (or holds None) as None,
-    keys the schema does not name ignored. One pass over the precomputed slots."""
+    keys the schema does not name ignored."""
     out: dict[str, Any] = {}
-    for parents, leaf, is_float in _SLOTS:
+    for parents, leaves, is_float in _RUNS:
         node = tree
         dst = out
         for p in parents:
             node = node.get(p) if isinstance(node, dict) else None
             dst = dst.setdefault(p, {})
-        v = node.get(leaf) if isinstance(node, dict) else None
-        dst[leaf] = None if v is None else float(v) if is_float else int(v)
+        if not isinstance(node, dict):
+            dst.update(dict.fromkeys(leaves))
+            continue
+        conv = float if is_float else int
+        for leaf in leaves:
+            v = node.get(leaf)
+            dst[leaf] = None if v is None else conv(v)
     return out

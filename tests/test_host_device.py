@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -426,6 +427,48 @@ def test_mse_loss_and_dfa_train(dev: host.Device) -> None:
     for _ in range(15):
         last = dfa.train_step(x, y).loss
     assert last < first
+
+
+@pytest.mark.parametrize("path", ["no-inline-feature", "over-max-request"])
+def test_a_step_by_uploads_and_train_step_equals_the_inline_step(
+    dev: host.Device, path: str
+) -> None:
+    """Devices without TRAIN_STEP_INLINE, and batches larger than the device's largest
+    request, go by TENSOR_BEGIN/DATA/END and TRAIN_STEP: the same training, bit for bit."""
+    x, y = blobs()
+    runs = []
+    for inline in (True, False):
+        model = dev.deploy(mlp(), optimizer=host.optim.SGD(0.2), seed=4)
+        sent: list[Opcode] = []
+        submit = dev.runner.submit
+
+        def spy(
+            opcode: Opcode, body: dict | None = None, sent: list = sent, submit: Any = submit
+        ) -> int:
+            sent.append(opcode)
+            return submit(opcode, body)
+
+        dev.runner.submit = spy  # type: ignore[method-assign]
+        features = dev._hello["features"]
+        try:
+            if not inline and path == "no-inline-feature":
+                dev._hello["features"] = features & ~m.Feature.INLINE_STEP
+            if not inline and path == "over-max-request":
+                dev._max_request = lambda: 512  # type: ignore[method-assign]
+            losses = [model.train_step(x, y).loss for _ in range(3)]
+        finally:
+            dev._hello["features"] = features
+            del dev.runner.submit
+            dev.__dict__.pop("_max_request", None)
+        if inline:
+            assert sent == [Opcode.TRAIN_STEP_INLINE] * 3
+        else:
+            assert Opcode.TRAIN_STEP_INLINE not in sent and sent.count(Opcode.TRAIN_STEP) == 3
+        runs.append((losses, model.get_weights()))
+    (l0, w0), (l1, w1) = runs
+    assert l0 == l1
+    for k in w0:
+        np.testing.assert_array_equal(w0[k], w1[k])
 
 
 # ---------------------------------------------------------------------------- device restarts
