@@ -701,6 +701,7 @@ class Link:
                 self.stats["oversize_messages"] += 1
                 self._discarding = True
                 self._parts = []
+                self._parts_bytes = 0  # what is held; the rest of the message is dropped
         if not f.flags & _LAST:
             return
         discarded, self._discarding, self._parts_bytes = self._discarding, False, 0
