@@ -96,6 +96,16 @@ def _fingerprint(desc: Mapping[str, Any]) -> tuple[Any, ...]:
     )
 
 
+def _dfxp_nearest(arr: NDArray[Any], nbits: int, frac_bits: int) -> NDArray[Any]:
+    """dfxpN codes of finite values with round-to-nearest-even and saturation: the codes of
+    ``numerics.encode(arr, "dfxpN", frac_bits=...)`` (tests/test_host_device.py checks it) in
+    three numpy passes instead of the reference's dozen (x 2^f is exact in float64)."""
+    hi = (1 << (nbits - 1)) - 1
+    y = np.rint(np.ldexp(np.asarray(arr, np.float64), frac_bits))
+    np.clip(y, -hi - 1, hi, out=y)
+    return y.astype(np.int8 if nbits <= 8 else np.int16)
+
+
 def _register_emu() -> None:
     if EMU_HANDLER_PACKAGE not in serial.protocol_handler_packages:
         serial.protocol_handler_packages.append(EMU_HANDLER_PACKAGE)
@@ -674,7 +684,10 @@ class Device:
                 params = {**params, "bias": 7, "stage": "forward"}
                 scale["exp_bias"] = 7
                 scale["stage"] = int(m.HfpStage.FORWARD)
-            codes = numerics.encode(arr, fmt, saturate=saturate, **params)
+            if fmt.startswith("dfxp") and saturate is not False:
+                codes = _dfxp_nearest(arr, int(fmt[4:]), int(params["frac_bits"]))
+            else:
+                codes = numerics.encode(arr, fmt, saturate=saturate, **params)
             if "frac_bits" in params:
                 scale["frac_bits"] = int(params["frac_bits"])
             if "shared_exp" in params:

@@ -136,6 +136,29 @@ def test_dfxp8_inputs_travel_as_one_byte_per_element_only_when_nearest(
     assert _input_desc(dev)["dtype"] == DType.FP32
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    st.sampled_from([4, 5, 8, 11, 16]),
+    hnp.arrays(
+        np.float32,
+        st.integers(1, 40),
+        elements=st.floats(width=32, allow_nan=False, allow_infinity=False),
+    ),
+    st.one_of(st.none(), st.integers(-64, 64)),
+)
+def test_the_hosts_dfxp_encoder_gives_the_reference_codes(
+    nbits: int, x: np.ndarray, frac: int | None
+) -> None:
+    from host.device import _dfxp_nearest
+
+    fmt = f"dfxp{nbits}"
+    f = numerics.scale_params(x, fmt)["frac_bits"] if frac is None else frac
+    want = numerics.encode(x, fmt, frac_bits=f)
+    got = _dfxp_nearest(x, nbits, f)
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)
+
+
 def _relu_first() -> nn.Sequential:
     return nn.Sequential(nn.ReLU(), nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3), input_shape=(4,))
 
