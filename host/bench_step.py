@@ -11,7 +11,11 @@ the same shapes. Cases (issue 4):
 * ``mdnet-fc``: the MDNet-style tracker update, Linear(4608,512)-ReLU-Linear(512,512)-ReLU-
   Linear(512,2), batch 128;
 
-each in ``fp32`` and in ``dfxp8+sr`` (8-bit dynamic fixed point, stochastic rounding).
+each in ``fp32`` and in ``dfxp8+sr`` (8-bit dynamic fixed point, stochastic rounding). A
+step is one TRAIN_STEP_INLINE request when its tensors fit the device's largest request (the
+CNN), else uploads and TRAIN_STEP (the MDNet batch, 2.4 MB); the input travels as fp32 in both
+precisions (stochastic rounding of the input happens on the device). Each record also states
+the input's wire format and the host's wire bytes and frames per step.
 Device and numpy steps alternate batch by batch (both see the same load); figures are the
 best of several steps after warm-up (the median is recorded too): the machine is shared, and
 the best is what the code costs when it gets the cores. Targets:
@@ -224,7 +228,10 @@ def run(
                     print(f"bench step: {case.name} {prec} ...", file=sys.stderr, flush=True)
                 model = dev.deploy(case.build(), precision=prec, optimizer=host.optim.SGD(LR))
                 base = numpy_step(case.build(), model.get_weights())
+                stats = dev.runner.link.stats
+                sent0, frames0 = stats["bytes_sent"], stats["frames_sent"]
                 dev_t, np_t = _times([model.train_step, base], batches, warm)
+                steps_run = len(batches)
                 ms, base_ms = min(dev_t) * 1e3, min(np_t) * 1e3
                 records.append(
                     {
@@ -237,6 +244,9 @@ def run(
                         "median_ms": round(statistics.median(dev_t) * 1e3, 3),
                         "baseline_median_ms": round(statistics.median(np_t) * 1e3, 3),
                         "batch": case.batch,
+                        "input_format": model.input_format(),
+                        "wire_bytes_per_step": round((stats["bytes_sent"] - sent0) / steps_run),
+                        "frames_per_step": round((stats["frames_sent"] - frames0) / steps_run, 1),
                         "steps": n,
                         "baseline": "numpy-float32",
                         "device": device,
