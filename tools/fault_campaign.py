@@ -560,6 +560,7 @@ def campaign(args: argparse.Namespace) -> dict[str, Any]:
     target = args.resets if args.resets is not None else (20 if args.quick else 1000)
     only = set(args.only.split(",")) if args.only else None
     t_start = time.monotonic()
+    source = provenance()  # the code this process loaded, not what the tree holds at the end
 
     def one(name: str, query: str, n_rounds: int, row: Row | None = None) -> Row:
         if args.pty:
@@ -588,7 +589,7 @@ def campaign(args: argparse.Namespace) -> dict[str, Any]:
     reconnect = [t for r in rows for t in r.reconnect_s]
     return {
         "command": " ".join(["tools/fault_campaign.py", *args.argv]),
-        **provenance(),
+        **source,
         "seconds": round(time.monotonic() - t_start, 1),
         "loadavg": [round(x, 2) for x in os.getloadavg()],
         "path": "serve --pty" if args.pty else "emu://",
