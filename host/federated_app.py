@@ -189,6 +189,13 @@ class _Recorder:
             self.progress(format_round(rec, self.cfg.rounds))
 
 
+def _client_of(msg: Message) -> int:
+    """Client index of a reply (error replies, which are not aggregated, sort last)."""
+    if msg.has_error():
+        return 1 << 30
+    return int(_metrics(msg.content).get("client", 1 << 30))
+
+
 def _recording(base: type[Strategy], recorder: _Recorder) -> type[Strategy]:
     """``base`` with its train replies shown to ``recorder`` before aggregation."""
 
@@ -196,7 +203,9 @@ def _recording(base: type[Strategy], recorder: _Recorder) -> type[Strategy]:
         def aggregate_train(
             self, server_round: int, replies: Iterable[Message]
         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-            replies = list(replies)
+            # in client order, not arrival order: float sums then do not depend on which
+            # Ray actor finished first, and a seeded federation replays bit for bit
+            replies = sorted(replies, key=_client_of)
             recorder.train_replies(server_round, replies)
             result: tuple[ArrayRecord | None, MetricRecord | None] = super().aggregate_train(
                 server_round, replies

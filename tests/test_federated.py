@@ -14,6 +14,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -238,3 +239,29 @@ def test_federation_of_emu_pty_and_failing_clients(tmp_path: Path) -> None:
     assert rounds[0]["energy_uj"] == 0.0
     assert rounds[2]["accuracy"] > rounds[0]["accuracy"] + 0.3
     assert png.stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_a_served_device_killed_mid_round_is_reported() -> None:
+    """The ``microtrain serve`` process behind client 1 is killed while round 2 runs: the
+    round completes with client 0 and reports client 1's failure."""
+    with served_pty() as (proc, pty):
+        timers: list[threading.Timer] = []
+
+        def progress(line: str) -> None:
+            if line.startswith("round   1/"):  # round 2 starts now: kill during its work
+                timers.append(threading.Timer(1.5, proc.kill))
+                timers[-1].start()
+
+        cfg = FederationConfig(
+            clients=2, rounds=2, devices=("emu://hnpu-v2", pty), steps=150, partition="iid"
+        )
+        result = federated.run(cfg, progress=progress)
+        for t in timers:
+            t.join()
+    first, second = result.rounds[1:]
+    assert first["clients_ok"] == 2, first["failed"]
+    assert second["clients_ok"] == 1
+    (fail,) = second["failed"]
+    assert fail["client"] == 1 and fail["device"] == pty
+    assert fail["error"].split(":")[0] in ("LinkLost", "Timeout", "StateLost"), fail
