@@ -4,7 +4,7 @@
  * outputs (never over k) so every output keeps that order; no FMA contraction (the module is
  * built as ISO C, where GCC's default is -ffp-contract=off, this file says so once more, and
  * the x86 micro-kernels issue separate multiply and add instructions). Kernels, chosen per
- * call: register-blocked AVX-512 (8 x 32 tile) or AVX2 (6 x 16 tile) with B packed in column
+ * call: register-blocked AVX-512 (4 x 64, 8 x 32 or 8 x 16 tile) or AVX2 (6 x 16 tile) with B packed in column
  * panels (see "blocked fp32 kernels" below), or the portable row loop (MICROTRAIN_KERNEL=
  * portable, and CPUs without AVX2). All give the same bits.
  *
@@ -179,53 +179,51 @@ static void chunked_job(fgemm_job *g, int tid)
 #include <stdatomic.h>
 
 enum { FK_PORTABLE = 0, FK_AVX2 = 1, FK_AVX512 = 2 };
+#ifndef KC
 #define KC 256
+#endif
 #define MR_MAX 8
-#define NR_MAX 32
+#define NR_MAX 64
 
 typedef void (*tile_fn)(const float *const *ap, int64_t cs, const float *bp, int64_t kc,
                         float *c, int64_t ldc, int first);
 
 #if HAVE_X86_KERNELS
-/* 8 rows x 32 columns: 16 zmm accumulators. ap[i] points at A[m0+i, k0]; A[m0+i, k0+k] is
- * ap[i][k*cs]. bp holds kc rows of 32 floats. */
-__attribute__((target("avx512f"))) static void tile_avx512(const float *const *ap, int64_t cs,
-                                                           const float *bp, int64_t kc,
-                                                           float *c, int64_t ldc, int first)
-{
-    __m512 acc[8][2];
-#pragma GCC unroll 8
-    for (int i = 0; i < 8; i++) {
-        acc[i][0] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(c + i * ldc);
-        acc[i][1] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(c + i * ldc + 16);
+/* MR rows x 16 * NV columns of zmm accumulators. ap[i] points at A[m0+i, k0]; A[m0+i, k0+k]
+ * is ap[i][k*cs]. bp holds kc rows of 16 * NV floats. Three shapes, picked by N: 4 x 64
+ * for wide outputs (one broadcast of A serves four products: the broadcasts, not the
+ * multiplies and adds, bound an 8 x 32 tile, measured), 8 x 32 and 8 x 16 for narrow ones
+ * (less zero padding of the last panel). */
+#define AVX512_TILE(MR, NV)                                                                    \
+    __attribute__((target("avx512f"))) static void tile_avx512_##MR##x##NV(                    \
+        const float *const *ap, int64_t cs, const float *bp, int64_t kc, float *c,            \
+        int64_t ldc, int first)                                                                \
+    {                                                                                          \
+        __m512 acc[MR][NV];                                                                    \
+        _Pragma("GCC unroll 8") for (int i = 0; i < MR; i++)                                   \
+            _Pragma("GCC unroll 4") for (int j = 0; j < NV; j++) acc[i][j] =                   \
+                first ? _mm512_setzero_ps() : _mm512_loadu_ps(c + i * ldc + 16 * j);           \
+        const float *a[MR];                                                                    \
+        _Pragma("GCC unroll 8") for (int i = 0; i < MR; i++) a[i] = ap[i];                     \
+        for (int64_t k = 0; k < kc; k++) {                                                     \
+            __m512 b[NV];                                                                      \
+            _Pragma("GCC unroll 4") for (int j = 0; j < NV; j++) b[j] =                        \
+                _mm512_loadu_ps(bp + k * 16 * NV + 16 * j);                                    \
+            const int64_t o = k * cs;                                                          \
+            _Pragma("GCC unroll 8") for (int i = 0; i < MR; i++)                               \
+            {                                                                                  \
+                const __m512 av = _mm512_set1_ps(a[i][o]);                                     \
+                _Pragma("GCC unroll 4") for (int j = 0; j < NV; j++) acc[i][j] =               \
+                    _mm512_add_ps(acc[i][j], _mm512_mul_ps(av, b[j]));                         \
+            }                                                                                  \
+        }                                                                                      \
+        _Pragma("GCC unroll 8") for (int i = 0; i < MR; i++)                                   \
+            _Pragma("GCC unroll 4") for (int j = 0; j < NV; j++)                               \
+                _mm512_storeu_ps(c + i * ldc + 16 * j, acc[i][j]);                             \
     }
-    const float *a0 = ap[0], *a1 = ap[1], *a2 = ap[2], *a3 = ap[3];
-    const float *a4 = ap[4], *a5 = ap[5], *a6 = ap[6], *a7 = ap[7];
-    for (int64_t k = 0; k < kc; k++) {
-        __m512 b0 = _mm512_loadu_ps(bp + k * 32), b1 = _mm512_loadu_ps(bp + k * 32 + 16);
-        int64_t o = k * cs;
-#define ROW(i, ai)                                                                     \
-    do {                                                                               \
-        __m512 av = _mm512_set1_ps(ai[o]);                                             \
-        acc[i][0] = _mm512_add_ps(acc[i][0], _mm512_mul_ps(av, b0));                   \
-        acc[i][1] = _mm512_add_ps(acc[i][1], _mm512_mul_ps(av, b1));                   \
-    } while (0)
-        ROW(0, a0);
-        ROW(1, a1);
-        ROW(2, a2);
-        ROW(3, a3);
-        ROW(4, a4);
-        ROW(5, a5);
-        ROW(6, a6);
-        ROW(7, a7);
-#undef ROW
-    }
-#pragma GCC unroll 8
-    for (int i = 0; i < 8; i++) {
-        _mm512_storeu_ps(c + i * ldc, acc[i][0]);
-        _mm512_storeu_ps(c + i * ldc + 16, acc[i][1]);
-    }
-}
+AVX512_TILE(4, 4)
+AVX512_TILE(8, 2)
+AVX512_TILE(8, 1)
 
 /* 6 rows x 16 columns: 12 ymm accumulators. */
 __attribute__((target("avx2"))) static void tile_avx2(const float *const *ap, int64_t cs,
@@ -333,8 +331,57 @@ typedef struct {
     int64_t M, K, N;
     float *c;
     int nt, kern, split_n;
+    int mr, nr; /* register tile */
+    tile_fn tile;
     int rc[MAX_THREADS];
 } blk_job;
+
+#if HAVE_X86_KERNELS
+/* r[i] := column i of the 16 x 16 matrix whose rows are r[0..15] (unpack, shuffle, two lane
+ * shuffles: a pure permutation of the values). */
+__attribute__((target("avx512f"))) static inline void transpose16(__m512 r[16])
+{
+    __m512 t[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) {
+        r[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int g = 0; g < 2; g++)
+        for (int i = 0; i < 4; i++) {
+            t[8 * g + i] = _mm512_shuffle_f32x4(r[8 * g + i], r[8 * g + 4 + i], 0x88);
+            t[8 * g + 4 + i] = _mm512_shuffle_f32x4(r[8 * g + i], r[8 * g + 4 + i], 0xdd);
+        }
+    for (int i = 0; i < 8; i++) {
+        r[i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0x88);
+        r[8 + i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0xdd);
+    }
+}
+
+/* The transposed-B packing of pack_panel for k < K rounded down to 16, in 16 x 16 blocks;
+ * returns how many k it packed. */
+__attribute__((target("avx512f"))) static int64_t pack_t_avx512(const blk_job *g, int64_t n0,
+                                                                int nr, int64_t w, float *out)
+{
+    int64_t K16 = g->K & ~(int64_t)15;
+    for (int64_t k0 = 0; k0 < K16; k0 += 16)
+        for (int jb = 0; jb < nr; jb += 16) {
+            __m512 r[16];
+            for (int j = 0; j < 16; j++)
+                r[j] = jb + j < w ? _mm512_loadu_ps(g->b + (n0 + jb + j) * g->ldb + k0)
+                                  : _mm512_setzero_ps();
+            transpose16(r);
+            for (int k = 0; k < 16; k++)
+                _mm512_storeu_ps(out + (k0 + k) * nr + jb, r[k]);
+        }
+    return K16;
+}
+#endif
 
 /* Pack B columns [n0, n0 + NR) of rows [0, K) into kc-row panels: out[k*NR + j]. */
 static void pack_panel(const blk_job *g, int64_t n0, int nr, float *out)
@@ -350,7 +397,12 @@ static void pack_panel(const blk_job *g, int64_t n0, int nr, float *out)
         }
         return;
     }
-    for (int64_t k0 = 0; k0 < K; k0 += 64) { /* B^T: N x K; transpose in 64-k strips */
+    int64_t kdone = 0;
+#if HAVE_X86_KERNELS
+    if (g->kern == FK_AVX512 && nr % 16 == 0)
+        kdone = pack_t_avx512(g, n0, nr, w, out);
+#endif
+    for (int64_t k0 = kdone; k0 < K; k0 += 64) { /* B^T: N x K; transpose in 64-k strips */
         int64_t k1 = k0 + 64 < K ? k0 + 64 : K;
         for (int64_t j = 0; j < nr; j++) {
             if (j < w) {
@@ -367,11 +419,8 @@ static void pack_panel(const blk_job *g, int64_t n0, int nr, float *out)
 
 static void blk_thread(blk_job *g, int tid)
 {
-    int mr = g->kern == FK_AVX512 ? 8 : 6, nr = g->kern == FK_AVX512 ? 32 : 16;
-    tile_fn tile = NULL;
-#if HAVE_X86_KERNELS
-    tile = g->kern == FK_AVX512 ? tile_avx512 : tile_avx2;
-#endif
+    int mr = g->mr, nr = g->nr;
+    tile_fn tile = g->tile;
     int64_t M = g->M, K = g->K, N = g->N, np = (N + nr - 1) / nr;
     int64_t m_lo = 0, m_hi = M, p_lo = 0, p_hi = np;
     if (g->split_n) {
@@ -454,8 +503,17 @@ static int run_blocked(const float *a, int64_t lda, int trans_a, const float *b,
     if (threads > MAX_THREADS)
         threads = MAX_THREADS;
     blk_job g = {a, b, trans_a ? 1 : lda, trans_a ? lda : 1, ldb, !!trans_b, m, k, n, c,
-                 threads, kern, 0, {0}};
-    int nr = kern == FK_AVX512 ? 32 : 16, mr = kern == FK_AVX512 ? 8 : 6;
+                 threads, kern, 0, 6, 16, NULL, {0}};
+#if HAVE_X86_KERNELS
+    if (kern == FK_AVX512) {
+        g.mr = n > 32 ? 4 : 8;
+        g.nr = n > 32 ? 64 : (n > 16 ? 32 : 16);
+        g.tile = n > 32 ? tile_avx512_4x4 : (n > 16 ? tile_avx512_8x2 : tile_avx512_8x1);
+    } else {
+        g.tile = tile_avx2;
+    }
+#endif
+    int nr = g.nr, mr = g.mr;
     int64_t np = (n + nr - 1) / nr, tiles = (m + mr - 1) / mr;
     /* split the column panels when each thread gets at least two, else the row tiles */
     g.split_n = np >= 2 * threads || np >= tiles;
