@@ -9,6 +9,13 @@ Wire format of one frame (all integers little-endian)::
 * ``crc32`` is CRC-32/IEEE (``zlib.crc32``: reflected polynomial 0xEDB88320, init and final xor
   0xFFFFFFFF) over header and payload, stored little-endian. A receiver checks it before it
   parses anything.
+* Session binding: the frames of an established link session (DATA, ACK, NAK) are checked
+  with a CRC over ``SESSION_PREFIX`` (sender's epoch u32, receiver's epoch u32, never sent)
+  followed by header and payload, i.e. the CRC-32 continued from ``session_crc(sender epoch,
+  receiver epoch)``. Link setup frames (SYNC, CONFIG, RESET) use the plain CRC. A frame of an
+  earlier session (another epoch at either end) therefore fails the check in a new one like a
+  corrupted frame, so an end may start a new session at once after a reset without waiting
+  for the old session's frames to leave the line.
 * COBS removes every 0x00 from the frame so 0x00 only ever delimits frames. A block is a code
   byte ``c`` (1..255) followed by ``c - 1`` data bytes; a code below 0xFF means "a zero follows"
   unless the block is the last one. Overhead: one byte per 254 bytes, plus one (under 0.5% at
@@ -70,6 +77,9 @@ HEADER_STRUCT = Struct(
 assert HEADER.size == HEADER_SIZE == HEADER_STRUCT.sizeof()
 
 _CRC = struct.Struct("<I")
+#: The bytes a session frame's CRC covers before its header (not sent): sender's epoch,
+#: receiver's epoch, both u32 little-endian.
+SESSION_PREFIX = struct.Struct("<II")
 
 
 class FrameType(IntEnum):
@@ -88,6 +98,16 @@ class FrameType(IntEnum):
     CONFIG = 5
     #: "I have no session with you": asks the peer to send SYNC (protocol.link).
     RESET = 6
+
+
+#: Frame types that carry the plain CRC (link setup, valid outside any session).
+SETUP_TYPES = frozenset({FrameType.SYNC, FrameType.CONFIG, FrameType.RESET})
+
+
+def session_crc(sender_epoch: int, receiver_epoch: int) -> int:
+    """The CRC-32 value a session's frames from ``sender_epoch`` to ``receiver_epoch`` start
+    from: ``crc32(SESSION_PREFIX.pack(sender_epoch, receiver_epoch))``."""
+    return zlib.crc32(SESSION_PREFIX.pack(sender_epoch, receiver_epoch))
 
 
 class FrameFlag(IntFlag):
@@ -281,9 +301,12 @@ def encode_frame(
     credits: int = 0,
     flags: int = 0,
     channel: int = 0,
+    session: int = 0,
 ) -> bytes:
-    """The wire bytes of one frame, both delimiters included. Raises FrameTooLong if the
-    payload exceeds MAX_PAYLOAD and FramingError if a header field is out of its range."""
+    """The wire bytes of one frame, both delimiters included; ``session``: the value the CRC
+    starts from (``session_crc`` for a session's frames, 0 for the plain CRC). Raises
+    FrameTooLong if the payload exceeds MAX_PAYLOAD and FramingError if a header field is out
+    of its range."""
     n = len(payload)
     if n > MAX_PAYLOAD:
         raise FrameTooLong(f"payload of {n} bytes; at most {MAX_PAYLOAD} fit a frame")
@@ -293,26 +316,30 @@ def encode_frame(
         raise FramingError(
             f"header field out of range ({e}): flags/type/channel are u8, seq/ack/credits are u16"
         ) from None
-    crc = zlib.crc32(payload, zlib.crc32(head))
+    crc = zlib.crc32(payload, zlib.crc32(head, session))
     out: list[bytes] = [b"\x00"]
     _cobs_blocks(b"".join((head, payload, _CRC.pack(crc))), out)
     out.append(b"\x00")
     return b"".join(out)
 
 
-def decode_frame(body: bytes | bytearray | memoryview, max_payload: int = MAX_PAYLOAD) -> Frame:
+def decode_frame(
+    body: bytes | bytearray | memoryview, max_payload: int = MAX_PAYLOAD, session: int | None = None
+) -> Frame:
     """Decode the bytes between two delimiters. Raises a FramingError subclass: CobsError,
     ShortFrame, CrcError (checked before any field is read), BadVersion, FrameTooLong (payload
-    above ``max_payload``) or LengthMismatch."""
+    above ``max_payload``) or LengthMismatch. ``session``: None accepts the plain CRC on any
+    frame; a ``session_crc`` value accepts that session's CRC on any frame and the plain CRC
+    on setup frames (SETUP_TYPES) only."""
     enc = bytes(body)
     if not enc:
         raise CobsError("empty COBS block: at least one code byte is required")
     if 0 in enc:
         raise CobsError(f"0x00 at offset {enc.index(0)} inside a COBS frame (0x00 only delimits)")
-    return _decode_body(enc, max_payload)
+    return _decode_body(enc, max_payload, session)
 
 
-def _decode_body(body: bytes, max_payload: int) -> Frame:
+def _decode_body(body: bytes, max_payload: int, session: int | None = None) -> Frame:
     """decode_frame for a non-empty ``body`` known to hold no 0x00."""
     if len(body) > max_encoded_size(max_payload):
         raise FrameTooLong(
@@ -327,8 +354,11 @@ def _decode_body(body: bytes, max_payload: int) -> Frame:
             "(header and CRC)"
         )
     want = _CRC.unpack_from(raw, n - CRC_SIZE)[0]
-    got = zlib.crc32(memoryview(raw)[: n - CRC_SIZE])
-    if want != got:
+    checked = memoryview(raw)[: n - CRC_SIZE]
+    got = zlib.crc32(checked, session or 0)
+    if want != got and (
+        session is None or raw[2] not in SETUP_TYPES or want != zlib.crc32(checked)
+    ):
         raise CrcError(f"CRC-32 mismatch: trailer 0x{want:08x}, computed 0x{got:08x}")
     version, flags, ftype, channel, seq, ack, length, credits = HEADER.unpack_from(raw)
     if version != LINK_VERSION:
@@ -348,11 +378,13 @@ class FrameDecoder:
     Resynchronises on every 0x00: an error costs the bytes up to the next delimiter only.
     """
 
-    __slots__ = ("_buf", "_discarding", "_limit", "max_payload")
+    __slots__ = ("_buf", "_discarding", "_limit", "max_payload", "session")
 
     def __init__(self, max_payload: int = MAX_PAYLOAD) -> None:
         self._buf = bytearray()
         self._discarding = False
+        #: The session CRC value frames are checked with (None: plain CRC; see decode_frame).
+        self.session: int | None = None
         self.set_max_payload(max_payload)
 
     def set_max_payload(self, max_payload: int) -> None:
@@ -384,11 +416,12 @@ class FrameDecoder:
                 pieces[0] = bytes(buf)
                 buf.clear()
             mp = self.max_payload
+            session = self.session
             append = out.append
             for body in pieces:
                 if body:
                     try:
-                        append(_decode_body(body, mp))
+                        append(_decode_body(body, mp, session))
                     except FramingError as e:
                         append(e)
         if tail and not self._discarding:

@@ -17,11 +17,20 @@ Session setup (symmetric, either end may start or restart at any time):
   in order, every message the upper layer has not yet declared answered (``mark_answered``);
   a ``DEVICE`` end drops what it had not delivered (its responses belong to requests the host
   replays, and the device's request-id cache answers those again).
-* Frames carry no epoch, so stale frames of an old session must not reach a new one: every
-  end stays silent for ``frame_lifetime`` seconds after the last frame of an old session (when
-  it resets, or when it sees its peer reset) before it sends anything of the new one. The
-  channel must not hold a frame longer than that (serial lines hold bytes for milliseconds;
-  the default is 1 s, and it only delays recovery after a reset).
+* Stale frames of an old session must not reach a new one, and they do not: the frames of a
+  session (DATA, ACK, NAK) carry a CRC bound to both epochs (protocol.framing: the CRC-32
+  continues from ``session_crc(sender epoch, receiver epoch)``), so in any other session they
+  fail the check like corrupted frames. Setup frames carry the plain CRC and their epochs: for
+  ``frame_lifetime`` seconds after a peer reset replaced a peer epoch (up to ``DEAD_EPOCHS``
+  of them), SYNC/CONFIG carrying it are stale and ignored; a CONFIG that does not echo the
+  end's own current epoch is ignored too. So a new session starts at once after a reset,
+  whatever the line still holds, and reconnecting costs one SYNC/CONFIG round trip. (Before,
+  both ends kept a quiet time of ``frame_lifetime`` after every reset.) A channel that holds a
+  setup frame longer than ``frame_lifetime`` and reorders it behind newer ones costs at worst
+  a needless session restart, never a stale frame delivered: an end that switches back to a
+  peer epoch it had left takes a new epoch of its own (so the peer sees a new session), and
+  an established end that gets ``DESYNC_FRAMES`` CRC failures and no valid frame for a frame
+  lifetime starts a new session (its peer is in another one).
 
 Data transfer:
 
@@ -78,12 +87,14 @@ from protocol.framing import (
     DEFAULT_PAYLOAD,
     MAX_PAYLOAD,
     MIN_PAYLOAD,
+    CrcError,
     Frame,
     FrameDecoder,
     FrameFlag,
     FrameType,
     FramingError,
     encode_frame,
+    session_crc,
 )
 
 #: SYNC payload: epoch u32, max_payload u16, window u8, reserved u8 (0).
@@ -107,6 +118,11 @@ CONFIG_STRUCT = CStruct(
 #: SACK as a construct Struct.
 SACK_STRUCT = CStruct("sack" / Int64ul)
 assert SYNC_STRUCT.sizeof() == SYNC_PAYLOAD.size and CONFIG_STRUCT.sizeof() == CONFIG_PAYLOAD.size
+#: CRC failures in a row (over a frame lifetime without a valid frame) that make an
+#: established end start a new session.
+DESYNC_FRAMES = 4
+#: Peer epochs an end remembers as ended: SYNC/CONFIG carrying one of them are stale.
+DEAD_EPOCHS = 16
 #: Largest window: the SACK bitmap covers 64 frames beyond the cumulative ack.
 MAX_WINDOW = 64
 DEFAULT_WINDOW = 8
@@ -136,7 +152,8 @@ class LinkConfig:
     rto_initial: float = 0.25
     rto_min: float = 0.02
     rto_max: float = 4.0
-    #: Longest a frame may live in the channel; silence kept after a session ends.
+    #: Longest a frame may stay on the line (seconds): SYNC/CONFIG of a peer epoch that ended
+    #: less than this ago are stale. Nobody waits for it.
     frame_lifetime: float = 1.0
     #: Undelivered inbox bytes above which the end advertises 0 credits; DATA frames that
     #: arrive while the inbox holds this much are dropped unacknowledged (credits ignored).
@@ -220,7 +237,6 @@ class Link:
 
     # Session state, (re)initialised by _start and _new_session.
     _peer_epoch: int | None
-    _quiet_until: float
     _sync_interval: float
     _sync_at: float
     _probe_at: float
@@ -261,19 +277,24 @@ class Link:
             "frame_errors": 0,
             "naks_sent": 0,
             "peer_resets": 0,
+            "stale_setup": 0,
+            "desync_resets": 0,
             "bytes_sent": 0,
             "oversize_messages": 0,
             "frames_refused": 0,
         }
+        #: Peer epochs replaced by a peer reset (their SYNC/CONFIG are stale).
+        self._dead: deque[tuple[int, float]] = deque(maxlen=DEAD_EPOCHS)
+        self._tx_session = 0
         self.epoch = 0
-        self._start(epoch, quiet_until=float("-inf"))
+        self._start(epoch)
 
     # ------------------------------------------------------------------ public API
 
     @property
     def established(self) -> bool:
-        """True while a session is set up and not in a post-reset silence."""
-        return self._peer_epoch is not None and self._confirmed and self._now >= self._quiet_until
+        """True while a session is set up (both epochs known and confirmed)."""
+        return self._peer_epoch is not None and self._confirmed
 
     @property
     def max_payload(self) -> int:
@@ -340,15 +361,29 @@ class Link:
             if isinstance(item, FramingError):
                 self.stats["frame_errors"] += 1
                 if self.established:
-                    self._nak_pending = True
+                    self._on_frame_error(item)
             else:
                 self._on_frame(item)
+
+    def _on_frame_error(self, e: FramingError) -> None:
+        # NAK at once: a retransmission is the cheapest repair (suppressing some of these NAKs
+        # made recovery wait on timeouts). Two ends whose sessions disagree NAK each other's
+        # NAKs until the check below starts a new session.
+        self._nak_pending = True
+        if isinstance(e, CrcError):
+            self._bad_crcs += 1
+            if self._bad_crcs >= DESYNC_FRAMES and (
+                self._now - self._last_valid > self.config.frame_lifetime
+            ):
+                # Whole frames keep failing the session's check and none has passed for a
+                # frame lifetime: the peer is in another session (a setup frame held back
+                # longer than the lifetime fooled one end). Start a new one.
+                self.stats["desync_resets"] += 1
+                self.reset(self._now)
 
     def poll(self, now: float) -> None:
         """Advance time: run retransmit, SYNC and probe timers that are due."""
         self._now = now
-        if now < self._quiet_until:
-            return
         if self._peer_epoch is None or not self._confirmed:
             if now >= self._sync_at:
                 self._sync_due = True
@@ -369,8 +404,6 @@ class Link:
 
     def next_deadline(self) -> float | None:
         """When ``poll`` must next be called, or None if no timer runs."""
-        if self._now < self._quiet_until:
-            return self._quiet_until
         if self._peer_epoch is None or not self._confirmed:
             return self._sync_at
         t = self._ack_at
@@ -400,7 +433,7 @@ class Link:
         A HOST end keeps its unanswered messages and replays them; a DEVICE end drops its
         queue. Delivered but untaken messages stay in the inbox."""
         self._now = now
-        self._start(epoch, quiet_until=self._last_send + self.config.frame_lifetime)
+        self._start(epoch)
 
     def bytes_to_send(self, now: float | None = None) -> bytes:
         """Everything the end wants on the line now: control frames, retransmissions, then
@@ -408,8 +441,6 @@ class Link:
         if now is not None:
             self._now = now
         now = self._now
-        if now < self._quiet_until:
-            return b""
         out: list[bytes] = []
         credits = self._credits()
         ack = self._rcv_nxt
@@ -452,6 +483,7 @@ class Link:
                         credits=credits,
                         flags=o.flags,
                         channel=o.channel,
+                        session=self._tx_session,
                     )
                 )
         self._retx.clear()
@@ -463,11 +495,22 @@ class Link:
                 self._rx_unacked = 0
         if self._nak_pending:
             self.stats["naks_sent"] += 1
-            out.append(encode_frame(FrameType.NAK, self._sack(), ack=ack, credits=credits))
+            out.append(
+                encode_frame(
+                    FrameType.NAK, self._sack(), ack=ack, credits=credits, session=self._tx_session
+                )
+            )
         elif self._ack_pending or self._poll_pending:
             flags = _POLL if self._poll_pending else 0
             out.append(
-                encode_frame(FrameType.ACK, self._sack(), ack=ack, credits=credits, flags=flags)
+                encode_frame(
+                    FrameType.ACK,
+                    self._sack(),
+                    ack=ack,
+                    credits=credits,
+                    flags=flags,
+                    session=self._tx_session,
+                )
             )
             if self._poll_pending:
                 self._probe_at = now + self._rto
@@ -480,17 +523,16 @@ class Link:
 
     # ------------------------------------------------------------------ session
 
-    def _start(self, epoch: int | None, quiet_until: float) -> None:
+    def _start(self, epoch: int | None) -> None:
         old = self.epoch
         if epoch is None:
             epoch = old
             while epoch in (0, old):
                 epoch = self._rng.getrandbits(32)
         self.epoch = epoch
-        self._peer_epoch = None
-        self._quiet_until = quiet_until
+        self._set_peer(None)
         self._sync_interval = self.config.rto_initial
-        self._sync_at = quiet_until
+        self._sync_at = self._now
         self._sync_due = False
         self._new_session()
 
@@ -519,6 +561,9 @@ class Link:
         self._ack_at = None
         self._rx_unacked = 0
         self._nak_pending = False
+        #: Time of the last frame that passed this session's check, and CRC failures since.
+        self._last_valid = self._now
+        self._bad_crcs = 0
         self._poll_pending = False
         self._probe_at = 0.0
         self._queue = deque()
@@ -526,13 +571,42 @@ class Link:
             for msg_id, (channel, data) in self._unanswered.items():
                 self._queue.append(_Queued(msg_id, channel, data))
 
-    def _peer_reset(self, new_epoch: int) -> None:
+    def _peer_reset(self, new_epoch: int) -> bool:
+        """Start a new session with a peer now at ``new_epoch``. True if this end took a new
+        epoch of its own: it had a session with ``new_epoch`` before (a setup frame reordered
+        behind newer ones made it leave), so the peer may still be in that session and must
+        see this one as new."""
         self.stats["peer_resets"] += 1
-        self._quiet_until = max(self._quiet_until, self._last_send + self.config.frame_lifetime)
         self._sync_interval = self.config.rto_initial
-        self._sync_at = self._quiet_until
+        self._sync_at = self._now
         self._new_session()
-        self._peer_epoch = new_epoch
+        again = any(e == new_epoch for e, _ in self._dead)
+        if self._peer_epoch is not None:
+            self._dead.append((self._peer_epoch, self._now + self.config.frame_lifetime))
+        if again:
+            old = self.epoch
+            while self.epoch in (0, old):
+                self.epoch = self._rng.getrandbits(32)
+        self._set_peer(new_epoch)
+        return again
+
+    def _stale(self, epoch: int) -> bool:
+        """Whether a SYNC/CONFIG of ``epoch`` is a leftover of a peer session that ended less
+        than ``frame_lifetime`` ago (counted as ``stale_setup``)."""
+        if any(e == epoch and self._now < until for e, until in self._dead):
+            self.stats["stale_setup"] += 1
+            return True
+        return False
+
+    def _set_peer(self, epoch: int | None) -> None:
+        """Know the peer's epoch (None: no session): bind the CRC of session frames both ways."""
+        self._peer_epoch = epoch
+        if epoch is None:
+            self._tx_session = 0
+            self._decoder.session = None
+        else:
+            self._tx_session = session_crc(self.epoch, epoch)
+            self._decoder.session = session_crc(epoch, self.epoch)
 
     def _agree(self, max_payload: int, window: int) -> None:
         self._max_payload = max(MIN_PAYLOAD, min(self.config.max_payload, max_payload))
@@ -544,9 +618,12 @@ class Link:
             self.stats["frame_errors"] += 1
             return
         epoch, max_payload, window, _ = SYNC_PAYLOAD.unpack(f.payload)
+        if self._stale(epoch):
+            return
         if self._peer_epoch is not None and epoch != self._peer_epoch:
             self._peer_reset(epoch)
-        self._peer_epoch = epoch
+        elif self._peer_epoch is None:
+            self._set_peer(epoch)
         self._agree(max_payload, window)
         self._ctrl.append(
             encode_frame(
@@ -564,10 +641,14 @@ class Link:
         epoch, echo, max_payload, window, _ = CONFIG_PAYLOAD.unpack(f.payload)
         if echo != self.epoch:
             return  # answer to a SYNC of an earlier epoch of ours
+        if self._stale(epoch):
+            return
         if self._peer_epoch is not None and epoch != self._peer_epoch:
-            self._peer_reset(epoch)
-            return  # the new session starts after the silence, with our SYNC
-        self._peer_epoch = epoch
+            # The peer restarted and has already answered our SYNC in its new session.
+            if self._peer_reset(epoch):
+                return  # it echoed our previous epoch: set up again with the new one
+        elif self._peer_epoch is None:
+            self._set_peer(epoch)
         self._agree(max_payload, window)
         self._confirmed = True
 
@@ -576,15 +657,15 @@ class Link:
     def _on_frame(self, f: Frame) -> None:
         t = f.type
         if t == FrameType.SYNC:
-            if self._now >= self._quiet_until or self._peer_epoch is None:
-                self._on_sync(f)
+            self._on_sync(f)
             return
         if t == FrameType.CONFIG:
-            if self._now >= self._quiet_until:
-                self._on_config(f)
+            self._on_config(f)
             return
         if not self.established:
             return
+        self._last_valid = self._now
+        self._bad_crcs = 0
         delivered = self._delivered_no
         self._on_ack(f.ack, f.credits)
         if t == FrameType.DATA:
@@ -750,6 +831,7 @@ class Link:
                     credits=credits,
                     flags=flags,
                     channel=q.channel,
+                    session=self._tx_session,
                 )
             )
             sent = True

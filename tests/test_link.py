@@ -22,13 +22,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from protocol.framing import FrameType, decode_frame, encode_frame
+from protocol.framing import Frame, FrameType, decode_frame, encode_frame, session_crc
 from protocol.link import Link, LinkConfig, LinkError, Message, Role
 
 CFG = LinkConfig(
     max_payload=256, window=4, rto_initial=0.05, rto_min=0.01, rto_max=0.4, frame_lifetime=0.3
 )
-MAX_DELAY = 0.25  # below CFG.frame_lifetime: the channel's bound on how long a frame lives
+#: How long the channel may hold a frame (below CFG.frame_lifetime): longer than several round
+#: trips, so frames of an old session still arrive after a reset; nobody waits for them to go
+#: (sessions are told apart by their CRC, setup frames by their epochs).
+MAX_DELAY = 0.25
 REQ = struct.Struct("<I")
 
 
@@ -258,6 +261,13 @@ def pair(cfg_h: LinkConfig = CFG, cfg_d: LinkConfig = CFG) -> tuple[Link, Link]:
     )
 
 
+def frames_from(sender: Link, data: bytes) -> list[Frame]:
+    """The frames ``sender`` wrote in ``data``, checked with its current session's CRC."""
+    assert sender.peer_epoch is not None
+    session = session_crc(sender.epoch, sender.peer_epoch)
+    return [decode_frame(f[1:-1], session=session) for f in split_frames(data)]
+
+
 def run(a: Link, b: Link, now: float, rounds: int = 20) -> None:
     for _ in range(rounds):
         b.receive_bytes(a.bytes_to_send(now), now)
@@ -291,7 +301,7 @@ def test_gap_triggers_nak_and_immediate_retransmit() -> None:
     assert len(frames) == 2
     d.receive_bytes(frames[1], 0.0)  # the first frame is lost
     reply = d.bytes_to_send(0.0)
-    assert FrameType.NAK in [decode_frame(f[1:-1]).type for f in split_frames(reply)]
+    assert FrameType.NAK in [f.type for f in frames_from(d, reply)]
     h.receive_bytes(reply, 0.001)
     again = h.bytes_to_send(0.001)  # retransmitted before any timeout
     assert again and h.stats["retransmits"] == 1
@@ -355,17 +365,47 @@ def test_stale_session_data_is_not_accepted_after_a_reset() -> None:
     run(h, d, 0.0)
     h.send_message(1, b"old")
     stale = h.bytes_to_send(0.0)
-    h.reset(0.0)  # host restarts: quiet for the frame lifetime before its new SYNC
-    assert h.bytes_to_send(0.1) == b""
-    t = 0.0
-    for _ in range(40):
-        t += 0.05
-        h.poll(t)
-        d.poll(t)
-        run(h, d, t, rounds=3)
+    h.reset(0.0)  # host restarts: its new SYNC goes out at once, no quiet time
+    sync = h.bytes_to_send(0.0)
+    assert [decode_frame(f[1:-1]).type for f in split_frames(sync)] == [FrameType.SYNC]
+    d.receive_bytes(sync, 0.0)
+    run(h, d, 0.0)
+    assert h.established and d.established and h.stats["retransmits"] == 0
     assert [m.payload for m in d.take_messages()] == [b"old"]  # replayed once, new session
-    d.receive_bytes(stale, t)  # a copy from the old session (would violate the lifetime)
-    assert d.take_messages() == []  # seq 0 of the new session was already delivered
+    h.send_message(1, b"new")  # seq 1 of the new session
+    errors = d.stats["frame_errors"]
+    d.receive_bytes(stale + h.bytes_to_send(0.0), 0.0)
+    # The old session's seq 0 fails the new session's CRC: dropped like a corrupted frame.
+    assert d.stats["frame_errors"] == errors + 1
+    assert [m.payload for m in d.take_messages()] == [b"new"]
+
+
+def test_a_peer_reset_is_followed_at_once_by_the_new_session() -> None:
+    # Reconnect (issue 7: within 500 ms of the device being ready): no quiet time; one
+    # SYNC/CONFIG exchange at the same instant re-establishes and replays.
+    h, d = pair()
+    run(h, d, 0.0)
+    h.send_message(1, b"before")
+    run(h, d, 0.0)
+    assert [m.payload for m in d.take_messages()] == [b"before"]
+    d2 = Link(Role.DEVICE, CFG, rng=random.Random(3))  # the device restarted: new epoch
+    run(h, d2, 1.0, rounds=3)
+    assert h.established and d2.established and h.stats["peer_resets"] == 1
+    assert [m.payload for m in d2.take_messages()] == [b"before"]  # unanswered: replayed
+
+
+def test_setup_frames_of_an_ended_epoch_are_ignored() -> None:
+    h, d = pair()
+    run(h, d, 0.0)
+    # A SYNC of the device's first epoch, still on the line when the device restarts.
+    stale = Link(Role.DEVICE, CFG, epoch=d.epoch).bytes_to_send(0.0)
+    assert [decode_frame(f[1:-1]).type for f in split_frames(stale)] == [FrameType.SYNC]
+    d2 = Link(Role.DEVICE, CFG, rng=random.Random(3))
+    run(h, d2, 1.0)
+    assert h.peer_epoch == d2.epoch and h.stats["peer_resets"] == 1
+    h.receive_bytes(stale, 1.1)  # late: must not be taken for another device restart
+    assert h.peer_epoch == d2.epoch and h.stats["peer_resets"] == 1 and h.established
+    assert h.stats["stale_setup"] == 1
 
 
 def test_bad_arguments_are_refused() -> None:
@@ -429,9 +469,8 @@ def test_any_input_to_an_established_link_is_survived(inputs: list[bytes]) -> No
 # ---------------------------------------------------------------------- loss recovery
 
 
-def data_seqs(data: bytes) -> list[int]:
-    frames = [decode_frame(f[1:-1]) for f in split_frames(data)]
-    return [f.seq for f in frames if f.type == FrameType.DATA]
+def data_seqs(data: bytes, sender: Link) -> list[int]:
+    return [f.seq for f in frames_from(sender, data) if f.type == FrameType.DATA]
 
 
 def test_a_lost_retransmission_is_sent_again_once_a_later_frame_is_sacked() -> None:
@@ -443,19 +482,19 @@ def test_a_lost_retransmission_is_sent_again_once_a_later_frame_is_sacked() -> N
     for i in range(3):
         h.send_message(1, bytes([i]))
     first = split_frames(h.bytes_to_send(0.0))
-    assert data_seqs(b"".join(first)) == [0, 1, 2]
+    assert data_seqs(b"".join(first), h) == [0, 1, 2]
     d.receive_bytes(b"".join(first[1:]), 0.001)  # seq 0 lost; 1 and 2 arrive: NAK + SACK
     h.receive_bytes(d.bytes_to_send(0.001), 0.002)
-    assert data_seqs(h.bytes_to_send(0.002)) == [0]  # the NAK's retransmission: lost too
+    assert data_seqs(h.bytes_to_send(0.002), h) == [0]  # the NAK's retransmission: lost too
     h.send_message(1, b"later")
     later = h.bytes_to_send(0.003)
-    assert data_seqs(later) == [3]
+    assert data_seqs(later, h) == [3]
     d.receive_bytes(later, 0.004)  # the device SACKs 1..3, still missing 0
     h.receive_bytes(d.bytes_to_send(0.004), 0.005)
     deadline = h.next_deadline()
     assert deadline is not None and deadline > 0.005
     again = h.bytes_to_send(0.005)
-    assert data_seqs(again) == [0]  # at once, not at the timeout
+    assert data_seqs(again, h) == [0]  # at once, not at the timeout
     assert h.bytes_to_send(0.005) == b""  # inferred once per transmission
     d.receive_bytes(again, 0.006)
     assert [m.payload for m in d.take_messages()] == [b"\x00", b"\x01", b"\x02", b"later"]

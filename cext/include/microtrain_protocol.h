@@ -127,6 +127,8 @@ static inline const char *mt_frame_check_name(int v)
 #define MT_LINK_CONFIG_STRUCT_SIZE 12
 /* SACK as a construct Struct. */
 #define MT_LINK_SACK_STRUCT_SIZE 8
+#define MT_LINK_DESYNC_FRAMES 4 /* CRC failures in a row (over a frame lifetime without a valid frame) that make an established end start a new session. */
+#define MT_LINK_DEAD_EPOCHS 16 /* Peer epochs an end remembers as ended: SYNC/CONFIG carrying one of them are stale. */
 #define MT_LINK_MAX_WINDOW 64 /* Largest window: the SACK bitmap covers 64 frames beyond the cumulative ack. */
 #define MT_LINK_DEFAULT_WINDOW 8
 /* LinkConfig defaults (times in seconds) */
