@@ -78,13 +78,24 @@ def class_accuracy(
 
 
 def add_counters(a: Any, b: Any) -> Any:
-    """Element-wise sum of two counters trees (None where either side cannot count)."""
+    """Counters of two calls combined: work, cycles, energy, traffic and latency add up;
+    ``memory_peak_bytes`` takes the larger of the two peaks (None where either side cannot
+    count)."""
     if a is None:
         return b
     if b is None:
         return None
     if isinstance(a, dict):
-        return {k: add_counters(a[k], b.get(k)) if a[k] is not None else None for k in a}
+        out: dict[str, Any] = {}
+        for k, v in a.items():
+            if k == "memory_peak_bytes" and isinstance(v, dict):
+                w = b.get(k) or {}
+                out[k] = {
+                    m: None if x is None or w.get(m) is None else max(x, w[m]) for m, x in v.items()
+                }
+            else:
+                out[k] = None if v is None else add_counters(v, b.get(k))
+        return out
     return a + b
 
 
