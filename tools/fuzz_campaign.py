@@ -741,11 +741,11 @@ class DeviceHarness:
         self.sent: list[bytes] = []
         self.got: list[bytes] = []
 
-    def _pump(self, ack: bool, rounds: int = PUMP_ROUNDS) -> None:
+    def _pump(self, rounds: int = PUMP_ROUNDS) -> None:
         for _ in range(rounds):
             out = self.host.bytes_to_send(self.now)
             back = self.dev.feed(out, self.now)
-            if back and ack:  # no-ack mode: the device's output is lost, answers pile up
+            if back:
                 self.host.receive_bytes(back, self.now)
             for msg in self.host.take_messages():
                 self.got.append(msg.payload)
@@ -757,7 +757,7 @@ class DeviceHarness:
 
     def establish(self) -> bool:
         for _ in range(HELLO_ROUNDS):
-            self._pump(True, rounds=2)
+            self._pump(rounds=2)
             if self.host.established:
                 return True
             self.now += 0.3
@@ -780,19 +780,20 @@ class DeviceHarness:
                     continue
                 self.sent.append(data)
                 self.host_ids.append(self.host.send_message(0, data))
-                self._pump(ack)
+                self._pump()
             elif act == "line":
                 dirty = True
                 back = self.dev.feed(data, self.now)
-                if back and ack:
+                if back:
                     self.host.receive_bytes(back, self.now)
             elif act == "tick":
                 (dt,) = struct.unpack("<d", data)
                 self.now += dt
                 self.dev.poll(self.now)
-                self._pump(ack)
-            elif act == "noack":
+                self._pump()
+            elif act == "noack":  # from now on the host takes the device's acks, not answers
                 ack = False
+                self.host._on_data = lambda f: None  # type: ignore[method-assign]
             bad = check_link_bounds(self.dev.link, stats, "device")
             if bad:
                 return "device link: " + bad
@@ -803,7 +804,7 @@ class DeviceHarness:
         if kind == "session" and ack:
             for _ in range(4):
                 self.now += 0.3
-                self._pump(True)
+                self._pump()
             if not dirty and self.host.established:
                 for req, resp in zip(self.sent[sent_before:], self.got[sent_before:], strict=False):
                     bad = _answers([resp], req, stats)
@@ -837,7 +838,7 @@ class DeviceHarness:
             self.sent.append(req)
             self.host.send_message(0, req)
         for _ in range(HELLO_ROUNDS):
-            self._pump(True)
+            self._pump()
             if len(self.got) >= len(reqs):
                 break
             self.now += 0.3
@@ -1000,11 +1001,14 @@ def run_one(
     return None
 
 
-def summary(stats: Stats, seed: int, seconds: float, mem_peak: int, mem_every: int) -> dict:
+def summary(
+    stats: Stats, seed: int, seconds: float, mem_peak: int, mem_every: int, start: int = 0
+) -> dict[str, Any]:
     """The JSON summary of a campaign so far."""
     return {
         "inputs": stats.inputs,
         "seed": seed,
+        "first_input": start,
         "per_kind": dict(stats.per_kind),
         "bursts_checked": stats.bursts,
         "unique_statuses": sorted(stats.statuses),
@@ -1040,15 +1044,16 @@ def campaign(
     progress_every: int = 10_000,
     max_findings: int = 50,
     max_seconds: float | None = None,
+    start: int = 0,
 ) -> dict[str, Any]:
     """Run ``inputs`` inputs (fewer if ``max_seconds`` runs out: the summary says how many);
     return the summary (see the module docstring). ``progress(line, summary)`` is called every
     ``progress_every`` inputs."""
     stats = Stats()
-    start = time.perf_counter()
-    device = DeviceHarness(seed)
+    t_start = time.perf_counter()
+    device = DeviceHarness(seed + start)
     mem_peak = 0
-    for index in range(inputs):
+    for index in range(start, start + inputs):
         kind, actions = input_for(seed, index)
         traced = mem_every > 0 and index % mem_every == 0
         if traced:
@@ -1077,21 +1082,54 @@ def campaign(
             if bad:
                 stats.findings.append(Finding("after-burst", "burst", [], bad))
             device = DeviceHarness(seed + index + 1)
-        elapsed = time.perf_counter() - start
-        if progress and (index + 1) % progress_every == 0:
+        elapsed = time.perf_counter() - t_start
+        if progress and stats.inputs % progress_every == 0:
             line = (
-                f"{index + 1} inputs, {len(stats.findings)} findings, "
-                f"{(index + 1) / elapsed:.0f} inputs/s, {elapsed:.0f} s, "
+                f"{stats.inputs} inputs (to #{index}), {len(stats.findings)} findings, "
+                f"{stats.inputs / elapsed:.0f} inputs/s, {elapsed:.0f} s, "
                 f"statuses {len(stats.statuses)}"
             )
-            progress(line, summary(stats, seed, elapsed, mem_peak, mem_every))
+            progress(line, summary(stats, seed, elapsed, mem_peak, mem_every, start))
         if max_seconds is not None and elapsed > max_seconds:
             break
     bad = device.hello_ok()
     stats.bursts += 1
     if bad:
         stats.findings.append(Finding("after-burst", "burst", [], bad))
-    return summary(stats, seed, time.perf_counter() - start, mem_peak, mem_every)
+    return summary(stats, seed, time.perf_counter() - t_start, mem_peak, mem_every, start)
+
+
+def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One summary of several shards of a campaign (same seed, disjoint input ranges, run at
+    the same time): counts added, peaks and bounds the largest, seconds the longest."""
+    out: dict[str, Any] = {
+        "inputs": sum(p["inputs"] for p in parts),
+        "seed": sorted({p["seed"] for p in parts}),
+        "shards": [[p["first_input"], p["first_input"] + p["inputs"]] for p in parts],
+        "per_kind": dict(sum((Counter(p["per_kind"]) for p in parts), Counter())),
+        "bursts_checked": sum(p["bursts_checked"] for p in parts),
+        "status_counts": dict(
+            sum((Counter(p["status_counts"]) for p in parts), Counter()).most_common()
+        ),
+        "crashes": sum(p["crashes"] for p in parts),
+        "findings": [f for p in parts for f in p["findings"]],
+        "peak_traced_bytes": max(p["peak_traced_bytes"] for p in parts),
+        "mem_sampled_every": parts[0]["mem_sampled_every"],
+        "device_pending_peak": max(p["device_pending_peak"] for p in parts),
+        "slowest_input_s": max(p["slowest_input_s"] for p in parts),
+        "seconds": max(p["seconds"] for p in parts),
+    }
+    out["unique_statuses"] = sorted(out["status_counts"])
+    for key in (
+        "decoder_peak_bytes",
+        "decoder_bound_bytes",
+        "link_retained_peak_bytes",
+        "link_retained_bound_bytes",
+    ):
+        ends = {e for p in parts for e in p[key]}
+        out[key] = {e: max(p[key].get(e, 0) for p in parts) for e in sorted(ends)}
+    out["inputs_per_s"] = round(out["inputs"] / out["seconds"], 1) if out["seconds"] else None
+    return out
 
 
 def replay(kind: str, actions: list[Action], seed: int = 0) -> Finding | None:
@@ -1118,14 +1156,29 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--progress-every", type=int, default=10_000)
     ap.add_argument(
+        "--start", type=int, default=0, help="index of the first input (shards of one campaign)"
+    )
+    ap.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        help="print one summary of these shard JSON files, run nothing",
+    )
+    ap.add_argument(
         "--max-seconds", type=float, help="stop after this long (the summary counts the inputs run)"
     )
     ap.add_argument(
         "--json-out", type=Path, help="write the summary JSON here (also at every progress line)"
     )
     args = ap.parse_args(argv)
-    if args.inputs < 1 or args.burst < 1 or args.mem_every < 0 or args.progress_every < 1:
-        ap.error("--inputs, --burst and --progress-every must be >= 1, --mem-every >= 0")
+    if args.merge:
+        merged = merge([json.loads(f.read_text()) for f in args.merge])
+        print(json.dumps(merged, indent=2))
+        return 1 if merged["crashes"] else 0
+    if args.inputs < 1 or args.burst < 1 or args.progress_every < 1:
+        ap.error("--inputs, --burst and --progress-every must be >= 1")
+    if args.mem_every < 0 or args.start < 0:
+        ap.error("--mem-every and --start must be >= 0")
 
     def progress(line: str, partial: dict[str, Any]) -> None:
         print(line, file=sys.stderr, flush=True)
@@ -1140,6 +1193,7 @@ def main(argv: list[str] | None = None) -> int:
         progress=progress,
         progress_every=args.progress_every,
         max_seconds=args.max_seconds,
+        start=args.start,
     )
     text = json.dumps(result, indent=2)
     print(text)
