@@ -198,11 +198,22 @@ def build_layers(input_shape: Sequence[int], specs: Sequence[LayerSpec]) -> list
 # ------------------------------------------------------------------- float helpers
 
 
+def _padded(x: np.ndarray, ph: int, pw: int, fill: float = 0.0) -> np.ndarray:
+    """x (N, C, H, W) with ``fill`` rows and columns around H and W (np.pad's constant mode,
+    without its per-call overhead)."""
+    if ph == 0 and pw == 0:
+        return x
+    n, c, h, w = x.shape
+    xp = np.full((n, c, h + 2 * ph, w + 2 * pw), fill, x.dtype)
+    xp[:, :, ph : ph + h, pw : pw + w] = x
+    return xp
+
+
 def im2col(x: np.ndarray, layer: Layer) -> np.ndarray:
     """Rows (n, ho, wo), columns (c, i, j) of the zero-padded input (as datapath.conv2d)."""
     (kh, kw), (sh, sw), (ph, pw) = layer.kernel, layer.stride, layer.padding
     ho, wo = layer.out_shape[1:]
-    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    xp = _padded(x, ph, pw)
     win = sliding_window_view(xp, (kh, kw), axis=(2, 3))
     win = win[:, :, : sh * (ho - 1) + 1 : sh, : sw * (wo - 1) + 1 : sw]
     return np.ascontiguousarray(win.transpose(0, 2, 3, 1, 4, 5)).reshape(x.shape[0] * ho * wo, -1)
@@ -227,7 +238,7 @@ def col2im(cols: np.ndarray, layer: Layer, batch: int) -> np.ndarray:
 def _pool_windows(x: np.ndarray, layer: Layer, fill: float) -> np.ndarray:
     (kh, kw), (sh, sw), (ph, pw) = layer.kernel, layer.stride, layer.padding
     ho, wo = layer.out_shape[1:]
-    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=fill)
+    xp = _padded(x, ph, pw, fill)
     win = sliding_window_view(xp, (kh, kw), axis=(2, 3))
     win = win[:, :, : sh * (ho - 1) + 1 : sh, : sw * (wo - 1) + 1 : sw]
     return win.reshape(*win.shape[:4], kh * kw)

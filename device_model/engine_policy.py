@@ -22,6 +22,7 @@ forward passes (FORWARD or TRAIN_STEP) before this one, ``class`` the TensorClas
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +54,7 @@ def is_int_format(fmt: str) -> bool:
     return fmt.startswith("dfxp") or fmt == "flex16"
 
 
+@functools.cache
 def format_bits(fmt: str) -> int:
     """Stored bits of one element (fgmp: its 8-bit majority; tf32: 19)."""
     if fmt.startswith("dfxp"):
