@@ -169,6 +169,26 @@ def test_federated_modules_never_import_device_model() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+@pytest.mark.parametrize("name", federated.STRATEGIES)
+def test_every_strategy_is_a_flower_strategy_that_asks_every_client(name: str) -> None:
+    from flwr.serverapp import strategy as flwr_strategies
+
+    from host import federated_app
+
+    cfg = FederationConfig(clients=5, strategy=name)
+    s = federated_app.make_strategy(cfg, federated_app._Recorder(cfg, None))
+    flower_name = {
+        "fedavg": "FedAvg",
+        "fedavgm": "FedAvgM",
+        "fedadam": "FedAdam",
+        "fedmedian": "FedMedian",
+        "fedtrimmedavg": "FedTrimmedAvg",
+    }[name]
+    assert isinstance(s, getattr(flwr_strategies, flower_name))
+    assert (s.min_train_nodes, s.min_available_nodes, s.fraction_train) == (5, 5, 1.0)
+    assert s.fraction_evaluate == 0.0
+
+
 # ---------------------------------------------------------------------- the engine
 
 
