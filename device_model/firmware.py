@@ -89,9 +89,9 @@ MAX_TENSORS = 1024
 MAX_PENDING = 256
 #: Largest request message the device's link reassembles: 1 MiB (assumption: the receive
 #: buffer of the firmware). Every request of the protocol fits, at its schema maxima (the
-#: largest, TRAIN_CONFIG with 4096 policy entries and 2 x 65535 masks, is 962,603 bytes), except
-#: a TENSOR_DATA chunk over 1 MiB; hosts send one-frame chunks. A longer message is discarded
-#: by the link unanswered (``Link.stats["oversize_messages"]``).
+#: largest, TRAIN_CONFIG with 4096 policy entries and 2 x 65535 masks, is 962,603 bytes);
+#: TENSOR_DATA chunks and inline tensors must fit it. A longer message is discarded by the link
+#: unanswered (``Link.stats["oversize_messages"]``). HELLO reports it (``max_request_bytes``).
 MAX_REQUEST_BYTES = 1 << 20
 #: Statuses that change no state and may succeed later: not cached, so a retry executes.
 _TRANSIENT = frozenset({Status.BUSY, Status.TOO_MANY_PENDING})
@@ -437,6 +437,7 @@ class Firmware:
             {"name": "max_tensor_bytes", "value": float(self.max_tensor_bytes)},
             {"name": "max_tensors", "value": float(self.max_tensors)},
             {"name": "max_pending", "value": float(self.max_pending)},
+            {"name": "max_request_bytes", "value": float(MAX_REQUEST_BYTES)},
             {"name": "max_batch", "value": float(MAX_BATCH)},
         ]
         features = (

@@ -77,6 +77,7 @@ def test_hello_reports_every_limit() -> None:
     assert params["max_layers"] == preset.max_layers
     assert params["device_memory_bytes"] == preset.device_memory_bytes
     assert params["max_batch"] == fw_mod.MAX_BATCH
+    assert params["max_request_bytes"] == fw_mod.MAX_REQUEST_BYTES
 
 
 def test_too_many_layers_through_the_host(deployed: tuple[Any, Any]) -> None:
