@@ -8,7 +8,8 @@ the responses it waits for are in, or the call's deadline passes. A lock seriali
   the same device never collides with the device's response cache of an earlier one.
 * Every call has a deadline: ``timeout`` (the device's think time) plus twice the time the
   call's bytes take on the wire at the port's baud rate (10 bits per byte), see ``deadline``,
-  plus the set-up of a new link session after a reset (2 x frame_lifetime + SYNC_ALLOWANCE).
+  plus the set-up of a new link session after a reset (SYNC_ALLOWANCE; the link itself
+  reconnects at once, this covers lost SYNC/CONFIG frames and their retries).
   No answer by then raises ``errors.Timeout``; a port that fails or closes raises
   ``errors.LinkLost``. Nothing blocks longer than one short read (``POLL_INTERVAL``).
 * Exactly once: the link replays unanswered requests after a peer reset, the device answers
@@ -42,7 +43,7 @@ from protocol.status import MessageError, Status
 POLL_INTERVAL = 0.01
 #: Default think time of the device per call (seconds), on top of the wire time.
 DEFAULT_TIMEOUT = 10.0
-#: Seconds allowed on top of two frame lifetimes for setting up a new link session.
+#: Seconds allowed for setting up a new link session after a reset (SYNC retries under loss).
 SYNC_ALLOWANCE = 1.0
 #: Baud rate assumed when nothing says otherwise.
 DEFAULT_BAUD = 115_200
@@ -142,9 +143,9 @@ class Runner:
         with self._lock:
             limit = self.deadline(nbytes, timeout)
             if self.resets and not self.link.established:
-                # A session after a reset waits out the old one's frames at both ends
-                # (frame_lifetime each) and SYNC retries back off: allow for it.
-                limit += 2 * self.link.config.frame_lifetime + SYNC_ALLOWANCE
+                # A session after a reset is set up at once, but its SYNC/CONFIG may be
+                # lost and SYNC retries back off: allow for it.
+                limit += SYNC_ALLOWANCE
             end = time.monotonic() + limit
             want = set(ids)
             while not want <= self._answers.keys():

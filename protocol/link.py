@@ -10,7 +10,8 @@ Session setup (symmetric, either end may start or restart at any time):
 * Every end has a random 32-bit *epoch*, new at every ``reset``. Until the peer has confirmed
   it, an end sends SYNC{epoch, max_payload, window} (retried with backoff). Every SYNC is
   answered by CONFIG{epoch, echo of the SYNC's epoch, max_payload, window}. An end is
-  *established* once it knows the peer's epoch and has received a CONFIG echoing its own.
+  *established* once it knows the peer's epoch and has received a CONFIG echoing its own. An
+  end not yet established answers a SYNC with its CONFIG and its own SYNC at once.
   Both ends use min(own, peer) for max payload and window.
 * A SYNC or CONFIG carrying an epoch other than the known peer epoch means the peer reset:
   the session (sequence numbers, window, reassembly) starts over. A ``HOST`` end then re-sends,
@@ -625,6 +626,12 @@ class Link:
         elif self._peer_epoch is None:
             self._set_peer(epoch)
         self._agree(max_payload, window)
+        if not self._confirmed:
+            # The peer is there now: our own SYNC goes out with the CONFIG, not at the next
+            # backed-off retry (SYNCs sent before the peer listened, e.g. into a pty nobody
+            # had opened yet, are lost).
+            self._sync_due = True
+            self._sync_interval = self.config.rto_initial
         self._ctrl.append(
             encode_frame(
                 FrameType.CONFIG,

@@ -227,3 +227,20 @@ def test_empty_frames_are_idle_fill() -> None:
         FrameDecoder().feed(b"\x00\x00\x00" + good + good)
         == [Frame(FrameType.SYNC, payload=b"s")] * 2
     )
+
+
+def test_session_frames_are_bound_to_both_epochs() -> None:
+    from protocol.framing import CrcError, FrameType, decode_frame, encode_frame, session_crc
+
+    s = session_crc(1, 2)
+    assert s == zlib.crc32(b"\x01\x00\x00\x00\x02\x00\x00\x00")
+    data = encode_frame(FrameType.DATA, b"payload", seq=3, session=s)
+    assert decode_frame(data[1:-1], session=s).payload == b"payload"
+    for other in (None, session_crc(2, 1), session_crc(1, 3)):  # another session: a bad CRC
+        with pytest.raises(CrcError):
+            decode_frame(data[1:-1], session=other)
+    # Setup frames carry the plain CRC and pass in any session; other frames do not.
+    sync = encode_frame(FrameType.SYNC, bytes(8))
+    assert decode_frame(sync[1:-1], session=s).type == FrameType.SYNC
+    with pytest.raises(CrcError):
+        decode_frame(encode_frame(FrameType.ACK, bytes(8))[1:-1], session=s)

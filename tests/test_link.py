@@ -560,3 +560,19 @@ def test_combined_faults_cost_retransmissions_not_waiting(seed: int) -> None:
     clean = simulate("", seed)
     faulty = simulate("corrupt=1e-4&drop=0.01&dup=0.01&insert=1e-4", seed)
     assert faulty < 2.6 * clean, (faulty, clean)
+
+
+def test_an_end_whose_syncs_were_lost_syncs_again_when_the_peer_appears() -> None:
+    # A served device SYNCs into a pty nobody has opened (lost); its retries back off to
+    # rto_max. When the host's SYNC arrives, the device's own SYNC goes out with its CONFIG,
+    # so the session is up within one exchange, not at the next retry (was ~4 s for the first
+    # `microtrain info` against a fresh `microtrain serve --pty`).
+    h, d = pair()
+    t = 0.0
+    for _ in range(6):  # the device's SYNCs of the first seconds go nowhere
+        t = d.next_deadline() or t
+        d.poll(t)
+        d.bytes_to_send(t)
+    assert (d.next_deadline() or 0) - t >= CFG.rto_max / 2  # backed off
+    run(h, d, t, rounds=2)
+    assert h.established and d.established
