@@ -33,6 +33,7 @@ __all__ = [
     "default_acc_bits",
     "gemm_float",
     "gemm_int",
+    "gemm_int_slice_ops",
     "kernel_available",
     "round_ieee_like",
     "sgd_update",
@@ -212,6 +213,35 @@ def gemm_int(
     0 when None; must fit the accumulator) and adds a[m,k]*b[k,n] for k in order, saturating
     (``acc_mode="saturate"``) or wrapping (``"wrap"``) to ``acc_bits`` bits (8..64; default
     32 for int8 x int8, 48 otherwise)."""
+    c, st = _gemm_int_raw(a, b, trans_a, trans_b, acc_bits, acc_mode, init, kernel, threads)
+    raw = bytes(ffi.buffer(st))  # mt_gemm_stats: 11 int64 fields, then kernel and threads
+    counts = np.frombuffer(raw, np.int64, count=11).tolist()
+    kcode, nthr = np.frombuffer(raw, np.int32, count=2, offset=88).tolist()
+    fields = dict(zip((*_STAT_FIELDS, "slow_rows"), counts, strict=True))
+    stats = GemmStats(**fields, kernel=_KERNEL_NAMES.get(kcode, str(kcode)), threads=nthr)
+    return c, stats
+
+
+def gemm_int_slice_ops(
+    a: np.ndarray, b: np.ndarray, *, trans_a: bool = False, trans_b: bool = False
+) -> tuple[np.ndarray, int]:
+    """``gemm_int`` with the default accumulator and kernel, returning only
+    ``(C, stats.slice_ops)`` (what the training engine uses; no GemmStats built)."""
+    c, st = _gemm_int_raw(a, b, trans_a, trans_b, None, "saturate", None, None, None)
+    return c, int(st.slice_ops)
+
+
+def _gemm_int_raw(
+    a: np.ndarray,
+    b: np.ndarray,
+    trans_a: bool,
+    trans_b: bool,
+    acc_bits: int | None,
+    acc_mode: str,
+    init: Any,
+    kernel: str | None,
+    threads: int | None,
+) -> tuple[np.ndarray, Any]:
     a2, lda, ta = _int_operand(a, "a", bool(trans_a))
     b2, ldb, tb = _int_operand(b, "b", bool(trans_b))
     m, ka = (a2.shape[1], a2.shape[0]) if ta else a2.shape
@@ -249,12 +279,7 @@ def gemm_int(
         st,
     )
     _check_rc(rc, "gemm_int")
-    raw = bytes(ffi.buffer(st))  # mt_gemm_stats: 11 int64 fields, then kernel and threads
-    counts = np.frombuffer(raw, np.int64, count=11).tolist()
-    kcode, nthr = np.frombuffer(raw, np.int32, count=2, offset=88).tolist()
-    fields = dict(zip((*_STAT_FIELDS, "slow_rows"), counts, strict=True))
-    stats = GemmStats(**fields, kernel=_KERNEL_NAMES.get(kcode, str(kcode)), threads=nthr)
-    return c, stats
+    return c, st
 
 
 def _init(init: Any, m: int, n: int, bits: int) -> np.ndarray | None:

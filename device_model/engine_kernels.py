@@ -28,6 +28,7 @@ from device_model import numerics as chip_numerics
 __all__ = ["ChipKernels", "Kernels"]
 
 IntResult = tuple[np.ndarray, int]
+_SCALED = frozenset({"fp8-seb", "flex16", *(f"dfxp{n}" for n in range(4, 17))})
 
 
 class Kernels(Protocol):
@@ -80,17 +81,34 @@ class ChipKernels:
     def encode_values(
         self, x: np.ndarray, fmt: str, frac: int, **kw: Any
     ) -> tuple[np.ndarray, np.ndarray]:
-        return chip_numerics.encode_values(x, fmt, **kw)
+        xs = np.ascontiguousarray(x, np.float32)
+        codes, values, _ = chip_numerics.encode_fixed_values(
+            xs,
+            fmt,
+            frac,
+            rounding=kw.get("rounding", "nearest"),
+            saturate=kw.get("saturate"),
+            seed=kw.get("seed", 0),
+            stream=kw.get("stream", 0),
+        )
+        return codes, values
 
     def quantize(self, x: np.ndarray, fmt: str, **kw: Any) -> np.ndarray:
         return chip_numerics.quantize(x, fmt, **kw)
 
     def scale_params(self, x: np.ndarray, fmt: str, **kw: Any) -> dict[str, Any]:
-        return chip_numerics.scale_params(x, fmt, **kw)
+        if (
+            kw
+            or fmt not in _SCALED
+            or not (isinstance(x, np.ndarray) and x.dtype == np.float32 and x.flags.c_contiguous)
+        ):
+            return chip_numerics.scale_params(x, fmt, **kw)
+        return {
+            "frac_bits" if fmt.startswith("dfxp") else "shared_exp": chip_numerics.scale_of(x, fmt)
+        }
 
     def gemm_int(self, a: np.ndarray, b: np.ndarray, *, trans_a: bool, trans_b: bool) -> IntResult:
-        c, st = datapath.gemm_int(a, b, trans_a=trans_a, trans_b=trans_b)
-        return c, st.slice_ops
+        return datapath.gemm_int_slice_ops(a, b, trans_a=trans_a, trans_b=trans_b)
 
     def gemm_float(
         self, a: np.ndarray, b: np.ndarray, *, trans_a: bool, trans_b: bool

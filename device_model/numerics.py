@@ -30,9 +30,11 @@ __all__ = [
     "code_dtype",
     "decode",
     "encode",
+    "encode_fixed_values",
     "encode_values",
     "outlier_ratio",
     "quantize",
+    "scale_of",
     "scale_params",
     "sr_bits",
 ]
@@ -44,6 +46,7 @@ _ROUND_CODE = {
 }
 _FAMILY_CODE = {"ieee": lib.MT_FLOAT_IEEE, "fn": lib.MT_FLOAT_FN, "dl": lib.MT_FLOAT_DL}
 _SCALED = ("fp8-seb", "flex16", *(f"dfxp{n}" for n in range(4, 17)))
+_MASK64 = (1 << 64) - 1
 
 if os.environ.get("MICROTRAIN_THREADS", "").strip() == "1":
     lib.mt_numerics_set_threads(1)
@@ -220,6 +223,50 @@ def encode_values(
         _fixed_bits(fmt), f, rnd, sat, seed_, stream_, 0, rptr,
     )  # fmt: skip
     return codes, out
+
+
+def scale_of(xs: np.ndarray, fmt: str) -> int:
+    """scale_params' one value (frac_bits of dfxpN, shared_exp of flex16 / fp8-seb) for a
+    C-contiguous float32 array, without scale_params' argument checks (for the training
+    engine, whose formats were validated at configuration)."""
+    if not (isinstance(xs, np.ndarray) and xs.dtype == np.float32 and xs.flags.c_contiguous):
+        raise ValueError("xs must be a C-contiguous float32 array")
+    if fmt not in _SCALED:
+        raise ValueError(f"{fmt!r} has no per-tensor scale")
+    return _scale_of(xs, fmt)
+
+
+def encode_fixed_values(
+    xs: np.ndarray,
+    fmt: str,
+    frac: int | None,
+    *,
+    rounding: str,
+    saturate: bool | None,
+    seed: int,
+    stream: int,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """encode_values for a caller that has validated its arguments already (the training
+    engine's policy): a C-contiguous float32 ``xs``, a fixed-point ``fmt`` (dfxpN, flex16),
+    its fractional length ``frac`` (value = code * 2^-frac; None = from the amax of ``xs``,
+    as scale_params), a rounding name. Returns ``(codes, values, frac)``; the same bits as
+    encode_values."""
+    if not (isinstance(xs, np.ndarray) and xs.dtype == np.float32 and xs.flags.c_contiguous):
+        raise ValueError("xs must be a C-contiguous float32 array")
+    if not _is_fixed(fmt):
+        raise ValueError(f"encode_fixed_values takes dfxpN or flex16, got {fmt!r}")
+    if frac is None:
+        v = _scale_of(xs, fmt)
+        frac = -v if fmt == "flex16" else v
+    codes = np.empty(xs.shape, dtype=np.int8 if _fixed_bits(fmt) <= 8 else np.int16)
+    out = np.empty(xs.shape, dtype=np.float32)
+    sat = True if saturate is None else bool(saturate)
+    lib.mt_encode_fixed_values(
+        _f32(xs.reshape(-1)), ffi.from_buffer(codes), _f32(out.reshape(-1)), xs.size,
+        _fixed_bits(fmt), int(frac), _ROUND_CODE[rounding], sat, int(seed) & _MASK64,
+        int(stream) & _MASK64, 0, ffi.NULL,
+    )  # fmt: skip
+    return codes, out, int(frac)
 
 
 def decode(codes: npt.ArrayLike, fmt: str, **params: Any) -> np.ndarray:

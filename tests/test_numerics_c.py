@@ -528,3 +528,25 @@ def test_encode_values_is_encode_then_decode(fmt: str, data: st.DataObject) -> N
 def test_encode_values_refuses_other_formats() -> None:
     with pytest.raises(ValueError, match="fixed-point format"):
         cnum.encode_values(np.ones(3, np.float32), "e4m3")
+
+
+@pytest.mark.parametrize("fmt", ["dfxp4", "dfxp8", "dfxp11", "dfxp16", "flex16"])
+@FEW
+@given(data=st.data())
+def test_engine_entry_points_equal_the_checked_ones(fmt: str, data: st.DataObject) -> None:
+    """encode_fixed_values and scale_of (the training engine's unchecked entry points) give
+    encode_values' and scale_params' results."""
+    x = np.ascontiguousarray(data.draw(tensors(fmt, {})), np.float32)
+    name = "frac_bits" if fmt.startswith("dfxp") else "shared_exp"
+    assert {name: cnum.scale_of(x, fmt)} == cnum.scale_params(x, fmt)
+    frac = data.draw(st.one_of(st.none(), st.integers(-64, 64)))
+    sat = data.draw(st.sampled_from([None, True, False]))
+    for rounding in ROUNDINGS:
+        kw = dict(rounding=rounding, saturate=sat, seed=3, stream=77)
+        codes, values, used = cnum.encode_fixed_values(x, fmt, frac, **kw)
+        given_scale = {} if frac is None else {name: frac if name == "frac_bits" else -frac}
+        c2, v2 = cnum.encode_values(x, fmt, **kw, **given_scale)
+        assert_same_codes(codes, c2)
+        assert_same_values(values, v2)
+        scale = cnum.scale_params(x, fmt)[name] if frac is None else given_scale[name]
+        assert used == (scale if name == "frac_bits" else -scale)
