@@ -318,14 +318,17 @@ def plot(record: dict[str, Any], path: str) -> None:
                         ax.plot(
                             prs.index(d["pruning"]) + dx, bits.index(d["bits"]) - 0.25, mark,
                             mfc="red", mec="k", ms=7,
-                            label=f"best, {chip}-grained chip (blue box)",
                         )  # fmt: skip
-                ax.legend(loc="lower left", fontsize=7)
             ax.set_xticks(range(len(prs)), [f"{p:.1f}" for p in prs])
             ax.set_yticks(range(len(bits)), [f"DFXP{b}" for b in bits])
             ax.set_xlabel("pruning ratio")
-            title = "test accuracy (%)" if key == "accuracy" else "IA sparsity (layer mean)"
-            ax.set_title(f"{name}: {title}; fp32 {100 * m['fp32_accuracy']:.1f}%", fontsize=9)
+            title = (
+                "test accuracy (%)\nbest in the blue box: square = coarse-, triangle = "
+                "fine-grained chip"
+                if key == "accuracy"
+                else "IA sparsity (layer mean)"
+            )
+            ax.set_title(f"{name}, fp32 {100 * m['fp32_accuracy']:.1f}%: {title}", fontsize=8)
     fig.suptitle(
         "PQ plot on digits, retrained on emu://hnpu-v2 (boxes: blue >= fp32-1.5, "
         "green >= fp32-5.5 points)",
