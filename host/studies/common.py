@@ -5,10 +5,10 @@ The data: scikit-learn's bundled 8x8 digits (no download) cut by ``host.datasets
 seeded, disjoint splits. The studies train on ``pretrain + stream`` (1,437 images) and measure
 accuracy on ``heldout`` (360 images, never trained on): ``digits(seed)``.
 
-The models (both take (1, 8, 8) frames, both about 4.8k parameters):
+The models (both take (1, 8, 8) frames, about 4.5k and 4.8k parameters):
 
 * ``digits_cnn()``: the demo's deployed CNN, Conv2d(1,8,3,p=1)-ReLU-MaxPool(2)-Flatten-
-  Linear(128,32)-ReLU-Linear(32,10) (4,778 parameters);
+  Linear(128,32)-ReLU-Linear(32,10) (4,538 parameters);
 * ``digits_mlp()``: Flatten-Linear(64,64)-ReLU-Linear(64,10) (4,810 parameters).
 
 ``pretrained(name, seed)`` trains one on the host in fp32 (``host.demo.pretrain``: Adam,
@@ -97,7 +97,7 @@ def digits(seed: int = 0, *, train_size: int | None = None, test_size: int | Non
 
 
 def digits_cnn() -> nn.Sequential:
-    """The small CNN of the demo (4,778 parameters)."""
+    """The small CNN of the demo (4,538 parameters)."""
     from host.demo import digits_cnn as cnn
 
     return cnn()
