@@ -60,7 +60,7 @@ PRESET = "hnpu-v2"
 #: to oscillate in a first run at this precision.
 LR = {"bp": demo.LEARNING_RATES["bp"], "dfa": demo.DFA_PRETRAIN_LR}
 EPOCHS_FULL = 20
-EPOCHS_QUICK = 3
+EPOCHS_QUICK = 1
 #: On-device algorithm name per method.
 DEVICE_ALGORITHM = {"bp": "bp", "dfa": "dfa", "pdfa": "pipelined-dfa"}
 METHODS = ("bp", "ddg", "fdg", "dfa", "pdfa")

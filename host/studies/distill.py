@@ -50,7 +50,7 @@ BATCH = 16
 LR = 0.05
 T = 2.0
 EPOCHS_FULL = 30
-EPOCHS_QUICK = 6
+EPOCHS_QUICK = 4
 #: Host training epochs of the MLP teacher (the full run only).
 TEACHER_EPOCHS = 30
 ACCEPT_POINTS = 3.0

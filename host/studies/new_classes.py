@@ -60,10 +60,10 @@ LAMBDA = 1.0
 #: exploration 0.01 and 0.005 lost 7-16 points on 0-7 (docs/results.md).
 LR = demo.LEARNING_RATES["bp"] / 5
 EPOCHS_FULL = 10
-EPOCHS_QUICK = 2
+EPOCHS_QUICK = 1
 METHODS = ("rehearsal+distillation", "rehearsal", "naive")
 PRETRAIN_EPOCHS_FULL = demo.PRETRAIN_EPOCHS["bp"]
-PRETRAIN_EPOCHS_QUICK = 6
+PRETRAIN_EPOCHS_QUICK = 4
 ACCEPT_NEW = 0.85
 ACCEPT_OLD_LOSS = 0.05
 

@@ -64,7 +64,7 @@ FAULTS_QUICK = ("dead-columns",)
 EPOCHS_FULL = 6
 EPOCHS_QUICK = 1
 PRETRAIN_EPOCHS_FULL = demo.PRETRAIN_EPOCHS["bp"]
-PRETRAIN_EPOCHS_QUICK = 5
+PRETRAIN_EPOCHS_QUICK = 3
 
 
 def _sparse_masks(spec: nn.Sequential, w: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
