@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import time
 from typing import Any
 
 import numpy as np
@@ -202,6 +203,7 @@ def _layer_times(sparsity: float, input_zero: float) -> dict[str, Any]:
 
 
 def run(quick: bool, seed: int, progress: Progress) -> dict[str, Any]:
+    cpu0 = time.process_time()
     from device_model.costs_schedule import table5_time
     from device_model.memory_model import training_memory
 
@@ -298,6 +300,7 @@ def run(quick: bool, seed: int, progress: Progress) -> dict[str, Any]:
     }
     return {
         "study": "bu",
+        "cpu_s": round(time.process_time() - cpu0, 1),
         "preset": PRESET,
         "precision": PRECISION,
         "model": {"sizes": list(SIZES), "batch": BATCH},

@@ -25,6 +25,7 @@ Acceptance (issue 6): the distilled student within 3 points of the one trained o
 from __future__ import annotations
 
 import itertools
+import time
 from typing import Any
 
 import numpy as np
@@ -129,6 +130,7 @@ def _student(
 
 
 def run(quick: bool, seed: int, progress: Progress) -> dict[str, Any]:
+    cpu0 = time.process_time()
     data = datasets.load_digits_splits(seed)
     teachers = _teachers(data, seed, None if quick else TEACHER_EPOCHS)
     svm_stream = teachers["svm"](data.stream.x)
@@ -169,6 +171,7 @@ def run(quick: bool, seed: int, progress: Progress) -> dict[str, Any]:
     distilled = rows[1:]
     return {
         "study": "distill",
+        "cpu_s": round(time.process_time() - cpu0, 1),
         "preset": PRESET,
         "precision": PRECISION,
         "student": {"sizes": list(STUDENT), "params": _params(STUDENT)},

@@ -29,6 +29,7 @@ Acceptance (issue 6): at least 85% on 8-9 and at most 5 points lost on 0-7.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -173,6 +174,7 @@ def _teach(
 
 
 def run(quick: bool, seed: int, progress: Progress) -> dict[str, Any]:
+    cpu0 = time.process_time()
     data = datasets.load_digits_splits(seed)
     spec = demo.digits_cnn()
     pre_epochs = PRETRAIN_EPOCHS_QUICK if quick else PRETRAIN_EPOCHS_FULL
@@ -192,6 +194,7 @@ def run(quick: bool, seed: int, progress: Progress) -> dict[str, Any]:
     reh = rows[0]
     return {
         "study": "new-classes",
+        "cpu_s": round(time.process_time() - cpu0, 1),
         "preset": PRESET,
         "precision": PRECISION,
         "model": "host.demo.digits_cnn",

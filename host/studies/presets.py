@@ -28,6 +28,7 @@ attribute the gain (V2 under BP, V2 without pruning).
 from __future__ import annotations
 
 import itertools
+import time
 from typing import Any
 
 import numpy as np
@@ -185,6 +186,7 @@ def _gains(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:
 
 
 def run(quick: bool, seed: int, progress: Progress) -> dict[str, Any]:
+    cpu0 = time.process_time()
     cfg = QUICK if quick else FULL
     variants = VARIANTS[:2] if quick else VARIANTS
     rows = []
@@ -199,6 +201,7 @@ def run(quick: bool, seed: int, progress: Progress) -> dict[str, Any]:
     analytic_gains = {k: _gains(analytic["v1-bp"], v) for k, v in analytic.items() if k != "v1-bp"}
     return {
         "study": "presets",
+        "cpu_s": round(time.process_time() - cpu0, 1),
         "workload": {
             "layers": list(cfg["sizes"]),
             "batch": cfg["batch"],

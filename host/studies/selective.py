@@ -26,6 +26,7 @@ datapath widths, the quantity survey VII-C reasons about.
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import numpy as np
@@ -206,6 +207,7 @@ def _adapt(
 
 
 def run(quick: bool, seed: int, progress: Progress) -> dict[str, Any]:
+    cpu0 = time.process_time()
     data = datasets.load_digits_splits(seed)
     spec = demo.digits_cnn()
     pre_epochs = PRETRAIN_EPOCHS_QUICK if quick else PRETRAIN_EPOCHS_FULL
@@ -243,6 +245,7 @@ def run(quick: bool, seed: int, progress: Progress) -> dict[str, Any]:
     )
     return {
         "study": "selective",
+        "cpu_s": round(time.process_time() - cpu0, 1),
         "full_training_memory_matches_device": full_matches,
         "preset": PRESET,
         "precision": PRECISION,

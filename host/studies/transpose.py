@@ -21,6 +21,7 @@ range of batch sizes (the number of samples that reuse one re-arrangement).
 from __future__ import annotations
 
 import itertools
+import time
 from typing import Any
 
 import numpy as np
@@ -58,6 +59,7 @@ def _inputs(name: str, shape: tuple[int, ...], n: int, seed: int) -> tuple[np.nd
 
 
 def run(quick: bool, seed: int, progress: Progress) -> dict[str, Any]:
+    cpu0 = time.process_time()
     batches = BATCHES_QUICK if quick else BATCHES_FULL
     steps = 2 if quick else 3
     models = MODELS[:1] if quick else MODELS
@@ -104,6 +106,7 @@ def run(quick: bool, seed: int, progress: Progress) -> dict[str, Any]:
             ))  # fmt: skip
     return {
         "study": "transpose",
+        "cpu_s": round(time.process_time() - cpu0, 1),
         "preset": PRESET,
         "precision": PRECISION,
         "source": (
