@@ -52,6 +52,7 @@ __all__ = [
     "FederationConfig",
     "FederationResult",
     "client_split",
+    "clients_info",
     "dirichlet_partition",
     "evaluate",
     "iid_partition",
@@ -490,23 +491,13 @@ def _load() -> list[float]:
         return []
 
 
-def run(cfg: FederationConfig, progress: Progress | None = None) -> FederationResult:
-    """Run the federation on Flower's simulation engine (Ray backend); see docs/federated.md."""
-    try:
-        from host import federated_app
-    except ImportError as e:
-        raise InvalidArgument(
-            f"federated learning needs Flower ({e.name or e}): install the project's "
-            "'federated' extra (pip install -e '.[federated]'; make setup does)"
-        ) from None
-    load_start = _load()
-    t0 = time.perf_counter()
-    rounds = federated_app.simulate(cfg, progress=progress)
-    wall = time.perf_counter() - t0
-    clients = []
+def clients_info(cfg: FederationConfig) -> list[dict[str, Any]]:
+    """Per client: index, device URL, partition size and class counts (the JSON's
+    ``clients``)."""
+    out = []
     for c in range(cfg.clients):
         part = client_split(cfg, c)
-        clients.append(
+        out.append(
             {
                 "client": c,
                 "device": cfg.device_of(c),
@@ -514,6 +505,26 @@ def run(cfg: FederationConfig, progress: Progress | None = None) -> FederationRe
                 "classes": np.bincount(part.y, minlength=10).tolist(),
             }
         )
+    return out
+
+
+def run(
+    cfg: FederationConfig, progress: Progress | None = None, *, verbose: bool = False
+) -> FederationResult:
+    """Run the federation on Flower's simulation engine (Ray backend); see docs/federated.md.
+    ``progress`` gets one line per round; ``verbose`` keeps Flower's and Ray's logs."""
+    try:
+        from host import federated_app
+    except ImportError as e:
+        raise InvalidArgument(
+            f"federated learning needs Flower ({e.name or e}): install the project's "
+            "'federated' extra (pip install -e '.[federated]'; make setup does)"
+        ) from None
+    clients = clients_info(cfg)  # partitions first: a bad one fails before any engine work
+    load_start = _load()
+    t0 = time.perf_counter()
+    rounds = federated_app.simulate(cfg, progress=progress, verbose=verbose)
+    wall = time.perf_counter() - t0
     return FederationResult(
         rounds=rounds,
         engine=f"flwr {federated_app.flwr_version()} simulation engine (ray backend)",
@@ -588,15 +599,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--strategy", default=d.strategy, choices=STRATEGIES, help="server strategy (fedavg)"
     )
-    p.add_argument("--steps", type=int, default=d.steps, help=f"local steps/round ({d.steps})")
-    p.add_argument("--batch", type=int, default=d.batch, help=f"local batch ({d.batch})")
+    p.add_argument("--steps", type=int, default=d.steps, help=f"local steps per round ({d.steps})")
+    p.add_argument("--batch", type=int, default=d.batch, help=f"local batch size ({d.batch})")
     p.add_argument("--lr", type=float, default=d.lr, help=f"on-chip SGD learning rate ({d.lr})")
-    p.add_argument("--precision", default=d.precision, help=f"datapath ({d.precision})")
-    p.add_argument("--algorithm", default=d.algorithm, choices=ALGORITHMS, help="(bp)")
     p.add_argument(
-        "--eval-device", default=d.eval_device, metavar="URL", help="evaluation chip (emu)"
+        "--precision", default=d.precision, help=f"datapath format of the chips ({d.precision})"
     )
-    p.add_argument("--parallel", type=int, default=None, help="clients at once (CPU count)")
+    p.add_argument(
+        "--algorithm", default=d.algorithm, choices=ALGORITHMS, help="on-chip training (bp)"
+    )
+    p.add_argument(
+        "--eval-device",
+        default=d.eval_device,
+        metavar="URL",
+        help=f"chip the server evaluates the global model on ({d.eval_device})",
+    )
+    p.add_argument(
+        "--parallel", type=int, default=None, help="clients trained at once (default: CPUs)"
+    )
     p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
 
 
@@ -626,8 +646,6 @@ def main(args: argparse.Namespace) -> int:
     except errors.MicrotrainError as e:
         print(f"microtrain federate: {e}", file=sys.stderr)
         return 2
-    if getattr(args, "verbose", False):
-        os.environ["MICROTRAIN_FEDERATE_VERBOSE"] = "1"
     print(
         f"microtrain federate: {cfg.clients} clients x {cfg.rounds} rounds, {cfg.partition}, "
         f"{cfg.strategy}, {cfg.precision} {cfg.algorithm}, {cfg.steps} steps/round; "
@@ -639,7 +657,7 @@ def main(args: argparse.Namespace) -> int:
         print(line, file=sys.stderr, flush=True)
 
     try:
-        result = run(cfg, progress=report)
+        result = run(cfg, progress=report, verbose=bool(getattr(args, "verbose", False)))
     except errors.MicrotrainError as e:
         print(f"microtrain federate: {e}", file=sys.stderr)
         return 1

@@ -52,6 +52,7 @@ from host.federated import (
     Evaluator,
     FederationConfig,
     Progress,
+    clients_info,
     format_round,
     model_spec,
     train_local,
@@ -283,8 +284,16 @@ def _deployed_main(grid: Grid, context: Context) -> None:
     recorder = _Recorder(cfg, progress=lambda line: logging.getLogger("flwr").info(line))
     run_server(grid, cfg, recorder)
     if out:
+        doc = {
+            "rounds": recorder.rounds,
+            "engine": f"flwr {flwr_version()} deployment engine",
+            # the devices are the SuperNodes' (node config "device"), unknown to the server
+            "clients": clients_info(cfg),
+            "strategy": cfg.strategy,
+            "settings": cfg.to_record(),
+        }
         with open(str(out), "w") as f:
-            json.dump({"rounds": recorder.rounds, "engine": "flwr deployment engine"}, f, indent=2)
+            json.dump(doc, f, indent=2)
 
 
 # --------------------------------------------------------------------------- simulation
@@ -293,13 +302,14 @@ def _deployed_main(grid: Grid, context: Context) -> None:
 _QUIET_LOGGERS = ("flwr", "ray")
 
 
-def simulate(cfg: FederationConfig, progress: Progress | None = None) -> list[dict[str, Any]]:
+def simulate(
+    cfg: FederationConfig, progress: Progress | None = None, *, verbose: bool = False
+) -> list[dict[str, Any]]:
     """Run the federation on Flower's simulation engine: ``cfg.clients`` virtual SuperNodes
     (one ClientApp each, ``cfg.workers`` Ray actors of one CPU at a time) and the ServerApp in
-    this process. Returns the round records."""
+    this process. Returns the round records. ``verbose``: keep Flower's and Ray's logs."""
     from flwr.simulation import run_simulation
 
-    verbose = os.environ.get("MICROTRAIN_FEDERATE_VERBOSE") == "1"
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # offline: no usage pings
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")

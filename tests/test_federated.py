@@ -283,5 +283,6 @@ def test_a_served_device_killed_mid_round_is_reported() -> None:
     assert first["clients_ok"] == 2, first["failed"]
     assert second["clients_ok"] == 1
     (fail,) = second["failed"]
+    print("killed mid-round:", fail["error"])
     assert fail["client"] == 1 and fail["device"] == pty
     assert fail["error"].split(":")[0] in ("LinkLost", "Timeout", "StateLost"), fail
