@@ -270,8 +270,8 @@ def test_step_response_encodes_and_decodes_as_construct_does(
     rop = m.response_opcode(op)
     fast = _outcome(m.encode_response, op, rid, body)
     assert fast == _outcome(m._encode, m.Response, m.RESPONSE_BODIES, rop, rid, body)
-    if fast[0] == "ok":
-        assert _outcome(m.decode_response, fast[1]) == _outcome(_slow_response, fast[1])
+    if fast[0] == "ok":  # repr: a NaN loss or counter is unequal to itself, its repr is not
+        assert repr(_outcome(m.decode_response, fast[1])) == repr(_outcome(_slow_response, fast[1]))
 
 
 @given(st.data())
