@@ -11,6 +11,7 @@
 
 #include <pthread.h>
 #include <stddef.h>
+#include <string.h>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__GLIBC__)
 #define VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
@@ -98,6 +99,57 @@ int mt_sgd_update(float *w, float *m, const float *g, const uint8_t *upd, const 
         return 0;
     }
     sgd_range(&a);
+    pthread_join(th, NULL);
+    return 0;
+}
+
+typedef struct {
+    const int64_t *acc;
+    float *out;
+    float scale;
+    int64_t lo, hi;
+} rescale_job;
+
+VECTOR_CLONES static void rescale_range(const rescale_job *t)
+{
+    const int64_t *restrict acc = t->acc;
+    float *restrict out = t->out;
+    const float scale = t->scale;
+    for (int64_t i = t->lo; i < t->hi; i++)
+        out[i] = (float)acc[i] * scale;
+}
+
+static void *rescale_thread(void *p)
+{
+    rescale_range(p);
+    return NULL;
+}
+
+int mt_rescale_i64(const int64_t *acc, float *out, int64_t n, int frac, int threads)
+{
+    if (!acc || !out || n < 0 || frac < -64 || frac > 126)
+        return -1;
+    uint32_t bits = (uint32_t)(127 - frac) << 23; /* 2^-frac, a normal float32 */
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    if (threads <= 0)
+        threads = n >= SPLIT_MIN ? 2 : 1;
+    rescale_job a = {acc, out, scale, 0, n};
+    if (threads < 2 || n < 128) {
+        rescale_range(&a);
+        return 0;
+    }
+    int64_t mid = (n / 2) & ~(int64_t)63;
+    rescale_job b = a;
+    a.hi = mid;
+    b.lo = mid;
+    pthread_t th;
+    if (pthread_create(&th, NULL, rescale_thread, &b) != 0) {
+        a.hi = n;
+        rescale_range(&a);
+        return 0;
+    }
+    rescale_range(&a);
     pthread_join(th, NULL);
     return 0;
 }

@@ -22,4 +22,10 @@ int mt_sgd_update(float *w, float *m, const float *g, const uint8_t *upd, const 
  * to zero (+0 or -0) in row r and column c; either may be NULL. Returns the total count. */
 int64_t mt_zero_counts(const float *x, int64_t rows, int64_t cols, int64_t rs, int64_t cs,
                        int64_t *per_row, int64_t *per_col);
+
+/* out[i] = (float)acc[i] * 2^-frac for -64 <= frac <= 126: the int64 rounded once to float32
+ * (nearest-even), then scaled by a power of two (exact unless it under- or overflows, which
+ * rounds as IEEE float32 multiplication does). numpy's acc.astype(float32) * float32(2^-frac),
+ * in one pass. threads <= 0 = automatic. Returns 0, or -1 on a bad argument. */
+int mt_rescale_i64(const int64_t *acc, float *out, int64_t n, int frac, int threads);
 #endif

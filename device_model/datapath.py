@@ -35,6 +35,7 @@ __all__ = [
     "gemm_int",
     "gemm_int_slice_ops",
     "kernel_available",
+    "rescale_i64",
     "round_ieee_like",
     "sgd_update",
     "zero_counts",
@@ -613,3 +614,24 @@ def zero_counts(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ffi.from_buffer("float[]", base, require_writable=False), rows, cols, rs, cs, op, op + rows
     )
     return per_row, per_col
+
+
+def rescale_i64(acc: np.ndarray, frac: int, threads: int | None = None) -> np.ndarray:
+    """float32 of int64 accumulators times 2^-frac (-64 <= frac <= 126) in one C pass: the
+    same bits as ``acc.astype(np.float32) * np.float32(2.0**-frac)``."""
+    if not isinstance(acc, np.ndarray) or acc.dtype != np.int64:
+        raise ValueError("acc must be a numpy int64 array")
+    if isinstance(frac, bool) or not isinstance(frac, int | np.integer) or not -64 <= frac <= 126:
+        raise ValueError(f"frac must be an integer in [-64, 126], got {frac!r}")
+    a = np.ascontiguousarray(acc)
+    out = np.empty(a.shape, np.float32)
+    if a.size:
+        rc = lib.mt_rescale_i64(
+            ffi.from_buffer("int64_t[]", a, require_writable=False),
+            ffi.from_buffer("float[]", out),
+            a.size,
+            int(frac),
+            _threads(threads),
+        )
+        _check_rc(rc, "rescale_i64")
+    return out

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from device_model.datapath import rescale_i64
 from device_model.engine_config import TENSOR_CLASSES, EngineConfig, EngineError, PolicyEntry
 from device_model.engine_kernels import Kernels
 from device_model.engine_layers import Layer
@@ -95,6 +96,8 @@ def rescale(acc: np.ndarray, frac: int) -> np.ndarray:
     For frac <= 126 a non-zero result is at least 2^-126 (normal), so rounding the integer to
     float32 first and scaling by the power of two after gives the same single rounding as
     the exact product (the fast path); otherwise the product is formed in float64."""
+    if -64 <= frac <= 126 and acc.dtype == np.int64:
+        return rescale_i64(acc, frac)  # one C pass, the same bits as below
     if -64 <= frac <= 126:
         out = acc.astype(np.float32)  # scaled in place: one fresh buffer, not two
         with np.errstate(over="ignore"):

@@ -174,3 +174,34 @@ def test_tiled_max_pool_equals_window_view_path(
     np.testing.assert_array_equal(arg, arg2)
     np.testing.assert_array_equal(y.view(np.uint32), y2.view(np.uint32))
     np.testing.assert_array_equal(dx.view(np.uint32), dx2.view(np.uint32))
+
+
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(0, 300),
+    frac=st.integers(-64, 126),
+    scale=st.sampled_from([1, 2**20, 2**40, 2**62]),
+    threads=st.sampled_from([1, 2]),
+)
+def test_rescale_i64_equals_numpy(seed: int, n: int, frac: int, scale: int, threads: int) -> None:
+    """datapath.rescale_i64 (the int64 accumulators of the integer GEMM to float32 values)
+    against astype(float32) * 2^-frac: rounding of large integers, overflow to inf and the
+    smallest normal results included."""
+    rng = np.random.default_rng(seed)
+    acc = rng.integers(-scale, scale, n, dtype=np.int64, endpoint=True)
+    if n:
+        acc[0] = np.iinfo(np.int64).max if seed % 2 else np.iinfo(np.int64).min
+    with np.errstate(over="ignore"):
+        want = acc.astype(np.float32) * np.float32(2.0**-frac)
+    got = dp.rescale_i64(acc, frac, threads=threads)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def test_rescale_i64_large_array_and_bad_arguments() -> None:
+    acc = np.random.default_rng(2).integers(-(2**50), 2**50, 300_001, dtype=np.int64)
+    want = acc.astype(np.float32) * np.float32(2.0**-17)
+    np.testing.assert_array_equal(dp.rescale_i64(acc, 17).view(np.uint32), want.view(np.uint32))
+    with pytest.raises(ValueError, match="frac must be an integer in"):
+        dp.rescale_i64(acc, 127)
+    with pytest.raises(ValueError, match="acc must be a numpy int64 array"):
+        dp.rescale_i64(acc.astype(np.int32), 0)
