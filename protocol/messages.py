@@ -636,9 +636,10 @@ MESSAGE_DOCS: dict[Opcode, str] = {
         "at or above 0x80000000."
     ),
     Opcode.TENSOR_DATA: (
-        "Bytes [offset, offset+len) of a begun tensor; the host sends chunks of at most "
-        f"max_payload - {DATA_OVERHEAD} bytes so each request fits one frame. offset must "
-        "equal the receiver's offset "
+        "Bytes [offset, offset+len) of a begun tensor, in chunks of any length up to the "
+        f"device's largest request less {DATA_OVERHEAD} bytes (the link cuts a longer "
+        "request into frames; fewer, larger chunks cost fewer requests and answers). offset "
+        "must equal the receiver's offset "
         "(else TRANSFER_INCOMPLETE, the detail names the expected offset; the host re-sends "
         "TENSOR_BEGIN to learn it); LIMIT if the chunk runs past nbytes; UNKNOWN_TENSOR if "
         "the id was not begun."
