@@ -449,7 +449,7 @@ class Engine:
                 y, c = self._ff_param(layer, x, pass_no, step, laps)
             elif kind == "relu":
                 c = {"pos": x > 0}
-                y = np.where(c["pos"], x, np.float32(0)).astype(np.float32)
+                y = np.where(c["pos"], x, np.float32(0)).astype(np.float32, copy=False)
             elif kind == "leaky_relu":
                 c = {"pos": x > 0}
                 y = np.where(c["pos"], x, x * np.float32(layer.slope)).astype(np.float32)
@@ -589,7 +589,7 @@ class Engine:
                 else:
                     active = False
             elif layer.kind == "relu":
-                e = np.where(c["pos"], e, np.float32(0)).astype(np.float32)
+                e = np.where(c["pos"], e, np.float32(0)).astype(np.float32, copy=False)
             elif layer.kind == "leaky_relu":
                 e = np.where(c["pos"], e, e * np.float32(layer.slope)).astype(np.float32)
             elif layer.kind in ("max_pool2d", "avg_pool2d"):

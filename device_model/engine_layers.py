@@ -279,16 +279,21 @@ def pool_backward(dy: np.ndarray, layer: Layer, arg: np.ndarray | None) -> np.nd
     (kh, kw) = layer.kernel
     nb = dy.shape[0]
     c, ho, wo = layer.out_shape
+    if layer.kind == "max_pool2d" and _tiled(layer):
+        # col2im of disjoint windows: each input gets 0 + its one entry (dy at the window's
+        # argmax, 0 elsewhere)
+        assert arg is not None
+        sel = arg[..., None] == np.arange(kh * kw)
+        onehot = np.where(sel, dy[..., None], np.float32(0))
+        _, h, w = layer.in_shape
+        dx = np.zeros((nb, c, h, w), np.float32)
+        t = onehot.reshape(nb, c, ho, wo, kh, kw).transpose(0, 1, 2, 4, 3, 5)
+        dx[:, :, : ho * kh, : wo * kw] += t.reshape(nb, c, ho * kh, wo * kw)
+        return dx
     if layer.kind == "max_pool2d":
         assert arg is not None
         onehot = np.zeros((nb, c, ho, wo, kh * kw), np.float32)
         np.put_along_axis(onehot, arg[..., None], dy[..., None], -1)
-        if _tiled(layer):  # col2im of disjoint windows: each input gets 0 + its one entry
-            _, h, w = layer.in_shape
-            dx = np.zeros((nb, c, h, w), np.float32)
-            t = onehot.reshape(nb, c, ho, wo, kh, kw).transpose(0, 1, 2, 4, 3, 5)
-            dx[:, :, : ho * kh, : wo * kw] += t.reshape(nb, c, ho * kh, wo * kw)
-            return dx
         cols: np.ndarray = onehot
     else:
         cols = np.broadcast_to((dy / np.float32(kh * kw))[..., None], (nb, c, ho, wo, kh * kw))
