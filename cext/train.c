@@ -11,6 +11,7 @@
 
 #include <pthread.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__GLIBC__)
@@ -179,6 +180,51 @@ VECTOR_CLONES static void zero_rows_unit(const float *x, int64_t rows, int64_t c
     *total = tot;
 }
 
+/* zero_rows_unit over the rows [lo, hi) on a thread, into its own per_col buffer. */
+typedef struct {
+    const float *x;
+    int64_t rows, cols, rs;
+    int64_t *per_row, *per_col;
+    int64_t total;
+} zero_job;
+
+static void *zero_thread(void *p)
+{
+    zero_job *t = p;
+    zero_rows_unit(t->x, t->rows, t->cols, t->rs, t->per_row, t->per_col, &t->total);
+    return NULL;
+}
+
+/* zero_rows_unit with per_col zeroed first; large matrices in two row halves on two threads
+ * (integer counts: the split cannot change them). */
+static void zero_rows_split(const float *x, int64_t rows, int64_t cols, int64_t rs,
+                            int64_t *per_row, int64_t *per_col, int64_t *total)
+{
+    for (int64_t c = 0; per_col && c < cols; c++)
+        per_col[c] = 0;
+    int64_t half = rows / 2;
+    int64_t *second = NULL;
+    if (rows * cols >= SPLIT_MIN && half > 0)
+        second = per_col ? calloc((size_t)cols, sizeof *second) : NULL;
+    if (rows * cols < SPLIT_MIN || half == 0 || (per_col && !second)) {
+        zero_rows_unit(x, rows, cols, rs, per_row, per_col, total);
+        return;
+    }
+    zero_job b = {x + half * rs, rows - half, cols, rs, per_row ? per_row + half : NULL, second, 0};
+    pthread_t th;
+    int started = pthread_create(&th, NULL, zero_thread, &b) == 0;
+    int64_t t0 = 0;
+    zero_rows_unit(x, half, cols, rs, per_row, per_col, &t0);
+    if (started)
+        pthread_join(th, NULL);
+    else
+        zero_thread(&b);
+    for (int64_t c = 0; per_col && c < cols; c++)
+        per_col[c] += second[c];
+    free(second);
+    *total = t0 + b.total;
+}
+
 int64_t mt_zero_counts(const float *x, int64_t rows, int64_t cols, int64_t rs, int64_t cs,
                        int64_t *per_row, int64_t *per_col)
 {
@@ -191,15 +237,11 @@ int64_t mt_zero_counts(const float *x, int64_t rows, int64_t cols, int64_t rs, i
     }
     int64_t total = 0;
     if (cs == 1) {
-        for (int64_t c = 0; per_col && c < cols; c++)
-            per_col[c] = 0;
-        zero_rows_unit(x, rows, cols, rs, per_row, per_col, &total);
+        zero_rows_split(x, rows, cols, rs, per_row, per_col, &total);
         return total;
     }
     if (rs == 1) { /* unit row stride (a transposed view): the same walk, roles swapped */
-        for (int64_t r = 0; per_row && r < rows; r++)
-            per_row[r] = 0;
-        zero_rows_unit(x, cols, rows, cs, per_col, per_row, &total);
+        zero_rows_split(x, cols, rows, cs, per_col, per_row, &total);
         return total;
     }
     for (int64_t c = 0; per_col && c < cols; c++)

@@ -17,7 +17,8 @@
 int mt_sgd_update(float *w, float *m, const float *g, const uint8_t *upd, const uint8_t *keep,
                   int64_t n, float lr, float mu, float wd, int threads);
 
-/* Zero elements of a rows x cols float32 matrix x[r * rs + c * cs] (strides in elements):
+/* Zero elements of a rows x cols float32 matrix x[r * rs + c * cs] (strides in elements; two
+ * threads for large matrices with unit stride along one axis):
  * per_row[r] (rows entries) and per_col[c] (cols entries) get the number of elements equal
  * to zero (+0 or -0) in row r and column c; either may be NULL. Returns the total count. */
 int64_t mt_zero_counts(const float *x, int64_t rows, int64_t cols, int64_t rs, int64_t cs,

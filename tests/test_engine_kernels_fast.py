@@ -205,3 +205,17 @@ def test_rescale_i64_large_array_and_bad_arguments() -> None:
         dp.rescale_i64(acc, 127)
     with pytest.raises(ValueError, match="acc must be a numpy int64 array"):
         dp.rescale_i64(acc.astype(np.int32), 0)
+
+
+@pytest.mark.parametrize("shape", [(513, 300), (300, 513), (1, 200_000), (200_000, 1)])
+def test_zero_counts_of_large_matrices_split_across_threads(shape: tuple[int, int]) -> None:
+    """Large matrices are counted in two row halves on two threads (each with its own column
+    counts, added after): the counts equal numpy's, for C- and F-ordered layouts."""
+    rng = np.random.default_rng(sum(shape))
+    x = rng.standard_normal(shape).astype(np.float32)
+    x[rng.random(shape) < 0.3] = np.float32(-0.0)
+    x[rng.random(shape) < 0.2] = np.float32(0.0)
+    for m in (x, np.asfortranarray(x)):
+        per_row, per_col = dp.zero_counts(m)
+        np.testing.assert_array_equal(per_row, (m == 0).sum(axis=1))
+        np.testing.assert_array_equal(per_col, (m == 0).sum(axis=0))
