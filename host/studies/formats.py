@@ -41,6 +41,7 @@ FORMATS = {
     "flex16": "flex16+amax",
     "fgmp": "fgmp",
     "dfxp8": "dfxp8+sr+overflow",
+    "dfxp16": "dfxp16+sr+overflow",
     "dfxp16+laps": "dfxp16+sr+overflow+laps",
     "dfxp8+laps": "dfxp8+sr+overflow+laps",
 }

@@ -14,7 +14,8 @@ with ST, ``+st``), master weights in fp32. Four modes per width:
 Training from scratch rather than retraining a pretrained model: rounding decides whether
 small errors and gradients survive quantization, which is what learning from scratch needs
 (a pretrained model retrained for a few steps hides it). The fp32 reference is the same
-training in fp32, averaged over two seeds. Per mode the record gives the fewest bits within
+training in fp32. Every point is the mean over three seeds. Per mode the record gives the
+fewest bits within
 1 point of fp32: the smallest width from which every wider tested width stays within 1 point
 (robust to one lucky narrow run), and the bit reduction of each mode against ``nearest``.
 """
@@ -33,7 +34,7 @@ from host.studies import common
 TITLE = "Stochastic vs nearest rounding, with and without stochastic thresholding (survey VI-A)"
 
 URL = "emu://hnpu-v1"
-WIDTHS = (4, 5, 6, 7, 8, 10, 12, 16)
+WIDTHS = (4, 5, 6, 8, 12, 16)
 QUICK_WIDTHS = (4, 8)
 #: Quick runs compare the two roundings without ST only.
 QUICK_MODES = ("nearest", "sr")
@@ -47,6 +48,11 @@ MODES = {
 #: Training from the device's initialisation: SGD steps of batch 32 (300 = 6.7 epochs), lr
 #: 0.02, momentum 0.9 (fp32 reaches about 94-95% held-out on digits with these).
 STEPS, QUICK_STEPS, LR, MOMENTUM, BATCH = 300, 80, 0.02, 0.9, 32
+#: Seeds per point (device initialisation, SR streams, batch order; the data split stays
+#: that of ``seed``): the accuracies are means over them. One seed's held-out accuracy varies
+#: by about 0.7 points between runs (measured: the spread of single runs at 5-16 bits), as
+#: much as the 1-point criterion; three seeds bring the mean's noise to about 0.4 points.
+SEEDS, QUICK_SEEDS = 3, 1
 #: "within 1 point of fp32" (the issue's criterion).
 TOLERANCE = 0.01
 
@@ -92,25 +98,27 @@ def run(quick: bool, seed: int, progress: Callable[[str], None]) -> dict[str, An
     widths = QUICK_WIDTHS if quick else WIDTHS
     data = common.digits(seed)
     grid: list[dict[str, Any]] = []
+    seeds = [seed + i for i in range(QUICK_SEEDS if quick else SEEDS)]
     with host.open(URL) as dev:
-        ref_seeds = (seed,) if quick else (seed, seed + 1)
-        refs = [_train(dev, "fp32", data, steps, s).accuracy or 0.0 for s in ref_seeds]
+        refs = [_train(dev, "fp32", data, steps, s).accuracy or 0.0 for s in seeds]
         fp32 = float(np.mean(refs))
-        progress(f"fp32 {fp32:.3f} (seeds {list(ref_seeds)}: {refs})")
+        progress(f"fp32 {fp32:.3f} (seeds {seeds}: {refs})")
         modes = QUICK_MODES if quick else tuple(MODES)
         for bits in widths:
             cells = []
             for mode in modes:
-                r = _train(dev, precision(bits, mode), data, steps, seed)
+                runs = [_train(dev, precision(bits, mode), data, steps, s) for s in seeds]
+                accs = [r.accuracy or 0.0 for r in runs]
                 grid.append(
                     {
                         "bits": bits,
                         "mode": mode,
-                        "accuracy": r.accuracy,
-                        "final_loss": float(np.mean(r.losses[-10:])),
+                        "accuracy": float(np.mean(accs)),
+                        "accuracy_per_seed": accs,
+                        "final_loss": float(np.mean([np.mean(r.losses[-10:]) for r in runs])),
                     }
                 )
-                cells.append(f"{mode} {r.accuracy:.3f}")
+                cells.append(f"{mode} {np.mean(accs):.3f}")
             progress(f"dfxp{bits}: " + ", ".join(cells))
     fewest: dict[str, int | None] = {}
     for mode in modes:
@@ -123,6 +131,7 @@ def run(quick: bool, seed: int, progress: Callable[[str], None]) -> dict[str, An
     return {
         "fp32_accuracy": fp32,
         "fp32_accuracy_per_seed": refs,
+        "seeds": seeds,
         "grid": grid,
         "fewest_bits_within_1_point": fewest,
         "bit_reduction_vs_nearest": reduction,
