@@ -5,9 +5,9 @@ The small CNN is trained from the device's own initialisation on ``emu://hnpu-v1
 with every format and the LAPS unit) with every datapath tensor class in the format, master
 weights in fp32, the same seeded SGD steps for all. Formats: fp32, fp16, bf16, tf32,
 dlfloat16, hfp8 (e4m3 forward / e5m2 backward), fp8-seb (shared exponent), flex16 (shared
-exponent), FGMP (e4m3 with fp16 outliers), DFXP8 and DFXP16 with stochastic rounding and dynamic ranges,
-and DFXP with LAPS starting at 16 bits and at 8 bits (LAPS moves each layer's width between
-4/8/12/16 bits from the differences of high- and low-precision results).
+exponent), FGMP (e4m3 with fp16 outliers), DFXP8 and DFXP16 with stochastic rounding and
+dynamic ranges, and DFXP with LAPS starting at 16 bits and at 8 bits (LAPS moves each layer's
+width between 4/8/12/16 bits from the differences of high- and low-precision results).
 
 Per format: held-out accuracy; per training step the bits moved (8 x DRAM read + write bytes,
 and the SRAM traffic likewise), the energy, cycles and 4b x 4b slice products (all totals over
