@@ -8,11 +8,15 @@ bytes and then asks for output gets the responses in the same call. The agreed m
 and window are handed to the firmware before each message, so HELLO reports what this
 session uses and TENSOR_READ answers fit one frame.
 
-Bounded whatever the host sends: the device's link reassembles requests of at most
-``MAX_REQUEST_BYTES`` and holds at most two windows of undelivered requests; the firmware answers
-TOO_MANY_PENDING once ``Firmware.max_pending`` answers wait for the host's acknowledgement, and
-after ``PENDING_RESERVE`` more such refusals the device stops taking requests (the link's credits
-close) until the host has read its answers.
+Pending requests are bounded by flow control, whatever the host sends. Once
+``Firmware.max_pending`` answers wait for the host's acknowledgement, the device executes
+nothing more: new requests wait in its link, whose credits close as soon as one request waits
+(``rx_buffer`` of one byte), so a host that respects credits pauses after the frames it already
+had in flight and none of its requests is refused or reordered. A host that ignores the closed
+credits gets, once more than ``max_waiting`` requests wait, TOO_MANY_PENDING for each of them
+(not executed, not cached: sending it again later is safe), at most ``PENDING_RESERVE`` answers
+beyond ``max_pending``; past that its frames are dropped by the link unacknowledged. The link
+also reassembles requests of at most ``MAX_REQUEST_BYTES``.
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ from protocol.link import Link, LinkConfig, Message, Role
 
 #: TOO_MANY_PENDING answers the device queues beyond ``max_pending`` before it stops reading.
 PENDING_RESERVE = 64
+#: Requests that may wait while the answer queue is full, in windows of the link: a host that
+#: respects credits has at most one window in flight when they close.
+WAITING_WINDOWS = 4
 
 
 class DeviceLink:
@@ -42,7 +49,9 @@ class DeviceLink:
             max_payload=firmware.max_payload,
             window=firmware.window,
             max_message=MAX_REQUEST_BYTES,
-            rx_buffer=2 * firmware.window * firmware.max_payload,
+            # Credits close as soon as one request waits undelivered (the device takes every
+            # request at once unless its answer queue is full): backpressure by frames.
+            rx_buffer=1,
         )
         # The link epoch must differ after every restart, or the host cannot see that the
         # device lost its state: fresh OS randomness unless a test pins ``seed``.
@@ -80,22 +89,43 @@ class DeviceLink:
         self._serve()
         return self.link.bytes_to_send(now)
 
+    @property
+    def max_waiting(self) -> int:
+        """Requests that may wait while the answer queue is full before they are refused."""
+        return WAITING_WINDOWS * self.link.window
+
     def _serve(self) -> None:
-        cap = self.firmware.max_pending + PENDING_RESERVE
-        session = (self.link.epoch, self.link.peer_epoch)
+        fw, link = self.firmware, self.link
+        session = (link.epoch, link.peer_epoch)
         if session != self._waiting_session:
             self._waiting.clear()  # requests of an ended session: the host replays them
             self._waiting_session = session
-        if self.link.unacked_messages >= cap:
-            return  # requests wait in the link's inbox until the host reads its answers
-        self._waiting.extend(self.link.take_messages())
+        if link.unacked_messages >= fw.max_pending:
+            self._refuse_excess()
+            return
+        self._waiting.extend(link.take_messages())
+        while self._waiting and link.unacked_messages < fw.max_pending:
+            self._answer(self._waiting.popleft())
+
+    def _refuse_excess(self) -> None:
+        """The answer queue is full: requests wait (credits are closed). Only when more than
+        ``max_waiting`` wait (the host ignored the credits) are they answered, each
+        TOO_MANY_PENDING, up to PENDING_RESERVE answers beyond the queue."""
+        link = self.link
+        if len(link._inbox) + len(self._waiting) <= self.max_waiting:
+            return
+        if link.unacked_messages >= self.firmware.max_pending + PENDING_RESERVE:
+            return  # no room even for refusals: the link drops what arrives beyond its inbox
+        self._waiting.extend(link.take_messages())
         while self._waiting:
-            if self.link.unacked_messages >= cap:
-                return  # the rest waits here (at most one inbox) until the host reads
-            msg = self._waiting.popleft()
-            self.firmware.max_payload = self.link.max_payload
-            self.firmware.window = self.link.window
-            pending = self.link.unacked_messages
-            self.peak_pending = max(self.peak_pending, pending)
-            for response in self.firmware.receive(msg.payload, pending=pending):
-                self.link.send_message(msg.channel, response)
+            if link.unacked_messages >= self.firmware.max_pending + PENDING_RESERVE:
+                return
+            self._answer(self._waiting.popleft())
+
+    def _answer(self, msg: Message) -> None:
+        self.firmware.max_payload = self.link.max_payload
+        self.firmware.window = self.link.window
+        pending = self.link.unacked_messages
+        self.peak_pending = max(self.peak_pending, pending)
+        for response in self.firmware.receive(msg.payload, pending=pending):
+            self.link.send_message(msg.channel, response)

@@ -59,8 +59,8 @@ Data transfer:
   the window while the receiver's undelivered inbox is under ``rx_buffer`` bytes, else 0. A
   sender held at 0 credits polls (ACK with FLAG_POLL) every RTO; freeing inbox space sends an
   ACK with the new credits at once. DATA arriving while the inbox holds more than ``rx_buffer``
-  plus a window of frames is dropped unacknowledged, so a sender that ignores credits gets
-  retransmissions, not memory.
+  plus a window of frames plus ``max_message`` is dropped unacknowledged, so a sender that
+  ignores credits gets retransmissions, not memory.
 * Receive memory is bounded whatever arrives: the frame decoder holds one partial frame, the
   out-of-order store at most a window of frames, reassembly at most ``max_message`` bytes (a
   longer message is discarded up to its last fragment), the inbox about ``rx_buffer`` bytes.
@@ -755,10 +755,12 @@ class Link:
         if d >= self._window or len(f.payload) > self._max_payload:
             self._ack_pending = True  # a copy of something delivered: our ack was lost
             return
-        if self._inbox_bytes >= self.config.rx_buffer + self._window * self._max_payload:
+        cfg = self.config
+        if self._inbox_bytes >= cfg.rx_buffer + self._window * self._max_payload + cfg.max_message:
             # Beyond what the last credits granted (the inbox was under rx_buffer when they
-            # went out): dropped, the sender retransmits once the inbox is taken. Bounds what
-            # a sender that ignores credits costs.
+            # went out; a window of frames may then complete a message of max_message):
+            # dropped, the sender retransmits once the inbox is taken. Bounds what a sender
+            # that ignores credits costs.
             self.stats["frames_refused"] += 1
             self._ack_pending = True
             return

@@ -4,8 +4,9 @@
   buffer without bound (8 MB after 2,000 frames of 4 KB): reassembly now stops at
   ``max_message`` (the device's ``MAX_REQUEST_BYTES``) and discards the message.
 * A host that sends requests and never acknowledges the answers grew the device's answer queue
-  without bound (4,992 answers queued after 5,000 requests): the firmware answers
-  TOO_MANY_PENDING past ``max_pending`` and the device stops reading past a reserve.
+  without bound (4,992 answers queued after 5,000 requests): past ``max_pending`` answers the
+  device executes nothing more and its link's credits close (a host ignoring them gets
+  TOO_MANY_PENDING, then dropped frames).
 * A sender that ignores credits filled the receiver's inbox without bound while the device was
   not reading: DATA beyond ``rx_buffer`` plus a window is now dropped unacknowledged.
 * A request the protocol defines but the firmware has no handler for answered INTERNAL (a
@@ -86,19 +87,19 @@ def test_unacknowledged_answers_are_bounded() -> None:
     for i in range(1000):
         h.send_message(0, m.encode_request(Opcode.RESET_COUNTERS, i, None))
     _exchange(dev, h, now, 300)
-    cap = fw.max_pending + PENDING_RESERVE
-    assert dev.link.unacked_messages == cap  # was 992 (one per request) before the fix
-    assert dev.peak_pending < cap
+    assert dev.link.unacked_messages == fw.max_pending  # was 992 (one per request) before
+    assert dev.peak_pending < fw.max_pending
     assert fw.executed == fw.max_pending
 
 
 def test_a_sender_that_ignores_credits_is_refused_not_buffered() -> None:
-    _, dev, h, now = _pair(max_pending=4)
+    fw, dev, h, now = _pair(max_pending=4)
     real_on_ack = h._on_ack
     h._on_ack = lambda ack, credits: real_on_ack(ack, h.window)  # type: ignore[method-assign]
     h._on_data = lambda f: None  # type: ignore[method-assign]  # so the device stops reading
     for i in range(3000):
-        h.send_message(0, m.encode_request(Opcode.RESET_COUNTERS, i, None) + bytes(200))
+        body = {"id": 5, "offset": 0, "data": bytes(1000)}  # UNKNOWN_TENSOR, 1 KB each
+        h.send_message(0, m.encode_request(Opcode.TENSOR_DATA, i, body))
     inbox_peak = 0
     for _ in range(600):
         h.receive_bytes(dev.feed(h.bytes_to_send(now), now), now)
@@ -106,7 +107,10 @@ def test_a_sender_that_ignores_credits_is_refused_not_buffered() -> None:
         now += 0.01
     cfg = dev.link.config
     assert dev.link.stats["frames_refused"] > 0
-    assert inbox_peak <= cfg.rx_buffer + dev.link.window * dev.link.max_payload + cfg.max_message
+    bound = cfg.rx_buffer + dev.link.window * dev.link.max_payload + 2 * cfg.max_message
+    assert inbox_peak <= bound
+    assert dev.link.unacked_messages <= fw.max_pending + PENDING_RESERVE
+    assert fw.executed == fw.max_pending
 
 
 def test_a_defined_opcode_without_a_handler_is_unsupported() -> None:
