@@ -19,8 +19,9 @@ Resource limits, each refused with its own status before anything changes (HELLO
 as chip parameters): one tensor at most ``max_tensor_bytes`` (TENSOR_TOO_LARGE), at most
 ``max_tensors`` tensors under host ids (TOO_MANY_TENSORS), all of them within device memory
 (OUT_OF_MEMORY), at most the preset's ``max_layers`` layers per model (TOO_MANY_LAYERS), and at
-most ``max_pending`` answers waiting for the host's acknowledgement (TOO_MANY_PENDING, counted
-by the link end, see ``receive``).
+most ``max_pending`` answers waiting for the host's acknowledgement: the link end stops taking
+requests there and its credits hold the host back; requests a host sends anyway are answered
+TOO_MANY_PENDING (``receive``'s ``pending``; see ``device_model.firmware_link``).
 
 The link end that turns bytes into messages and back is ``device_model.firmware_link``.
 """
@@ -83,9 +84,10 @@ MAX_TENSOR_BYTES = 1 << 24
 #: table, not device memory, bounds what a stream of empty uploads costs.
 MAX_TENSORS = 1024
 #: Answers the device queues before the host's link acknowledges them: 256 (assumption: a
-#: transmit queue of 256 response descriptors, 32 windows at the default window of 8; a host
-#: that reads its answers stays within a few windows, see docs/reliability.md). A request
-#: arriving when the queue is full is answered TOO_MANY_PENDING and not executed.
+#: transmit queue of 256 response descriptors, 32 windows at the default window of 8). A host
+#: reading its answers stays within a window without faults and reached 147-235 with 5% frame
+#: loss or combined faults while pipelining a 1 MiB read; at the limit the device link pauses
+#: the host by credits; a request taken anyway is answered TOO_MANY_PENDING, not executed.
 MAX_PENDING = 256
 #: Largest request message the device's link reassembles: 1 MiB (assumption: the receive
 #: buffer of the firmware). Every request of the protocol fits, at its schema maxima (the
