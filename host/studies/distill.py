@@ -106,17 +106,21 @@ def _student(
         )  # fmt: skip
         counters: Any = None
         steps = 0
+        # The chip's work of the training (predict + backward for soft targets, train_step
+        # otherwise), read from the device's counters around each epoch's steps: the forward
+        # passes of predict() count too, the evaluations do not.
         for e in range(epochs):
+            dev.reset_counters()
             order = rng.permutation(len(stream))
             for at in range(0, len(order), BATCH):
                 idx = order[at : at + BATCH]
                 if targets.ndim == 2:  # soft targets
                     z = model.predict(stream.x[idx], keep_activations=True)
-                    r = model.backward(soft_target_error(z, targets[idx]))
+                    model.backward(soft_target_error(z, targets[idx]))
                 else:
-                    r = model.train_step(stream.x[idx], targets[idx])
-                counters = add_counters(counters, r.counters)
+                    model.train_step(stream.x[idx], targets[idx])
                 steps += 1
+            counters = add_counters(counters, dev.counters())
             if (e + 1) % max(1, epochs // 6) == 0 or e + 1 == epochs:
                 curve.append({"epoch": e + 1, "accuracy": accuracy(model, held.x, held.y)})
     return {
