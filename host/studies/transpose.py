@@ -188,11 +188,11 @@ def plot(record: dict[str, Any], path: str) -> None:
     axes = np.atleast_1d(axes)
     for i, m in enumerate(models):
         rows = [r for r in record["rows"] if r["model"] == m]
-        for mode in MODES:
+        for mode, style in zip(MODES, ("o-", "s--", "^:"), strict=True):
             rs = sorted((r for r in rows if r["mode"] == mode), key=lambda r: r["batch"])
             b = [r["batch"] for r in rs]
-            axes[2 * i].plot(b, [r["ep_cycles"] / r["batch"] for r in rs], "o-", label=mode)
-            axes[2 * i + 1].plot(b, [r["ep_dram_bytes"] / r["batch"] for r in rs], "o-",
+            axes[2 * i].plot(b, [r["ep_cycles"] / r["batch"] for r in rs], style, label=mode)
+            axes[2 * i + 1].plot(b, [r["ep_dram_bytes"] / r["batch"] for r in rs], style,
                                  label=mode)  # fmt: skip
         axes[2 * i].set_title(f"{m}: EP cycles / sample")
         axes[2 * i + 1].set_title(f"{m}: EP DRAM bytes / sample")
