@@ -50,7 +50,7 @@ from device_model.firmware_tensors import (
 from protocol import messages as m
 from protocol.dtypes import DType
 from protocol.framing import DEFAULT_PAYLOAD
-from protocol.link import DEFAULT_WINDOW
+from protocol.link import DEFAULT_WINDOW, link_keys
 from protocol.messages import (
     ALL_LAYERS,
     AUTH_CHALLENGE_SIZE,
@@ -219,6 +219,9 @@ class Firmware:
         self.authenticated = self.key is None
         self._challenge: bytes | None = None
         self._auth_counter = -1
+        #: (host's, device's) link keys of the last successful AUTH (frames are authenticated
+        #: with them from its answer on; the device link installs them), None without.
+        self.link_keys: tuple[bytes, bytes] | None = None
         #: Requests executed (not answered from the cache), for tests and statistics.
         self.executed = 0
         self._handlers: dict[Opcode, Callable[[dict[str, Any]], dict[str, Any]]] = {
@@ -521,6 +524,7 @@ class Firmware:
             )
         self._auth_counter = counter
         self.authenticated = True
+        self.link_keys = link_keys(self.key, self._challenge, nonce)
         tag = m.auth_tag(self.key, "device", self._challenge, nonce, counter)
         return {"counter": counter, "tag": tag}
 
@@ -528,6 +532,7 @@ class Firmware:
         """Forget a proven key (a new host connection must AUTH again)."""
         self.authenticated = self.key is None
         self._challenge = None
+        self.link_keys = None
 
     def _drop_model(self) -> None:
         self.engine = None

@@ -62,6 +62,10 @@ class DeviceLink:
         #: Requests taken from the link and not answered yet (the answer queue was full).
         self._waiting: deque[Message] = deque()
         self._waiting_session: tuple[int, int | None] = (self.link.epoch, None)
+        #: The link session the firmware's authentication belongs to, and the link keys the
+        #: link authenticates frames with.
+        self._auth_session: tuple[int, int | None] = (self.link.epoch, None)
+        self._keys: tuple[bytes, bytes] | None = None
 
     def receive_bytes(self, data: bytes | bytearray | memoryview, now: float) -> None:
         """Bytes from the host: frames are decoded, and every delivered request is answered."""
@@ -97,6 +101,13 @@ class DeviceLink:
     def _serve(self) -> None:
         fw, link = self.firmware, self.link
         session = (link.epoch, link.peer_epoch)
+        if session != self._auth_session:
+            # A new link session ends the authenticated one: its link keys are gone, so the
+            # host must prove the key again before anything but HELLO/AUTH executes.
+            if self._auth_session[1] is not None and fw.key is not None:
+                fw.deauthenticate()
+            self._auth_session = session
+            self._keys = None
         if session != self._waiting_session:
             self._waiting.clear()  # requests of an ended session: the host replays them
             self._waiting_session = session
@@ -128,4 +139,9 @@ class DeviceLink:
         pending = self.link.unacked_messages
         self.peak_pending = max(self.peak_pending, pending)
         for response in self.firmware.receive(msg.payload, pending=pending):
+            keys = self.firmware.link_keys
+            if keys is not None and keys is not self._keys:
+                # AUTH succeeded: its answer and everything after go out authenticated.
+                self._keys = keys
+                self.link.start_auth(keys[1], keys[0], now=True)
             self.link.send_message(msg.channel, response)

@@ -23,6 +23,7 @@ that took the model raises ``StateLost``, never the device's UNKNOWN_TENSOR or N
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 import zlib
@@ -41,6 +42,7 @@ from host.runner import Runner, check
 from protocol import messages as m
 from protocol import numerics
 from protocol.dtypes import DType, from_wire
+from protocol.link import link_keys
 from protocol.messages import (
     Algorithm,
     Feature,
@@ -163,7 +165,8 @@ class Device:
         timeout: float | None = None,
         key: bytes | None = None,
     ) -> None:
-        self.url = url
+        #: The URL as shown in repr and errors: a ``key=`` option's value is masked.
+        self.url = re.sub(r"(?i)(\bkey=)[^&#]*", r"\1***", url)
         self._key = bytes(key) if key is not None else None
         self._auth_counter = 0
         self.runner = Runner(port, timeout=timeout, baudrate=baudrate)
@@ -249,14 +252,20 @@ class Device:
         counter = max(time.time_ns(), self._auth_counter + 1)
         self._auth_counter = counter
         tag = m.auth_tag(self._key, "host", challenge, nonce, counter)
+        # Frames are authenticated from the AUTH answer on (protocol.link): the link accepts
+        # them with these keys and authenticates its own once the first one has passed.
+        host_key, device_key = link_keys(self._key, challenge, nonce)
+        self.runner.link.start_auth(host_key, device_key, now=False)
         try:
             r = self.runner.call(Opcode.AUTH, {"host_nonce": nonce, "counter": counter, "tag": tag})
         except errors.DeviceError as e:
+            self.runner.link.stop_auth()
             raise errors.AuthError(
                 f"the device refused the key ({e.status.name}: {e.detail}); check the key"
             ) from None
         want = m.auth_tag(self._key, "device", challenge, nonce, counter)
         if r["tag"] != want:
+            self.runner.link.stop_auth()
             raise errors.AuthError(
                 "the device's proof does not match the key: it is not the device holding this "
                 "key (or the line is tampered with)"

@@ -9,6 +9,13 @@ Wire format of one frame (all integers little-endian)::
 * ``crc32`` is CRC-32/IEEE (``zlib.crc32``: reflected polynomial 0xEDB88320, init and final xor
   0xFFFFFFFF) over header and payload, stored little-endian. A receiver checks it before it
   parses anything.
+* Authenticated frames (FLAG_AUTH, after an AUTH proved the key; see protocol.link) carry a
+  trailer between payload and CRC: ``counter`` u64 (per direction, strictly increasing, a
+  retransmission gets a new one) and ``tag``, the first 8 bytes of HMAC-SHA256(sender's link
+  key, header | counter | payload). ``length`` still counts the payload only::
+
+    0x00 | COBS( header(12) | payload(length) | counter(8) | tag(8) | crc32(4) ) | 0x00
+
 * Session binding: the frames of an established link session (DATA, ACK, NAK) are checked
   with a CRC over ``SESSION_PREFIX`` (sender's epoch u32, receiver's epoch u32, never sent)
   followed by header and payload, i.e. the CRC-32 continued from ``session_crc(sender epoch,
@@ -37,6 +44,8 @@ Every error this module raises or returns is a ``FramingError`` subclass (which 
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 import struct
 import zlib
@@ -53,6 +62,10 @@ LINK_VERSION = 1
 HEADER_SIZE = 12
 #: Bytes of the CRC-32 trailer.
 CRC_SIZE = 4
+#: Bytes of the authentication trailer of a FLAG_AUTH frame: counter u64 and a truncated tag.
+FRAME_AUTH_SIZE = 16
+#: Bytes of the truncated HMAC-SHA256 tag in that trailer.
+FRAME_TAG_SIZE = 8
 #: The frame delimiter.
 DELIMITER = b"\x00"
 #: Smallest and largest payload a link may negotiate, and the default.
@@ -117,6 +130,8 @@ class FrameFlag(IntFlag):
     LAST = 0x01
     #: ACK/NAK: the sender wants an ACK back now (window probe, keepalive).
     POLL = 0x02
+    #: The frame carries the authentication trailer (counter, tag) after its payload.
+    AUTH = 0x04
 
 
 # ----------------------------------------------------------------------------- errors
@@ -276,7 +291,8 @@ def wire_size(payload_len: int) -> int:
 
 
 class Frame(NamedTuple):
-    """One decoded frame: the header fields and the payload (``length`` is implied)."""
+    """One decoded frame: the header fields and the payload (``length`` is implied);
+    ``auth``: the authentication trailer (counter and tag) of a FLAG_AUTH frame, else empty."""
 
     type: int
     seq: int = 0
@@ -285,6 +301,31 @@ class Frame(NamedTuple):
     flags: int = 0
     channel: int = 0
     payload: bytes = b""
+    auth: bytes = b""
+
+
+_COUNTER = struct.Struct("<Q")
+
+
+def frame_tag(key: bytes, head: bytes, counter: int, payload: bytes) -> bytes:
+    """The tag of an authenticated frame: HMAC-SHA256(key, header | counter u64le | payload),
+    truncated to FRAME_TAG_SIZE bytes."""
+    mac = hmac.new(key, head, hashlib.sha256)
+    mac.update(_COUNTER.pack(counter))
+    mac.update(payload)
+    return mac.digest()[:FRAME_TAG_SIZE]
+
+
+def verify_frame(key: bytes, f: Frame) -> int | None:
+    """The counter of authenticated frame ``f`` if its tag is right under ``key``, else None."""
+    if len(f.auth) != FRAME_AUTH_SIZE:
+        return None
+    counter = _COUNTER.unpack_from(f.auth)[0]
+    head = HEADER.pack(
+        LINK_VERSION, f.flags, f.type, f.channel, f.seq, f.ack, len(f.payload), f.credits
+    )
+    want = frame_tag(key, head, counter, f.payload)
+    return counter if hmac.compare_digest(want, f.auth[8:]) else None
 
 
 def crc32(data: bytes | bytearray | memoryview, value: int = 0) -> int:
@@ -302,12 +343,17 @@ def encode_frame(
     flags: int = 0,
     channel: int = 0,
     session: int = 0,
+    auth_key: bytes | None = None,
+    counter: int = 0,
 ) -> bytes:
     """The wire bytes of one frame, both delimiters included; ``session``: the value the CRC
     starts from (``session_crc`` for a session's frames, 0 for the plain CRC). Raises
     FrameTooLong if the payload exceeds MAX_PAYLOAD and FramingError if a header field is out
-    of its range."""
+    of its range. With ``auth_key`` the frame is authenticated: FLAG_AUTH is set and the
+    trailer holds ``counter`` and the tag (frame_tag)."""
     n = len(payload)
+    if auth_key is not None:
+        flags |= FrameFlag.AUTH
     if n > MAX_PAYLOAD:
         raise FrameTooLong(f"payload of {n} bytes; at most {MAX_PAYLOAD} fit a frame")
     try:
@@ -316,9 +362,18 @@ def encode_frame(
         raise FramingError(
             f"header field out of range ({e}): flags/type/channel are u8, seq/ack/credits are u16"
         ) from None
-    crc = zlib.crc32(payload, zlib.crc32(head, session))
+    if auth_key is not None:
+        trailer = _COUNTER.pack(counter) + frame_tag(auth_key, head, counter, bytes(payload))
+        body = b"".join((head, payload, trailer))
+        crc = zlib.crc32(body, session)
+    else:
+        body = b""
+        crc = zlib.crc32(payload, zlib.crc32(head, session))
     out: list[bytes] = [b"\x00"]
-    _cobs_blocks(b"".join((head, payload, _CRC.pack(crc))), out)
+    if body:
+        _cobs_blocks(body + _CRC.pack(crc), out)
+    else:
+        _cobs_blocks(b"".join((head, payload, _CRC.pack(crc))), out)
     out.append(b"\x00")
     return b"".join(out)
 
@@ -336,15 +391,19 @@ def decode_frame(
         raise CobsError("empty COBS block: at least one code byte is required")
     if 0 in enc:
         raise CobsError(f"0x00 at offset {enc.index(0)} inside a COBS frame (0x00 only delimits)")
-    return _decode_body(enc, max_payload, session)
+    return _decode_body(enc, max_payload, session, True)
 
 
-def _decode_body(body: bytes, max_payload: int, session: int | None = None) -> Frame:
-    """decode_frame for a non-empty ``body`` known to hold no 0x00."""
-    if len(body) > max_encoded_size(max_payload):
+def _decode_body(
+    body: bytes, max_payload: int, session: int | None = None, auth: bool = False
+) -> Frame:
+    """decode_frame for a non-empty ``body`` known to hold no 0x00; ``auth``: authenticated
+    frames (16 bytes longer) are expected."""
+    limit = max_encoded_size(max_payload + (FRAME_AUTH_SIZE if auth else 0))
+    if len(body) > limit:
         raise FrameTooLong(
             f"{len(body)} encoded bytes; a frame with at most {max_payload} payload bytes "
-            f"encodes to at most {max_encoded_size(max_payload)}"
+            f"encodes to at most {limit}"
         )
     raw = _cobs_decode(body)
     n = len(raw)
@@ -363,12 +422,22 @@ def _decode_body(body: bytes, max_payload: int, session: int | None = None) -> F
     version, flags, ftype, channel, seq, ack, length, credits = HEADER.unpack_from(raw)
     if version != LINK_VERSION:
         raise BadVersion(f"link header version {version}; this end speaks {LINK_VERSION}")
-    plen = n - HEADER_SIZE - CRC_SIZE
+    end = n - CRC_SIZE
+    trailer = b""
+    if flags & FrameFlag.AUTH:
+        if end - HEADER_SIZE < FRAME_AUTH_SIZE:
+            raise ShortFrame(
+                f"authenticated frame of {n} bytes; it holds at least "
+                f"{HEADER_SIZE + FRAME_AUTH_SIZE + CRC_SIZE} (header, counter, tag and CRC)"
+            )
+        end -= FRAME_AUTH_SIZE
+        trailer = raw[end : end + FRAME_AUTH_SIZE]
+    plen = end - HEADER_SIZE
     if plen > max_payload:
         raise FrameTooLong(f"payload of {plen} bytes; negotiated maximum is {max_payload}")
     if length != plen:
         raise LengthMismatch(f"header length {length} but {plen} payload bytes received")
-    return Frame(ftype, seq, ack, credits, flags, channel, raw[HEADER_SIZE : n - CRC_SIZE])
+    return Frame(ftype, seq, ack, credits, flags, channel, raw[HEADER_SIZE:end], trailer)
 
 
 class FrameDecoder:
@@ -378,11 +447,12 @@ class FrameDecoder:
     Resynchronises on every 0x00: an error costs the bytes up to the next delimiter only.
     """
 
-    __slots__ = ("_buf", "_discarding", "_limit", "max_payload", "session")
+    __slots__ = ("_auth", "_buf", "_discarding", "_limit", "max_payload", "session")
 
     def __init__(self, max_payload: int = MAX_PAYLOAD) -> None:
         self._buf = bytearray()
         self._discarding = False
+        self._auth = False
         #: The session CRC value frames are checked with (None: plain CRC; see decode_frame).
         self.session: int | None = None
         self.set_max_payload(max_payload)
@@ -394,7 +464,18 @@ class FrameDecoder:
                 f"max_payload {max_payload} out of range; accepted {MIN_PAYLOAD}..{MAX_PAYLOAD}"
             )
         self.max_payload = max_payload
-        self._limit = max_encoded_size(max_payload)
+        self._limit = max_encoded_size(max_payload + (FRAME_AUTH_SIZE if self._auth else 0))
+
+    @property
+    def auth(self) -> bool:
+        """Whether authenticated frames (FRAME_AUTH_SIZE bytes longer) are expected: the
+        buffer bound grows by that much."""
+        return self._auth
+
+    @auth.setter
+    def auth(self, on: bool) -> None:
+        self._auth = bool(on)
+        self.set_max_payload(self.max_payload)
 
     @property
     def buffered(self) -> int:
@@ -417,11 +498,12 @@ class FrameDecoder:
                 buf.clear()
             mp = self.max_payload
             session = self.session
+            auth = self._auth
             append = out.append
             for body in pieces:
                 if body:
                     try:
-                        append(_decode_body(body, mp, session))
+                        append(_decode_body(body, mp, session, auth))
                     except FramingError as e:
                         append(e)
         if tail and not self._discarding:

@@ -65,6 +65,26 @@ Data transfer:
   out-of-order store at most a window of frames, reassembly at most ``max_message`` bytes (a
   longer message is discarded up to its last fragment), the inbox about ``rx_buffer`` bytes.
 
+Authentication (after the message layer's AUTH proved the key; see protocol.framing for the
+frame layout):
+
+* Both ends derive per-direction link keys from the key, the HELLO challenge and the AUTH
+  nonce (``link_keys``). The device calls ``start_auth(own, host's, now=True)`` when AUTH
+  succeeds, before its answer goes out: from then on every DATA/ACK/NAK it sends carries
+  FLAG_AUTH, a counter (1, 2, ... per direction; every transmission, a retransmission
+  included, takes the next) and the truncated HMAC tag. The host calls ``start_auth(own,
+  device's, now=False)`` before it sends AUTH: it accepts authenticated frames, and switches
+  to sending them when the first one (the AUTH answer) passes.
+* A receiver with keys drops, counts (``stats["auth_rejected"]``) and never acknowledges: a
+  frame with a wrong tag, with a counter not above the last one accepted from the peer (a
+  replay), a FLAG_AUTH frame it has no key for, any unauthenticated frame once the peer has
+  sent an authenticated one, and unauthenticated DATA once this end sends authenticated
+  frames. (Unauthenticated ACK/NAK are accepted in the one round trip before the peer's
+  first authenticated frame; they can only delay, never inject.)
+* Setup frames (SYNC, CONFIG) are not authenticated. A new session ends authentication (keys
+  and counters are per session): the upper layers authenticate again (the device forgets
+  the proven key on a new session), so a forged SYNC can cost a re-AUTH, nothing more.
+
 Exactly once: within a session every message is delivered once, in order. Across a peer reset
 the link is at-least-once by design: the host replays each unanswered request, and the device
 above the link suppresses duplicates by request id (protocol.messages) and answers them from
@@ -74,12 +94,14 @@ receives exactly one response per request.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import random
 import struct
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from construct import Int8ul, Int16ul, Int32ul, Int64ul
 from construct import Struct as CStruct
@@ -96,6 +118,7 @@ from protocol.framing import (
     FramingError,
     encode_frame,
     session_crc,
+    verify_frame,
 )
 
 #: SYNC payload: epoch u32, max_payload u16, window u8, reserved u8 (0).
@@ -131,6 +154,16 @@ DEFAULT_WINDOW = 8
 _SEQ_MASK = 0xFFFF
 _LAST = int(FrameFlag.LAST)
 _POLL = int(FrameFlag.POLL)
+_AUTH = int(FrameFlag.AUTH)
+
+
+def link_keys(key: bytes, challenge: bytes, host_nonce: bytes) -> tuple[bytes, bytes]:
+    """(host's, device's) link keys of an authenticated session: HMAC-SHA256(key,
+    b"microtrain-link-host" | challenge | host_nonce) and the same with b"...-device"."""
+    return tuple(  # type: ignore[return-value]
+        hmac.new(key, b"microtrain-link-" + who + challenge + host_nonce, hashlib.sha256).digest()
+        for who in (b"host", b"device")
+    )
 
 
 class Role(Enum):
@@ -245,6 +278,8 @@ class Link:
     _inflight: dict[int, _Out]
     _ooo: dict[int, Frame]
     _queue: deque[_Queued]
+    _tx_key: bytes | None
+    _rx_key: bytes | None
 
     def __init__(
         self,
@@ -279,6 +314,7 @@ class Link:
             "naks_sent": 0,
             "peer_resets": 0,
             "stale_setup": 0,
+            "auth_rejected": 0,
             "desync_resets": 0,
             "bytes_sent": 0,
             "oversize_messages": 0,
@@ -344,6 +380,32 @@ class Link:
         """Messages of this session queued or in flight and not yet acknowledged by the peer
         (a device's answers the host has not read yet)."""
         return len(self._queue) + sum(1 for o in self._inflight.values() if o.flags & _LAST)
+
+    def start_auth(self, tx_key: bytes, rx_key: bytes, *, now: bool) -> None:
+        """Authenticate this session's frames with these link keys (see the module
+        docstring): ``now`` (the peer proved the key) sends authenticated frames at once and
+        refuses unauthenticated DATA; else only once the peer's first authenticated frame
+        has passed."""
+        if not tx_key or not rx_key:
+            raise LinkError("link keys must not be empty")
+        self._tx_key = bytes(tx_key)
+        self._rx_key = bytes(rx_key)
+        self._tx_counter = 0
+        self._rx_counter = 0
+        self._peer_authed = False
+        self._tx_auth = now
+        self._decoder.auth = True
+
+    def stop_auth(self) -> None:
+        """Forget the link keys (an AUTH that failed): frames go unauthenticated again."""
+        self._tx_key = self._rx_key = None
+        self._tx_auth = self._peer_authed = False
+        self._decoder.auth = False
+
+    @property
+    def authenticated(self) -> bool:
+        """True while this end sends authenticated frames."""
+        return self._tx_auth
 
     def take_messages(self) -> list[Message]:
         """Delivered messages, in order; frees inbox space (and re-opens credits)."""
@@ -485,6 +547,7 @@ class Link:
                         flags=o.flags,
                         channel=o.channel,
                         session=self._tx_session,
+                        **self._auth_args(),
                     )
                 )
         self._retx.clear()
@@ -498,7 +561,12 @@ class Link:
             self.stats["naks_sent"] += 1
             out.append(
                 encode_frame(
-                    FrameType.NAK, self._sack(), ack=ack, credits=credits, session=self._tx_session
+                    FrameType.NAK,
+                    self._sack(),
+                    ack=ack,
+                    credits=credits,
+                    session=self._tx_session,
+                    **self._auth_args(),
                 )
             )
         elif self._ack_pending or self._poll_pending:
@@ -511,6 +579,7 @@ class Link:
                     credits=credits,
                     flags=flags,
                     session=self._tx_session,
+                    **self._auth_args(),
                 )
             )
             if self._poll_pending:
@@ -562,6 +631,14 @@ class Link:
         self._ack_at = None
         self._rx_unacked = 0
         self._nak_pending = False
+        #: Authentication (start_auth): keys, counters, and who has switched.
+        self._tx_key = None
+        self._rx_key = None
+        self._tx_counter = 0
+        self._rx_counter = 0
+        self._tx_auth = False
+        self._peer_authed = False
+        self._decoder.auth = False
         #: Time of the last frame that passed this session's check, and CRC failures since.
         self._last_valid = self._now
         self._bad_crcs = 0
@@ -669,7 +746,7 @@ class Link:
         if t == FrameType.CONFIG:
             self._on_config(f)
             return
-        if not self.established:
+        if not self.established or not self._authentic(f):
             return
         self._last_valid = self._now
         self._bad_crcs = 0
@@ -688,6 +765,32 @@ class Link:
                 self._ack_pending = True
         if self._delivered_no > delivered:
             self._detect_losses()
+
+    def _authentic(self, f: Frame) -> bool:
+        """Whether a session frame passes authentication (always, without keys)."""
+        if f.flags & _AUTH:
+            counter = verify_frame(self._rx_key, f) if self._rx_key is not None else None
+            if counter is None or counter <= self._rx_counter:
+                self.stats["auth_rejected"] += 1  # forged, tampered with or replayed
+                return False
+            self._rx_counter = counter
+            if not self._peer_authed:
+                self._peer_authed = True
+                self._tx_auth = True
+            return True
+        if self._rx_key is not None and (
+            self._peer_authed or (self._tx_auth and f.type == FrameType.DATA)
+        ):
+            self.stats["auth_rejected"] += 1
+            return False
+        return True
+
+    def _auth_args(self) -> dict[str, Any]:
+        """encode_frame arguments authenticating the next frame sent (none before AUTH)."""
+        if not self._tx_auth:
+            return {}
+        self._tx_counter += 1
+        return {"auth_key": self._tx_key, "counter": self._tx_counter}
 
     def _on_ack(self, ack: int, credits: int) -> None:
         n = (ack - self._snd_una) & _SEQ_MASK
@@ -841,6 +944,7 @@ class Link:
                     flags=flags,
                     channel=q.channel,
                     session=self._tx_session,
+                    **self._auth_args(),
                 )
             )
             sent = True

@@ -32,7 +32,7 @@ from device_model.firmware import Firmware
 from device_model.firmware_link import DeviceLink
 from protocol import messages as m
 from protocol.dtypes import CODE_DTYPE, DType
-from protocol.link import Link, LinkConfig, Role
+from protocol.link import Link, LinkConfig, Role, link_keys
 from protocol.messages import (
     ALL_LAYERS,
     DEVICE_TENSOR_ID_BASE,
@@ -896,6 +896,8 @@ def test_auth_gates_everything_but_hello_and_auth() -> None:
     assert challenge != bytes(16)
     assert h.status(Opcode.AUTH, _auth_body(b"wrong key", challenge, 1)) == Status.AUTH_FAILED
     assert h.status(Opcode.RESET_COUNTERS) == Status.NOT_AUTHENTICATED
+    # Frames are authenticated from the AUTH answer on: the host's link takes the keys.
+    h.link.start_auth(*link_keys(key, challenge, bytes(range(16))), now=False)
     r = h.call(Opcode.AUTH, _auth_body(key, challenge, 5))
     assert r["tag"] == m.auth_tag(key, "device", challenge, bytes(range(16)), 5)
     h.call(Opcode.READ_COUNTERS)

@@ -34,9 +34,11 @@ frames = st.builds(
     seq=st.integers(0, 0xFFFF),
     ack=st.integers(0, 0xFFFF),
     credits=st.integers(0, 0xFFFF),
-    flags=st.integers(0, 0xFF),
+    # FLAG_AUTH frames carry a trailer: encoded with an auth key (test below), not here.
+    flags=st.integers(0, 0xFF).map(lambda x: x & ~fr.FrameFlag.AUTH),
     channel=st.integers(0, 0xFF),
     payload=payloads,
+    auth=st.just(b""),
 )
 
 
@@ -244,3 +246,26 @@ def test_session_frames_are_bound_to_both_epochs() -> None:
     assert decode_frame(sync[1:-1], session=s).type == FrameType.SYNC
     with pytest.raises(CrcError):
         decode_frame(encode_frame(FrameType.ACK, bytes(8))[1:-1], session=s)
+
+
+def test_authenticated_frames_carry_counter_and_tag_and_any_change_is_caught() -> None:
+    key = bytes(range(32))
+    data = fr.encode_frame(FrameType.DATA, b"abc", seq=5, auth_key=key, counter=7)
+    f = fr.decode_frame(data[1:-1])
+    assert f.flags & fr.FrameFlag.AUTH and f.payload == b"abc" and len(f.auth) == 16
+    assert fr.verify_frame(key, f) == 7
+    assert fr.verify_frame(bytes(32), f) is None  # another key
+    for changed in (
+        f._replace(payload=b"abd"),
+        f._replace(seq=6),
+        f._replace(auth=struct.pack("<Q", 8) + f.auth[8:]),  # another counter
+    ):
+        assert fr.verify_frame(key, changed) is None
+    # Wire size: the trailer is 16 bytes; the decoder's buffer bound grows by as much.
+    plain = fr.encode_frame(FrameType.DATA, b"abc", seq=5)
+    assert len(data) == len(plain) + fr.FRAME_AUTH_SIZE
+    dec = FrameDecoder(256)
+    full = fr.encode_frame(FrameType.DATA, b"\x55" * 256, auth_key=key, counter=1)
+    assert isinstance(dec.feed(full)[0], fr.FrameTooLong)
+    dec.auth = True
+    assert fr.verify_frame(key, dec.feed(full)[0]) == 1  # type: ignore[arg-type]

@@ -65,6 +65,7 @@ enum mt_frame_type {
 enum mt_frame_flag {
     MT_FRAME_FLAG_LAST = 0x1, /* DATA: this fragment ends a message. */
     MT_FRAME_FLAG_POLL = 0x2, /* ACK/NAK: the sender wants an ACK back now (window probe, keepalive). */
+    MT_FRAME_FLAG_AUTH = 0x4, /* The frame carries the authentication trailer (counter, tag) after its payload. */
 };
 
 /* link header (12 bytes) */
