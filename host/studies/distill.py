@@ -9,7 +9,7 @@ student on it.
   images) measures accuracy.
 * **Teachers** (host, never on the chip):
   ``svm``: an RBF support vector machine (C = 10, scikit-learn; the demo's teacher), giving
-  hard labels; ``mlp``: a wide MLP 64-256-256-10 (86k parameters, 36 times the student)
+  hard labels; ``mlp``: a wide MLP 64-256-256-10 (85k parameters, 35 times the student)
   trained with ``host.demo.pretrain`` (Adam, fp32), giving soft targets: its class
   probabilities at temperature ``T`` (Hinton et al. 2015).
 * **Student** (on ``emu://hnpu-v2``, DFXP8 with stochastic rounding, from the device's own
