@@ -1000,6 +1000,10 @@ def _valid_requests() -> list[bytes]:
         (Opcode.TRAIN_CONFIG, train_config()),
         (Opcode.FORWARD, {"input_id": 1, "output_id": 3, "flags": 3}),
         (Opcode.TRAIN_STEP, {"input_id": 1, "target_id": 2}),
+        (
+            Opcode.TRAIN_STEP_INLINE,
+            {"input": desc, "input_data": data, "target": ldesc, "target_data": ldata},
+        ),
         (Opcode.GET_WEIGHTS, {"layer": ALL_LAYERS}),
         (Opcode.TENSOR_READ, {"id": DEVICE_TENSOR_ID_BASE, "offset": 0, "length": 64}),
         (Opcode.READ_COUNTERS, None),
