@@ -206,6 +206,8 @@ def summary(record: dict[str, Any]) -> str:
         f"acceptance (within {a['within_points']:.0f} points of true labels): "
         f"{'met' if a['met'] else 'NOT met'} (worst {a['worst_points_below_true']:.1f})"
     )
+    if record.get("quick"):
+        lines.append("(quick run: the acceptance applies to the full run)")
     return "\n".join(lines)
 
 

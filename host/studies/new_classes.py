@@ -249,6 +249,8 @@ def summary(record: dict[str, Any]) -> str:
         f"points lost on 0-7): {'met' if a['met'] else 'NOT met'} "
         f"({a['new_after']:.1%}, {a['old_points_lost']:.1f} points lost)"
     )
+    if record.get("quick"):
+        lines.append("(quick run: the acceptance applies to the full run)")
     return "\n".join(lines)
 
 

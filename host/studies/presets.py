@@ -231,6 +231,9 @@ def summary(record: dict[str, Any]) -> str:
         lines.append(f"{r['variant']:18} {r['latency_ms']:8.3f} {r['energy_uj']:8.1f}")
     for k in ("throughput_gain", "energy_efficiency_gain"):
         lines.append(f"V2 vs V1 {k}: device {d[k]:+.1%}, analytic {a[k]:+.1%}, survey {s[k]:+.1%}")
+    k = "energy_efficiency_gain_static_over_latency"
+    if k in d:
+        lines.append(f"V2 vs V1 energy efficiency, static power over the schedule: {d[k]:+.1%}")
     return "\n".join(lines)
 
 
