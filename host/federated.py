@@ -195,10 +195,15 @@ class FederationConfig:
                 continue
             if key == "devices":
                 kw[key] = tuple(str(u) for u in (v.split(",") if isinstance(v, str) else v) if u)
-            elif key in ("clients", "rounds", "seed", "steps", "batch", "parallel"):
-                kw[key] = int(v)
-            elif key in ("lr", "momentum", "timeout"):
-                kw[key] = float(v)
+            elif key in ("clients", "rounds", "seed", "steps", "batch", "parallel", "lr",
+                         "momentum", "timeout"):  # fmt: skip
+                kind = float if key in ("lr", "momentum", "timeout") else int
+                try:
+                    kw[key] = kind(v)
+                except (TypeError, ValueError):
+                    raise InvalidArgument(
+                        f"setting {name}={v!r} is not {'a number' if kind is float else 'an int'}"
+                    ) from None
             else:
                 kw[key] = str(v)
         return cls(**kw)

@@ -130,6 +130,8 @@ def test_config_checks() -> None:
     # a deployment engine run config: strings and dashes
     run_config = {"clients": "3", "steps": "5", "lr": "0.1", "devices": "/dev/ttyUSB0"}
     assert FederationConfig.from_record(run_config).devices == ("/dev/ttyUSB0",)
+    with pytest.raises(errors.InvalidArgument, match="steps='many' is not an int"):
+        FederationConfig.from_record({"steps": "many"})
 
 
 def test_bad_cli_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
