@@ -101,6 +101,8 @@ class FederationConfig:
     ``batch`` drawn without replacement from the client's partition (epoch after epoch).
     ``parallel``: clients trained at the same time (Ray actors; None: the number of CPUs, at
     most ``clients``). ``timeout``: seconds a device may think per call (None: host default).
+    ``baud``: line rate of the clients' serial ports (a board on a USB serial adapter; None
+    for ``emu://`` and ptys); a SuperNode's node config ``baud`` wins for its client.
     """
 
     clients: int = 8
@@ -118,6 +120,7 @@ class FederationConfig:
     eval_device: str = DEFAULT_DEVICE
     parallel: int | None = None
     timeout: float | None = None
+    baud: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "devices", tuple(self.devices))
@@ -153,6 +156,10 @@ class FederationConfig:
             or self.parallel < 1
         ):
             raise InvalidArgument(f"parallel must be an int >= 1 or None, got {self.parallel!r}")
+        if self.baud is not None and (
+            not isinstance(self.baud, int) or isinstance(self.baud, bool) or self.baud < 1
+        ):
+            raise InvalidArgument(f"baud must be an int >= 1 or None, got {self.baud!r}")
         if self.timeout is not None and not (
             isinstance(self.timeout, int | float) and self.timeout > 0
         ):
@@ -196,7 +203,7 @@ class FederationConfig:
             if key == "devices":
                 kw[key] = tuple(str(u) for u in (v.split(",") if isinstance(v, str) else v) if u)
             elif key in ("clients", "rounds", "seed", "steps", "batch", "parallel", "lr",
-                         "momentum", "timeout"):  # fmt: skip
+                         "momentum", "timeout", "baud"):  # fmt: skip
                 kind = float if key in ("lr", "momentum", "timeout") else int
                 try:
                     kw[key] = kind(v)
@@ -337,7 +344,13 @@ def _metric(v: Any) -> float:
 
 
 def train_local(
-    url: str, weights: Mapping[str, Any], cfg: FederationConfig, client: int, rnd: int
+    url: str,
+    weights: Mapping[str, Any],
+    cfg: FederationConfig,
+    client: int,
+    rnd: int,
+    *,
+    baud: int | None = None,
 ) -> tuple[Weights, dict[str, float | int]]:
     """One client's round on its device (see the module docstring): (weights read back from
     the chip, metrics). Metrics: ``num-examples`` (partition size, FedAvg's weight),
@@ -350,7 +363,7 @@ def train_local(
     spec = model_spec()
     rng = np.random.default_rng([cfg.seed, client, rnd, 0xBA7])
     t0 = time.perf_counter()
-    with host.open(url, timeout=cfg.timeout) as dev:
+    with host.open(url, baudrate=baud or cfg.baud, timeout=cfg.timeout) as dev:
         model = dev.deploy(
             spec,
             weights,
@@ -622,6 +635,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--parallel", type=int, default=None, help="clients trained at once (default: CPUs)"
     )
+    p.add_argument("--baud", type=int, default=None, help="line rate of the clients' serial ports")
     p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
 
 
@@ -641,6 +655,7 @@ def config_from_args(args: argparse.Namespace) -> FederationConfig:
         algorithm=getattr(args, "algorithm", d.algorithm),
         eval_device=getattr(args, "eval_device", d.eval_device),
         parallel=getattr(args, "parallel", None),
+        baud=getattr(args, "baud", None),
     )
 
 

@@ -4,9 +4,9 @@
   federation's settings (the ConfigRecord the server sends), runs ``host.federated.
   train_local`` on its device and replies with the weights read back from the chip and the
   chip's metrics. The client's index is the node's ``partition-id``; its device URL is the
-  node's ``device`` (node config of a SuperNode) or else the settings' ``devices`` list. A
-  device failure (``host.errors.MicrotrainError``) becomes an error reply naming the client,
-  the device and the error; the strategy aggregates without it.
+  node's ``device`` (node config of a SuperNode, with its ``baud``) or else the settings'
+  ``devices`` list. A device failure (``host.errors.MicrotrainError``) becomes an error
+  reply naming the client, the device and the error; the strategy aggregates without it.
 * ``server_app``: the deployment engine's entry (``flwr run``): settings from the run config
   (the keys of ``FederationConfig``, dashes or underscores), JSON written to ``json-out`` if
   given. ``simulate`` runs the same server logic on the simulation engine (Ray backend).
@@ -95,9 +95,15 @@ def _train(msg: Message, context: Context) -> Message:
     rnd = int(str(config.get("server-round", 0)))
     client = int(context.node_config["partition-id"])
     url = str(context.node_config.get("device") or cfg.device_of(client))
+    baud = context.node_config.get("baud")
     try:
         weights, metrics = train_local(
-            url, _from_arrays(msg.content.array_records["arrays"]), cfg, client, rnd
+            url,
+            _from_arrays(msg.content.array_records["arrays"]),
+            cfg,
+            client,
+            rnd,
+            baud=int(baud) if isinstance(baud, int | float | str) and baud else None,
         )
     except errors.MicrotrainError as e:
         reason = json.dumps({"client": client, "device": url, "error": f"{type(e).__name__}: {e}"})
