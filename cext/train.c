@@ -198,15 +198,16 @@ static void *zero_thread(void *p)
 /* zero_rows_unit with per_col zeroed first; large matrices in two row halves on two threads
  * (integer counts: the split cannot change them). */
 static void zero_rows_split(const float *x, int64_t rows, int64_t cols, int64_t rs,
-                            int64_t *per_row, int64_t *per_col, int64_t *total)
+                            int64_t *per_row, int64_t *per_col, int64_t *total, int threads)
 {
     for (int64_t c = 0; per_col && c < cols; c++)
         per_col[c] = 0;
     int64_t half = rows / 2;
     int64_t *second = NULL;
-    if (rows * cols >= SPLIT_MIN && half > 0)
-        second = per_col ? calloc((size_t)cols, sizeof *second) : NULL;
-    if (rows * cols < SPLIT_MIN || half == 0 || (per_col && !second)) {
+    int split = threads != 1 && rows * cols >= SPLIT_MIN && half > 0;
+    if (split && per_col)
+        second = calloc((size_t)cols, sizeof *second);
+    if (!split || (per_col && !second)) {
         zero_rows_unit(x, rows, cols, rs, per_row, per_col, total);
         return;
     }
@@ -226,7 +227,7 @@ static void zero_rows_split(const float *x, int64_t rows, int64_t cols, int64_t 
 }
 
 int64_t mt_zero_counts(const float *x, int64_t rows, int64_t cols, int64_t rs, int64_t cs,
-                       int64_t *per_row, int64_t *per_col)
+                       int64_t *per_row, int64_t *per_col, int threads)
 {
     if (rows <= 0 || cols <= 0) {
         for (int64_t c = 0; per_col && c < cols; c++)
@@ -237,11 +238,11 @@ int64_t mt_zero_counts(const float *x, int64_t rows, int64_t cols, int64_t rs, i
     }
     int64_t total = 0;
     if (cs == 1) {
-        zero_rows_split(x, rows, cols, rs, per_row, per_col, &total);
+        zero_rows_split(x, rows, cols, rs, per_row, per_col, &total, threads);
         return total;
     }
     if (rs == 1) { /* unit row stride (a transposed view): the same walk, roles swapped */
-        zero_rows_split(x, cols, rows, cs, per_col, per_row, &total);
+        zero_rows_split(x, cols, rows, cs, per_col, per_row, &total, threads);
         return total;
     }
     for (int64_t c = 0; per_col && c < cols; c++)

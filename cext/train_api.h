@@ -20,9 +20,10 @@ int mt_sgd_update(float *w, float *m, const float *g, const uint8_t *upd, const 
 /* Zero elements of a rows x cols float32 matrix x[r * rs + c * cs] (strides in elements; two
  * threads for large matrices with unit stride along one axis):
  * per_row[r] (rows entries) and per_col[c] (cols entries) get the number of elements equal
- * to zero (+0 or -0) in row r and column c; either may be NULL. Returns the total count. */
+ * to zero (+0 or -0) in row r and column c; either may be NULL. threads <= 0 = automatic
+ * (2 for large matrices), 1 = one thread. Returns the total count. */
 int64_t mt_zero_counts(const float *x, int64_t rows, int64_t cols, int64_t rs, int64_t cs,
-                       int64_t *per_row, int64_t *per_col);
+                       int64_t *per_row, int64_t *per_col, int threads);
 
 /* out[i] = (float)acc[i] * 2^-frac for -64 <= frac <= 126: the int64 rounded once to float32
  * (nearest-even), then scaled by a power of two (exact unless it under- or overflows, which

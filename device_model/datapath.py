@@ -592,7 +592,7 @@ def sgd_update(
     _check_rc(rc, "sgd_update")
 
 
-def zero_counts(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def zero_counts(x: np.ndarray, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Zeros (+0 or -0) of a 2-D float32 matrix per row and per column, as int64 arrays:
     ``((x == 0).sum(axis=1), (x == 0).sum(axis=0))`` in one pass, without copying a C- or
     F-ordered matrix."""
@@ -611,7 +611,14 @@ def zero_counts(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         base, rs, cs = np.ascontiguousarray(x), cols, 1
     op = ffi.from_buffer("int64_t[]", out)
     lib.mt_zero_counts(
-        ffi.from_buffer("float[]", base, require_writable=False), rows, cols, rs, cs, op, op + rows
+        ffi.from_buffer("float[]", base, require_writable=False),
+        rows,
+        cols,
+        rs,
+        cs,
+        op,
+        op + rows,
+        _threads(threads),
     )
     return per_row, per_col
 

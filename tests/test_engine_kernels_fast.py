@@ -216,6 +216,7 @@ def test_zero_counts_of_large_matrices_split_across_threads(shape: tuple[int, in
     x[rng.random(shape) < 0.3] = np.float32(-0.0)
     x[rng.random(shape) < 0.2] = np.float32(0.0)
     for m in (x, np.asfortranarray(x)):
-        per_row, per_col = dp.zero_counts(m)
-        np.testing.assert_array_equal(per_row, (m == 0).sum(axis=1))
-        np.testing.assert_array_equal(per_col, (m == 0).sum(axis=0))
+        for threads in (1, 2):
+            per_row, per_col = dp.zero_counts(m, threads=threads)
+            np.testing.assert_array_equal(per_row, (m == 0).sum(axis=1))
+            np.testing.assert_array_equal(per_col, (m == 0).sum(axis=0))
