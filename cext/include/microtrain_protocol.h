@@ -128,6 +128,8 @@ static inline const char *mt_frame_check_name(int v)
 #define MT_LINK_CONFIG_STRUCT_SIZE 12
 /* SACK as a construct Struct. */
 #define MT_LINK_SACK_STRUCT_SIZE 8
+#define MT_LINK_FIRST_FRAGMENT 512 /* Largest fragment of a new link end (it doubles with every frame that gets through at once): frames already cut cannot shrink, and on a bad line a 4 KiB frame may never get through. */
+#define MT_LINK_LOSS_MEMORY 64 /* Frame outcomes the loss estimate remembers (exponential decay). */
 #define MT_LINK_DESYNC_FRAMES 4 /* CRC failures in a row (over a frame lifetime without a valid frame) that make an established end start a new session. */
 #define MT_LINK_DEAD_EPOCHS 16 /* Peer epochs an end remembers as ended: SYNC/CONFIG carrying one of them are stale. */
 #define MT_LINK_MAX_WINDOW 64 /* Largest window: the SACK bitmap covers 64 frames beyond the cumulative ack. */
@@ -141,6 +143,8 @@ static inline const char *mt_frame_check_name(int v)
 #define MT_LINK_CONFIG_FRAME_LIFETIME 1.0
 #define MT_LINK_CONFIG_RX_BUFFER 4194304
 #define MT_LINK_CONFIG_MAX_MESSAGE 33554432
+#define MT_LINK_CONFIG_MIN_FRAGMENT 128
+#define MT_LINK_CONFIG_FRAME_COST 256
 #define MT_LINK_CONFIG_ACK_EVERY 0
 #define MT_LINK_CONFIG_ACK_DELAY 0.0
 
