@@ -170,33 +170,43 @@ def summary(record: dict[str, Any]) -> str:
 
 
 def plot(record: dict[str, Any], path: str) -> None:
-    """Accuracy against width per mode, fp32 and its 1-point band."""
+    """Accuracy against width per mode, fp32 and its 1-point band; the right panel zooms
+    into the top of the range."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), dpi=100)
     fp32 = record["fp32_accuracy"]
-    ax.axhspan(100 * (fp32 - TOLERANCE), 100 * fp32, color="0.85", label="within 1 point of fp32")
-    ax.axhline(100 * fp32, color="k", ls="--", lw=1, label=f"fp32 {100 * fp32:.1f}%")
     modes = list(record["settings"]["modes"])
-    for mode, style in zip(modes, ("o-", "s-", "v--", "D--")[: len(modes)], strict=True):
-        pts = sorted((g["bits"], g["accuracy"]) for g in record["grid"] if g["mode"] == mode)
-        b = record["fewest_bits_within_1_point"][mode]
-        ax.plot(
-            [p[0] for p in pts],
-            [100 * p[1] for p in pts],
-            style,
-            label=f"{mode} (fewest bits: {b})",
-        )
-    ax.set_xlabel("DFXP width (bits), all datapath classes")
-    ax.set_ylabel("held-out accuracy (%)")
     lo = min(100 * g["accuracy"] for g in record["grid"])
-    ax.set_ylim(max(0.0, lo - 5), 100)
-    ax.set_title("CNN trained on emu://hnpu-v1 from scratch: rounding and ST", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    for k, ax in enumerate(axes):
+        ax.axhspan(100 * (fp32 - TOLERANCE), 100 * fp32, color="0.85", label="within 1 point")
+        ax.axhline(100 * fp32, color="k", ls="--", lw=1, label=f"fp32 {100 * fp32:.1f}%")
+        for mode, style in zip(modes, ("o-", "s-", "v--", "D--")[: len(modes)], strict=True):
+            pts = sorted((g["bits"], g["accuracy"]) for g in record["grid"] if g["mode"] == mode)
+            b = record["fewest_bits_within_1_point"][mode]
+            ax.plot(
+                [p[0] for p in pts],
+                [100 * p[1] for p in pts],
+                style,
+                label=f"{mode} (fewest bits: {b})",
+            )
+        ax.set_xlabel("DFXP width (bits), all datapath classes")
+        ax.set_ylabel("held-out accuracy (%)")
+        ax.grid(alpha=0.3)
+        if k == 0:
+            ax.set_ylim(max(0.0, lo - 5), 100)
+            ax.legend(fontsize=8, loc="lower right")
+        else:
+            ax.set_ylim(100 * fp32 - 6, 100 * fp32 + 3)
+            ax.set_title("zoom on the top", fontsize=9)
+    n = len(record.get("seeds", [0]))
+    fig.suptitle(
+        f"CNN trained from scratch on emu://hnpu-v1: rounding and ST (mean of {n} seed(s))",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
