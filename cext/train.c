@@ -155,34 +155,44 @@ int mt_rescale_i64(const int64_t *acc, float *out, int64_t n, int frac, int thre
     return 0;
 }
 
-VECTOR_CLONES static void zero_rows_unit(const float *x, int64_t rows, int64_t cols, int64_t rs,
-                                         int64_t *per_row, int64_t *per_col, int64_t *total)
-{
-    /* unit column stride: walk rows, counting into per_row and per_col */
-    int64_t tot = 0;
-    for (int64_t r = 0; r < rows; r++) {
-        const float *row = x + r * rs;
-        int64_t z = 0;
-        if (per_col) {
-            for (int64_t c = 0; c < cols; c++) {
-                int64_t e = row[c] == 0.0f;
-                per_col[c] += e;
-                z += e;
-            }
-        } else {
-            for (int64_t c = 0; c < cols; c++)
-                z += row[c] == 0.0f;
-        }
-        if (per_row)
-            per_row[r] = z;
-        tot += z;
+/* The zero counters of one element type (float32, int8, int16): unit column stride, rows
+ * walked in order, counting into per_row and per_col. */
+#define ZERO_ROWS(NAME, T)                                                                     \
+    VECTOR_CLONES static void NAME(const void *xv, int64_t rows, int64_t cols, int64_t rs,     \
+                                   int64_t *per_row, int64_t *per_col, int64_t *total)          \
+    {                                                                                          \
+        const T *x = xv;                                                                       \
+        int64_t tot = 0;                                                                       \
+        for (int64_t r = 0; r < rows; r++) {                                                   \
+            const T *row = x + r * rs;                                                         \
+            int64_t z = 0;                                                                     \
+            if (per_col) {                                                                     \
+                for (int64_t c = 0; c < cols; c++) {                                           \
+                    int64_t e = row[c] == 0;                                                   \
+                    per_col[c] += e;                                                           \
+                    z += e;                                                                    \
+                }                                                                              \
+            } else {                                                                           \
+                for (int64_t c = 0; c < cols; c++)                                             \
+                    z += row[c] == 0;                                                          \
+            }                                                                                  \
+            if (per_row)                                                                       \
+                per_row[r] = z;                                                                \
+            tot += z;                                                                          \
+        }                                                                                      \
+        *total = tot;                                                                          \
     }
-    *total = tot;
-}
+ZERO_ROWS(zero_rows_f32, float)
+ZERO_ROWS(zero_rows_i8, int8_t)
+ZERO_ROWS(zero_rows_i16, int16_t)
 
-/* zero_rows_unit over the rows [lo, hi) on a thread, into its own per_col buffer. */
+typedef void (*zero_fn)(const void *, int64_t, int64_t, int64_t, int64_t *, int64_t *,
+                        int64_t *);
+
+/* One row range on a thread, into its own per_col buffer. */
 typedef struct {
-    const float *x;
+    zero_fn fn;
+    const void *x;
     int64_t rows, cols, rs;
     int64_t *per_row, *per_col;
     int64_t total;
@@ -191,14 +201,15 @@ typedef struct {
 static void *zero_thread(void *p)
 {
     zero_job *t = p;
-    zero_rows_unit(t->x, t->rows, t->cols, t->rs, t->per_row, t->per_col, &t->total);
+    t->fn(t->x, t->rows, t->cols, t->rs, t->per_row, t->per_col, &t->total);
     return NULL;
 }
 
-/* zero_rows_unit with per_col zeroed first; large matrices in two row halves on two threads
- * (integer counts: the split cannot change them). */
-static void zero_rows_split(const float *x, int64_t rows, int64_t cols, int64_t rs,
-                            int64_t *per_row, int64_t *per_col, int64_t *total, int threads)
+/* fn with per_col zeroed first; large matrices in two row halves on two threads (integer
+ * counts: the split cannot change them). */
+static void zero_rows_split(zero_fn fn, const char *x, int esize, int64_t rows, int64_t cols,
+                            int64_t rs, int64_t *per_row, int64_t *per_col, int64_t *total,
+                            int threads)
 {
     for (int64_t c = 0; per_col && c < cols; c++)
         per_col[c] = 0;
@@ -208,14 +219,15 @@ static void zero_rows_split(const float *x, int64_t rows, int64_t cols, int64_t 
     if (split && per_col)
         second = calloc((size_t)cols, sizeof *second);
     if (!split || (per_col && !second)) {
-        zero_rows_unit(x, rows, cols, rs, per_row, per_col, total);
+        fn(x, rows, cols, rs, per_row, per_col, total);
         return;
     }
-    zero_job b = {x + half * rs, rows - half, cols, rs, per_row ? per_row + half : NULL, second, 0};
+    zero_job b = {fn, x + half * rs * esize, rows - half, cols, rs,
+                  per_row ? per_row + half : NULL, second, 0};
     pthread_t th;
     int started = pthread_create(&th, NULL, zero_thread, &b) == 0;
     int64_t t0 = 0;
-    zero_rows_unit(x, half, cols, rs, per_row, per_col, &t0);
+    fn(x, half, cols, rs, per_row, per_col, &t0);
     if (started)
         pthread_join(th, NULL);
     else
@@ -226,9 +238,28 @@ static void zero_rows_split(const float *x, int64_t rows, int64_t cols, int64_t 
     *total = t0 + b.total;
 }
 
-int64_t mt_zero_counts(const float *x, int64_t rows, int64_t cols, int64_t rs, int64_t cs,
-                       int64_t *per_row, int64_t *per_col, int threads)
+static int64_t elem_is_zero(const char *x, int esize, int64_t i)
 {
+    if (esize == 4) {
+        float v;
+        memcpy(&v, x + i * 4, 4);
+        return v == 0.0f;
+    }
+    if (esize == 2) {
+        int16_t v;
+        memcpy(&v, x + i * 2, 2);
+        return v == 0;
+    }
+    return x[i] == 0;
+}
+
+int64_t mt_zero_counts(const void *xv, int elem, int64_t rows, int64_t cols, int64_t rs,
+                       int64_t cs, int64_t *per_row, int64_t *per_col, int threads)
+{
+    const char *x = xv;
+    zero_fn fn = elem == MT_ZERO_F32 ? zero_rows_f32 : (elem == MT_ZERO_I16 ? zero_rows_i16
+                                                                            : zero_rows_i8);
+    int esize = elem == MT_ZERO_F32 ? 4 : (elem == MT_ZERO_I16 ? 2 : 1);
     if (rows <= 0 || cols <= 0) {
         for (int64_t c = 0; per_col && c < cols; c++)
             per_col[c] = 0;
@@ -238,11 +269,11 @@ int64_t mt_zero_counts(const float *x, int64_t rows, int64_t cols, int64_t rs, i
     }
     int64_t total = 0;
     if (cs == 1) {
-        zero_rows_split(x, rows, cols, rs, per_row, per_col, &total, threads);
+        zero_rows_split(fn, x, esize, rows, cols, rs, per_row, per_col, &total, threads);
         return total;
     }
     if (rs == 1) { /* unit row stride (a transposed view): the same walk, roles swapped */
-        zero_rows_split(x, cols, rows, cs, per_col, per_row, &total, threads);
+        zero_rows_split(fn, x, esize, cols, rows, cs, per_col, per_row, &total, threads);
         return total;
     }
     for (int64_t c = 0; per_col && c < cols; c++)
@@ -250,7 +281,7 @@ int64_t mt_zero_counts(const float *x, int64_t rows, int64_t cols, int64_t rs, i
     for (int64_t r = 0; r < rows; r++) {
         int64_t z = 0;
         for (int64_t c = 0; c < cols; c++) {
-            int64_t e = x[r * rs + c * cs] == 0.0f;
+            int64_t e = elem_is_zero(x, esize, r * rs + c * cs);
             z += e;
             if (per_col)
                 per_col[c] += e;

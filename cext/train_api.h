@@ -17,13 +17,16 @@
 int mt_sgd_update(float *w, float *m, const float *g, const uint8_t *upd, const uint8_t *keep,
                   int64_t n, float lr, float mu, float wd, int threads);
 
-/* Zero elements of a rows x cols float32 matrix x[r * rs + c * cs] (strides in elements; two
- * threads for large matrices with unit stride along one axis):
- * per_row[r] (rows entries) and per_col[c] (cols entries) get the number of elements equal
- * to zero (+0 or -0) in row r and column c; either may be NULL. threads <= 0 = automatic
- * (2 for large matrices), 1 = one thread. Returns the total count. */
-int64_t mt_zero_counts(const float *x, int64_t rows, int64_t cols, int64_t rs, int64_t cs,
-                       int64_t *per_row, int64_t *per_col, int threads);
+/* Element types of mt_zero_counts. */
+enum { MT_ZERO_F32 = 0, MT_ZERO_I8 = 1, MT_ZERO_I16 = 2 };
+
+/* Zero elements of a rows x cols matrix x[r * rs + c * cs] of float32, int8 or int16
+ * (elem; strides in elements; two threads for large matrices with unit stride along one
+ * axis): per_row[r] (rows entries) and per_col[c] (cols entries) get the number of elements
+ * equal to zero (+0 or -0 for float32) in row r and column c; either may be NULL.
+ * threads <= 0 = automatic (2 for large matrices), 1 = one thread. Returns the total. */
+int64_t mt_zero_counts(const void *x, int elem, int64_t rows, int64_t cols, int64_t rs,
+                       int64_t cs, int64_t *per_row, int64_t *per_col, int threads);
 
 /* out[i] = (float)acc[i] * 2^-frac for -64 <= frac <= 126: the int64 rounded once to float32
  * (nearest-even), then scaled by a power of two (exact unless it under- or overflows, which

@@ -592,12 +592,19 @@ def sgd_update(
     _check_rc(rc, "sgd_update")
 
 
+_ZERO_ELEM = {
+    np.dtype(np.float32): lib.MT_ZERO_F32,
+    np.dtype(np.int8): lib.MT_ZERO_I8,
+    np.dtype(np.int16): lib.MT_ZERO_I16,
+}
+
+
 def zero_counts(x: np.ndarray, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Zeros (+0 or -0) of a 2-D float32 matrix per row and per column, as int64 arrays:
-    ``((x == 0).sum(axis=1), (x == 0).sum(axis=0))`` in one pass, without copying a C- or
-    F-ordered matrix."""
-    if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 2:
-        raise ValueError("x must be a 2-D numpy float32 array")
+    """Zeros (+0 or -0 for floats) of a 2-D float32, int8 or int16 matrix per row and per
+    column, as int64 arrays: ``((x == 0).sum(axis=1), (x == 0).sum(axis=0))`` in one pass,
+    without copying a C- or F-ordered matrix."""
+    if not isinstance(x, np.ndarray) or x.dtype not in _ZERO_ELEM or x.ndim != 2:
+        raise ValueError("x must be a 2-D numpy float32, int8 or int16 array")
     rows, cols = x.shape
     out = np.zeros(rows + cols, np.int64)
     per_row, per_col = out[:rows], out[rows:]
@@ -611,7 +618,8 @@ def zero_counts(x: np.ndarray, threads: int | None = None) -> tuple[np.ndarray, 
         base, rs, cs = np.ascontiguousarray(x), cols, 1
     op = ffi.from_buffer("int64_t[]", out)
     lib.mt_zero_counts(
-        ffi.from_buffer("float[]", base, require_writable=False),
+        ffi.from_buffer("char[]", base, require_writable=False),
+        _ZERO_ELEM[x.dtype],
         rows,
         cols,
         rs,

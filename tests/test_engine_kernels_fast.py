@@ -128,11 +128,14 @@ def test_sgd_update_rejects_bad_arguments() -> None:
     rows=st.integers(0, 40),
     cols=st.integers(0, 40),
     layout=st.sampled_from(["c", "t", "rows", "cols", "both"]),
+    dtype=st.sampled_from([np.float32, np.int8, np.int16]),
 )
-def test_zero_counts_equal_numpy(seed: int, rows: int, cols: int, layout: str) -> None:
+def test_zero_counts_equal_numpy(seed: int, rows: int, cols: int, layout: str, dtype: type) -> None:
     rng = np.random.default_rng(seed)
     base = _values(rng, 4 * rows * cols, True).reshape(2 * rows, 2 * cols)
     base[rng.random(base.shape) < 0.4] = rng.choice(np.float32([0.0, -0.0]))
+    if dtype is not np.float32:  # DFXP codes: zeros and small integers
+        base = np.nan_to_num(np.clip(base, -100, 100)).astype(dtype)
     x = {
         "c": base[:rows, :cols],
         "t": base[:cols, :rows].T,
@@ -210,12 +213,14 @@ def test_rescale_i64_large_array_and_bad_arguments() -> None:
 @pytest.mark.parametrize("shape", [(513, 300), (300, 513), (1, 200_000), (200_000, 1)])
 def test_zero_counts_of_large_matrices_split_across_threads(shape: tuple[int, int]) -> None:
     """Large matrices are counted in two row halves on two threads (each with its own column
-    counts, added after): the counts equal numpy's, for C- and F-ordered layouts."""
+    counts, added after): the counts equal numpy's, for C- and F-ordered layouts, float32
+    values and int8/int16 codes."""
     rng = np.random.default_rng(sum(shape))
     x = rng.standard_normal(shape).astype(np.float32)
     x[rng.random(shape) < 0.3] = np.float32(-0.0)
     x[rng.random(shape) < 0.2] = np.float32(0.0)
-    for m in (x, np.asfortranarray(x)):
+    codes = np.clip(np.nan_to_num(x * 10), -100, 100).astype(np.int8)
+    for m in (x, np.asfortranarray(x), codes, np.asfortranarray(codes.astype(np.int16))):
         for threads in (1, 2):
             per_row, per_col = dp.zero_counts(m, threads=threads)
             np.testing.assert_array_equal(per_row, (m == 0).sum(axis=1))
