@@ -179,13 +179,13 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
         trainer = Trainer(dev, checkpoint="reset_every" in faults)
         t0 = time.monotonic()
         end = t0 + 60.0 * args.minutes
-        last = (t0, 0, 0)
+        last = (t0, trainer.steps, wire[0])
         next_sample = t0
         while True:
             now = time.monotonic()
             if now >= next_sample or now >= end:
                 t_last, steps_last, wire_last = last
-                dt = max(now - t_last, 1e-9)
+                dt = now - t_last or float("inf")  # the first sample: no rate yet
                 stats = dev.runner.link.stats
                 samples.append(
                     {
