@@ -471,7 +471,7 @@ class Engine:
         nb = x.shape[0]
         so = None
         if layer.kind == "linear":
-            p_nat = xa.values
+            p_nat = xa.zeros_source  # counted by zeros only: codes or values
             if xa.is_int and w.is_int:
                 acc, so = k.gemm_int(xa.c, w.c, trans_a=False, trans_b=True)
                 y = rescale(acc, xa.frac + w.frac)
@@ -501,13 +501,14 @@ class Engine:
             if b is not None:
                 ylow = ylow - b.values.astype(np.float64)
             pol.observe_laps(i, high, ylow)
-        q_nat = w.values.reshape(layer.out_shape[0], -1).T
+        w2 = w.zeros_source.reshape(layer.out_shape[0], -1)
+        q_nat = w2.T
         keep = self._setup.keep.get(f"{i}.weight")
         pr = None if keep is None else ~keep.reshape(layer.out_shape[0], -1).T
         skips = self.preset.skips("ff")
         # zeros per row and column of the input and of the weights, kept for EP and WG
         xz = zero_counts(p_nat)
-        wz = zero_counts(w.values.reshape(layer.out_shape[0], -1))
+        wz = zero_counts(w2)
         cnt = count_macs(
             p_nat,
             q_nat,
@@ -519,7 +520,7 @@ class Engine:
             zeros_q=wz[1],
         )
         sl = so if (so is not None and "zero_slice" in skips) else None
-        wbytes = _bytes(w.values.size, w.bits)
+        wbytes = _bytes(w.size, w.bits)
         ibytes = _bytes(x.size, xa.bits)
         obytes = _bytes(y.size, xa.bits)
         work = StageWork(
@@ -577,7 +578,7 @@ class Engine:
                 eq = self._policy.quantize(e, i, "errors", PART_DATA, pass_no)
                 # zeros per row and column of the error matrix (rows n or (n, ho, wo),
                 # columns o), shared by WG and EP
-                ez = zero_counts(_error_matrix(eq.values))
+                ez = zero_counts(_error_matrix(eq.zeros_source))
                 if i in trainable_layers:
                     self._wg(layer, eq, c, pass_no, step, grads, ez)
                 if dfa:
@@ -685,12 +686,12 @@ class Engine:
         ez: tuple[np.ndarray, np.ndarray],
     ) -> np.ndarray:
         """BP error propagation through W transposed: the error at the layer's input."""
-        k, w, nb = self._k, c["w"], eq.values.shape[0]
+        k, w, nb = self._k, c["w"], eq.zeros_source.shape[0]
         i = layer.index
         o = layer.out_shape[0]
         so = None
         if layer.kind == "linear":
-            p_nat, q_nat = eq.values, w.values
+            p_nat, q_nat = eq.zeros_source, w.zeros_source
             if eq.is_int and w.is_int:
                 acc, so = k.gemm_int(eq.c, w.c, trans_a=False, trans_b=False)
                 d = rescale(acc, eq.frac + w.frac)
@@ -743,16 +744,16 @@ class Engine:
             if sk is not None and counted is not None:
                 sk = sk & counted
             sl = so - masked_slice_ops(p_codes, q_codes, sk)
-        wbytes = _bytes(w.values.size, w.bits)
+        wbytes = _bytes(w.size, w.bits)
         work = StageWork(
             "ep",
             **cnt,
             slice_ops=sl,
             a_bits=eq.bits,
             b_bits=w.bits,
-            dram_read_bytes=wbytes + _bytes(eq.values.size, eq.bits),
+            dram_read_bytes=wbytes + _bytes(eq.size, eq.bits),
             dram_write_bytes=_bytes(d.size, eq.bits),
-            sram_read_bytes=wbytes + _bytes(eq.values.size, eq.bits),
+            sram_read_bytes=wbytes + _bytes(eq.size, eq.bits),
             sram_write_bytes=_bytes(d.size, eq.bits),
             transposed_read=wbytes > 0,
             transposed_bytes=wbytes,
@@ -786,7 +787,7 @@ class Engine:
         k, xa = self._k, c["xa"]
         so = None
         if layer.kind == "linear":
-            p_nat, q_nat = eq.values.T, xa.values
+            p_nat, q_nat = eq.zeros_source.T, xa.zeros_source
             if eq.is_int and xa.is_int:
                 acc, so = k.gemm_int(eq.c, xa.c, trans_a=True, trans_b=False)
                 dw = rescale(acc, eq.frac + xa.frac)
@@ -838,8 +839,8 @@ class Engine:
             slice_ops=sl,
             a_bits=xa.bits,
             b_bits=eq.bits,
-            dram_read_bytes=_bytes(xa.values.size, xa.bits) + _bytes(eq.values.size, eq.bits),
-            sram_read_bytes=_bytes(xa.values.size, xa.bits) + _bytes(eq.values.size, eq.bits),
+            dram_read_bytes=_bytes(xa.size, xa.bits) + _bytes(eq.size, eq.bits),
+            sram_read_bytes=_bytes(xa.size, xa.bits) + _bytes(eq.size, eq.bits),
             sram_write_bytes=gbytes,
         )
         step.add(i, stage_costs(work, self.preset), "wg")

@@ -35,6 +35,7 @@ from device_model.datapath import zero_counts
 __all__ = ["MacCounts", "count_macs", "nzslices"]
 
 MacCounts = dict[str, Any]
+_C_DTYPES = (np.dtype(np.float32), np.dtype(np.int8), np.dtype(np.int16))  # zero_counts takes
 
 
 def nzslices(codes: np.ndarray | None) -> np.ndarray:
@@ -143,9 +144,9 @@ def _zeros_per_k(
     """Zeros of each column k of P (I x K) and of each row k of Q (K x J), in one pass over
     each operand (C for float32 matrices) unless given."""
     if zp is None:
-        zp = zero_counts(p)[1] if p.dtype == np.float32 else (p == 0).sum(axis=0, dtype=np.int64)
+        zp = zero_counts(p)[1] if p.dtype in _C_DTYPES else (p == 0).sum(axis=0, dtype=np.int64)
     if zq is None:
-        zq = zero_counts(q)[0] if q.dtype == np.float32 else (q == 0).sum(axis=1, dtype=np.int64)
+        zq = zero_counts(q)[0] if q.dtype in _C_DTYPES else (q == 0).sum(axis=1, dtype=np.int64)
     return zp, zq
 
 

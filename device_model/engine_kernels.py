@@ -8,7 +8,8 @@ protocol.numerics and device_model.gemm_reference, so the two engines differ exa
 kernels and can be compared bit for bit.
 
 ``encode_values`` gives a fixed-point tensor's codes and their float32 values
-(code * 2^-frac, ``frac`` the fractional length the parameters in ``kw`` give).
+(code * 2^-frac, ``frac`` the fractional length the parameters in ``kw`` give; None for the
+values when ``values=False``).
 ``sgd_update`` is the float32 SGD step of the update stage, in place (master weights and
 momentum in fp32; the engine quantizes other formats itself).
 
@@ -38,8 +39,8 @@ class Kernels(Protocol):
 
     def encode(self, x: np.ndarray, fmt: str, **kw: Any) -> np.ndarray: ...
     def encode_values(
-        self, x: np.ndarray, fmt: str, frac: int, **kw: Any
-    ) -> tuple[np.ndarray, np.ndarray]: ...
+        self, x: np.ndarray, fmt: str, frac: int, *, values: bool = True, **kw: Any
+    ) -> tuple[np.ndarray, np.ndarray | None]: ...
     def quantize(self, x: np.ndarray, fmt: str, **kw: Any) -> np.ndarray: ...
     def scale_params(self, x: np.ndarray, fmt: str, **kw: Any) -> dict[str, Any]: ...
     def gemm_int(
@@ -79,10 +80,10 @@ class ChipKernels:
         return chip_numerics.encode(x, fmt, **kw)
 
     def encode_values(
-        self, x: np.ndarray, fmt: str, frac: int, **kw: Any
-    ) -> tuple[np.ndarray, np.ndarray]:
+        self, x: np.ndarray, fmt: str, frac: int, *, values: bool = True, **kw: Any
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         xs = np.ascontiguousarray(x, np.float32)
-        codes, values, _ = chip_numerics.encode_fixed_values(
+        codes, vals, _ = chip_numerics.encode_fixed_values(
             xs,
             fmt,
             frac,
@@ -90,8 +91,9 @@ class ChipKernels:
             saturate=kw.get("saturate"),
             seed=kw.get("seed", 0),
             stream=kw.get("stream", 0),
+            values=values,
         )
-        return codes, values
+        return codes, vals
 
     def quantize(self, x: np.ndarray, fmt: str, **kw: Any) -> np.ndarray:
         return chip_numerics.quantize(x, fmt, **kw)

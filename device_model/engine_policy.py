@@ -46,6 +46,7 @@ __all__ = ["CLASS", "Policy", "QTensor", "format_bits", "is_int_format"]
 
 CLASS = {name: i for i, name in enumerate(TENSOR_CLASSES)}
 PART_WEIGHT, PART_BIAS, PART_DATA = 0, 1, 2
+_CODE_CLASSES = frozenset({"activations", "weights", "errors"})
 _DEFAULT = PolicyEntry(tensor_class="activations", format="fp32")
 _SCALED = ("fp8-seb", "flex16")
 
@@ -68,12 +69,35 @@ def format_bits(fmt: str) -> int:
 @dataclass(frozen=True)
 class QTensor:
     """A quantized tensor: float32 values; codes and frac (value = code * 2^-frac) when the
-    format is an integer one, else None."""
+    format is an integer one, else None. The values of an integer tensor may be left to be
+    computed from the codes when first read (``raw`` None): the integer kernels and the
+    counters need only the codes."""
 
-    values: np.ndarray
+    raw: np.ndarray | None
     fmt: str
     codes: np.ndarray | None = None
     frac: int = 0
+
+    @property
+    def values(self) -> np.ndarray:
+        """The float32 values (computed from the codes, once, if they were not given)."""
+        v = self.raw
+        if v is None:
+            assert self.codes is not None, "a QTensor needs values or codes"
+            v = rescale(self.codes, self.frac)
+            object.__setattr__(self, "raw", v)
+        return v
+
+    @property
+    def zeros_source(self) -> np.ndarray:
+        """An array with the tensor's shape that is zero exactly where the values are: the
+        codes when there are (a code times 2^-frac, |frac| <= 64, is zero only for code 0),
+        else the values."""
+        return self.codes if self.codes is not None else self.values
+
+    @property
+    def size(self) -> int:
+        return int((self.codes if self.codes is not None else self.values).size)
 
     @property
     def is_int(self) -> bool:
@@ -198,7 +222,10 @@ class Policy:
             key = (layer, CLASS[cls], part)
             frac = self._frac(x, fmt, e, key, laps_shift)
             params = {"shared_exp": -frac} if fmt == "flex16" else {"frac_bits": frac}
-            codes, values = k.encode_values(x, fmt, frac, **kw, **params)
+            # the datapath operands (activations, weights, errors) are used as codes; the
+            # rest (gradients, momentum, master weights) as values
+            want_values = cls not in _CODE_CLASSES
+            codes, values = k.encode_values(x, fmt, frac, values=want_values, **kw, **params)
             if e.frac_mode == "overflow":
                 self.frac[key] = next_frac_bits(x, format_bits(fmt), frac)
             elif e.frac_mode == "stochastic_threshold":

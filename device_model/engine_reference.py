@@ -53,10 +53,10 @@ class ReferenceKernels:
         return ref_numerics.encode(x, fmt, **kw)
 
     def encode_values(
-        self, x: np.ndarray, fmt: str, frac: int, **kw: Any
-    ) -> tuple[np.ndarray, np.ndarray]:
+        self, x: np.ndarray, fmt: str, frac: int, *, values: bool = True, **kw: Any
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         codes = ref_numerics.encode(x, fmt, **kw)
-        return codes, rescale(codes, frac)
+        return codes, rescale(codes, frac) if values else None
 
     def quantize(self, x: np.ndarray, fmt: str, **kw: Any) -> np.ndarray:
         return ref_numerics.quantize(x, fmt, **kw)

@@ -245,12 +245,13 @@ def encode_fixed_values(
     saturate: bool | None,
     seed: int,
     stream: int,
-) -> tuple[np.ndarray, np.ndarray, int]:
+    values: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None, int]:
     """encode_values for a caller that has validated its arguments already (the training
     engine's policy): a C-contiguous float32 ``xs``, a fixed-point ``fmt`` (dfxpN, flex16),
     its fractional length ``frac`` (value = code * 2^-frac; None = from the amax of ``xs``,
     as scale_params), a rounding name. Returns ``(codes, values, frac)``; the same bits as
-    encode_values."""
+    encode_values (``values=False``: codes only, values None)."""
     if not (isinstance(xs, np.ndarray) and xs.dtype == np.float32 and xs.flags.c_contiguous):
         raise ValueError("xs must be a C-contiguous float32 array")
     if not _is_fixed(fmt):
@@ -259,10 +260,11 @@ def encode_fixed_values(
         v = _scale_of(xs, fmt)
         frac = -v if fmt == "flex16" else v
     codes = np.empty(xs.shape, dtype=np.int8 if _fixed_bits(fmt) <= 8 else np.int16)
-    out = np.empty(xs.shape, dtype=np.float32)
+    out = np.empty(xs.shape, dtype=np.float32) if values else None
     sat = True if saturate is None else bool(saturate)
     lib.mt_encode_fixed_values(
-        _f32(xs.reshape(-1)), ffi.from_buffer(codes), _f32(out.reshape(-1)), xs.size,
+        _f32(xs.reshape(-1)), ffi.from_buffer(codes),
+        ffi.NULL if out is None else _f32(out.reshape(-1)), xs.size,
         _fixed_bits(fmt), int(frac), _ROUND_CODE[rounding], sat, int(seed) & _MASK64,
         int(stream) & _MASK64, 0, ffi.NULL,
     )  # fmt: skip
