@@ -47,6 +47,7 @@ __all__ = ["CLASS", "Policy", "QTensor", "format_bits", "is_int_format"]
 CLASS = {name: i for i, name in enumerate(TENSOR_CLASSES)}
 PART_WEIGHT, PART_BIAS, PART_DATA = 0, 1, 2
 _CODE_CLASSES = frozenset({"activations", "weights", "errors"})
+_LAZY_VALUES_MIN = 1 << 16  # elements
 _DEFAULT = PolicyEntry(tensor_class="activations", format="fp32")
 _SCALED = ("fp8-seb", "flex16")
 
@@ -222,9 +223,10 @@ class Policy:
             key = (layer, CLASS[cls], part)
             frac = self._frac(x, fmt, e, key, laps_shift)
             params = {"shared_exp": -frac} if fmt == "flex16" else {"frac_bits": frac}
-            # the datapath operands (activations, weights, errors) are used as codes; the
-            # rest (gradients, momentum, master weights) as values
-            want_values = cls not in _CODE_CLASSES
+            # the datapath operands (activations, weights, errors) are used as codes: large
+            # ones get their values only if read (small ones at once: one C call is cheaper
+            # than a later rescale); the rest (gradients, momentum, master weights) as values
+            want_values = cls not in _CODE_CLASSES or x.size < _LAZY_VALUES_MIN
             codes, values = k.encode_values(x, fmt, frac, values=want_values, **kw, **params)
             if e.frac_mode == "overflow":
                 self.frac[key] = next_frac_bits(x, format_bits(fmt), frac)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from device_model import engine_policy
 from device_model.config import get_preset
 from device_model.engine import Engine, EngineConfig, LayerSpec, PolicyEntry
 from device_model.engine_reference import ReferenceEngine
@@ -350,3 +351,24 @@ def test_float_formats_with_sr_engine_equals_reference(fmt: str) -> None:
     cfg = EngineConfig(policy=pol, sr_seed=13, lr=0.05, momentum=0.5)
     eng, ref = run_pair("cnn", cfg, V2, steps=2)
     assert bit_equal(eng.get_weights(), ref.get_weights())
+
+
+@pytest.mark.parametrize("preset", [V1, V2], ids=["hnpu-v1", "hnpu-v2"])
+@pytest.mark.parametrize("pruned", [False, True])
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_codes_only_dfxp_operands_change_nothing(name: str, pruned: bool, preset: Any) -> None:
+    """Large DFXP activations, weights and errors are quantized to codes only (values
+    computed when read; zeros counted in the codes). Forcing that path on these small models
+    gives the reference engine's bits and counters, and the eager path's weights, with
+    unmasked and masked (pruning, hnpu-v1's output-zero skipping) counting."""
+    extra: dict[str, Any] = {"pruning": "magnitude", "pruning_ratio": 0.3} if pruned else {}
+    cfg = EngineConfig(
+        policy=dfxp_policy("dfxp8", "overflow"), sr_seed=5, lr=0.05, momentum=0.9, **extra
+    )
+    eager, _ = run_pair(name, cfg, preset, steps=2)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(engine_policy, "_LAZY_VALUES_MIN", 0)
+        lazy, ref = run_pair(name, cfg, preset, steps=2)
+    assert bit_equal(lazy.get_weights(), ref.get_weights())
+    assert bit_equal(lazy.get_weights(), eager.get_weights())
+    assert lazy.counters() == eager.counters()
