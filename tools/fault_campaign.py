@@ -127,6 +127,8 @@ class Row:
     faults: dict[str, int] = field(default_factory=dict)
     #: Seconds from a restarted device being ready to the host's next answer from it.
     reconnect_s: list[float] = field(default_factory=list)
+    #: Fault-free row only: min and max over its runs of each goodput against their mean.
+    spread: dict[str, list[float]] = field(default_factory=dict)
 
 
 class Meter:
@@ -518,7 +520,7 @@ def _git(*args: str) -> str:
     try:
         return subprocess.run(
             ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30
-        ).stdout.strip()
+        ).stdout.rstrip()
     except (OSError, subprocess.SubprocessError):
         return ""
 
@@ -539,6 +541,29 @@ def summary(xs: list[float]) -> dict[str, float]:
     s = sorted(xs)
     p95 = s[min(len(s) - 1, int(0.95 * len(s)))]
     return {"n": len(s), "median": statistics.median(s), "p95": p95, "max": s[-1]}
+
+
+def _merge(name: str, refs: list[Row]) -> Row:
+    """The fault-free runs as one row (sums; goodputs: the runs' spread as min..max)."""
+    out = Row(name, refs[0].url, weights_sha256=refs[0].weights_sha256)
+    for r in refs:
+        for k in ("runs", "commands", "device_executed", "duplicates_executed", "lost"):
+            setattr(out, k, getattr(out, k) + getattr(r, k))
+        for k in ("payload_bytes", "wire_bytes", "undetected_errors", "state_lost"):
+            setattr(out, k, getattr(out, k) + getattr(r, k))
+        out.seconds = round(out.seconds + r.seconds, 3)
+        out.cpu_seconds = round(out.cpu_seconds + r.cpu_seconds, 3)
+        if r.weights_sha256 != refs[0].weights_sha256:
+            out.undetected_errors += 1  # fault-free runs must agree too
+        out.error = out.error or r.error
+    out.goodput = 1.0
+    out.cpu_goodput = 1.0
+    out.wire_goodput = 1.0
+    out.spread = {
+        k: [round(min(getattr(r, k) for r in refs), 3), round(max(getattr(r, k) for r in refs), 3)]
+        for k in ("goodput", "cpu_goodput", "wire_goodput")
+    }
+    return out
 
 
 def _score(row: Row, refs: list[Row]) -> None:
@@ -567,12 +592,20 @@ def campaign(args: argparse.Namespace) -> dict[str, Any]:
             return run_pty(name, query, steps, n_rounds, row)
         return run(name, f"{BASE}&{query}" if query else BASE, steps, n_rounds, row)
 
-    rows = [one("fault-free", "", rounds)]
+    # A fault-free run before every setting and one after the last: each setting's goodput is
+    # relative to the two fault-free runs around it, so that the machine's load, which drifts
+    # over minutes on a shared machine, moves both alike.
+    refs = [one("fault-free", "", rounds)]
+    rows: list[Row] = []
+    around: list[int] = []  # index in refs of the fault-free run before each row
     for name, query in SETTINGS:
         if only is not None and name not in only:
             continue
+        if rows:
+            refs.append(one("fault-free", "", rounds))
         row = one(name, f"{query}&fault_seed={args.fault_seed}", rounds)
         rows.append(row)
+        around.append(len(refs) - 1)
         print(f"{name}: {row.seconds} s {row.error}", file=sys.stderr, flush=True)
     if target and (only is None or "resets" in only):
         query = f"reset_every={args.reset_every}"
@@ -583,9 +616,13 @@ def campaign(args: argparse.Namespace) -> dict[str, Any]:
             k += 1
             print(f"resets: {row.faults} in {row.seconds} s", file=sys.stderr, flush=True)
         rows.append(row)
-    rows.append(one("fault-free (again)", "", rounds))
-    for row in rows:
-        _score(row, [rows[0], rows[-1]])
+        around.append(len(refs) - 1)
+    refs.append(one("fault-free", "", rounds))
+    for i, row in zip(around, rows, strict=True):
+        _score(row, [refs[i], refs[i + 1]])
+    for ref in refs:
+        _score(ref, refs)
+    rows = [_merge("fault-free", refs), *rows]
     reconnect = [t for r in rows for t in r.reconnect_s]
     return {
         "command": " ".join(["tools/fault_campaign.py", *args.argv]),
@@ -637,6 +674,8 @@ def markdown(out: dict[str, Any]) -> str:
                 if r["error"]
                 else "- | - | - |"  # training only, with a checkpoint read per step
                 if "reset_every" in r["url"]
+                else " | ".join(f"1 ({a}..{b})" for a, b in r["spread"].values()) + " |"
+                if r.get("spread")
                 else f"{r['goodput']} | {r['cpu_goodput']} | {r['wire_goodput']} |"
             )
         )
