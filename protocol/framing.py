@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import re
 import struct
 import zlib
@@ -276,6 +277,87 @@ def cobs_decode(data: bytes | bytearray | memoryview) -> bytes:
     return _cobs_decode(enc)
 
 
+def _frame_wire(a: bytes, b: bytes | bytearray | memoryview, c: bytes) -> bytes:
+    """``0x00 | COBS(a | b | c) | 0x00``: the wire bytes of a frame whose header, payload
+    (and trailer) and CRC are ``a``, ``b`` and ``c``."""
+    out: list[bytes] = [b"\x00"]
+    _cobs_blocks(b"".join((a, b, c)), out)
+    out.append(b"\x00")
+    return b"".join(out)
+
+
+# ----------------------------------------------------------------------------- C accelerator
+# protocol._framing_c (cext/framing.c, built with the package when a C compiler is there) does
+# the COBS loops in C: same bytes, same errors. The Python functions above are the reference;
+# use_accelerator(False) or MICROTRAIN_FRAMING=python in the environment selects them.
+try:
+    from protocol._framing_c import ffi as _ffi
+    from protocol._framing_c import lib as _lib
+except ImportError:  # not built: the pure-Python codec does the work
+    _lib = None
+
+#: The pure-Python codec functions (the reference the accelerator is tested against).
+PY_CODEC = {"_cobs_decode": _cobs_decode, "_frame_wire": _frame_wire, "cobs_encode": cobs_encode}
+
+
+def _cobs_decode_c(enc: bytes) -> bytes:
+    """_cobs_decode in C."""
+    n = len(enc)
+    out = _alloc("uint8_t[]", n)
+    k = _lib.mt_cobs_decode(enc, n, out)
+    if k < 0:
+        start = -k - 1
+        code = enc[start]
+        raise CobsError(
+            f"COBS block at offset {start} claims {code - 1} data bytes but only "
+            f"{n - start - 1} remain"
+        )
+    return _ffi.buffer(out, k)[:]
+
+
+def _frame_wire_c(a: bytes, b: bytes | bytearray | memoryview, c: bytes) -> bytes:
+    """_frame_wire in C."""
+    n = len(a) + len(b) + len(c)
+    out = _alloc("uint8_t[]", n + n // 254 + 3)
+    pb = b if type(b) is bytes else _ffi.from_buffer(b)
+    k = _lib.mt_cobs_frame(a, len(a), pb, len(b), c, len(c), 1, out)
+    return _ffi.buffer(out, k)[:]
+
+
+def _cobs_encode_c(data: bytes | bytearray | memoryview) -> bytes:
+    """cobs_encode in C."""
+    n = len(data)
+    out = _alloc("uint8_t[]", n + n // 254 + 1)
+    k = _lib.mt_cobs_frame(_ffi.from_buffer(data), n, _ffi.NULL, 0, _ffi.NULL, 0, 0, out)
+    return _ffi.buffer(out, k)[:]
+
+
+_C_CODEC = {
+    "_cobs_decode": _cobs_decode_c,
+    "_frame_wire": _frame_wire_c,
+    "cobs_encode": _cobs_encode_c,
+}
+
+
+def use_accelerator(on: bool = True) -> bool:
+    """Do the COBS work of this module in C (``on``, when protocol._framing_c is built) or in
+    the pure-Python reference; returns whether C is now in use. Wire bytes and errors are the
+    same either way."""
+    use = bool(on) and _lib is not None
+    globals().update(_C_CODEC if use else PY_CODEC)
+    return use
+
+
+def accelerated() -> bool:
+    """Whether the C codec is in use."""
+    return _cobs_decode is _cobs_decode_c
+
+
+if _lib is not None:
+    _alloc = _ffi.new_allocator(should_clear_after_alloc=False)
+    use_accelerator(os.environ.get("MICROTRAIN_FRAMING", "c") != "python")
+
+
 def max_encoded_size(payload_len: int) -> int:
     """Largest COBS body (without delimiters) of a frame with ``payload_len`` payload bytes."""
     raw = HEADER_SIZE + payload_len + CRC_SIZE
@@ -369,13 +451,9 @@ def encode_frame(
     else:
         body = b""
         crc = zlib.crc32(payload, zlib.crc32(head, session))
-    out: list[bytes] = [b"\x00"]
     if body:
-        _cobs_blocks(body + _CRC.pack(crc), out)
-    else:
-        _cobs_blocks(b"".join((head, payload, _CRC.pack(crc))), out)
-    out.append(b"\x00")
-    return b"".join(out)
+        return _frame_wire(body, b"", _CRC.pack(crc))
+    return _frame_wire(head, payload, _CRC.pack(crc))
 
 
 def decode_frame(
