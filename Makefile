@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-CSRC   := $(wildcard cext/*.c cext/*.h cext/include/*.h) cext/build_chip.py
+CSRC   := $(wildcard cext/*.c cext/*.h cext/include/*.h) cext/build_chip.py cext/build_framing.py
 
 .PHONY: setup lint test test-fast demo bench clean
 
@@ -33,4 +33,5 @@ bench: setup
 	$(BIN)/microtrain bench gemm
 
 clean:
-	rm -rf $(VENV) build *.egg-info device_model/_chip*.so device_model/_chip.c
+	rm -rf $(VENV) build *.egg-info device_model/_chip*.so device_model/_chip.c \
+	       protocol/_framing_c*.so protocol/_framing_c.c

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Rebuild the C extension device_model._chip in place (for working on cext/ without reinstalling).
+# Rebuild the C extensions (device_model._chip, protocol._framing_c) in place, for working on
+# cext/ without reinstalling.
 # Serialised with flock so that parallel rebuilds do not clobber each other.
 set -euo pipefail
 cd "$(dirname "$0")/.."
