@@ -14,7 +14,8 @@ studies before a model runs. The rules are the ones the engine applies to counte
   outputs the ReLU will zero.
 
 Dataflow (assumption, docs/chip-model.md): weights stream from DRAM once per stage (pruned
-channels are not fetched by a chip that skips them), each layer's input is read from DRAM and
+channels are not fetched by a chip that skips them: it stores them compressed, the kept
+channels plus a one-bit-per-channel bitmap), each layer's input is read from DRAM and
 its output written to DRAM once (kept for WG), the input is re-read from SRAM once per
 ``pe_output_tile`` outputs, and WG hands its gradient tile to the update in SRAM (fused), so the
 update moves the stored weights and momentum through DRAM.
@@ -227,7 +228,11 @@ def fc_stage_work(
     density = sparsity.slice_density if "zero_slice" in skips else 1.0
     tile_passes = math.ceil(layer.n_out / preset.pe_output_tile)
     w_bytes = _b(layer.weights, pr.weight_bits)
-    fetched_w = _b(round(layer.weights * (1 - p)), pr.weight_bits) if p else w_bytes
+    # Pruned channels stored compressed: the kept channels plus a bitmap of one bit per output
+    # channel (the index overhead; the engine's assumption too).
+    fetched_w = (
+        _b(round(layer.weights * (1 - p)), pr.weight_bits) + _b(layer.n_out, 1) if p else w_bytes
+    )
 
     def split(
         macs: int, structural: str | None, frac_struct: float, out_frac: float, in_frac: float

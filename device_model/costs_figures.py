@@ -30,7 +30,7 @@ from device_model.costs_analytic import (
     fig10_ia_sparsity,
     slice_density,
 )
-from device_model.costs_schedule import LayerCycles, bp_latency, dfa_latency, pdfa_shared_period
+from device_model.costs_schedule import LayerCycles, bp_latency, dfa_latency, pdfa_split_costs
 
 __all__ = [
     "MDNET_BATCH",
@@ -98,10 +98,6 @@ class StepCosts:
         )
 
 
-def _static_pj(preset: ChipPreset, cycles: int) -> float:
-    return preset.static_power_w * cycles / preset.clock_hz * 1e12
-
-
 def step_costs(
     sc: Scenario,
     layers: Sequence[FcLayer] = MDNET_FC,
@@ -144,39 +140,23 @@ def step_costs(
         }
 
     work = [works(i, layer) for i, layer in enumerate(layers)]
-    full = [{s: stage_costs(w, p) for s, w in lw.items() if w is not None} for lw in work]
     details: dict[str, Any] = {}
-    shares = {"ff": 1.0, "back": 1.0}
     if sc.algorithm in ("bp", "dfa"):
-        lc = [LayerCycles(**{s: c.cycles for s, c in layer.items()}) for layer in full]
+        costed = [{s: stage_costs(w, p) for s, w in lw.items() if w is not None} for lw in work]
+        lc = [LayerCycles(**{s: c.cycles for s, c in layer.items()}) for layer in costed]
+        # One array: DFA's EPs run one after another (ep_parallel=False), so both schedules
+        # take the sum of the stages' cycles, and the stages' static energy is the step's.
         latency = bp_latency(lc) if sc.algorithm == "bp" else dfa_latency(lc, ep_parallel=False)
-        costed = full
     else:
-        if not dedicated_engines:
-            fwd_ops = sum(layer["ff"].slice_ops for layer in full)
-            tot_ops = sum(c.slice_ops for layer in full for c in layer.values())
-            shares["ff"] = min(max(fwd_ops / tot_ops, 0.05), 0.95)
-            shares["back"] = 1.0 - shares["ff"]
-        costed = [
-            {
-                s: stage_costs(w, p, pe_share=shares["ff" if s == "ff" else "back"])
-                for s, w in lw.items()
-                if w is not None
-            }
-            for lw in work
-        ]
-        fwd = [layer["ff"] for layer in costed]
-        bwd = [sum_counters(c for s, c in layer.items() if s != "ff") for layer in costed]
-        latency = pdfa_shared_period(fwd, bwd, p)
-        details["forward_share"] = shares["ff"]
-    # Dynamic energy of every stage, plus static power over the step (twice the static power
-    # with two full-size engines).
-    dyn = sum(
-        c.energy_pj - _static_pj(p, c.cycles) * shares["ff" if s == "ff" else "back"]
-        for layer in costed
-        for s, c in layer.items()
-    )
-    energy = dyn + _static_pj(p, latency) * (2 if dedicated_engines else 1)
+        costed, latency, share = pdfa_split_costs(
+            [{s: [w] for s, w in lw.items() if w is not None} for lw in work],
+            p,
+            dedicated_engines=dedicated_engines,
+        )
+        details["forward_share"] = share
+    # Dynamic energy of every stage plus static power over the step (the pipelined schedule's
+    # stages carry their part of the static power over the period: pdfa_split_costs).
+    energy = sum(c.energy_pj for layer in costed for c in layer.values())
     return StepCosts(sc, tuple(costed), latency, energy, details)
 
 

@@ -13,7 +13,10 @@ Given each layer's stage cycles (from ``device_model.costs.stage_costs``), the s
   ``sum_l max(ff_l, ep_l + wg_l + update_l)``. Overlap needs two engines; when forward and
   backward share one PE array, the caller costs each stage on its share of the array
   (``stage_costs(..., pe_share=...)``) and ``pdfa_shared_period`` adds the bounds the shared
-  memory system sets.
+  memory system sets. ``pdfa_split_costs`` does all of it from the stages' work records (the
+  engine and the analytic figures both use it): the array split in proportion to the forward
+  and backward slice products, each stage costed on its share, the period, and static power
+  charged over the period (not over the sum of the overlapped stages' times).
 
 Table 5's processing-time column for the delayed-gradient methods (DDG, FDG) is in
 ``table5_time``. docs/chip-model.md ("Schedules") has the derivation.
@@ -21,12 +24,13 @@ Table 5's processing-time column for the delayed-gradient methods (DDG, FDG) is 
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from device_model.config import ChipPreset
-from device_model.costs import StageCounters
+from device_model.costs import StageCounters, StageWork, stage_costs, sum_counters
 
 __all__ = [
     "TABLE5_METHODS",
@@ -35,6 +39,8 @@ __all__ = [
     "dfa_latency",
     "pdfa_period",
     "pdfa_shared_period",
+    "pdfa_split_costs",
+    "static_pj",
     "table5_time",
 ]
 
@@ -111,6 +117,73 @@ def pdfa_shared_period(
         math.ceil(dram / preset.dram_bytes_per_cycle),
         math.ceil(sram / preset.sram_bytes_per_cycle),
     )
+
+
+def static_pj(preset: ChipPreset, cycles: float) -> float:
+    """Static energy (pJ) of the whole chip over ``cycles``."""
+    return preset.static_power_w * cycles / preset.clock_hz * 1e12
+
+
+#: Bounds of the forward engine's share of a split array (neither engine gets nothing).
+_SHARE_BOUNDS = (0.05, 0.95)
+
+
+def pdfa_split_costs(
+    works: Sequence[Mapping[str, Sequence[StageWork]]],
+    preset: ChipPreset,
+    *,
+    dedicated_engines: bool = False,
+) -> tuple[list[dict[str, StageCounters]], int, float]:
+    """Pipelined DFA on ``preset``: per layer, the counters of each stage, the steady-state
+    period in cycles and the forward engine's share of the PE array.
+
+    ``works[l][stage]`` lists the work records of layer l's stage ("ff", "ep", "wg",
+    "update"). One PE array (the survey's HNPU-V2: the same hardware as V1) is split between a
+    forward engine (FF) and a backward engine (EP, WG, update) in proportion to their slice
+    products over the step (bounded to 5..95%); each stage is costed on its engine's share;
+    the period is ``pdfa_shared_period``. ``dedicated_engines=True`` gives each engine a
+    full-size array (DF-LNPU-style heterogeneous cores: twice the PEs and twice the static
+    power). Static energy: the chip's static power over the period (times the number of
+    arrays), attributed to the stages in proportion to their cycles x share; each stage's
+    dynamic energy is unchanged, so the stages' energies add up to dynamic + static over the
+    period."""
+    if not works:
+        raise ValueError("a schedule needs at least one layer")
+    full = [{s: [stage_costs(w, preset) for w in ws] for s, ws in lw.items()} for lw in works]
+    share = {"ff": 1.0, "back": 1.0}
+    if not dedicated_engines:
+        fwd_ops = sum(c.slice_ops for lw in full for c in lw.get("ff", ()))
+        tot_ops = sum(c.slice_ops for lw in full for cs in lw.values() for c in cs)
+        lo, hi = _SHARE_BOUNDS
+        share["ff"] = min(max(fwd_ops / tot_ops, lo), hi) if tot_ops else 0.5
+        share["back"] = 1.0 - share["ff"]
+
+    def sh(stage: str) -> float:
+        return share["ff" if stage == "ff" else "back"]
+
+    costed = [
+        {
+            s: sum_counters(stage_costs(w, preset, pe_share=sh(s)) for w in ws)
+            for s, ws in lw.items()
+            if ws
+        }
+        for lw in works
+    ]
+    fwd = [lw.get("ff", StageCounters()) for lw in costed]
+    bwd = [sum_counters(c for s, c in lw.items() if s != "ff") for lw in costed]
+    period = pdfa_shared_period(fwd, bwd, preset)
+    weight = {(i, s): c.cycles * sh(s) for i, lw in enumerate(costed) for s, c in lw.items()}
+    total_w = sum(weight.values())
+    static_total = static_pj(preset, period) * (2 if dedicated_engines else 1)
+    out = []
+    for i, lw in enumerate(costed):
+        d = {}
+        for s, c in lw.items():
+            own = static_pj(preset, c.cycles) * sh(s)
+            part = static_total * weight[(i, s)] / total_w if total_w else 0.0
+            d[s] = dataclasses.replace(c, energy_pj=c.energy_pj - own + part)
+        out.append(d)
+    return out, period, share["ff"]
 
 
 def table5_time(method: str, t_a: Sequence[float], t_e: Sequence[float]) -> float:

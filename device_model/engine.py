@@ -30,7 +30,7 @@ import numpy as np
 
 from device_model.config import ChipPreset
 from device_model.costs import StageCounters, StageWork, counters_dict, stage_costs
-from device_model.costs_schedule import LayerCycles, bp_latency, dfa_latency, pdfa_period
+from device_model.costs_schedule import LayerCycles, bp_latency, dfa_latency, pdfa_split_costs
 from device_model.datapath import zero_counts
 from device_model.engine_config import EngineConfig, EngineError, PolicyEntry
 from device_model.engine_counts import count_macs, masked_slice_ops
@@ -55,7 +55,7 @@ from device_model.engine_policy import (
     rescale,
 )
 from device_model.engine_setup import Setup, feedback_matrix, feedback_shapes, prepare
-from device_model.memory_model import LayerMemory, memory_peak_bytes
+from device_model.memory_model import LayerMemory, memory_peak_bytes, selective_layers
 from protocol.messages_counters import MEMORY_KINDS
 from protocol.status import Status
 
@@ -98,9 +98,12 @@ class _Step:
     """Work of one call: stage counters per layer, memory of the step."""
 
     per_layer: dict[int, dict[str, list[StageCounters]]] = field(default_factory=dict)
+    #: the work records behind per_layer (a pipelined schedule re-costs them)
+    works: dict[int, dict[str, list[StageWork]]] = field(default_factory=dict)
 
-    def add(self, layer: int, c: StageCounters, stage: str) -> None:
-        self.per_layer.setdefault(layer, {}).setdefault(stage, []).append(c)
+    def add(self, layer: int, work: StageWork, stage: str, preset: ChipPreset) -> None:
+        self.per_layer.setdefault(layer, {}).setdefault(stage, []).append(stage_costs(work, preset))
+        self.works.setdefault(layer, {}).setdefault(stage, []).append(work)
 
     def layer_stage(self, layer: int) -> dict[str, StageCounters]:
         return {s: _sum_counters(v) for s, v in self.per_layer[layer].items()}
@@ -222,6 +225,7 @@ class Engine:
         self._setup: Setup = setup
         self._policy = policy
         self._mem_cache: dict[int, dict[str, int]] = {}
+        self._fetch_cache: dict[tuple[int, int], int] = {}
         self._momentum = {}
         self._kept = None
         for n, m in setup.keep.items():
@@ -284,12 +288,18 @@ class Engine:
         return dict(got)
 
     def _memory_uncached(self, batch: int) -> dict[str, int]:
+        """Table 5's tensors of the layers with parameters, less what frozen parameters do
+        not need (memory_model.selective_layers), plus gradient and momentum buffers of the
+        trainable elements only (a frozen element has neither)."""
         lm, grads, opt = [], 0, 0
+        w_trained, trained = [], []
         plays = [x for x in self.layers if x.has_params]
         shapes = feedback_shapes(self.layers)
+        tr = self._setup.trainable
         for x in plays:
             i = x.index
-            nparam = sum(self._params[n].size for n in self._params if n.startswith(f"{i}."))
+            names = [n for n in self._params if n.startswith(f"{i}.")]
+            nparam = sum(self._params[n].size for n in names)
             fb = 0
             if self._setup.feedback_stored and self._setup.algorithm != "bp" and i in shapes:
                 fb = _bytes(int(np.prod(shapes[i])), self._fmt_bits(i, "weights"))
@@ -303,13 +313,37 @@ class Engine:
                     feedback=fb,
                 )
             )
-            grads += _bytes(nparam, self._fmt_bits(i, "gradients"))
+            w_trained.append(f"{i}.weight" in tr)
+            trained.append(any(n in tr for n in names))
+            ntrain = sum(int(tr[n].sum()) for n in names if n in tr)
+            grads += _bytes(ntrain, self._fmt_bits(i, "gradients"))
             if self._setup.momentum > 0:
-                opt += _bytes(nparam, self._fmt_bits(i, "momentum"))
+                opt += _bytes(ntrain, self._fmt_bits(i, "momentum"))
         if not lm:  # a model without parameters keeps nothing for training
             return {k: 0 for k in MEMORY_KINDS}
         method = "bp" if self._setup.algorithm == "bp" else "dfa"
-        return memory_peak_bytes(lm, method, gradients=grads, optimizer=opt)
+        kept = selective_layers(lm, method, weight_trained=w_trained, trained=trained)
+        return memory_peak_bytes(kept, method, gradients=grads, optimizer=opt)
+
+    def _weight_fetch_bytes(self, layer: Layer, w: QTensor) -> int:
+        """Bytes of a layer's weights one stage (FF, EP) fetches. A pruning-aware preset
+        stores pruned weights compressed at its pruning granularity (hnpu-v2: output
+        channels): the output channels with a kept weight, stored densely, plus a bitmap of one
+        bit per output channel (the index overhead; docs/chip-model.md). Other presets, or no
+        pruning: every weight."""
+        i = layer.index
+        key = (i, w.bits)
+        got = self._fetch_cache.get(key)
+        if got is None:
+            keep = self._setup.keep.get(f"{i}.weight")
+            if keep is None or not self.preset.pruning_aware_training:
+                got = _bytes(w.size, w.bits)
+            else:
+                o = layer.out_shape[0]
+                rows = int(keep.reshape(o, -1).any(axis=1).sum())
+                got = _bytes(rows * (w.size // o), w.bits) + _bytes(o, 1)
+            self._fetch_cache[key] = got
+        return got
 
     def memory_bytes(self, batch: int = 1) -> int:
         """Bytes the model needs on the device for training at ``batch``: master weights,
@@ -317,23 +351,35 @@ class Engine:
         return int(self._memory(batch)["total"])
 
     def _finish(self, step: _Step, batch: int) -> dict[str, Any]:
+        """Schedule the step's stages, add its counters to the totals, return its counters.
+
+        One PE array (docs/chip-model.md "Schedules"): BP and DFA run every stage in turn
+        (DFA's EPs one after another on the shared array), so the step lasts the sum of the
+        stages' cycles. Pipelined DFA with backward work splits the array between the forward
+        and the backward engine and re-costs every stage on its share; the step lasts the
+        pipelined period and static power is charged over that period
+        (costs_schedule.pdfa_split_costs, as the analytic figures do)."""
+        alg = self._setup.algorithm
+        order = sorted(step.per_layer)
+        has_bw = any(s != "ff" for li in order for s in step.per_layer[li])
+        lat = 0
+        if alg == "pipelined_dfa" and has_bw:
+            costed, lat, _ = pdfa_split_costs([step.works[li] for li in order], self.preset)
+            step.per_layer = {
+                li: {s: [c] for s, c in d.items()} for li, d in zip(order, costed, strict=True)
+            }
+        elif order:
+            cyc = []
+            for li in order:
+                d = step.layer_stage(li)
+                cyc.append(LayerCycles(**{s: d[s].cycles if s in d else 0 for s in _STAGES}))
+            if alg == "dfa" and has_bw:
+                lat = dfa_latency(cyc, ep_parallel=False)
+            else:
+                lat = bp_latency(cyc)
         stages = step.stages()
         for s in _STAGES:
             self._total[s] = _sum_counters([self._total[s], stages[s]])
-        cyc = []
-        for li in sorted(step.per_layer):
-            d = step.layer_stage(li)
-            cyc.append(LayerCycles(**{s: d[s].cycles if s in d else 0 for s in _STAGES}))
-        alg = self._setup.algorithm
-        has_bw = any(c.backward for c in cyc)
-        if not cyc:
-            lat = 0
-        elif alg == "bp" or not has_bw:
-            lat = bp_latency(cyc)
-        elif alg == "dfa":
-            lat = dfa_latency(cyc)
-        else:
-            lat = pdfa_period(cyc)
         self._latency_cycles += lat
         mem = self._memory(batch)
         for k, v in mem.items():
@@ -520,7 +566,7 @@ class Engine:
             zeros_q=wz[1],
         )
         sl = so if (so is not None and "zero_slice" in skips) else None
-        wbytes = _bytes(w.size, w.bits)
+        wbytes = self._weight_fetch_bytes(layer, w)
         ibytes = _bytes(x.size, xa.bits)
         obytes = _bytes(y.size, xa.bits)
         work = StageWork(
@@ -534,7 +580,7 @@ class Engine:
             sram_read_bytes=wbytes + ibytes,
             sram_write_bytes=obytes,
         )
-        step.add(i, stage_costs(work, self.preset), "ff")
+        step.add(i, work, "ff", self.preset)
         cols = p_nat if layer.kind == "conv2d" else None
         return y, {"xa": xa, "w": w, "cols": cols, "xz": xz, "wz": wz}
 
@@ -654,7 +700,7 @@ class Engine:
                 sram_read_bytes=_bytes(bm.size, bq.bits) + _bytes(e2v.size, eq.bits),
                 sram_write_bytes=_bytes(d.size, eq.bits),
             )
-            step.add(a.index, stage_costs(work, self.preset), "ep")
+            step.add(a.index, work, "ep", self.preset)
             out[nxt.index - 1] = d.reshape(nb, *nxt.in_shape)
         return out
 
@@ -744,7 +790,7 @@ class Engine:
             if sk is not None and counted is not None:
                 sk = sk & counted
             sl = so - masked_slice_ops(p_codes, q_codes, sk)
-        wbytes = _bytes(w.size, w.bits)
+        wbytes = self._weight_fetch_bytes(layer, w)
         work = StageWork(
             "ep",
             **cnt,
@@ -758,7 +804,7 @@ class Engine:
             transposed_read=wbytes > 0,
             transposed_bytes=wbytes,
         )
-        step.add(i, stage_costs(work, self.preset), "ep")
+        step.add(i, work, "ep", self.preset)
         return d
 
     def _wg(
@@ -832,7 +878,11 @@ class Engine:
             dw.reshape(layer.weight_shape), i, "gradients", PART_WEIGHT, pass_no
         )
         grads[f"{i}.weight"] = gq
-        gbytes = _bytes(dw.size, gq.bits)
+        # G skip: the gradients of pruned weights are not computed, so not written
+        n_grad = dw.size
+        if prune_out is not None and "pruned" in skips:
+            n_grad -= int(prune_out.sum())
+        gbytes = _bytes(n_grad, gq.bits)
         work = StageWork(
             "wg",
             **cnt,
@@ -843,7 +893,7 @@ class Engine:
             sram_read_bytes=_bytes(xa.size, xa.bits) + _bytes(eq.size, eq.bits),
             sram_write_bytes=gbytes,
         )
-        step.add(i, stage_costs(work, self.preset), "wg")
+        step.add(i, work, "wg", self.preset)
 
     # ------------------------------------------------------------------ update
     def _update(self, grads: dict[str, QTensor], pass_no: int, step: _Step) -> None:
@@ -896,7 +946,7 @@ class Engine:
                 sram_read_bytes=wb + mb + gb,
                 sram_write_bytes=wb + mb,
             )
-            step.add(li, stage_costs(work, self.preset), "update")
+            step.add(li, work, "update", self.preset)
 
     def _fp32_update(self, layer: int) -> bool:
         pol = self._policy

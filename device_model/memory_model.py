@@ -16,6 +16,12 @@ steps in flight (3A0 + 2A1 + A2, 3W0 + 2W1 + W2 for three layers). FDG (fully de
 gradients [70]) also pipelines FF, keeping twice as many delayed activations (6A0 + 4A1 + 2A2)
 and one set of weights. DFA keeps the activations, only the output error ("E_last") and the
 feedback matrices ("BW"); regenerating the feedback from a PRNG seed (DF-LNPU) makes B_l = 0.
+
+Selective training (survey VII-C) keeps less: ``selective_layers`` drops what frozen parameters
+do not need before Table 5 is applied (a frozen weight needs no stored input activations for its
+WG; under BP no error is kept below the lowest trained layer; a frozen DFA layer needs no
+feedback matrix), and the caller counts gradient and momentum buffers for the trainable
+elements only (``memory_peak_bytes``' ``gradients`` and ``optimizer``).
 """
 
 from __future__ import annotations
@@ -27,7 +33,14 @@ from dataclasses import dataclass
 from device_model.costs_analytic import FcLayer, Precision
 from protocol.messages_counters import MEMORY_KINDS
 
-__all__ = ["METHODS", "LayerMemory", "fc_layer_memory", "memory_peak_bytes", "training_memory"]
+__all__ = [
+    "METHODS",
+    "LayerMemory",
+    "fc_layer_memory",
+    "memory_peak_bytes",
+    "selective_layers",
+    "training_memory",
+]
 
 #: Methods of survey Table 5.
 METHODS: tuple[str, ...] = ("bp", "ddg", "fdg", "dfa")
@@ -83,6 +96,57 @@ def training_memory(layers: Sequence[LayerMemory], method: str) -> dict[str, int
         "feedback": feedback,
         "total": acts + errors + weights + feedback,
     }
+
+
+def selective_layers(
+    layers: Sequence[LayerMemory],
+    method: str,
+    *,
+    weight_trained: Sequence[bool],
+    trained: Sequence[bool],
+) -> list[LayerMemory]:
+    """The per-layer tensors a step must keep when only some parameters train.
+
+    ``weight_trained[l]``: layer l's weight has a trainable element (its WG needs the layer's
+    whole input, A_l; a bias gradient needs only the error); ``trained[l]``: some parameter of
+    layer l trains (weight or bias). Then, for ``method``:
+
+    * activations: A_l only where ``weight_trained[l]``;
+    * errors: BP / DDG / FDG keep E_l from the lowest trained layer up (EP stops there; the
+      layers below see no error); DFA keeps the output error E_{L-1} if anything trains;
+    * feedback: B_l only for trained layers (DFA delivers no error to a frozen one);
+    * weights: all of them (FF needs every weight).
+
+    Nothing trains: only the weights."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; accepted: {', '.join(METHODS)}")
+    n = len(layers)
+    if len(weight_trained) != n or len(trained) != n:
+        raise ValueError(
+            f"weight_trained and trained need one flag per layer ({n}), got "
+            f"{len(weight_trained)} and {len(trained)}"
+        )
+    bad = [i for i in range(n) if weight_trained[i] and not trained[i]]
+    if bad:
+        raise ValueError(f"layers {bad}: a trained weight makes the layer trained")
+    lo = next((i for i in range(n) if trained[i]), None)
+    out = []
+    for i, x in enumerate(layers):
+        if lo is None:
+            keep_e = False
+        elif method == "dfa":
+            keep_e = i == n - 1
+        else:
+            keep_e = i >= lo
+        out.append(
+            LayerMemory(
+                activations=x.activations if weight_trained[i] else 0,
+                errors=x.errors if keep_e else 0,
+                weights=x.weights,
+                feedback=x.feedback if trained[i] else 0,
+            )
+        )
+    return out
 
 
 def fc_layer_memory(
