@@ -33,6 +33,8 @@ from device_model.costs_schedule import (
     bp_latency,
     dfa_latency,
     pdfa_period,
+    pdfa_split_costs,
+    static_pj,
     table5_time,
 )
 from protocol.messages_counters import COUNTER_FIELDS, Counters
@@ -240,6 +242,61 @@ def test_pe_share_slows_compute_only() -> None:
 
 
 # ---- schedules ------------------------------------------------------------------------------
+
+
+def _fc_works(batch: int = 128) -> list[dict[str, list[StageWork]]]:
+    sc = scenario_v2()
+    out = []
+    for i, layer in enumerate(MDNET_FC):
+        d = {}
+        for s in STAGES:
+            w = fc_stage_work(
+                V2, s, layer, batch=batch, precision=sc.precision, sparsity=sc.sparsity,
+                first=i == 0, algorithm="pdfa", n_classes=2,
+            )  # fmt: skip
+            if w is not None:
+                d[s] = [w]
+        out.append(d)
+    return out
+
+
+@pytest.mark.parametrize("dedicated", [False, True])
+def test_pdfa_split_costs_static_power_over_the_period(dedicated: bool) -> None:
+    works = _fc_works()
+    costed, period, share = pdfa_split_costs(works, V2, dedicated_engines=dedicated)
+    assert share == 1.0 if dedicated else 0.05 <= share <= 0.95
+    total = sum(c.energy_pj for lw in costed for c in lw.values())
+    # the stages' energies add up to their dynamic energy (the work's, whatever the share)
+    # plus static power over the period (x2 with two arrays), not over the stages' times
+    arrays = 2 if dedicated else 1
+    cleaned = sum(
+        stage_costs(w, V2).energy_pj - static_pj(V2, stage_costs(w, V2).cycles)
+        for lw in works
+        for ws in lw.values()
+        for w in ws
+    )
+    assert total == pytest.approx(cleaned + arrays * static_pj(V2, period), rel=1e-9)
+
+
+def test_pdfa_on_one_array_cannot_beat_its_slice_rate() -> None:
+    works = _fc_works(batch=2048)  # compute bound
+    costed, period, _ = pdfa_split_costs(works, V2)
+    ops = sum(c.slice_ops for lw in costed for c in lw.values())
+    assert ops <= period * V2.pe_slice_macs_per_cycle
+    _, dedicated, _ = pdfa_split_costs(works, V2, dedicated_engines=True)
+    assert dedicated < period  # two full arrays are faster
+
+
+def test_analytic_pruned_weights_fetch_kept_channels_and_a_bitmap() -> None:
+    sc = scenario_v2()
+    layer = MDNET_FC[1]  # 512 -> 512, prunable
+    w = fc_stage_work(
+        V2, "ff", layer, batch=1, precision=sc.precision, sparsity=sc.sparsity, first=False
+    )
+    assert w is not None
+    kept = round(layer.weights * (1 - sc.sparsity.pruning))
+    assert w.dram_read_bytes - 512 == kept + 512 // 8  # 8-bit weights + input + bitmap
+
 
 LAYER = st.builds(
     LayerCycles,

@@ -335,3 +335,114 @@ def test_mac_accounting_equals_visiting_every_mac(
         pruned_b=pruned_b,
     )
     assert got == brute_force(p, q, a_is_p, fs, counted, out_skip, reason, pruned_b)
+
+
+# ---- cost-model corrections (the design-space studies' findings) -----------------------------
+
+
+def _mem(eng: Engine, batch: int = 2) -> dict[str, Any]:
+    x = np.ones((batch, 10), np.float32)
+    return dict(eng.train_step(x, np.arange(batch) % 4).counters["memory_peak_bytes"])
+
+
+@pytest.mark.parametrize(
+    ("trainable", "last_k", "acts", "errs", "params"),
+    [
+        # mlp(): 10 -> 12 -> 12 -> 4, fp32 (4 bytes), batch 2
+        ("all", 0, 2 * (10 + 12 + 12), 2 * (12 + 12 + 4), 132 + 156 + 52),
+        ("last_k", 1, 2 * 12, 2 * 4, 52),  # only the last layer's input and output error
+        ("last_k", 2, 2 * (12 + 12), 2 * (12 + 4), 156 + 52),
+        ("bias_only", 0, 0, 2 * (12 + 12 + 4), 12 + 12 + 4),  # no WG input, errors down to 0
+    ],
+)
+def test_frozen_parameters_shrink_the_memory_kept_for_training(
+    trainable: str, last_k: int, acts: int, errs: int, params: int
+) -> None:
+    eng = Engine((10,), mlp(), V2)
+    eng.configure(EngineConfig(trainable=trainable, last_k=last_k, momentum=0.9))
+    m = _mem(eng)
+    assert m["weights"] == 4 * (132 + 156 + 52)  # FF needs every weight
+    assert m["activations"] == 4 * acts and m["errors"] == 4 * errs
+    assert m["gradients"] == m["optimizer"] == 4 * params  # trainable elements only
+    assert m["total"] == sum(v for k, v in m.items() if k != "total")
+
+
+def test_frozen_dfa_layers_keep_no_feedback() -> None:
+    full = Engine((10,), mlp(), V2)
+    full.configure(EngineConfig(algorithm="dfa"))
+    last = Engine((10,), mlp(), V2)
+    last.configure(EngineConfig(algorithm="dfa", trainable="last_k", last_k=2))
+    fa, la = _mem(full), _mem(last)
+    # B_0 (12 x 4) and B_1 (12 x 4) for a full DFA; last-2 trains layers 1 and 2: B_1 only
+    assert fa["feedback"] == 4 * (48 + 48) and la["feedback"] == 4 * 48
+    assert fa["errors"] == la["errors"] == 4 * 2 * 4  # the output error only
+    assert la["activations"] == 4 * 2 * (12 + 12)
+
+
+def test_pruning_aware_chip_does_not_fetch_pruned_channels() -> None:
+    x = np.ones((3, 10), np.float32)
+    dense = Engine((10,), mlp(), V2, init_seed=2)
+    pruned = Engine((10,), mlp(), V2, init_seed=2)
+    pruned.configure(EngineConfig(pruning="channel", pruning_ratio=0.5))
+    d = dense.train_step(x, np.array([0, 1, 2])).counters
+    p = pruned.train_step(x, np.array([0, 1, 2])).counters
+    # fp32 weights: 6 of 12 channels of layers 0 and 1 and 2 of 4 of layer 2 are pruned; the
+    # chip fetches the kept channels plus a bitmap of one bit per output channel.
+    saved_ff = 4 * (6 * 10 + 6 * 12 + 2 * 12) - (2 + 2 + 1)
+    assert d["ff"]["dram_read_bytes"] - p["ff"]["dram_read_bytes"] == saved_ff
+    assert d["ff"]["sram_read_bytes"] - p["ff"]["sram_read_bytes"] == saved_ff
+    saved_ep = 4 * (6 * 12 + 2 * 12) - (2 + 1)  # BP's EP reads W of layers 1 and 2
+    assert d["ep"]["dram_read_bytes"] - p["ep"]["dram_read_bytes"] == saved_ep
+
+
+def test_non_pruning_aware_chip_fetches_pruned_weights() -> None:
+    x = np.ones((3, 10), np.float32)
+    masks = {"0.weight": np.array([0] * 6 + [1] * 6, np.uint8)}
+    dense = Engine((10,), mlp(), V1, init_seed=2)
+    pruned = Engine((10,), mlp(), V1, init_seed=2)
+    pruned.configure(EngineConfig(pruning="masks", pruning_masks=masks))
+    d = dense.train_step(x, np.array([0, 1, 2])).counters
+    p = pruned.train_step(x, np.array([0, 1, 2])).counters
+    assert d["ff"]["dram_read_bytes"] == p["ff"]["dram_read_bytes"]
+
+
+def _pdfa_pair(batch: int = 32) -> tuple[dict[str, Any], dict[str, Any]]:
+    rng = np.random.default_rng(8)
+    layers = [
+        LayerSpec("linear", in_features=64, out_features=128),
+        LayerSpec("relu"),
+        LayerSpec("linear", in_features=128, out_features=64),
+        LayerSpec("relu"),
+        LayerSpec("linear", in_features=64, out_features=10),
+    ]
+    x = rng.standard_normal((batch, 64)).astype(np.float32)
+    t = rng.integers(0, 10, batch)
+    out = []
+    for alg in ("dfa", "pipelined_dfa"):
+        eng = Engine((64,), layers, V2, init_seed=3)
+        eng.configure(EngineConfig(algorithm=alg, momentum=0.9))
+        out.append(eng.train_step(x, t).counters)
+    return out[0], out[1]
+
+
+def test_pipelined_dfa_charges_static_power_over_the_period() -> None:
+    dfa, pdfa = _pdfa_pair()
+    static_w = V2.static_power_w
+    # the same work: dynamic energy (slice products, bytes) does not depend on the schedule
+    assert dfa["total"]["slice_ops"] == pdfa["total"]["slice_ops"]
+    dyn_dfa = dfa["total"]["energy_pj"] - static_w * dfa["latency_s"] * 1e12
+    dyn_pdfa = pdfa["total"]["energy_pj"] - static_w * pdfa["latency_s"] * 1e12
+    assert dyn_pdfa == pytest.approx(dyn_dfa, rel=1e-9)
+    assert pdfa["latency_s"] < dfa["latency_s"]  # the overlap saves time, hence static energy
+    assert sum(pdfa[s]["energy_pj"] for s in ("ff", "ep", "wg", "update")) == pytest.approx(
+        pdfa["total"]["energy_pj"], rel=1e-12
+    )
+
+
+def test_pipelined_dfa_splits_one_pe_array() -> None:
+    dfa, pdfa = _pdfa_pair(batch=128)
+    # One array: a step cannot execute more slice products than the array does in a period.
+    cycles = pdfa["latency_s"] * V2.clock_hz
+    assert pdfa["total"]["slice_ops"] <= cycles * V2.pe_slice_macs_per_cycle
+    # DFA's EPs share that array too: its step is every stage in turn.
+    assert dfa["latency_s"] * V2.clock_hz == pytest.approx(dfa["total"]["cycles"])

@@ -13,6 +13,7 @@ from device_model.memory_model import (
     LayerMemory,
     fc_layer_memory,
     memory_peak_bytes,
+    selective_layers,
     training_memory,
 )
 from protocol.messages_counters import MEMORY_KINDS
@@ -97,3 +98,41 @@ def test_bad_input() -> None:
         LayerMemory(-1, 0, 0)
     with pytest.raises(ValueError, match="batch must be >= 1"):
         fc_layer_memory([FcLayer(2, 2)], batch=0, precision=Precision())
+
+
+def test_selective_layers_drop_what_frozen_parameters_do_not_need() -> None:
+    every = selective_layers(NET, "bp", weight_trained=[True] * 3, trained=[True] * 3)
+    assert every == NET
+    # last layer only: its input activations, its output error
+    last = training_memory(
+        selective_layers(NET, "bp", weight_trained=[False, False, True],
+                         trained=[False, False, True]),
+        "bp",
+    )  # fmt: skip
+    assert (last["activations"], last["errors"]) == (A[2], E[2])
+    assert last["weights"] == sum(W)
+    # biases only: no WG input; errors from the lowest trained layer up
+    bias = training_memory(
+        selective_layers(NET, "bp", weight_trained=[False] * 3, trained=[True] * 3), "bp"
+    )
+    assert (bias["activations"], bias["errors"]) == (0, sum(E))
+    # DFA, the middle layer only: its activations, the output error, its feedback only
+    mid = training_memory(
+        selective_layers(NET, "dfa", weight_trained=[False, True, False],
+                         trained=[False, True, False]),
+        "dfa",
+    )  # fmt: skip
+    assert (mid["activations"], mid["errors"], mid["feedback"]) == (A[1], E[2], B[1])
+    frozen = training_memory(
+        selective_layers(NET, "ddg", weight_trained=[False] * 3, trained=[False] * 3), "ddg"
+    )
+    assert frozen["total"] == frozen["weights"]  # nothing trains: the weights only
+
+
+def test_selective_layers_rejects_bad_flags() -> None:
+    with pytest.raises(ValueError, match="one flag per layer"):
+        selective_layers(NET, "bp", weight_trained=[True], trained=[True] * 3)
+    with pytest.raises(ValueError, match="trained weight makes the layer trained"):
+        selective_layers(NET, "bp", weight_trained=[True] * 3, trained=[False, True, True])
+    with pytest.raises(ValueError, match="unknown method"):
+        selective_layers(NET, "sgd", weight_trained=[True] * 3, trained=[True] * 3)
