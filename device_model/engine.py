@@ -931,9 +931,11 @@ class Engine:
             t[2] = self._fmt_bits(li, "master_weights")
         for li, (ntrain, npruned, wbits) in per_layer.items():
             pruned = 2 * npruned if "pruned" in skips else 0
-            wb = _bytes(ntrain - npruned * ("pruned" in skips), wbits)
-            mb = wb if s.momentum > 0 else 0
-            gb = _bytes(ntrain, self._fmt_bits(li, "gradients"))
+            kept = ntrain - npruned * ("pruned" in skips)
+            wb = _bytes(kept, wbits)
+            # momentum at its own format's width (it was counted at the weights' width)
+            mb = _bytes(kept, self._fmt_bits(li, "momentum")) if s.momentum > 0 else 0
+            gb = _bytes(kept, self._fmt_bits(li, "gradients"))
             work = StageWork(
                 "update",
                 2 * ntrain,

@@ -446,3 +446,16 @@ def test_pipelined_dfa_splits_one_pe_array() -> None:
     assert pdfa["total"]["slice_ops"] <= cycles * V2.pe_slice_macs_per_cycle
     # DFA's EPs share that array too: its step is every stage in turn.
     assert dfa["latency_s"] * V2.clock_hz == pytest.approx(dfa["total"]["cycles"])
+
+
+def test_update_moves_momentum_at_its_own_width() -> None:
+    x = np.ones((2, 10), np.float32)
+    out = {}
+    for mom in ("dfxp8", "dfxp16"):
+        eng = Engine((10,), mlp(), V1)
+        pol = [PolicyEntry("master_weights", "dfxp8"), PolicyEntry("momentum", mom)]
+        eng.configure(EngineConfig(policy=pol, momentum=0.9))
+        out[mom] = eng.train_step(x, np.array([0, 1])).counters["update"]
+    n = 132 + 156 + 52  # parameters of mlp()
+    assert out["dfxp16"]["dram_read_bytes"] - out["dfxp8"]["dram_read_bytes"] == n
+    assert out["dfxp16"]["dram_write_bytes"] - out["dfxp8"]["dram_write_bytes"] == n
