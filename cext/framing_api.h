@@ -7,8 +7,22 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Version of the codec; bumped when any output byte could change. */
+/* Version of this API; bumped when a function is added or changed (protocol.framing uses
+ * the module only if the version is the one it was written for). */
 int mt_framing_version(void);
+
+/* CRC-32/IEEE of p[0..n) continued from value, exactly zlib.crc32(p, value). Folds 64 bytes a
+ * step with carry-less multiplication (PCLMULQDQ) where the CPU has it, else a byte table. */
+uint32_t mt_crc32(uint32_t value, const uint8_t *p, size_t n);
+
+/* 1 if mt_crc32 uses carry-less multiplication on this CPU, 0 if it runs the byte table. */
+int mt_crc32_simd(void);
+
+/* The wire bytes of a frame: 0x00 | COBS(a | b | crc) | 0x00 where crc is
+ * mt_crc32(value, a | b), 4 bytes little-endian. out holds n + 4 + (n + 4) / 254 + 3 bytes
+ * (n = na + nb). Returns the bytes written. */
+size_t mt_frame_encode(const uint8_t *a, size_t na, const uint8_t *b, size_t nb, uint32_t value,
+                       uint8_t *out);
 
 /* COBS-encode the concatenation a | b | c (na + nb + nc bytes, any of them empty) into out,
  * with a 0x00 delimiter before and after when delimit is non-zero. out must hold
@@ -23,4 +37,9 @@ size_t mt_cobs_frame(const uint8_t *a, size_t na, const uint8_t *b, size_t nb, c
  * claims more data bytes than remain. Data bytes are copied as they are (a caller that must
  * reject 0x00 inside a frame checks for it first, as protocol.framing does). */
 ptrdiff_t mt_cobs_decode(const uint8_t *in, size_t n, uint8_t *out);
+
+/* The offsets of the first zero bytes of p[0..n), at most cap of them, into pos; returns how
+ * many were stored (cap: there may be more). memchr does the scanning (bytes.split looks at
+ * every byte in a loop of its own, several times slower on frames of 16 KiB). */
+size_t mt_zeros(const uint8_t *p, size_t n, size_t *pos, size_t cap);
 #endif
