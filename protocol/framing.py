@@ -135,6 +135,10 @@ class FrameFlag(IntFlag):
     AUTH = 0x04
 
 
+#: FrameFlag.AUTH as a plain int: ``int & IntFlag`` builds an IntFlag (about 1 us a frame).
+_FLAG_AUTH = int(FrameFlag.AUTH)
+
+
 # ----------------------------------------------------------------------------- errors
 
 
@@ -277,27 +281,45 @@ def cobs_decode(data: bytes | bytearray | memoryview) -> bytes:
     return _cobs_decode(enc)
 
 
-def _frame_wire(a: bytes, b: bytes | bytearray | memoryview, c: bytes) -> bytes:
-    """``0x00 | COBS(a | b | c) | 0x00``: the wire bytes of a frame whose header, payload
-    (and trailer) and CRC are ``a``, ``b`` and ``c``."""
+def _frame_wire(a: bytes, b: bytes | bytearray | memoryview, session: int) -> bytes:
+    """``0x00 | COBS(a | b | crc) | 0x00``: the wire bytes of a frame whose header and payload
+    (and trailer) are ``a`` and ``b``, with their CRC-32 continued from ``session``."""
+    crc = zlib.crc32(b, zlib.crc32(a, session))
     out: list[bytes] = [b"\x00"]
-    _cobs_blocks(b"".join((a, b, c)), out)
+    _cobs_blocks(b"".join((a, b, _CRC.pack(crc))), out)
     out.append(b"\x00")
     return b"".join(out)
 
 
+def _split_py(data: bytes) -> list[bytes]:
+    """``data.split(b"\\x00")``: the pieces between delimiters."""
+    return data.split(b"\x00")
+
+
 # ----------------------------------------------------------------------------- C accelerator
 # protocol._framing_c (cext/framing.c, built with the package when a C compiler is there) does
-# the COBS loops in C: same bytes, same errors. The Python functions above are the reference;
-# use_accelerator(False) or MICROTRAIN_FRAMING=python in the environment selects them.
+# the COBS loops, the CRC-32 and the search for delimiters in C: same bytes, same errors. The
+# Python functions above are the reference; use_accelerator(False) or MICROTRAIN_FRAMING=python
+# in the environment selects them.
+#: The cext/framing_api.h version this module is written for (another build is not used).
+C_API_VERSION = 2
 try:
     from protocol._framing_c import ffi as _ffi
     from protocol._framing_c import lib as _lib
+
+    if _lib.mt_framing_version() != C_API_VERSION:  # a stale build: rebuild to use it
+        _lib = None
 except ImportError:  # not built: the pure-Python codec does the work
     _lib = None
 
 #: The pure-Python codec functions (the reference the accelerator is tested against).
-PY_CODEC = {"_cobs_decode": _cobs_decode, "_frame_wire": _frame_wire, "cobs_encode": cobs_encode}
+PY_CODEC = {
+    "_cobs_decode": _cobs_decode,
+    "_frame_wire": _frame_wire,
+    "cobs_encode": cobs_encode,
+    "_crc32": zlib.crc32,
+    "_split": _split_py,
+}
 
 
 def _cobs_decode_c(enc: bytes) -> bytes:
@@ -315,13 +337,44 @@ def _cobs_decode_c(enc: bytes) -> bytes:
     return _ffi.buffer(out, k)[:]
 
 
-def _frame_wire_c(a: bytes, b: bytes | bytearray | memoryview, c: bytes) -> bytes:
-    """_frame_wire in C."""
-    n = len(a) + len(b) + len(c)
+def _frame_wire_c(a: bytes, b: bytes | bytearray | memoryview, session: int) -> bytes:
+    """_frame_wire in C (CRC and COBS in one call)."""
+    n = len(a) + len(b) + CRC_SIZE
     out = _alloc("uint8_t[]", n + n // 254 + 3)
     pb = b if type(b) is bytes else _ffi.from_buffer(b)
-    k = _lib.mt_cobs_frame(a, len(a), pb, len(b), c, len(c), 1, out)
+    k = _lib.mt_frame_encode(a, len(a), pb, len(b), session, out)
     return _ffi.buffer(out, k)[:]
+
+
+def _frame_wire_cz(a: bytes, b: bytes | bytearray | memoryview, session: int) -> bytes:
+    """_frame_wire with zlib's CRC and COBS in C (for CPUs without carry-less multiply)."""
+    crc = _CRC.pack(zlib.crc32(b, zlib.crc32(a, session)))
+    n = len(a) + len(b) + CRC_SIZE
+    out = _alloc("uint8_t[]", n + n // 254 + 3)
+    pb = b if type(b) is bytes else _ffi.from_buffer(b)
+    k = _lib.mt_cobs_frame(a, len(a), pb, len(b), crc, CRC_SIZE, 1, out)
+    return _ffi.buffer(out, k)[:]
+
+
+def _split_c(data: bytes) -> list[bytes]:
+    """_split_py with the delimiters found by memchr in C (bytes.split scans byte by byte);
+    data holding more than 64 of them (idle fill, garbage) goes to bytes.split."""
+    pos = _alloc("size_t[]", 64)
+    k = _lib.mt_zeros(data, len(data), pos, 64)
+    if k == 64:
+        return data.split(b"\x00")
+    out = []
+    i = 0
+    for j in _ffi.unpack(pos, k):
+        out.append(data[i:j])
+        i = j + 1
+    out.append(data[i:])
+    return out
+
+
+def _crc32_c(data: bytes | bytearray | memoryview, value: int = 0) -> int:
+    """zlib.crc32 in C (carry-less multiplication, faster than zlib's tables)."""
+    return _lib.mt_crc32(value, _ffi.from_buffer(data), len(data))
 
 
 def _cobs_encode_c(data: bytes | bytearray | memoryview) -> bytes:
@@ -335,14 +388,16 @@ def _cobs_encode_c(data: bytes | bytearray | memoryview) -> bytes:
 _C_CODEC = {
     "_cobs_decode": _cobs_decode_c,
     "_frame_wire": _frame_wire_c,
+    "_crc32": _crc32_c,
+    "_split": _split_c,
     "cobs_encode": _cobs_encode_c,
 }
 
 
 def use_accelerator(on: bool = True) -> bool:
-    """Do the COBS work of this module in C (``on``, when protocol._framing_c is built) or in
-    the pure-Python reference; returns whether C is now in use. Wire bytes and errors are the
-    same either way."""
+    """Do the codec work of this module in C (``on``, when protocol._framing_c is built) or in
+    the pure-Python reference; returns whether C is now in use. Wire bytes, frames and errors
+    are the same either way."""
     use = bool(on) and _lib is not None
     globals().update(_C_CODEC if use else PY_CODEC)
     return use
@@ -353,8 +408,12 @@ def accelerated() -> bool:
     return _cobs_decode is _cobs_decode_c
 
 
+_crc32 = zlib.crc32
+_split = _split_py
 if _lib is not None:
     _alloc = _ffi.new_allocator(should_clear_after_alloc=False)
+    if not _lib.mt_crc32_simd():  # zlib's CRC is faster than a byte table
+        _C_CODEC.update(_crc32=zlib.crc32, _frame_wire=_frame_wire_cz)
     use_accelerator(os.environ.get("MICROTRAIN_FRAMING", "c") != "python")
 
 
@@ -446,14 +505,8 @@ def encode_frame(
         ) from None
     if auth_key is not None:
         trailer = _COUNTER.pack(counter) + frame_tag(auth_key, head, counter, bytes(payload))
-        body = b"".join((head, payload, trailer))
-        crc = zlib.crc32(body, session)
-    else:
-        body = b""
-        crc = zlib.crc32(payload, zlib.crc32(head, session))
-    if body:
-        return _frame_wire(body, b"", _CRC.pack(crc))
-    return _frame_wire(head, payload, _CRC.pack(crc))
+        return _frame_wire(b"".join((head, payload, trailer)), b"", session)
+    return _frame_wire(head, payload, session)
 
 
 def decode_frame(
@@ -492,17 +545,15 @@ def _decode_body(
         )
     want = _CRC.unpack_from(raw, n - CRC_SIZE)[0]
     checked = memoryview(raw)[: n - CRC_SIZE]
-    got = zlib.crc32(checked, session or 0)
-    if want != got and (
-        session is None or raw[2] not in SETUP_TYPES or want != zlib.crc32(checked)
-    ):
+    got = _crc32(checked, session or 0)
+    if want != got and (session is None or raw[2] not in SETUP_TYPES or want != _crc32(checked)):
         raise CrcError(f"CRC-32 mismatch: trailer 0x{want:08x}, computed 0x{got:08x}")
     version, flags, ftype, channel, seq, ack, length, credits = HEADER.unpack_from(raw)
     if version != LINK_VERSION:
         raise BadVersion(f"link header version {version}; this end speaks {LINK_VERSION}")
     end = n - CRC_SIZE
     trailer = b""
-    if flags & FrameFlag.AUTH:
+    if flags & _FLAG_AUTH:
         if end - HEADER_SIZE < FRAME_AUTH_SIZE:
             raise ShortFrame(
                 f"authenticated frame of {n} bytes; it holds at least "
@@ -562,7 +613,7 @@ class FrameDecoder:
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame | FramingError]:
         """Consume ``data``; return the frames it completed and an error per bad frame."""
-        pieces = bytes(data).split(b"\x00")
+        pieces = _split(bytes(data))
         tail = pieces.pop()  # the bytes after the last delimiter: a frame still arriving
         out: list[Frame | FramingError] = []
         if pieces:
