@@ -8,6 +8,7 @@ import os
 import random
 import subprocess
 import sys
+import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,6 +18,8 @@ from hypothesis import strategies as st
 
 from protocol import framing as fr
 from protocol.framing import Frame, FrameDecoder, FrameType
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 pytest.importorskip(
     "protocol._framing_c", reason="C accelerator not built (run tools/build_ext.sh)"
@@ -89,6 +92,52 @@ def test_cobs_boundaries_exhaustive() -> None:
             enc = fr.PY_CODEC["cobs_encode"](d)
             assert fr._cobs_encode_c(d) == enc, n
             assert fr._cobs_decode_c(enc) == d, n
+
+
+@given(data | big_random, st.integers(0, 2**32 - 1))
+def test_crc32_matches_zlib(d: bytes, value: int) -> None:
+    assert fr._crc32_c(d, value) == zlib.crc32(d, value)
+    assert fr._crc32_c(memoryview(d)[1:], value) == zlib.crc32(d[1:], value)
+
+
+def test_crc32_every_length_around_the_folds() -> None:
+    d = random.Random(5).randbytes(400)
+    for n in range(len(d)):
+        assert fr._crc32_c(d[:n], 0x1234) == zlib.crc32(d[:n], 0x1234), n
+
+
+@given(data | big_random, st.integers(0, 0xFFFFFFFF))
+def test_frame_wire_variants_match_python(d: bytes, session: int) -> None:
+    head, payload = d[:12], d[12 : 12 + fr.MAX_PAYLOAD]
+    want = fr.PY_CODEC["_frame_wire"](head, payload, session)
+    assert fr._frame_wire_c(head, payload, session) == want
+    assert fr._frame_wire_c(head, bytearray(payload), session) == want
+    assert fr._frame_wire_cz(head, memoryview(payload), session) == want
+
+
+@given(
+    st.lists(st.sampled_from([b"\x00", b"\x00\x00", b"ab", b"\x01" * 300]), max_size=150).map(
+        b"".join
+    )
+    | data
+)
+def test_split_matches_bytes_split(d: bytes) -> None:
+    # more than 64 delimiters take bytes.split, fewer the memchr scan: both tried here
+    assert fr._split_c(d) == d.split(b"\x00")
+
+
+def test_stale_build_is_not_used() -> None:
+    """A module of another API version (a build older than the sources) is ignored."""
+    code = (
+        "import protocol._framing_c as m\n"
+        "class Lib:\n"
+        "    def mt_framing_version(self): return 1\n"
+        "m.lib = Lib()\n"
+        "from protocol import framing as fr\n"
+        "assert not fr.accelerated() and not fr.use_accelerator(True)\n"
+        "assert fr.decode_frame(fr.encode_frame(1, b'x')[1:-1]).payload == b'x'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 
 
 frames = st.builds(
@@ -227,10 +276,9 @@ def test_fallback_without_the_module(setup: str) -> None:
         "assert fr.decode_frame(w[1:-1], session=fr.session_crc(3, 4)).seq == 9\n"
         "print(w.hex())\n"
     )
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {k: v for k, v in os.environ.items() if k != "MICROTRAIN_FRAMING"}
     res = subprocess.run(
-        [sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
     )
     assert fr.accelerated()
     want = fr.encode_frame(1, payload, seq=9, session=fr.session_crc(3, 4))
