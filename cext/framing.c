@@ -142,11 +142,37 @@ typedef struct {
     size_t code;
 } cobs_enc;
 
+/* Length of the run of bytes equal to `byte` (0x00 or 0x01) at p[0..n), 8 bytes a step. */
+static size_t run_of(const uint8_t *p, size_t n, uint8_t byte) {
+    const uint64_t word = byte ? 0x0101010101010101ull : 0;
+    size_t r = 0;
+    while (n - r >= 8) {
+        uint64_t w;
+        memcpy(&w, p + r, 8);
+        if (w != word) break;
+        r += 8;
+    }
+    while (r < n && p[r] == byte) r++;
+    return r;
+}
+
 static void enc_piece(cobs_enc *e, const uint8_t *p, size_t n) {
     uint8_t *out = e->out;
     size_t o = e->o, code_pos = e->code_pos, code = e->code;
     size_t i = 0;
     while (i < n) {
+        if (p[i] == 0) {
+            /* a run of r zeros: the first ends the open block, each other one an empty
+             * block (code 0x01); a new block is open after the run */
+            size_t r = run_of(p + i, n - i, 0);
+            out[code_pos] = (uint8_t)code;
+            memset(out + o, 1, r - 1);
+            code_pos = o + r - 1;
+            o += r;
+            code = 1;
+            i += r;
+            continue;
+        }
         size_t room = 255 - code; /* data bytes the open block still takes (1..254) */
         size_t span = n - i < room ? n - i : room;
         const uint8_t *z = memchr(p + i, 0, span);
@@ -204,6 +230,15 @@ ptrdiff_t mt_cobs_decode(const uint8_t *in, size_t n, uint8_t *out) {
     size_t i = 0, o = 0;
     while (i < n) {
         size_t code = in[i];
+        if (code == 1) {
+            /* a run of r empty blocks: a zero each, but none after the last block */
+            size_t r = run_of(in + i, n - i, 1);
+            i += r;
+            if (i == n) r--;
+            memset(out + o, 0, r);
+            o += r;
+            continue;
+        }
         if (code == 0 || code > n - i) return -(ptrdiff_t)(i + 1);
         memcpy(out + o, in + i + 1, code - 1);
         o += code - 1;
