@@ -6,7 +6,11 @@
   + COBS in), since a stream's sender encodes and its receiver decodes, each on its own core.
   ``framing_encode_mb_s`` / ``framing_decode_mb_s`` give the two alone,
   ``framing_roundtrip_mb_s`` both on the same core one after the other, and
-  ``framing_by_kind`` the slower of the two for zeros and 0xC0 bytes too.
+  ``framing_by_kind`` the slower of the two for zeros and 0xC0 bytes too. ``framing_codec``
+  says which codec did the work: ``c`` (protocol._framing_c, the default when built) or
+  ``python``; with the C codec, ``framing_python_mb_s`` is ``framing_mb_s`` of the pure-Python
+  reference in the same run and ``framing_16k_mb_s`` both for 16 KiB frames (the largest
+  payload, what bulk tensor streams use).
 * ``wire_efficiency``: payload bytes / wire bytes of one DATA frame (header, CRC, COBS
   overhead and both delimiters counted) for 1 KiB and 4 KiB of zeros, random bytes and 0xC0.
 * ``pty_goodput_mb_s``: a tensor stream (64 KiB messages, 64 MiB in total; 16 MiB with
@@ -33,7 +37,15 @@ import time
 import tty
 from typing import Any
 
-from protocol.framing import DEFAULT_PAYLOAD, FrameDecoder, FrameType, encode_frame
+from protocol.framing import (
+    DEFAULT_PAYLOAD,
+    MAX_PAYLOAD,
+    FrameDecoder,
+    FrameType,
+    accelerated,
+    encode_frame,
+    use_accelerator,
+)
 from protocol.link import Link, LinkConfig, Role
 
 CHUNK = 1 << 16
@@ -99,6 +111,22 @@ def framing(quick: bool = False) -> dict[str, Any]:
             res["framing_decode_mb_s"] = round(len(p) / dec / 1e6, 1)
             res["framing_roundtrip_mb_s"] = round(len(p) / (enc + dec) / 1e6, 1)
     res["framing_by_kind"] = by_kind
+    res["framing_codec"] = "c" if accelerated() else "python"
+    if accelerated():  # the pure-Python reference, and both at 16 KiB, in the same run
+        big = _kinds(MAX_PAYLOAD)["random"]
+        c16 = max(_framing(big, max(3, rounds // 4)))
+        try:
+            use_accelerator(False)
+            res["framing_python_mb_s"] = round(
+                DEFAULT_PAYLOAD / max(_framing(_kinds(DEFAULT_PAYLOAD)["random"], rounds)) / 1e6, 1
+            )
+            py16 = max(_framing(big, max(3, rounds // 4)))
+        finally:
+            use_accelerator(True)
+        res["framing_16k_mb_s"] = {
+            "c": round(MAX_PAYLOAD / c16 / 1e6, 1),
+            "python": round(MAX_PAYLOAD / py16 / 1e6, 1),
+        }
     return res
 
 
@@ -334,6 +362,13 @@ def format_table(res: dict[str, Any]) -> str:
         f"framing (4 KiB random, slower of encode/decode): {res['framing_mb_s']:8.1f} MB/s"
         f"  (encode {res['framing_encode_mb_s']:.1f}, decode {res['framing_decode_mb_s']:.1f},"
         f" both on one core {res['framing_roundtrip_mb_s']:.1f})",
+        f"framing codec: {res['framing_codec']}"
+        + (
+            f" (pure Python {res['framing_python_mb_s']:.1f} MB/s; 16 KiB frames: C "
+            f"{res['framing_16k_mb_s']['c']:.1f}, Python {res['framing_16k_mb_s']['python']:.1f})"
+            if "framing_python_mb_s" in res
+            else ""
+        ),
         "framing by kind: "
         + ", ".join(f"{k} {v:.1f} MB/s" for k, v in res["framing_by_kind"].items()),
     ]
