@@ -63,14 +63,13 @@ def test_parse_url(url: str, want: EmuOptions) -> None:
     assert parse_url(url) == want
 
 
-def test_link_offer_defaults_big_frames_on_a_clean_port_short_ones_under_faults() -> None:
-    from protocol.framing import DEFAULT_PAYLOAD, MAX_PAYLOAD
-    from protocol.link import DEFAULT_WINDOW
+def test_link_offer_defaults_to_big_frames_with_or_without_faults() -> None:
+    from protocol.framing import MAX_PAYLOAD
 
     clean = parse_url("emu://hnpu-v2")
     assert (clean.max_payload, clean.window) == (MAX_PAYLOAD, emu_port.CLEAN_WINDOW)
     faulty = parse_url("emu://hnpu-v2?corrupt=1e-4")
-    assert (faulty.max_payload, faulty.window) == (DEFAULT_PAYLOAD, DEFAULT_WINDOW)
+    assert (faulty.max_payload, faulty.window) == (MAX_PAYLOAD, emu_port.CLEAN_WINDOW)
     chosen = parse_url("emu://hnpu-v2?drop=0.01&max_payload=8192&window=16")
     assert (chosen.max_payload, chosen.window) == (8192, 16)
     with serial.serial_for_url("emu://hnpu-v2") as port:
