@@ -410,11 +410,17 @@ def accelerated() -> bool:
 
 _crc32 = zlib.crc32
 _split = _split_py
+_choice = os.environ.get("MICROTRAIN_FRAMING", "c")
+if _choice not in ("c", "python"):
+    raise ValueError(
+        f"MICROTRAIN_FRAMING={_choice!r}: set it to 'c' (the C codec, the default) or "
+        "'python' (the pure-Python reference), or unset it"
+    )
 if _lib is not None:
     _alloc = _ffi.new_allocator(should_clear_after_alloc=False)
     if not _lib.mt_crc32_simd():  # zlib's CRC is faster than a byte table
         _C_CODEC.update(_crc32=zlib.crc32, _frame_wire=_frame_wire_cz)
-    use_accelerator(os.environ.get("MICROTRAIN_FRAMING", "c") != "python")
+    use_accelerator(_choice == "c")
 
 
 def max_encoded_size(payload_len: int) -> int:
