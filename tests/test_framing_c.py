@@ -126,6 +126,19 @@ def test_split_matches_bytes_split(d: bytes) -> None:
     assert fr._split_c(d) == d.split(b"\x00")
 
 
+def test_bad_environment_value_is_refused() -> None:
+    env = {**os.environ, "MICROTRAIN_FRAMING": "fast"}
+    res = subprocess.run(
+        [sys.executable, "-c", "import protocol.framing"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode != 0
+    assert "MICROTRAIN_FRAMING='fast': set it to 'c'" in res.stderr
+
+
 def test_stale_build_is_not_used() -> None:
     """A module of another API version (a build older than the sources) is ignored."""
     code = (
