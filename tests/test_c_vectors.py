@@ -2,8 +2,10 @@
 vectors and computes the same CRC-32s and verdicts as the Python protocol package.
 
 tests/c/vectors.c is compiled here with ``-std=c11 -Wall -Wextra -Werror`` (and -pedantic);
-it prints ``<name> <verdict> <crc32>`` per vector. The test is skipped only when no C compiler
-is installed.
+it prints ``<name> <verdict> <crc32>`` per vector. Session and authenticated frames
+(session_frames.hex) go through the header's mt_frame_check_session with each vector's epochs
+and mt_frame_auth_locate; the tags it locates are checked here with HMAC-SHA256 (the header
+leaves HMAC to the firmware). The test is skipped only when no C compiler is installed.
 """
 
 from __future__ import annotations
@@ -115,3 +117,99 @@ def test_c_reads_frame_vectors_like_the_reference_decoder(program: Path) -> None
             continue
         assert verdict == expect, (name, verdict, expect)
     assert sum(1 for v in vectors if v[1] != "ok") >= 8
+
+
+def read_session_vectors(path: Path) -> tuple[dict[str, str], list[dict[str, str]]]:
+    """(the file's key material, one dict per vector: name, expect, crc32, session, auth, tag
+    and the wire bytes as hex under "hex")."""
+    keys: dict[str, str] = {}
+    vectors: list[dict[str, str]] = []
+    for line in path.read_text().splitlines():
+        if line.startswith("# name="):
+            vectors.append(dict(kv.split("=", 1) for kv in line[2:].split()))
+        elif line.startswith("# key=") or line.startswith("# host_link_key="):
+            keys.update(kv.split("=", 1) for kv in line[2:].split())
+        elif line and not line.startswith("#"):
+            vectors[-1]["hex"] = line
+    return keys, vectors
+
+
+def test_c_checks_session_and_authenticated_frames_like_the_reference(program: Path) -> None:
+    path = VECTORS / "session_frames.hex"
+    if not path.is_file():
+        pytest.skip("session_frames.hex is generated once protocol/link.py has sessions")
+    framing = pytest.importorskip("protocol.framing")
+    link = pytest.importorskip("protocol.link")
+    keys, vectors = read_session_vectors(path)
+    host_key, device_key = link.link_keys(
+        bytes.fromhex(keys["key"]),
+        bytes.fromhex(keys["challenge"]),
+        bytes.fromhex(keys["host_nonce"]),
+    )
+    assert (host_key.hex(), device_key.hex()) == (keys["host_link_key"], keys["device_link_key"])
+    got = _run(program, "session", path)
+    assert set(got) == {v["name"] for v in vectors}
+    tags = []
+    for v in vectors:
+        name, wire = v["name"], bytes.fromhex(v["hex"])
+        verdict, c_crc, c_seq, c_counter, c_offset, c_tag = got[name]
+        assert verdict == v["expect"], (name, verdict, v["expect"])
+        assert c_crc == v["crc32"], name
+        # the reference receiver in the state the vector names
+        dec = framing.FrameDecoder(framing.MAX_PAYLOAD)
+        if v["session"] != "-":
+            sender, receiver = (int(e, 16) for e in v["session"].split(":"))
+            dec.session = framing.session_crc(sender, receiver)
+        dec.auth = v["auth"] == "1"
+        (event,) = dec.feed(wire)
+        if isinstance(event, framing.FramingError):
+            assert type(event).__name__ == verdict, name
+            assert c_seq == c_counter == c_tag == "-", name
+            continue
+        assert int(c_seq) == event.seq, name
+        if not event.flags & framing.FrameFlag.AUTH:
+            assert c_counter == c_offset == c_tag == "-" and v["tag"] == "-", name
+            continue
+        # mt_frame_auth_locate found the reference's trailer ...
+        offset = framing.HEADER_SIZE + len(event.payload)
+        assert int(c_offset) == offset, name
+        assert int(c_counter) == int.from_bytes(event.auth[:8], "little"), name
+        assert c_tag == event.auth[8:].hex(), name
+        # ... and the pieces it delimits are what the tag covers: header | counter | payload
+        raw = framing.cobs_decode(wire.strip(b"\x00"))
+        head, payload = raw[: framing.HEADER_SIZE], raw[framing.HEADER_SIZE : offset]
+        mac = framing.frame_tag(host_key, head, int(c_counter), payload)
+        assert (mac.hex() == c_tag) == (v["tag"] == "ok"), name
+        assert (framing.verify_frame(host_key, event) is not None) == (v["tag"] == "ok"), name
+        tags.append(v["tag"])
+    expects = {v["expect"] for v in vectors}
+    assert {"ok", "CrcError", "ShortFrame", "LengthMismatch", "FrameTooLong"} <= expects
+    assert {"ok", "bad"} <= set(tags)
+
+
+def test_c_session_crc_matches_the_reference(tmp_path: Path) -> None:
+    framing = pytest.importorskip("protocol.framing")
+    assert CC is not None
+    pairs = [(0, 0), (1, 2), (0x1234ABCD, 0x0BADF00D), (0xFFFFFFFF, 0x80000000)]
+    src = tmp_path / "session_crc.c"
+    src.write_text(
+        '#include "microtrain_protocol.h"\n'
+        "#include <stdio.h>\n"
+        "int main(void) {\n"
+        + "".join(
+            f'    printf("%08x\\n", (unsigned)mt_session_crc({a}u, {b}u));\n' for a, b in pairs
+        )
+        + '    printf("%d %d %d\\n", mt_frame_is_setup(MT_FRAME_SYNC),'
+        " mt_frame_is_setup(MT_FRAME_RESET), mt_frame_is_setup(MT_FRAME_DATA));\n"
+        "    return 0;\n"
+        "}\n"
+    )
+    exe = tmp_path / "session_crc"
+    inc = str(ROOT / "cext" / "include")
+    proc = subprocess.run(
+        [CC, *FLAGS, "-I", inc, str(src), "-o", str(exe)], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[: len(pairs)] == [f"{framing.session_crc(a, b):08x}" for a, b in pairs]
+    assert out[len(pairs)] == "1 1 0"

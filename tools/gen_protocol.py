@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from enum import IntEnum, IntFlag
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -457,15 +457,20 @@ def _link_timing(link: ModuleType) -> list[str]:
     return [*out, ""]
 
 
+#: Module constants that are not part of the protocol (implementation details of this host).
+_NOT_PROTOCOL = frozenset({"C_API_VERSION"})
+
+
 def _module_constants(mod: ModuleType) -> list[tuple[str, str, str]]:
     """(name, value, ``#:`` doc) of the UPPER_CASE int/float/str constants a module assigns
-    itself (imported names are left to their own module's section)."""
+    itself (imported names are left to their own module's section), _NOT_PROTOCOL excepted."""
     docs = _member_docs(mod)
     return [
         (name, repr(value), docs[name])
         for name, value in vars(mod).items()
         if name in docs
         and name.isupper()
+        and name not in _NOT_PROTOCOL
         and not name.startswith("_")
         and isinstance(value, int | float | str)
     ]
@@ -676,6 +681,27 @@ def _vector_section() -> list[str]:
         "`expect=ok` vectors must be accepted; every other value names the error a receiver "
         "must report. `crc32` is the CRC-32 a receiver computes over the checked bytes "
         "(header + payload of a frame, the whole message in messages.hex).",
+        "",
+        "`session_frames.hex` holds frames from the host to the device for a receiver in a "
+        "given state: its comment lines add `session=SENDER:RECEIVER` (the epochs, hex, of "
+        "the session the receiver is in, `-` for none), `auth=0|1` (whether it expects "
+        "authenticated frames, which raises the size bound by the trailer) and `tag=ok|bad|-` "
+        "(whether the tag of an accepted FLAG_AUTH frame is right under the host's link key). "
+        "Its header gives the key, challenge and host nonce of the AUTH example and the link "
+        "keys derived from them (`link_keys`). Its `crc32` continues from the receiver's "
+        "session value. The vectors cover session DATA/ACK/NAK frames, a SYNC with the plain "
+        "CRC inside a session, frames of another session or direction or with the plain CRC "
+        "(CrcError), and authenticated frames: good and bad tags, a trailer too short, a "
+        "length that counts the trailer, and a full-size payload with and without `auth`.",
+        "",
+        "In C, `cext/include/microtrain_protocol.h` has the receiver's checks: "
+        "`mt_frame_check_session(body, n, max_payload, session, auth, ...)` with `session = "
+        "mt_session_crc(peer epoch, own epoch)` (0 outside a session; `mt_frame_check` is that "
+        "case without authentication), and `mt_frame_auth_locate`, which finds the counter and "
+        "tag of an accepted FLAG_AUTH frame. HMAC-SHA256 itself, the tag comparison and the "
+        "counter's replay check are left to the firmware (the header has no SHA-256); "
+        "`tests/c/vectors.c` runs the vectors through these functions and the test suite "
+        "checks the located tags with Python's HMAC.",
         "",
     ]
 
@@ -1002,10 +1028,22 @@ def _header_framing(framing: ModuleType | None) -> list[str]:
     out = [
         "/* ---- frames (protocol/framing.py) ---- */",
         "",
-        "/* wire: 0x00 | COBS(header | payload | crc32 LE over header+payload) | 0x00 */",
+        "/* wire: 0x00 | COBS(header | payload | crc32 LE over header+payload) | 0x00",
+        " * authenticated (FLAG_AUTH): 0x00 | COBS(header | payload | counter u64 LE | tag |",
+        " * crc32) | 0x00, the CRC over everything before it; session frames (DATA, ACK, NAK)",
+        " * continue the CRC from mt_session_crc(sender epoch, receiver epoch) */",
         f"#define MT_LINK_VERSION {framing.LINK_VERSION}",
         f"#define MT_LINK_HEADER_SIZE {framing.HEADER_SIZE}",
         f"#define MT_LINK_CRC_SIZE {framing.CRC_SIZE}",
+        "/* authentication trailer of a FLAG_AUTH frame: counter u64 LE, then the first",
+        " * MT_LINK_AUTH_TAG_SIZE bytes of HMAC-SHA256(sender's link key,",
+        " * header | counter | payload); the header's length counts the payload only */",
+        f"#define MT_LINK_AUTH_SIZE {framing.FRAME_AUTH_SIZE}",
+        f"#define MT_LINK_AUTH_COUNTER_SIZE {framing.FRAME_AUTH_SIZE - framing.FRAME_TAG_SIZE}",
+        f"#define MT_LINK_AUTH_TAG_SIZE {framing.FRAME_TAG_SIZE}",
+        "/* bytes the session CRC covers before the header (never sent): sender's epoch u32 LE,",
+        " * receiver's epoch u32 LE */",
+        f"#define MT_LINK_SESSION_PREFIX_SIZE {framing.SESSION_PREFIX.size}",
         f"#define MT_LINK_MIN_PAYLOAD {framing.MIN_PAYLOAD}",
         f"#define MT_LINK_MAX_PAYLOAD {framing.MAX_PAYLOAD}",
         f"#define MT_LINK_DEFAULT_PAYLOAD {framing.DEFAULT_PAYLOAD}",
@@ -1058,7 +1096,8 @@ def _verdict(error: type) -> str:
 
 
 def _header_frame_check(framing: ModuleType | None) -> list[str]:
-    """mt_frame_check: the receiver's checks of decode_frame, in the same order."""
+    """mt_session_crc, mt_frame_check_session (the receiver's checks of the reference
+    FrameDecoder, in the same order), mt_frame_check and mt_frame_auth_locate."""
     if framing is None:
         return []
     reads = []
@@ -1069,18 +1108,51 @@ def _header_frame_check(framing: ModuleType | None) -> list[str]:
         reads.append(f"    hdr->{sc.name} = ({ctype})mt_get_le(raw + {offset}, {size});")
         offset += size
     e = {cls.__name__: _verdict(cls) for cls in _framing_errors(framing)}
+    setup = sorted(framing.SETUP_TYPES)
+    assert [sc.name for sc in framing.HEADER_STRUCT.subcons][:3] == ["version", "flags", "type"]
     return [
-        "/* Check one frame body (the n bytes between two 0x00 delimiters) as",
-        " * protocol/framing.py decode_frame does, in the same order. It is COBS-decoded into",
-        " * raw (capacity cap; *raw_len = decoded length, (size_t)-1 if COBS failed). On",
-        " * MT_FRAME_CHECK_OK, *hdr holds the header and the payload is hdr->length bytes at",
-        " * raw + MT_LINK_HEADER_SIZE. */",
-        "static inline int mt_frame_check(const uint8_t *body, size_t n, size_t max_payload,",
-        "                                 uint8_t *raw, size_t cap, size_t *raw_len,",
-        "                                 struct mt_link_header *hdr)",
+        "/* The CRC-32 value the frames of a session from sender_epoch to receiver_epoch start",
+        " * from (protocol/framing.py session_crc): mt_crc32 of the two epochs, u32 LE each.",
+        " * A receiver in a session passes mt_session_crc(peer's epoch, own epoch) to",
+        " * mt_frame_check_session; a sender continues its CRC from",
+        " * mt_session_crc(own epoch, peer's epoch). */",
+        "static inline uint32_t mt_session_crc(uint32_t sender_epoch, uint32_t receiver_epoch)",
+        "{",
+        "    uint8_t prefix[MT_LINK_SESSION_PREFIX_SIZE];",
+        "    mt_put_le(prefix, sender_epoch, 4);",
+        "    mt_put_le(prefix + 4, receiver_epoch, 4);",
+        "    return mt_crc32(0, prefix, sizeof prefix);",
+        "}",
+        "",
+        "/* Whether a frame type is link setup (SETUP_TYPES), which carries the plain CRC. */",
+        "static inline int mt_frame_is_setup(unsigned type)",
+        "{",
+        "    switch (type) {",
+        *[f"    case MT_FRAME_{framing.FrameType(t).name}:" for t in setup],
+        "        return 1;",
+        "    default:",
+        "        return 0;",
+        "    }",
+        "}",
+        "",
+        "/* Check one frame body (the n bytes between two 0x00 delimiters) as the reference",
+        " * receiver (protocol/framing.py FrameDecoder) does, in the same order. session: 0",
+        " * outside a session (the plain CRC on every frame), else the session's",
+        " * mt_session_crc(peer epoch, own epoch): then a frame passes with that session's CRC,",
+        " * and a setup frame (mt_frame_is_setup) with the plain CRC too. auth: nonzero once",
+        " * authenticated frames are expected; the bound on n grows by MT_LINK_AUTH_SIZE. The",
+        " * body is COBS-decoded into raw (capacity cap; *raw_len = decoded length, (size_t)-1",
+        " * if COBS failed). On MT_FRAME_CHECK_OK, *hdr holds the header and the payload is",
+        " * hdr->length bytes at raw + MT_LINK_HEADER_SIZE; a frame with",
+        " * MT_FRAME_FLAG_AUTH has its trailer after the payload (mt_frame_auth_locate), which",
+        " * this function does not verify. */",
+        "static inline int mt_frame_check_session(const uint8_t *body, size_t n,",
+        "                                         size_t max_payload, uint32_t session, int auth,",
+        "                                         uint8_t *raw, size_t cap, size_t *raw_len,",
+        "                                         struct mt_link_header *hdr)",
         "{",
         "    *raw_len = (size_t)-1;",
-        "    if (n > MT_LINK_MAX_ENCODED(max_payload))",
+        "    if (n > MT_LINK_MAX_ENCODED(max_payload + (auth ? MT_LINK_AUTH_SIZE : 0)))",
         f"        return {e['FrameTooLong']};",
         "    size_t r = mt_cobs_decode(body, n, raw, cap);",
         "    if (r == (size_t)-1)",
@@ -1088,18 +1160,60 @@ def _header_frame_check(framing: ModuleType | None) -> list[str]:
         "    *raw_len = r;",
         "    if (r < MT_LINK_HEADER_SIZE + MT_LINK_CRC_SIZE)",
         f"        return {e['ShortFrame']};",
-        "    if ((uint32_t)mt_get_le(raw + r - MT_LINK_CRC_SIZE, 4) !=",
-        "        mt_crc32(0, raw, r - MT_LINK_CRC_SIZE))",
+        "    size_t end = r - MT_LINK_CRC_SIZE;",
+        "    uint32_t want = (uint32_t)mt_get_le(raw + end, 4);",
+        "    if (want != mt_crc32(session, raw, end) &&",
+        "        (session == 0 || !mt_frame_is_setup(raw[2]) || want != mt_crc32(0, raw, end)))",
         f"        return {e['CrcError']};",
         *reads,
         "    if (hdr->version != MT_LINK_VERSION)",
         f"        return {e['BadVersion']};",
-        "    size_t plen = r - MT_LINK_HEADER_SIZE - MT_LINK_CRC_SIZE;",
+        "    if (hdr->flags & MT_FRAME_FLAG_AUTH) {",
+        "        if (end - MT_LINK_HEADER_SIZE < MT_LINK_AUTH_SIZE)",
+        f"            return {e['ShortFrame']};",
+        "        end -= MT_LINK_AUTH_SIZE;",
+        "    }",
+        "    size_t plen = end - MT_LINK_HEADER_SIZE;",
         "    if (plen > max_payload)",
         f"        return {e['FrameTooLong']};",
         "    if (hdr->length != plen)",
         f"        return {e['LengthMismatch']};",
         "    return MT_FRAME_CHECK_OK;",
+        "}",
+        "",
+        "/* mt_frame_check_session outside a session and without authentication: the plain",
+        " * CRC on every frame (link setup, or a link without session binding). */",
+        "static inline int mt_frame_check(const uint8_t *body, size_t n, size_t max_payload,",
+        "                                 uint8_t *raw, size_t cap, size_t *raw_len,",
+        "                                 struct mt_link_header *hdr)",
+        "{",
+        "    return mt_frame_check_session(body, n, max_payload, 0, 0, raw, cap, raw_len, hdr);",
+        "}",
+        "",
+        "/* Where the authentication trailer of a checked frame is. */",
+        "struct mt_frame_auth {",
+        "    uint64_t counter;          /* the sender's counter (strictly increasing) */",
+        "    const uint8_t *counter_le; /* its MT_LINK_AUTH_COUNTER_SIZE wire bytes */",
+        "    const uint8_t *tag;        /* the MT_LINK_AUTH_TAG_SIZE tag bytes */",
+        "};",
+        "",
+        "/* Locate the trailer of a frame mt_frame_check_session accepted (raw and hdr as it",
+        " * left them). Returns 0 and fills *a if hdr->flags has MT_FRAME_FLAG_AUTH, else -1.",
+        " * The firmware then computes HMAC-SHA256(sender's link key, raw[0..MT_LINK_HEADER_SIZE)",
+        " * | a->counter_le[0..MT_LINK_AUTH_COUNTER_SIZE) | payload), compares its first",
+        " * MT_LINK_AUTH_TAG_SIZE bytes with a->tag in constant time, and accepts the frame",
+        " * only if they match and a->counter is above every counter it accepted before in",
+        " * this session (protocol/link.py); this header has no HMAC-SHA256 of its own. */",
+        "static inline int mt_frame_auth_locate(const uint8_t *raw,",
+        "                                       const struct mt_link_header *hdr,",
+        "                                       struct mt_frame_auth *a)",
+        "{",
+        "    if (!(hdr->flags & MT_FRAME_FLAG_AUTH))",
+        "        return -1;",
+        "    a->counter_le = raw + MT_LINK_HEADER_SIZE + hdr->length;",
+        "    a->counter = mt_get_le(a->counter_le, MT_LINK_AUTH_COUNTER_SIZE);",
+        "    a->tag = a->counter_le + MT_LINK_AUTH_COUNTER_SIZE;",
+        "    return 0;",
         "}",
         "",
     ]
@@ -1300,6 +1414,199 @@ def render_frame_vectors() -> str | None:
     return "".join(parts)
 
 
+#: Epochs of the session the session-frame vectors belong to (host to device), and an earlier
+#: epoch of the host.
+SESSION_HOST_EPOCH = 0x1234ABCD
+SESSION_DEVICE_EPOCH = 0x0BADF00D
+SESSION_OLD_HOST_EPOCH = 0x1234ABCC
+
+
+class SessionVector(NamedTuple):
+    """A frame a device receives in (or outside) a session: ``epochs`` (sender, receiver) of
+    the session the receiver is in, None outside one; ``auth``: the receiver expects
+    authenticated frames."""
+
+    name: str
+    wire: bytes
+    epochs: tuple[int, int] | None
+    auth: bool
+
+
+def session_link_keys(link: ModuleType) -> tuple[bytes, bytes]:
+    """(host's, device's) link keys of the vectors' session: link_keys of the example AUTH."""
+    keys: tuple[bytes, bytes] = link.link_keys(_KEY, _CHALLENGE, _NONCE)
+    return keys
+
+
+def session_frame_vectors(framing: ModuleType, link: ModuleType) -> list[SessionVector]:
+    """Frames from the host to the device: session frames with the session CRC, setup frames
+    with the plain one, frames of other sessions, and authenticated frames (tagged with the
+    host's link key) with good and bad tags and trailers."""
+    ft, fl = framing.FrameType, framing.FrameFlag
+    here = (SESSION_HOST_EPOCH, SESSION_DEVICE_EPOCH)
+    session = framing.session_crc(*here)
+    host_key, device_key = session_link_keys(link)
+    reset = m.encode_request(m.Opcode.RESET, 6, REQUEST_EXAMPLES[m.Opcode.RESET])
+    sync = link.SYNC_PAYLOAD.pack(SESSION_HOST_EPOCH, framing.DEFAULT_PAYLOAD, 8, 0)
+    sack = link.SACK.pack(0b101)
+    fragment = bytes(range(256)) * (framing.MAX_PAYLOAD // 256)
+
+    def data(crc_from: int, payload: bytes = reset, **kw: Any) -> bytes:
+        kw = {"seq": 3, "ack": 2, "credits": 8, "flags": int(fl.LAST), **kw}
+        return bytes(framing.encode_frame(ft.DATA, payload, session=crc_from, **kw))
+
+    def raw_frame(raw: bytes) -> bytes:
+        crc = framing.crc32(raw, session)
+        return b"\x00" + bytes(framing.cobs_encode(raw + crc.to_bytes(4, "little"))) + b"\x00"
+
+    auth_flags = int(fl.LAST | fl.AUTH)
+    good = data(session, auth_key=host_key, counter=7)
+    good_raw = framing.cobs_decode(good.strip(b"\x00"))[: -framing.CRC_SIZE]
+    bad_tag = good_raw[:-1] + bytes([good_raw[-1] ^ 0x01])
+    head = framing.HEADER.pack(framing.LINK_VERSION, auth_flags, ft.DATA, 0, 3, 2, 0, 8)
+    long_len = good_raw[:8] + (len(reset) + framing.FRAME_AUTH_SIZE).to_bytes(2, "little")
+    big = data(session, fragment, flags=0, auth_key=host_key, counter=9)
+    return [
+        SessionVector("session_data", data(session), here, False),
+        SessionVector(
+            "session_ack",
+            bytes(framing.encode_frame(ft.ACK, sack, ack=4, credits=8, session=session)),
+            here,
+            False,
+        ),
+        SessionVector(
+            "session_nak",
+            bytes(framing.encode_frame(ft.NAK, sack, ack=4, credits=8, session=session)),
+            here,
+            False,
+        ),
+        SessionVector(
+            "session_sync_plain_crc", bytes(framing.encode_frame(ft.SYNC, sync)), here, False
+        ),
+        SessionVector("session_data_plain_crc", data(0), here, False),
+        SessionVector(
+            "session_data_old_epoch",
+            data(framing.session_crc(SESSION_OLD_HOST_EPOCH, SESSION_DEVICE_EPOCH)),
+            here,
+            False,
+        ),
+        SessionVector(
+            "session_data_reversed_epochs",
+            data(framing.session_crc(SESSION_DEVICE_EPOCH, SESSION_HOST_EPOCH)),
+            here,
+            False,
+        ),
+        SessionVector("session_data_outside_session", data(session), None, False),
+        SessionVector("auth_data", good, here, True),
+        SessionVector(
+            "auth_ack",
+            bytes(
+                framing.encode_frame(
+                    ft.ACK, sack, ack=4, credits=8, session=session, auth_key=host_key, counter=8
+                )
+            ),
+            here,
+            True,
+        ),
+        SessionVector("auth_data_bad_tag", raw_frame(bad_tag), here, True),
+        SessionVector(
+            "auth_data_device_key", data(session, auth_key=device_key, counter=7), here, True
+        ),
+        SessionVector("auth_short_trailer", raw_frame(head + bytes(10)), here, True),
+        SessionVector(
+            "auth_length_counts_trailer", raw_frame(long_len + good_raw[10:]), here, True
+        ),
+        SessionVector("auth_max_payload", big, here, True),
+        SessionVector("auth_max_payload_unexpected", big, here, False),
+    ]
+
+
+#: What each session-frame vector must produce: (framing result, tag verdict) - tag "ok" or
+#: "bad" under the host's link key for an accepted FLAG_AUTH frame, "-" for other frames.
+SESSION_EXPECT = {
+    "session_data": ("ok", "-"),
+    "session_ack": ("ok", "-"),
+    "session_nak": ("ok", "-"),
+    "session_sync_plain_crc": ("ok", "-"),
+    "session_data_plain_crc": ("CrcError", "-"),
+    "session_data_old_epoch": ("CrcError", "-"),
+    "session_data_reversed_epochs": ("CrcError", "-"),
+    "session_data_outside_session": ("CrcError", "-"),
+    "auth_data": ("ok", "ok"),
+    "auth_ack": ("ok", "ok"),
+    "auth_data_bad_tag": ("ok", "bad"),
+    "auth_data_device_key": ("ok", "bad"),
+    "auth_short_trailer": ("ShortFrame", "-"),
+    "auth_length_counts_trailer": ("LengthMismatch", "-"),
+    "auth_max_payload": ("ok", "ok"),
+    "auth_max_payload_unexpected": ("FrameTooLong", "-"),
+}
+
+
+def session_expectation(
+    framing: ModuleType, link: ModuleType, v: SessionVector
+) -> tuple[str, int | None, str]:
+    """(framing result, receiver CRC, tag verdict) of a session-frame vector, from the
+    reference FrameDecoder set up as the vector says and verify_frame."""
+    dec = framing.FrameDecoder(framing.MAX_PAYLOAD)
+    session = None if v.epochs is None else framing.session_crc(*v.epochs)
+    dec.session = session
+    dec.auth = v.auth
+    events = dec.feed(v.wire)
+    if len(events) != 1:
+        raise AssertionError(f"vector {v.name} decodes to {len(events)} events, want 1")
+    try:
+        raw = framing.cobs_decode(v.wire.strip(b"\x00"))
+        crc = framing.crc32(raw[: -framing.CRC_SIZE], session or 0)
+    except framing.FramingError:
+        crc = None
+    event = events[0]
+    if isinstance(event, framing.FramingError):
+        return type(event).__name__, crc, "-"
+    if not event.flags & framing.FrameFlag.AUTH:
+        return "ok", crc, "-"
+    ok = framing.verify_frame(session_link_keys(link)[0], event) is not None
+    return "ok", crc, "ok" if ok else "bad"
+
+
+def render_session_frame_vectors() -> str | None:
+    """Frames a device receives in a session and authenticated frames, with what a receiver
+    in the state each names must make of them."""
+    framing = _optional_module("protocol.framing")
+    link = _optional_module("protocol.link")
+    if framing is None or link is None or not hasattr(framing, "session_crc"):
+        return None
+    host_key, device_key = session_link_keys(link)
+    parts = [
+        "# microtrain session and authenticated frame vectors (wire bytes, both 0x00 "
+        "delimiters). " + GENERATED_NOTE + "\n",
+        "# Frames from the host to the device. session=SENDER:RECEIVER: the epochs (hex) of the\n",
+        "# session the receiver is in (CRC continued from session_crc(sender, receiver)); - when\n",
+        "# it is in none. auth=1: the receiver expects authenticated frames (a larger bound).\n",
+        "# expect: ok or the framing error; crc32: the CRC continued from the receiver's session\n",
+        "# value over everything before the trailer's CRC; tag: ok or bad under the host's link\n",
+        "# key for an accepted FLAG_AUTH frame, - otherwise. Max payload: "
+        f"{framing.MAX_PAYLOAD}.\n",
+        "# Link keys: protocol.link.link_keys(key, challenge, host_nonce) of the AUTH example:\n",
+        f"# key={_KEY.hex()} challenge={_CHALLENGE.hex()} host_nonce={_NONCE.hex()}\n",
+        f"# host_link_key={host_key.hex()} device_link_key={device_key.hex()}\n",
+    ]
+    for v in session_frame_vectors(framing, link):
+        expect, crc, tag = session_expectation(framing, link, v)
+        if (expect, tag) != SESSION_EXPECT[v.name]:
+            raise AssertionError(
+                f"session vector {v.name}: the reference says {(expect, tag)}, "
+                f"want {SESSION_EXPECT[v.name]}"
+            )
+        epochs = "-" if v.epochs is None else f"{v.epochs[0]:08x}:{v.epochs[1]:08x}"
+        crc_text = "-" if crc is None else f"{crc:08x}"
+        parts.append(
+            f"# name={v.name} expect={expect} crc32={crc_text} session={epochs} "
+            f"auth={int(v.auth)} tag={tag}\n{v.wire.hex()}\n"
+        )
+    return "".join(parts)
+
+
 def render_all() -> dict[Path, str]:
     """Every generated file (path relative to the project root -> content)."""
     files = {
@@ -1310,6 +1617,9 @@ def render_all() -> dict[Path, str]:
     frames = render_frame_vectors()
     if frames is not None:
         files[VECTOR_DIR / "frames.hex"] = frames
+    session_frames = render_session_frame_vectors()
+    if session_frames is not None:
+        files[VECTOR_DIR / "session_frames.hex"] = session_frames
     return files
 
 

@@ -40,10 +40,22 @@
 
 /* ---- frames (protocol/framing.py) ---- */
 
-/* wire: 0x00 | COBS(header | payload | crc32 LE over header+payload) | 0x00 */
+/* wire: 0x00 | COBS(header | payload | crc32 LE over header+payload) | 0x00
+ * authenticated (FLAG_AUTH): 0x00 | COBS(header | payload | counter u64 LE | tag |
+ * crc32) | 0x00, the CRC over everything before it; session frames (DATA, ACK, NAK)
+ * continue the CRC from mt_session_crc(sender epoch, receiver epoch) */
 #define MT_LINK_VERSION 1
 #define MT_LINK_HEADER_SIZE 12
 #define MT_LINK_CRC_SIZE 4
+/* authentication trailer of a FLAG_AUTH frame: counter u64 LE, then the first
+ * MT_LINK_AUTH_TAG_SIZE bytes of HMAC-SHA256(sender's link key,
+ * header | counter | payload); the header's length counts the payload only */
+#define MT_LINK_AUTH_SIZE 16
+#define MT_LINK_AUTH_COUNTER_SIZE 8
+#define MT_LINK_AUTH_TAG_SIZE 8
+/* bytes the session CRC covers before the header (never sent): sender's epoch u32 LE,
+ * receiver's epoch u32 LE */
+#define MT_LINK_SESSION_PREFIX_SIZE 8
 #define MT_LINK_MIN_PAYLOAD 256
 #define MT_LINK_MAX_PAYLOAD 16384
 #define MT_LINK_DEFAULT_PAYLOAD 4096
@@ -888,17 +900,50 @@ static inline size_t mt_cobs_decode(const uint8_t *in, size_t n,
     return o;
 }
 
-/* Check one frame body (the n bytes between two 0x00 delimiters) as
- * protocol/framing.py decode_frame does, in the same order. It is COBS-decoded into
- * raw (capacity cap; *raw_len = decoded length, (size_t)-1 if COBS failed). On
- * MT_FRAME_CHECK_OK, *hdr holds the header and the payload is hdr->length bytes at
- * raw + MT_LINK_HEADER_SIZE. */
-static inline int mt_frame_check(const uint8_t *body, size_t n, size_t max_payload,
-                                 uint8_t *raw, size_t cap, size_t *raw_len,
-                                 struct mt_link_header *hdr)
+/* The CRC-32 value the frames of a session from sender_epoch to receiver_epoch start
+ * from (protocol/framing.py session_crc): mt_crc32 of the two epochs, u32 LE each.
+ * A receiver in a session passes mt_session_crc(peer's epoch, own epoch) to
+ * mt_frame_check_session; a sender continues its CRC from
+ * mt_session_crc(own epoch, peer's epoch). */
+static inline uint32_t mt_session_crc(uint32_t sender_epoch, uint32_t receiver_epoch)
+{
+    uint8_t prefix[MT_LINK_SESSION_PREFIX_SIZE];
+    mt_put_le(prefix, sender_epoch, 4);
+    mt_put_le(prefix + 4, receiver_epoch, 4);
+    return mt_crc32(0, prefix, sizeof prefix);
+}
+
+/* Whether a frame type is link setup (SETUP_TYPES), which carries the plain CRC. */
+static inline int mt_frame_is_setup(unsigned type)
+{
+    switch (type) {
+    case MT_FRAME_SYNC:
+    case MT_FRAME_CONFIG:
+    case MT_FRAME_RESET:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* Check one frame body (the n bytes between two 0x00 delimiters) as the reference
+ * receiver (protocol/framing.py FrameDecoder) does, in the same order. session: 0
+ * outside a session (the plain CRC on every frame), else the session's
+ * mt_session_crc(peer epoch, own epoch): then a frame passes with that session's CRC,
+ * and a setup frame (mt_frame_is_setup) with the plain CRC too. auth: nonzero once
+ * authenticated frames are expected; the bound on n grows by MT_LINK_AUTH_SIZE. The
+ * body is COBS-decoded into raw (capacity cap; *raw_len = decoded length, (size_t)-1
+ * if COBS failed). On MT_FRAME_CHECK_OK, *hdr holds the header and the payload is
+ * hdr->length bytes at raw + MT_LINK_HEADER_SIZE; a frame with
+ * MT_FRAME_FLAG_AUTH has its trailer after the payload (mt_frame_auth_locate), which
+ * this function does not verify. */
+static inline int mt_frame_check_session(const uint8_t *body, size_t n,
+                                         size_t max_payload, uint32_t session, int auth,
+                                         uint8_t *raw, size_t cap, size_t *raw_len,
+                                         struct mt_link_header *hdr)
 {
     *raw_len = (size_t)-1;
-    if (n > MT_LINK_MAX_ENCODED(max_payload))
+    if (n > MT_LINK_MAX_ENCODED(max_payload + (auth ? MT_LINK_AUTH_SIZE : 0)))
         return MT_FRAME_CHECK_FRAME_TOO_LONG;
     size_t r = mt_cobs_decode(body, n, raw, cap);
     if (r == (size_t)-1)
@@ -906,8 +951,10 @@ static inline int mt_frame_check(const uint8_t *body, size_t n, size_t max_paylo
     *raw_len = r;
     if (r < MT_LINK_HEADER_SIZE + MT_LINK_CRC_SIZE)
         return MT_FRAME_CHECK_SHORT_FRAME;
-    if ((uint32_t)mt_get_le(raw + r - MT_LINK_CRC_SIZE, 4) !=
-        mt_crc32(0, raw, r - MT_LINK_CRC_SIZE))
+    size_t end = r - MT_LINK_CRC_SIZE;
+    uint32_t want = (uint32_t)mt_get_le(raw + end, 4);
+    if (want != mt_crc32(session, raw, end) &&
+        (session == 0 || !mt_frame_is_setup(raw[2]) || want != mt_crc32(0, raw, end)))
         return MT_FRAME_CHECK_CRC_ERROR;
     hdr->version = (uint8_t)mt_get_le(raw + 0, 1);
     hdr->flags = (uint8_t)mt_get_le(raw + 1, 1);
@@ -919,12 +966,52 @@ static inline int mt_frame_check(const uint8_t *body, size_t n, size_t max_paylo
     hdr->credits = (uint16_t)mt_get_le(raw + 10, 2);
     if (hdr->version != MT_LINK_VERSION)
         return MT_FRAME_CHECK_BAD_VERSION;
-    size_t plen = r - MT_LINK_HEADER_SIZE - MT_LINK_CRC_SIZE;
+    if (hdr->flags & MT_FRAME_FLAG_AUTH) {
+        if (end - MT_LINK_HEADER_SIZE < MT_LINK_AUTH_SIZE)
+            return MT_FRAME_CHECK_SHORT_FRAME;
+        end -= MT_LINK_AUTH_SIZE;
+    }
+    size_t plen = end - MT_LINK_HEADER_SIZE;
     if (plen > max_payload)
         return MT_FRAME_CHECK_FRAME_TOO_LONG;
     if (hdr->length != plen)
         return MT_FRAME_CHECK_LENGTH_MISMATCH;
     return MT_FRAME_CHECK_OK;
+}
+
+/* mt_frame_check_session outside a session and without authentication: the plain
+ * CRC on every frame (link setup, or a link without session binding). */
+static inline int mt_frame_check(const uint8_t *body, size_t n, size_t max_payload,
+                                 uint8_t *raw, size_t cap, size_t *raw_len,
+                                 struct mt_link_header *hdr)
+{
+    return mt_frame_check_session(body, n, max_payload, 0, 0, raw, cap, raw_len, hdr);
+}
+
+/* Where the authentication trailer of a checked frame is. */
+struct mt_frame_auth {
+    uint64_t counter;          /* the sender's counter (strictly increasing) */
+    const uint8_t *counter_le; /* its MT_LINK_AUTH_COUNTER_SIZE wire bytes */
+    const uint8_t *tag;        /* the MT_LINK_AUTH_TAG_SIZE tag bytes */
+};
+
+/* Locate the trailer of a frame mt_frame_check_session accepted (raw and hdr as it
+ * left them). Returns 0 and fills *a if hdr->flags has MT_FRAME_FLAG_AUTH, else -1.
+ * The firmware then computes HMAC-SHA256(sender's link key, raw[0..MT_LINK_HEADER_SIZE)
+ * | a->counter_le[0..MT_LINK_AUTH_COUNTER_SIZE) | payload), compares its first
+ * MT_LINK_AUTH_TAG_SIZE bytes with a->tag in constant time, and accepts the frame
+ * only if they match and a->counter is above every counter it accepted before in
+ * this session (protocol/link.py); this header has no HMAC-SHA256 of its own. */
+static inline int mt_frame_auth_locate(const uint8_t *raw,
+                                       const struct mt_link_header *hdr,
+                                       struct mt_frame_auth *a)
+{
+    if (!(hdr->flags & MT_FRAME_FLAG_AUTH))
+        return -1;
+    a->counter_le = raw + MT_LINK_HEADER_SIZE + hdr->length;
+    a->counter = mt_get_le(a->counter_le, MT_LINK_AUTH_COUNTER_SIZE);
+    a->tag = a->counter_le + MT_LINK_AUTH_COUNTER_SIZE;
+    return 0;
 }
 
 #endif /* MICROTRAIN_PROTOCOL_H */

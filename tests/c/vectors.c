@@ -5,6 +5,11 @@
  *
  *   vectors message FILE   each vector is a bare message (link payload)
  *   vectors frame FILE     each vector is a wire frame (COBS bytes + 0x00 delimiter)
+ *   vectors session FILE   each vector is a wire frame checked by a receiver in the session
+ *                          and authentication state its comment line names
+ *                          ("session=SENDER:RECEIVER" epochs in hex or "-", "auth=0|1");
+ *                          prints "<name> <verdict> <crc32> <seq> <counter> <trailer offset>
+ *                          <tag hex>", the last three "-" unless the frame has FLAG_AUTH
  *
  * The CRC is computed with mt_crc32 over the bytes a receiver checks (the whole message, or
  * the frame's header + payload); tests/test_c_vectors.py compares it with zlib.crc32 and the
@@ -109,13 +114,73 @@ static void check_frame(const char *name, const uint8_t *wire, size_t n)
 }
 #endif
 
+#ifdef MT_LINK_AUTH_SIZE
+/* A wire frame for a receiver in the state the comment line names: mt_frame_check_session
+ * with mt_session_crc of the epochs, then mt_frame_auth_locate. The CRC printed is the one
+ * this receiver computes (continued from its session value) over everything before the CRC,
+ * "-" if the body is not COBS. */
+static int check_session_frame(const char *name, const char *comment, const uint8_t *wire,
+                               size_t n)
+{
+    static uint8_t raw[MAX_BYTES];
+    struct mt_link_header hdr;
+    struct mt_frame_auth a;
+    size_t raw_len;
+    uint32_t session = 0;
+    int auth;
+    char crc[16] = "-", seq[16] = "-", counter[24] = "-", offset[16] = "-";
+    char tag[2 * MT_LINK_AUTH_TAG_SIZE + 1] = "-";
+    const char *s = strstr(comment, " session=");
+    const char *t = strstr(comment, " auth=");
+    if (!s || !t)
+        return -1;
+    s += 9;
+    if (*s != '-') {
+        char *end;
+        unsigned long sender = strtoul(s, &end, 16);
+        if (*end != ':')
+            return -1;
+        unsigned long receiver = strtoul(end + 1, NULL, 16);
+        session = mt_session_crc((uint32_t)sender, (uint32_t)receiver);
+    }
+    auth = t[6] == '1';
+    if (n > 0 && wire[0] == 0) {
+        wire++;
+        n--;
+    }
+    if (n > 0 && wire[n - 1] == 0)
+        n--;
+    /* the CRC even of a frame the check rejects before decoding it (too long) */
+    raw_len = mt_cobs_decode(wire, n, raw, sizeof raw);
+    if (raw_len != (size_t)-1 && raw_len >= MT_LINK_CRC_SIZE)
+        snprintf(crc, sizeof crc, "%08x",
+                 (unsigned)mt_crc32(session, raw, raw_len - MT_LINK_CRC_SIZE));
+    int v = mt_frame_check_session(wire, n, MT_LINK_MAX_PAYLOAD, session, auth, raw, sizeof raw,
+                                   &raw_len, &hdr);
+    if (v == MT_FRAME_CHECK_OK) {
+        snprintf(seq, sizeof seq, "%u", (unsigned)hdr.seq);
+        if (mt_frame_auth_locate(raw, &hdr, &a) == 0) {
+            snprintf(counter, sizeof counter, "%llu", (unsigned long long)a.counter);
+            snprintf(offset, sizeof offset, "%lu", (unsigned long)(a.counter_le - raw));
+            for (size_t i = 0; i < MT_LINK_AUTH_TAG_SIZE; i++)
+                snprintf(tag + 2 * i, 3, "%02x", (unsigned)a.tag[i]);
+        }
+    }
+    printf("%s %s %s %s %s %s %s\n", name, mt_frame_check_name(v), crc, seq, counter, offset,
+           tag);
+    return 0;
+}
+#endif
+
 int main(int argc, char **argv)
 {
-    if (argc != 3 || (strcmp(argv[1], "message") != 0 && strcmp(argv[1], "frame") != 0)) {
-        fprintf(stderr, "usage: %s message|frame FILE\n", argv[0]);
+    if (argc != 3 || (strcmp(argv[1], "message") != 0 && strcmp(argv[1], "frame") != 0 &&
+                      strcmp(argv[1], "session") != 0)) {
+        fprintf(stderr, "usage: %s message|frame|session FILE\n", argv[0]);
         return 2;
     }
     int frames = strcmp(argv[1], "frame") == 0;
+    int sessions = strcmp(argv[1], "session") == 0;
     FILE *f = fopen(argv[2], "r");
     if (!f) {
         perror(argv[2]);
@@ -123,11 +188,14 @@ int main(int argc, char **argv)
     }
     static char line[2 * MAX_BYTES + 16];
     static uint8_t bytes[MAX_BYTES];
+    static char comment[512];
     char name[128] = "";
     int count = 0;
     while (fgets(line, sizeof line, f)) {
         if (strncmp(line, "# name=", 7) == 0) {
             size_t k = 0;
+            strncpy(comment, line, sizeof comment - 1); /* comment lines are short */
+            comment[sizeof comment - 1] = '\0';
             for (const char *s = line + 7; *s && *s != ' ' && k + 1 < sizeof name; s++)
                 name[k++] = *s;
             name[k] = '\0';
@@ -140,7 +208,17 @@ int main(int argc, char **argv)
             fprintf(stderr, "bad vector line after '%s'\n", name);
             return 2;
         }
-        if (frames) {
+        if (sessions) {
+#ifdef MT_LINK_AUTH_SIZE
+            if (check_session_frame(name, comment, bytes, n) != 0) {
+                fprintf(stderr, "vector %s: no session= and auth= in its comment line\n", name);
+                return 2;
+            }
+#else
+            fprintf(stderr, "this header has no session frames\n");
+            return 2;
+#endif
+        } else if (frames) {
 #ifdef MT_LINK_HEADER_SIZE
             check_frame(name, bytes, n);
 #else
