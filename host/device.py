@@ -14,7 +14,10 @@ tensors fit one request goes as TRAIN_STEP_INLINE (one round trip, no upload req
 
 If the device restarts (the link sees a new epoch), the runner replays unanswered requests;
 the device is greeted again (HELLO, AUTH) and a deployed model it no longer holds makes every
-use of that model raise ``StateLost`` (deploy it again). Operations of several requests
+use of that model raise ``StateLost`` (deploy it again). A keyed device refuses a replayed
+request until the new AUTH (NOT_AUTHENTICATED: not executed), so the request is redone after
+the greeting; restarts during the greeting or the redone request are survived up to
+``CALL_ATTEMPTS`` attempts, then ``StateLost``. Operations of several requests
 (uploads, weight reads) check for a restart between their requests too: tensors lost with a
 restart are uploaded again when the host still has them (deploy, set_weights), and a restart
 that took the model raises ``StateLost``, never the device's UNKNOWN_TENSOR or NO_MODEL.
@@ -78,6 +81,12 @@ _LOST = errors.LOST_STATUSES
 CHUNK_BYTES = 256 * 1024
 #: Attempts at an upload (or a deploy) that device restarts interrupt before StateLost.
 UPLOAD_ATTEMPTS = 3
+#: Attempts at one request (and at the greeting, HELLO and AUTH) that device restarts
+#: interrupt before StateLost: a keyed device that restarts forgets the AUTH, so the request
+#: is refused (NOT_AUTHENTICATED, not executed) and redone after a new greeting, which a
+#: further restart can interrupt in turn. Assumption: like UPLOAD_ATTEMPTS, three restarts in
+#: a row within one request mean a device that cannot keep up, not bad luck.
+CALL_ATTEMPTS = 3
 #: A device's largest request when HELLO does not state ``max_request_bytes`` (the emulated
 #: firmware's receive buffer, device_model.firmware.MAX_REQUEST_BYTES).
 DEFAULT_MAX_REQUEST = 1 << 20
@@ -214,6 +223,17 @@ class Device:
         }
 
     def _greet(self) -> None:
+        """HELLO (and AUTH when the device requires it), again from HELLO when the device
+        restarts in between (its new incarnation issued no challenge), CALL_ATTEMPTS times."""
+        for attempt in range(CALL_ATTEMPTS):
+            resets = self.runner.resets
+            try:
+                return self._greet_once()
+            except (errors.AuthError, errors.DeviceError):
+                if self.runner.resets == resets or attempt == CALL_ATTEMPTS - 1:
+                    raise
+
+    def _greet_once(self) -> None:
         mine = self._hello_request()
         try:
             hello = self.runner.call(Opcode.HELLO, mine)
@@ -284,26 +304,45 @@ class Device:
                     self._generation += 1
                     self._model = None
 
+    def _resync(self) -> bool:
+        """_after_reset; False if another restart interrupted it (the next call greets the
+        newest device again: ``resets`` is then above ``_seen_resets``)."""
+        resets = self.runner.resets
+        try:
+            self._after_reset()
+        except (errors.AuthError, errors.DeviceError):
+            if self.runner.resets == resets:
+                raise
+            return False
+        return True
+
     def _call(self, opcode: Opcode, body: dict[str, Any] | None = None, nbytes: int = 0) -> Any:
+        """One request, redone (up to CALL_ATTEMPTS) while device restarts make a keyed device
+        refuse it unexecuted; a restart that lost what it needs is StateLost."""
         with self.lock:
-            for attempt in range(2):
-                if self.runner.resets != self._seen_resets:
-                    self._after_reset()
+            status = Status.NOT_AUTHENTICATED
+            for _ in range(CALL_ATTEMPTS):
+                if self.runner.resets != self._seen_resets and not self._resync():
+                    continue
                 resets = self.runner.resets
                 (resp,) = self.runner.wait([self.runner.submit(opcode, body)], nbytes=nbytes)
                 if not resp.is_error or self.runner.resets == resets:
                     return check(resp, opcode)
                 status = Status(resp.body["status"])
-                if status == Status.NOT_AUTHENTICATED and attempt == 0:
+                if status == Status.NOT_AUTHENTICATED:
                     continue  # a restarted device wants AUTH first; it did not execute this
                 if status in _LOST:
-                    self._after_reset()
+                    self._resync()
                     raise errors.StateLost(
                         f"the device restarted during {opcode.name} and lost its state "
                         f"({status.name}: {resp.body['detail']}); deploy it again"
                     )
                 return check(resp, opcode)
-            return check(resp, opcode)
+            raise errors.StateLost(
+                f"the device restarted during each of {CALL_ATTEMPTS} attempts at {opcode.name} "
+                f"(last: {status.name}), so this host cannot tell what it still holds; check "
+                "its power and line, then deploy again"
+            )
 
     def _check_model(self, model: Model) -> None:
         if self.runner.resets != self._seen_resets:

@@ -171,3 +171,94 @@ def test_tampered_and_unauthenticated_frames_are_rejected_and_not_executed() -> 
     assert link.stats["auth_rejected"] == rejected + 2
     dev.counters()  # the session goes on: the real counter was not advanced by the forgery
     assert port.firmware.executed == executed + 1
+
+
+# ----------------------------------------------------------------------------- restarts
+# A keyed device that restarts forgets the AUTH: the host's request, replayed to it, is refused
+# (NOT_AUTHENTICATED, not executed), and the host greets it again and redoes the request. A
+# further restart can land during that greeting or the redone request (Device._call, _greet).
+
+#: Seeds of emu://...&reset_every=30 whose first 30 READ_COUNTERS failed with one retry: 4 (a
+#: restart between HELLO and AUTH of open: AuthError), 15 (a restart during the one retry:
+#: StateLost), 20 (a restart during the retry's AUTH: AuthError). The faults are seeded per
+#: frame, so these replay.
+RESET_SEEDS = [4, 15, 20]
+
+
+@pytest.mark.parametrize("seed", RESET_SEEDS)
+def test_a_keyed_device_that_restarts_often_answers_every_request(seed: int) -> None:
+    url = f"emu://hnpu-v2?key={KEY.hex()}&reset_every=30&fault_seed={seed}"
+    dev = host.open(url, key=KEY, timeout=5.0)
+    port = dev.runner.port
+    assert isinstance(port, EmuSerial)
+    for _ in range(30):
+        assert "total" in dev.counters()
+    assert port.fault_stats["device_resets"] >= 1 and dev.runner.resets >= 1
+    dev.close()
+
+
+class Restarts:
+    """Restarts the emulated device just before the host submits each opcode of ``plan``, in
+    order (a restart as ``reset_every`` makes one: firmware state and link session lost)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, plan: list[Opcode]) -> None:
+        self.plan = list(plan)
+        self.done = 0
+        #: Opcodes of the requests the host saw refused with NOT_AUTHENTICATED.
+        self.refused: list[Opcode] = []
+        submit = Runner.submit
+        wait = Runner.wait
+
+        def waiting(runner: Runner, ids: Any, **kw: Any) -> list[Any]:
+            out = wait(runner, ids, **kw)
+            for resp in out:
+                if resp.is_error and resp.body["status"] == Status.NOT_AUTHENTICATED:
+                    self.refused.append(Opcode(resp.body["request_opcode"]))
+            return out
+
+        def restarting(runner: Runner, opcode: Opcode, body: Any = None) -> int:
+            if self.plan and opcode == self.plan[0]:
+                self.plan.pop(0)
+                self.done += 1
+                port = runner.port
+                port._device = port._new_device(100 + self.done)
+            return submit(runner, opcode, body)
+
+        monkeypatch.setattr(Runner, "submit", restarting)
+        monkeypatch.setattr(Runner, "wait", waiting)
+
+
+def test_restarts_during_the_greeting_and_the_redone_request_are_survived(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # open: a restart between HELLO and AUTH (the new device issued no challenge); then a
+    # restart before READ_COUNTERS, one during the new greeting's AUTH, one during its HELLO
+    r = Restarts(monkeypatch, [Opcode.AUTH, Opcode.READ_COUNTERS, Opcode.AUTH, Opcode.HELLO])
+    dev = host.open(URL, key=KEY, timeout=5.0)
+    assert r.done == 1
+    assert "total" in dev.counters()
+    assert r.done == 4 and not r.plan
+    # the device that answered ran HELLO, AUTH and READ_COUNTERS, once each; the others
+    # refused READ_COUNTERS unexecuted (NOT_AUTHENTICATED)
+    fw = dev.runner.port.firmware
+    assert fw.authenticated and fw.executed == 3
+    assert r.refused == [Opcode.READ_COUNTERS]
+    dev.close()
+
+
+def test_a_device_that_restarts_at_every_attempt_is_state_lost_after_call_attempts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from host.device import CALL_ATTEMPTS
+
+    dev = host.open(URL, key=KEY, timeout=5.0)
+    r = Restarts(monkeypatch, [Opcode.READ_COUNTERS] * CALL_ATTEMPTS)
+    with pytest.raises(
+        errors.StateLost, match=f"each of {CALL_ATTEMPTS} attempts at READ_COUNTERS"
+    ):
+        dev.counters()
+    assert r.done == CALL_ATTEMPTS
+    assert r.refused == [Opcode.READ_COUNTERS] * CALL_ATTEMPTS  # every attempt, none ran
+    # the device is usable again once it stops restarting
+    assert "total" in dev.counters()
+    dev.close()
