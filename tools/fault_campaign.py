@@ -703,7 +703,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="a short run (about a minute)")
     ap.add_argument("--steps", type=int, default=400, help="train steps per run")
-    ap.add_argument("--tensor-rounds", type=int, default=32, help="1 MiB up+down rounds")
+    ap.add_argument("--tensor-rounds", type=int, default=40, help="1 MiB up+down rounds")
     ap.add_argument("--reset-every", type=int, default=40, help="mean frames between resets")
     ap.add_argument(
         "--resets", type=int, default=None, help="device resets to reach (default 1000, quick 20)"
