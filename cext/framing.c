@@ -11,12 +11,12 @@
 #include <wmmintrin.h>
 #endif
 
-int mt_framing_version(void) { return 2; }
+int mt_codec_version(void) { return 3; }
 
 /* ---------------------------------------------------------------------------- CRC-32 */
 
 /* The byte table of the reflected polynomial 0xEDB88320: entry i is the register after byte i
- * from a zero register (written out by a script; tests check mt_crc32 against zlib.crc32). */
+ * from a zero register (written out by a script; tests check mt_codec_crc32 against zlib.crc32). */
 static const uint32_t crc_table[256] = {
     0x00000000u, 0x77073096u, 0xee0e612cu, 0x990951bau, 0x076dc419u, 0x706af48fu,
     0xe963a535u, 0x9e6495a3u, 0x0edb8832u, 0x79dcb8a4u, 0xe0d5e91eu, 0x97d2d988u,
@@ -114,7 +114,7 @@ __attribute__((target("pclmul,sse2"))) static uint32_t crc_clmul(uint32_t c, con
 
 static int clmul_state = -1; /* -1: not asked yet */
 
-int mt_crc32_simd(void) {
+int mt_codec_crc32_simd(void) {
     if (clmul_state < 0) {
         unsigned a, b, cx, d;
         clmul_state = __get_cpuid(1, &a, &b, &cx, &d) && (cx & bit_PCLMUL) && (d & bit_SSE2);
@@ -122,13 +122,13 @@ int mt_crc32_simd(void) {
     return clmul_state;
 }
 #else
-int mt_crc32_simd(void) { return 0; }
+int mt_codec_crc32_simd(void) { return 0; }
 #endif
 
-uint32_t mt_crc32(uint32_t value, const uint8_t *p, size_t n) {
+uint32_t mt_codec_crc32(uint32_t value, const uint8_t *p, size_t n) {
     uint32_t c = ~value;
 #ifdef MT_CLMUL
-    if (n >= 64 && mt_crc32_simd()) return ~crc_clmul(c, p, n);
+    if (n >= 64 && mt_codec_crc32_simd()) return ~crc_clmul(c, p, n);
 #endif
     return ~crc_bytes(c, p, n);
 }
@@ -201,7 +201,7 @@ static void enc_piece(cobs_enc *e, const uint8_t *p, size_t n) {
     e->code = code;
 }
 
-size_t mt_cobs_frame(const uint8_t *a, size_t na, const uint8_t *b, size_t nb, const uint8_t *c,
+size_t mt_codec_cobs_encode(const uint8_t *a, size_t na, const uint8_t *b, size_t nb, const uint8_t *c,
                      size_t nc, int delimit, uint8_t *out) {
     cobs_enc e;
     size_t start = delimit ? 1 : 0;
@@ -218,15 +218,15 @@ size_t mt_cobs_frame(const uint8_t *a, size_t na, const uint8_t *b, size_t nb, c
     return e.o;
 }
 
-size_t mt_frame_encode(const uint8_t *a, size_t na, const uint8_t *b, size_t nb, uint32_t value,
+size_t mt_codec_frame_encode(const uint8_t *a, size_t na, const uint8_t *b, size_t nb, uint32_t value,
                        uint8_t *out) {
-    uint32_t crc = mt_crc32(mt_crc32(value, a, na), b, nb);
+    uint32_t crc = mt_codec_crc32(mt_codec_crc32(value, a, na), b, nb);
     uint8_t tail[4] = {(uint8_t)crc, (uint8_t)(crc >> 8), (uint8_t)(crc >> 16),
                        (uint8_t)(crc >> 24)};
-    return mt_cobs_frame(a, na, b, nb, tail, 4, 1, out);
+    return mt_codec_cobs_encode(a, na, b, nb, tail, 4, 1, out);
 }
 
-ptrdiff_t mt_cobs_decode(const uint8_t *in, size_t n, uint8_t *out) {
+ptrdiff_t mt_codec_cobs_decode(const uint8_t *in, size_t n, uint8_t *out) {
     size_t i = 0, o = 0;
     while (i < n) {
         size_t code = in[i];
@@ -250,7 +250,7 @@ ptrdiff_t mt_cobs_decode(const uint8_t *in, size_t n, uint8_t *out) {
     return (ptrdiff_t)o;
 }
 
-size_t mt_zeros(const uint8_t *p, size_t n, size_t *pos, size_t cap) {
+size_t mt_codec_zeros(const uint8_t *p, size_t n, size_t *pos, size_t cap) {
     size_t k = 0, i = 0;
     while (k < cap && i < n) {
         const uint8_t *z = memchr(p + i, 0, n - i);
