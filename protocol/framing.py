@@ -302,12 +302,12 @@ def _split_py(data: bytes) -> list[bytes]:
 # Python functions above are the reference; use_accelerator(False) or MICROTRAIN_FRAMING=python
 # in the environment selects them.
 #: The cext/framing_api.h version this module is written for (another build is not used).
-C_API_VERSION = 2
+C_API_VERSION = 3
 try:
     from protocol._framing_c import ffi as _ffi
     from protocol._framing_c import lib as _lib
 
-    if _lib.mt_framing_version() != C_API_VERSION:  # a stale build: rebuild to use it
+    if _lib.mt_codec_version() != C_API_VERSION:  # a stale build: rebuild to use it
         _lib = None
 except ImportError:  # not built: the pure-Python codec does the work
     _lib = None
@@ -326,7 +326,7 @@ def _cobs_decode_c(enc: bytes) -> bytes:
     """_cobs_decode in C."""
     n = len(enc)
     out = _alloc("uint8_t[]", n)
-    k = _lib.mt_cobs_decode(enc, n, out)
+    k = _lib.mt_codec_cobs_decode(enc, n, out)
     if k < 0:
         start = -k - 1
         code = enc[start]
@@ -342,7 +342,7 @@ def _frame_wire_c(a: bytes, b: bytes | bytearray | memoryview, session: int) -> 
     n = len(a) + len(b) + CRC_SIZE
     out = _alloc("uint8_t[]", n + n // 254 + 3)
     pb = b if type(b) is bytes else _ffi.from_buffer(b)
-    k = _lib.mt_frame_encode(a, len(a), pb, len(b), session, out)
+    k = _lib.mt_codec_frame_encode(a, len(a), pb, len(b), session, out)
     return _ffi.buffer(out, k)[:]
 
 
@@ -352,7 +352,7 @@ def _frame_wire_cz(a: bytes, b: bytes | bytearray | memoryview, session: int) ->
     n = len(a) + len(b) + CRC_SIZE
     out = _alloc("uint8_t[]", n + n // 254 + 3)
     pb = b if type(b) is bytes else _ffi.from_buffer(b)
-    k = _lib.mt_cobs_frame(a, len(a), pb, len(b), crc, CRC_SIZE, 1, out)
+    k = _lib.mt_codec_cobs_encode(a, len(a), pb, len(b), crc, CRC_SIZE, 1, out)
     return _ffi.buffer(out, k)[:]
 
 
@@ -360,7 +360,7 @@ def _split_c(data: bytes) -> list[bytes]:
     """_split_py with the delimiters found by memchr in C (bytes.split scans byte by byte);
     data holding more than 64 of them (idle fill, garbage) goes to bytes.split."""
     pos = _alloc("size_t[]", 64)
-    k = _lib.mt_zeros(data, len(data), pos, 64)
+    k = _lib.mt_codec_zeros(data, len(data), pos, 64)
     if k == 64:
         return data.split(b"\x00")
     out = []
@@ -374,14 +374,14 @@ def _split_c(data: bytes) -> list[bytes]:
 
 def _crc32_c(data: bytes | bytearray | memoryview, value: int = 0) -> int:
     """zlib.crc32 in C (carry-less multiplication, faster than zlib's tables)."""
-    return _lib.mt_crc32(value, _ffi.from_buffer(data), len(data))
+    return _lib.mt_codec_crc32(value, _ffi.from_buffer(data), len(data))
 
 
 def _cobs_encode_c(data: bytes | bytearray | memoryview) -> bytes:
     """cobs_encode in C."""
     n = len(data)
     out = _alloc("uint8_t[]", n + n // 254 + 1)
-    k = _lib.mt_cobs_frame(_ffi.from_buffer(data), n, _ffi.NULL, 0, _ffi.NULL, 0, 0, out)
+    k = _lib.mt_codec_cobs_encode(_ffi.from_buffer(data), n, _ffi.NULL, 0, _ffi.NULL, 0, 0, out)
     return _ffi.buffer(out, k)[:]
 
 
@@ -418,7 +418,7 @@ if _choice not in ("c", "python"):
     )
 if _lib is not None:
     _alloc = _ffi.new_allocator(should_clear_after_alloc=False)
-    if not _lib.mt_crc32_simd():  # zlib's CRC is faster than a byte table
+    if not _lib.mt_codec_crc32_simd():  # zlib's CRC is faster than a byte table
         _C_CODEC.update(_crc32=zlib.crc32, _frame_wire=_frame_wire_cz)
     use_accelerator(_choice == "c")
 
