@@ -144,7 +144,7 @@ def test_stale_build_is_not_used() -> None:
     code = (
         "import protocol._framing_c as m\n"
         "class Lib:\n"
-        "    def mt_framing_version(self): return 1\n"
+        "    def mt_codec_version(self): return 1\n"
         "m.lib = Lib()\n"
         "from protocol import framing as fr\n"
         "assert not fr.accelerated() and not fr.use_accelerator(True)\n"

@@ -147,7 +147,7 @@ def main() -> None:
     clock = time.process_time if args.cpu else time.perf_counter
     rec: dict[str, Any] = {
         "clock": "process_time" if args.cpu else "perf_counter",
-        "crc32_simd": bool(fr._lib.mt_crc32_simd()),
+        "crc32_simd": bool(fr._lib.mt_codec_crc32_simd()),
         "codec_16k": codec(args.repeats, clock),
         "mdnet_step_codec": mdnet_codec(max(3, args.repeats // 4), clock),
     }
