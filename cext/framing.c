@@ -201,8 +201,8 @@ static void enc_piece(cobs_enc *e, const uint8_t *p, size_t n) {
     e->code = code;
 }
 
-size_t mt_codec_cobs_encode(const uint8_t *a, size_t na, const uint8_t *b, size_t nb, const uint8_t *c,
-                     size_t nc, int delimit, uint8_t *out) {
+size_t mt_codec_cobs_encode(const uint8_t *a, size_t na, const uint8_t *b, size_t nb,
+                            const uint8_t *c, size_t nc, int delimit, uint8_t *out) {
     cobs_enc e;
     size_t start = delimit ? 1 : 0;
     if (delimit) out[0] = 0;
@@ -218,8 +218,8 @@ size_t mt_codec_cobs_encode(const uint8_t *a, size_t na, const uint8_t *b, size_
     return e.o;
 }
 
-size_t mt_codec_frame_encode(const uint8_t *a, size_t na, const uint8_t *b, size_t nb, uint32_t value,
-                       uint8_t *out) {
+size_t mt_codec_frame_encode(const uint8_t *a, size_t na, const uint8_t *b, size_t nb,
+                             uint32_t value, uint8_t *out) {
     uint32_t crc = mt_codec_crc32(mt_codec_crc32(value, a, na), b, nb);
     uint8_t tail[4] = {(uint8_t)crc, (uint8_t)(crc >> 8), (uint8_t)(crc >> 16),
                        (uint8_t)(crc >> 24)};

@@ -24,16 +24,16 @@ int mt_codec_crc32_simd(void);
 /* The wire bytes of a frame: 0x00 | COBS(a | b | crc) | 0x00 where crc is
  * mt_codec_crc32(value, a | b), 4 bytes little-endian. out holds n + 4 + (n + 4) / 254 + 3 bytes
  * (n = na + nb). Returns the bytes written. */
-size_t mt_codec_frame_encode(const uint8_t *a, size_t na, const uint8_t *b, size_t nb, uint32_t value,
-                       uint8_t *out);
+size_t mt_codec_frame_encode(const uint8_t *a, size_t na, const uint8_t *b, size_t nb,
+                             uint32_t value, uint8_t *out);
 
 /* COBS-encode the concatenation a | b | c (na + nb + nc bytes, any of them empty) into out,
  * with a 0x00 delimiter before and after when delimit is non-zero. out must hold
  * n + n / 254 + 1 bytes (n = na + nb + nc), plus 2 with delimiters. Returns the bytes
  * written. A run of 254 non-zero bytes ends a 0xFF block; the last block is always written
  * (so 254 non-zero bytes encode to 0xFF, the bytes, 0x01), as protocol.framing does. */
-size_t mt_codec_cobs_encode(const uint8_t *a, size_t na, const uint8_t *b, size_t nb, const uint8_t *c,
-                     size_t nc, int delimit, uint8_t *out);
+size_t mt_codec_cobs_encode(const uint8_t *a, size_t na, const uint8_t *b, size_t nb,
+                            const uint8_t *c, size_t nc, int delimit, uint8_t *out);
 
 /* COBS-decode in[0..n) into out (n - 1 bytes at most; n >= 1). Returns the decoded length,
  * or -(1 + offset) for the first block that is bad: its code byte at `offset` is 0x00, or it
