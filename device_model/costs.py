@@ -88,6 +88,48 @@ class StageWork:
     transposed_bytes: int = 0
 
     def __post_init__(self) -> None:
+        # The common case in one expression (the engine builds about a dozen records per
+        # step): every count a plain non-negative int adding up, widths in range, the
+        # transposed-read pair consistent. Anything else takes the checks below, which name
+        # what is wrong.
+        ints = (
+            self.macs_total,
+            self.macs_executed,
+            self.input_zero,
+            self.weight_zero,
+            self.output_zero,
+            self.pruned,
+            self.dram_read_bytes,
+            self.dram_write_bytes,
+            self.sram_read_bytes,
+            self.sram_write_bytes,
+            self.transposed_bytes,
+            self.a_bits,
+            self.b_bits,
+            self.acc_bits,
+        )
+        so = self.slice_ops
+        if (
+            self.stage in _STAGE_SET
+            and set(map(type, ints)) == _INT_ONLY
+            and min(ints) >= 0
+            and (so is None or (type(so) is int and so >= 0))
+            and self.macs_executed
+            + self.input_zero
+            + self.weight_zero
+            + self.output_zero
+            + self.pruned
+            == self.macs_total
+            and 1 <= self.a_bits <= 32
+            and 1 <= self.b_bits <= 32
+            and 8 <= self.acc_bits <= 64
+            and type(self.transposed_read) is bool
+            and self.transposed_read == (self.transposed_bytes > 0)
+        ):
+            return
+        self._validate()
+
+    def _validate(self) -> None:
         if self.stage not in STAGES:
             raise ValueError(f"unknown stage {self.stage!r}; accepted: {', '.join(STAGES)}")
         for f in (
@@ -162,33 +204,33 @@ class StageCounters:
         return StageCounters(*[getattr(self, n) + getattr(other, n) for n in _COUNTER_FIELDS])
 
     def as_dict(self) -> dict[str, Any]:
-        """The schema's nested per-stage dict."""
-        d: dict[str, Any] = {}
-        for name in _COUNTER_FIELDS:
-            if name.startswith("skipped_"):
-                d.setdefault("skipped", {})[name[len("skipped_") :]] = getattr(self, name)
-            else:
-                d[name] = getattr(self, name)
-        # Order like STAGE_FIELDS.
-        skipped = {r: d["skipped"][r] for r in SKIP_REASONS}
-        out: dict[str, Any] = {"macs_total": d["macs_total"], "macs_executed": d["macs_executed"]}
-        out["skipped"] = skipped
-        for k in (
-            "slice_ops",
-            "cycles",
-            "transpose_penalty_cycles",
-            "energy_pj",
-            "dram_read_bytes",
-            "dram_write_bytes",
-            "sram_read_bytes",
-            "sram_write_bytes",
-        ):
-            out[k] = d[k]
-        return out
+        """The schema's nested per-stage dict (keys in the order of STAGE_FIELDS)."""
+        skipped = {
+            "input_zero": self.skipped_input_zero,
+            "weight_zero": self.skipped_weight_zero,
+            "output_zero": self.skipped_output_zero,
+            "pruned": self.skipped_pruned,
+            "zero_slice": self.skipped_zero_slice,
+        }
+        return {
+            "macs_total": self.macs_total,
+            "macs_executed": self.macs_executed,
+            "skipped": {r: skipped[r] for r in SKIP_REASONS},
+            "slice_ops": self.slice_ops,
+            "cycles": self.cycles,
+            "transpose_penalty_cycles": self.transpose_penalty_cycles,
+            "energy_pj": self.energy_pj,
+            "dram_read_bytes": self.dram_read_bytes,
+            "dram_write_bytes": self.dram_write_bytes,
+            "sram_read_bytes": self.sram_read_bytes,
+            "sram_write_bytes": self.sram_write_bytes,
+        }
 
 
 #: StageCounters' field names in order (dataclasses.fields is slow on the per-step path).
 _COUNTER_FIELDS = tuple(f.name for f in dataclasses.fields(StageCounters))
+_STAGE_SET = frozenset(STAGES)
+_INT_ONLY = {int}
 
 
 def _ceil_div(a: float, b: float) -> int:
