@@ -1,0 +1,68 @@
+"""The strided-view max pool of tiling windows (engine_layers._tiled_max and the offset-by-
+offset backward) against the window-view path: inputs without NaN (the inputs with NaN take
+the window copy; tests/test_engine_kernels_fast.py covers them), ties and signed zeros."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from device_model import engine_layers
+from device_model.engine_layers import LayerSpec, build_layers, pool_backward, pool_forward
+
+
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    c=st.integers(1, 3),
+    h=st.integers(1, 9),
+    w=st.integers(1, 9),
+    k=st.sampled_from([1, 2, 3, (2, 3), (3, 1)]),
+    ties=st.booleans(),
+)
+def test_strided_max_pool_equals_window_view_path(
+    seed: int, c: int, h: int, w: int, k: int | tuple[int, int], ties: bool
+) -> None:
+    kh, kw = (k, k) if isinstance(k, int) else k
+    if kh > h or kw > w:
+        return
+    layer = build_layers((c, h, w), [LayerSpec("max_pool2d", kernel_size=k)])[0]
+    rng = np.random.default_rng(seed)
+    if ties:  # few distinct values: ties, +0 against -0, infinities
+        x = rng.choice(np.float32([0.0, -0.0, 1.0, -1.0, np.inf, -np.inf]), (3, c, h, w))
+    else:
+        x = rng.standard_normal((3, c, h, w))
+    x = x.astype(np.float32)
+    y, arg = pool_forward(x, layer)
+    dy = rng.choice(np.float32([0.0, -0.0, 1.5, -2.0, np.nan]), y.shape).astype(np.float32)
+    dx = pool_backward(dy, layer, arg)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(engine_layers, "_tiled", lambda _layer: False)
+        y2, arg2 = pool_forward(x, layer)
+        dx2 = pool_backward(dy, layer, arg2)
+    assert arg.dtype == arg2.dtype and y.dtype == y2.dtype == np.float32
+    np.testing.assert_array_equal(arg, arg2)
+    np.testing.assert_array_equal(y.view(np.uint32), y2.view(np.uint32))
+    np.testing.assert_array_equal(dx.view(np.uint32), dx2.view(np.uint32))
+
+
+def test_strided_path_is_taken_without_nan() -> None:
+    """The strided path runs for a float32 input without NaN (else the test above would
+    compare the window path with itself)."""
+    layer = build_layers((2, 4, 4), [LayerSpec("max_pool2d", kernel_size=2)])[0]
+    x = np.arange(2 * 2 * 4 * 4, dtype=np.float32).reshape(2, 2, 4, 4)
+    calls = []
+    real = engine_layers._tiled_max
+
+    def spy(a: np.ndarray, lay: engine_layers.Layer) -> tuple[np.ndarray, np.ndarray]:
+        calls.append(a.shape)
+        return real(a, lay)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(engine_layers, "_tiled_max", spy)
+        _, arg = pool_forward(x, layer)
+        x[0, 0, 0, 0] = np.nan
+        pool_forward(x, layer)
+    assert calls == [(2, 2, 4, 4)]
+    np.testing.assert_array_equal(arg, np.full((2, 2, 2, 2), 3))
