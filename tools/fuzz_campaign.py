@@ -201,7 +201,8 @@ def _tensor(tid: int, values: Any, dtype: DType) -> list[tuple[Opcode, dict[str,
 
 def request_templates() -> list[tuple[Opcode, dict[str, Any] | None]]:
     """A session's requests in a working order (tensors, models, training, reads): what the
-    structure-aware mutations start from. Replayed in order they all succeed."""
+    structure-aware mutations start from. Replayed in order they all succeed but AUTH (the
+    fuzzed device has no key)."""
     x = np.linspace(-1, 1, 2 * 6, dtype=np.float32).reshape(2, 6)
     img = np.linspace(-1, 1, 2 * 1 * 6 * 6, dtype=np.float32).reshape(2, 1, 6, 6)
     w0 = np.full((4, 6), 0.1, np.float32)
@@ -221,6 +222,13 @@ def request_templates() -> list[tuple[Opcode, dict[str, Any] | None]]:
         (Opcode.TRAIN_CONFIG, train_config()),
         (Opcode.FORWARD, {"input_id": 1, "output_id": 7, "flags": 3}),
         (Opcode.TRAIN_STEP, {"input_id": 1, "target_id": 2}),
+    ]
+    if hasattr(Opcode, "TRAIN_STEP_INLINE"):  # input and target carried in the request
+        xd, xb = m.tensor_message(10, x.view(np.uint32), DType.FP32)
+        yd, yb = m.tensor_message(11, np.array([1, 2], np.int32), DType.INT32)
+        inline = {"input": xd, "input_data": xb, "target": yd, "target_data": yb}
+        t.append((Opcode.TRAIN_STEP_INLINE, inline))
+    t += [
         (Opcode.FORWARD, {"input_id": 1, "output_id": 8, "flags": ForwardFlags.KEEP_ACTIVATIONS}),
     ]
     t += _tensor(9, np.full((2, 3), 0.5, np.float32).view(np.uint32), DType.FP32)
@@ -229,7 +237,7 @@ def request_templates() -> list[tuple[Opcode, dict[str, Any] | None]]:
         (
             Opcode.TRAIN_CONFIG,
             train_config(
-                precision={"flags": 1, "sr_seed": 7, "policy": [_policy("dfxp8")]},
+                precision={"flags": 0, "sr_seed": 7, "policy": [_policy("dfxp8")]},
                 trainable={"mode": m.TrainableMode.MASKS, "last_k": 0, "masks": [mask]},
             ),
         ),
