@@ -35,6 +35,8 @@ __all__ = [
     "gemm_int",
     "gemm_int_slice_ops",
     "kernel_available",
+    "maxpool_tiled",
+    "maxpool_tiled_backward",
     "rescale_i64",
     "round_ieee_like",
     "sgd_update",
@@ -650,3 +652,55 @@ def rescale_i64(acc: np.ndarray, frac: int, threads: int | None = None) -> np.nd
         )
         _check_rc(rc, "rescale_i64")
     return out
+
+
+def _pool_geometry(shape: tuple[int, ...], kernel: tuple[int, int]) -> tuple[int, int, int, int]:
+    if len(shape) != 4:
+        raise ValueError(f"the pool input must be 4-D (n, c, h, w), got shape {shape}")
+    kh, kw = (int(k) for k in kernel)
+    if kh < 1 or kw < 1:
+        raise ValueError(f"kernel must be two integers >= 1, got {kernel!r}")
+    return kh, kw, shape[2] // kh, shape[3] // kw
+
+
+def maxpool_tiled(x: np.ndarray, kernel: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Max pool of a float32 (n, c, h, w) array over the windows that tile it (stride =
+    kernel, no padding; rows and columns past the last whole window dropped), in one C pass:
+    (outputs (n, c, h // kh, w // kw) float32, int64 offsets i * kw + j of each window's
+    first maximum), the values and offsets of np.argmax over the windows (a NaN first)."""
+    if not isinstance(x, np.ndarray) or x.dtype != np.float32:
+        raise ValueError("x must be a numpy float32 array")
+    kh, kw, ho, wo = _pool_geometry(x.shape, kernel)
+    n, c, h, w = x.shape
+    xs = np.ascontiguousarray(x)
+    y = np.empty((n, c, ho, wo), np.float32)
+    arg = np.empty((n, c, ho, wo), np.int64)
+    rc = lib.mt_maxpool_tiled_f32(
+        _ptr(xs, "float *"), n * c, h, w, kh, kw, ho, wo, _ptr(y, "float *"),
+        ffi.from_buffer("int64_t[]", arg),
+    )  # fmt: skip
+    _check_rc(rc, "maxpool_tiled")
+    return y, arg
+
+
+def maxpool_tiled_backward(
+    dy: np.ndarray, arg: np.ndarray, in_shape: tuple[int, ...], kernel: tuple[int, int]
+) -> np.ndarray:
+    """The adjoint of maxpool_tiled: a float32 array of ``in_shape`` (n, c, h, w), zero except
+    at each window's ``arg`` offset, which gets 0 + dy (so -0 becomes +0)."""
+    kh, kw, ho, wo = _pool_geometry(tuple(in_shape), kernel)
+    n, c, h, w = (int(d) for d in in_shape)
+    want = (n, c, ho, wo)
+    if not isinstance(dy, np.ndarray) or dy.dtype != np.float32 or dy.shape != want:
+        raise ValueError(f"dy must be a float32 array of shape {want}")
+    if not isinstance(arg, np.ndarray) or arg.dtype != np.int64 or arg.shape != want:
+        raise ValueError(f"arg must be an int64 array of shape {want}")
+    dys, args = np.ascontiguousarray(dy), np.ascontiguousarray(arg)
+    dx = np.empty((n, c, h, w), np.float32)
+    rc = lib.mt_maxpool_tiled_bwd_f32(
+        _ptr(dys, "float *"), ffi.from_buffer("int64_t[]", args, require_writable=False),
+        n * c, h, w, kh, kw, ho, wo, _ptr(dx, "float *"),
+    )  # fmt: skip
+    if rc != _OK:
+        raise ValueError(f"arg offsets must be in 0..{kh * kw - 1}")
+    return dx

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from device_model import datapath
 from device_model.engine_config import EngineError
 from protocol.status import Status
 
@@ -283,31 +284,12 @@ def _tiles(x: np.ndarray, layer: Layer) -> np.ndarray:
     return t.transpose(0, 1, 2, 4, 3, 5).reshape(n, c, ho, wo, kh * kw)
 
 
-def _tiled_max(x: np.ndarray, layer: Layer) -> tuple[np.ndarray, np.ndarray]:
-    """Max pool of tiling windows over a float32 input without NaN, offset by offset on
-    strided views (no window copy): the first maximum of each window and its flat offset,
-    the values and indices np.argmax over the windows gives (a later offset is taken only
-    when strictly greater; -0 and +0 are equal)."""
-    (kh, kw), (ho, wo) = layer.kernel, layer.out_shape[1:]
-    hh, ww = ho * kh, wo * kw
-    best = x[:, :, 0:hh:kh, 0:ww:kw].copy()
-    arg = np.zeros(best.shape, np.intp)
-    take = np.empty(best.shape, np.bool_)
-    for t in range(1, kh * kw):
-        a, b = divmod(t, kw)
-        v = x[:, :, a:hh:kh, b:ww:kw]
-        np.greater(v, best, out=take)
-        np.copyto(best, v, where=take)
-        np.copyto(arg, t, where=take)
-    return best, arg
-
-
 def pool_forward(x: np.ndarray, layer: Layer) -> tuple[np.ndarray, np.ndarray | None]:
     """Max pool (padding with -inf; returns the flat window index of the first maximum for
     the backward pass) or average pool (zero padding counted, like PyTorch's default)."""
     if layer.kind == "max_pool2d" and _tiled(layer):
-        if x.dtype == np.float32 and not np.isnan(x).any():
-            return _tiled_max(x, layer)
+        if x.dtype == np.float32:
+            return datapath.maxpool_tiled(x, layer.kernel)
         win = _tiles(x, layer)
         arg = np.argmax(win, axis=-1)
         return np.take_along_axis(win, arg[..., None], -1)[..., 0].astype(np.float32), arg
@@ -327,17 +309,12 @@ def pool_backward(dy: np.ndarray, layer: Layer, arg: np.ndarray | None) -> np.nd
     c, ho, wo = layer.out_shape
     if layer.kind == "max_pool2d" and _tiled(layer):
         # col2im of disjoint windows: each input gets 0 + its one entry (dy at the window's
-        # argmax, 0 elsewhere)
-        # (written offset by offset into strided views of dx; 0 + dy turns -0 into +0)
+        # argmax, 0 elsewhere), in one C pass
         assert arg is not None
-        _, h, w = layer.in_shape
-        hh, ww = ho * kh, wo * kw
-        dx = np.zeros((nb, c, h, w), np.float32)
-        d0 = np.add(dy, np.float32(0), dtype=np.float32)
-        for t in range(kh * kw):
-            a, b = divmod(t, kw)
-            np.copyto(dx[:, :, a:hh:kh, b:ww:kw], d0, where=arg == t)
-        return dx
+        return datapath.maxpool_tiled_backward(
+            np.asarray(dy, np.float32), arg.astype(np.int64, copy=False), (nb, *layer.in_shape),
+            layer.kernel,
+        )  # fmt: skip
     if layer.kind == "max_pool2d":
         assert arg is not None
         onehot = np.zeros((nb, c, ho, wo, kh * kw), np.float32)

@@ -1,6 +1,6 @@
-"""The strided-view max pool of tiling windows (engine_layers._tiled_max and the offset-by-
-offset backward) against the window-view path: inputs without NaN (the inputs with NaN take
-the window copy; tests/test_engine_kernels_fast.py covers them), ties and signed zeros; and
+"""The C max pool of tiling windows (datapath.maxpool_tiled and its backward) against the
+window-view path: ties, signed zeros and infinities (NaN inputs: tests/test_engine_kernels_
+fast.py), NaN errors; the wrappers' argument checks; and
 im2col's cached-position gather against the window view it replaced."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from device_model import engine_layers
+from device_model import datapath, engine_layers
 from device_model.engine_layers import LayerSpec, build_layers, pool_backward, pool_forward
 
 
@@ -50,25 +50,35 @@ def test_strided_max_pool_equals_window_view_path(
     np.testing.assert_array_equal(dx.view(np.uint32), dx2.view(np.uint32))
 
 
-def test_strided_path_is_taken_without_nan() -> None:
-    """The strided path runs for a float32 input without NaN (else the test above would
-    compare the window path with itself)."""
+def test_c_path_is_taken_and_checks_its_arguments() -> None:
+    """A float32 input takes datapath.maxpool_tiled (else the test above would compare the
+    window path with itself); the C wrappers refuse what they cannot pool."""
     layer = build_layers((2, 4, 4), [LayerSpec("max_pool2d", kernel_size=2)])[0]
     x = np.arange(2 * 2 * 4 * 4, dtype=np.float32).reshape(2, 2, 4, 4)
     calls = []
-    real = engine_layers._tiled_max
+    real = datapath.maxpool_tiled
 
-    def spy(a: np.ndarray, lay: engine_layers.Layer) -> tuple[np.ndarray, np.ndarray]:
-        calls.append(a.shape)
-        return real(a, lay)
+    def spy(a: np.ndarray, kernel: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        calls.append((a.shape, kernel))
+        return real(a, kernel)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(engine_layers, "_tiled_max", spy)
+        mp.setattr(datapath, "maxpool_tiled", spy)
         _, arg = pool_forward(x, layer)
-        x[0, 0, 0, 0] = np.nan
-        pool_forward(x, layer)
-    assert calls == [(2, 2, 4, 4)]
+    assert calls == [((2, 2, 4, 4), (2, 2))]
     np.testing.assert_array_equal(arg, np.full((2, 2, 2, 2), 3))
+    with pytest.raises(ValueError, match="float32"):
+        datapath.maxpool_tiled(x.astype(np.float64), (2, 2))
+    with pytest.raises(ValueError, match="4-D"):
+        datapath.maxpool_tiled(x[0], (2, 2))
+    with pytest.raises(ValueError, match=r"offsets must be in 0\.\.3"):
+        datapath.maxpool_tiled_backward(
+            np.ones((2, 2, 2, 2), np.float32), np.full((2, 2, 2, 2), 4), (2, 2, 4, 4), (2, 2)
+        )
+    with pytest.raises(ValueError, match="shape"):
+        datapath.maxpool_tiled_backward(
+            np.ones((2, 2, 2, 3), np.float32), arg, (2, 2, 4, 4), (2, 2)
+        )
 
 
 def _im2col_window_view(x: np.ndarray, layer: engine_layers.Layer) -> np.ndarray:
