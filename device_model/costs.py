@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -230,6 +231,8 @@ class StageCounters:
 #: StageCounters' field names in order (dataclasses.fields is slow on the per-step path).
 _COUNTER_FIELDS = tuple(f.name for f in dataclasses.fields(StageCounters))
 _STAGE_SET = frozenset(STAGES)
+_VALUES = operator.attrgetter(*_COUNTER_FIELDS)
+_ZERO_VALUES = _VALUES(StageCounters())
 _INT_ONLY = {int}
 
 
@@ -316,10 +319,11 @@ def stage_costs(work: StageWork, preset: ChipPreset, *, pe_share: float = 1.0) -
 
 def sum_counters(items: Iterable[StageCounters]) -> StageCounters:
     """The sum of stage counters (layers of a stage, or stages into the total)."""
-    out = StageCounters()
-    for c in items:
-        out = out + c
-    return out
+    values = [_VALUES(c) for c in items]
+    if not values:
+        return StageCounters()
+    # field by field from the zero counters, in order: the sums of ``StageCounters() + ...``
+    return StageCounters(*map(sum, zip(_ZERO_VALUES, *values, strict=True)))
 
 
 def counters_dict(

@@ -108,12 +108,14 @@ class _Step:
     def layer_stage(self, layer: int) -> dict[str, StageCounters]:
         return {s: _sum_counters(v) for s, v in self.per_layer[layer].items()}
 
-    def stages(self) -> dict[str, StageCounters]:
-        """Totals per stage: each layer's sum, then the layers' sums in order (the float
-        energies are added in that order)."""
+    def stages(
+        self, sums: Mapping[int, dict[str, StageCounters]] | None = None
+    ) -> dict[str, StageCounters]:
+        """Totals per stage: each layer's sum (``sums``, when the caller has them), then the
+        layers' sums in order (the float energies are added in that order)."""
         out: dict[str, list[StageCounters]] = {s: [] for s in _STAGES}
         for li in self.per_layer:
-            for s, c in self.layer_stage(li).items():
+            for s, c in (self.layer_stage(li) if sums is None else sums[li]).items():
                 out[s].append(c)
         return {s: _sum_counters(v) if v else StageCounters() for s, v in out.items()}
 
@@ -363,6 +365,7 @@ class Engine:
         order = sorted(step.per_layer)
         has_bw = any(s != "ff" for li in order for s in step.per_layer[li])
         lat = 0
+        sums = None
         if alg == "pipelined_dfa" and has_bw:
             costed, lat, _ = pdfa_split_costs([step.works[li] for li in order], self.preset)
             step.per_layer = {
@@ -370,14 +373,15 @@ class Engine:
             }
         elif order:
             cyc = []
+            sums = {}
             for li in order:
-                d = step.layer_stage(li)
+                d = sums[li] = step.layer_stage(li)
                 cyc.append(LayerCycles(**{s: d[s].cycles if s in d else 0 for s in _STAGES}))
             if alg == "dfa" and has_bw:
                 lat = dfa_latency(cyc, ep_parallel=False)
             else:
                 lat = bp_latency(cyc)
-        stages = step.stages()
+        stages = step.stages(sums)
         for s in _STAGES:
             self._total[s] = _sum_counters([self._total[s], stages[s]])
         self._latency_cycles += lat
