@@ -520,6 +520,7 @@ class Engine:
         w, b = self._weights_q(layer, pass_no)
         nb = x.shape[0]
         so = None
+        biased = False
         if layer.kind == "linear":
             p_nat = xa.zeros_source  # counted by zeros only: codes or values
             if xa.is_int and w.is_int:
@@ -536,11 +537,14 @@ class Engine:
                 y = rescale(acc, xa.frac + w.frac)
             else:
                 y2 = k.gemm_float(p_nat, w.values.reshape(o, -1), trans_a=False, trans_b=True)
+                if b is not None:  # the same float32 sums as after the move to NCHW
+                    y2 = np.add(y2, b.values.reshape(1, o), dtype=np.float32)
+                    biased = True
                 ho, wo = layer.out_shape[1:]
                 y = np.ascontiguousarray(y2.reshape(nb, ho, wo, o).transpose(0, 3, 1, 2))
-        if b is not None:
+        if b is not None and not biased:
             shape = (1, -1) + (1,) * (y.ndim - 2)
-            y = (y + b.values.reshape(shape)).astype(np.float32)
+            y = np.add(y, b.values.reshape(shape), dtype=np.float32)
         if laps and i in pol.laps:
             xf = x if layer.kind == "linear" else im2col(x, layer)
             wf = self._params[f"{i}.weight"].reshape(layer.out_shape[0], -1)
@@ -628,9 +632,12 @@ class Engine:
                 eq = self._policy.quantize(e, i, "errors", PART_DATA, pass_no)
                 # zeros per row and column of the error matrix (rows n or (n, ho, wo),
                 # columns o), shared by WG and EP
-                ez = zero_counts(_error_matrix(eq.zeros_source))
+                em = _error_matrix(eq.zeros_source)
+                ez = zero_counts(em)
                 if i in trainable_layers:
-                    self._wg(layer, eq, c, pass_no, step, grads, ez)
+                    # the values' matrix is that one when the zeros come from the values
+                    vm = em if eq.codes is None else None
+                    self._wg(layer, eq, c, pass_no, step, grads, ez, vm)
                 if dfa:
                     if i == last:
                         deliver = self._dfa_errors(eq, cache, step, trainable_layers)
@@ -820,9 +827,11 @@ class Engine:
         step: _Step,
         grads: dict[str, QTensor],
         ez: tuple[np.ndarray, np.ndarray],
+        vm: np.ndarray | None = None,
     ) -> None:
         """Weight and bias gradients of one layer (those of trainable parameters only),
-        quantized with its GRADIENTS entry. The bias gradient is a sum (no MACs counted)."""
+        quantized with its GRADIENTS entry. The bias gradient is a sum (no MACs counted).
+        ``vm``: the error values as the GEMM operand (_error_matrix), when the caller has it."""
         i, o = layer.index, layer.out_shape[0]
         if layer.bias and f"{i}.bias" in self._setup.trainable:
             src = (
@@ -845,7 +854,7 @@ class Engine:
                 dw = k.gemm_float(eq.values, xa.values, trans_a=True, trans_b=False)
             p_codes, q_codes = (None if eq.codes is None else eq.codes.T), xa.codes
         else:
-            dy2 = np.ascontiguousarray(eq.values.transpose(0, 2, 3, 1)).reshape(-1, o)
+            dy2 = _error_matrix(eq.values) if vm is None else vm
             p_nat, q_nat = dy2.T, c["cols"]
             if eq.is_int and xa.is_int:
                 acc, so = k.conv2d_weight_grad(
