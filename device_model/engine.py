@@ -407,7 +407,7 @@ class Engine:
     def _check_target(self, t: np.ndarray, batch: int) -> np.ndarray:
         a = np.asarray(t)
         if self._setup.loss == "softmax_cross_entropy":
-            n = int(np.prod(self.output_shape))
+            n = math.prod(self.output_shape)
             if len(self.output_shape) != 1:
                 raise EngineError(Status.BAD_SHAPE, "cross-entropy needs a 1-D output per sample")
             if a.dtype.kind not in "iu" or a.shape != (batch,):
