@@ -29,7 +29,13 @@ from typing import Any
 import numpy as np
 
 from device_model.config import ChipPreset
-from device_model.costs import StageCounters, StageWork, counters_dict, stage_costs
+from device_model.costs import (
+    StageCounters,
+    StageWork,
+    counters_dict,
+    counters_of,
+    stage_costs,
+)
 from device_model.costs_schedule import LayerCycles, bp_latency, dfa_latency, pdfa_split_costs
 from device_model.datapath import zero_counts
 from device_model.engine_config import EngineConfig, EngineError, PolicyEntry
@@ -90,7 +96,7 @@ def _sum_counters(items: Sequence[StageCounters]) -> StageCounters:
     one construction)."""
     if len(items) == 1:
         return items[0]
-    return StageCounters(*map(sum, zip(*map(_COUNTER_VALUES, items), strict=True)))
+    return counters_of(map(sum, zip(*map(_COUNTER_VALUES, items), strict=True)))
 
 
 @dataclass
