@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Fault campaign: seeded training and tensor traffic over ``emu://`` under each fault setting.
 
-For every setting (fault-free first, as the reference, and once more at the end) one run does,
-through ``host.open``:
+For every setting, and for a fault-free reference before every setting and after the last,
+one run does, through ``host.open``:
 
 * training: deploy a small MLP (SGD), ``--steps`` train steps on seeded data, get_weights; the
   SHA-256 of the final weights must equal the fault-free run's;
@@ -33,9 +33,10 @@ Printed as JSON (``--json-out`` writes it to a file too), one row per setting: c
 requests), payload_bytes (tensor bytes moved), wire_bytes (both directions), undetected_errors
 (weight hash mismatches plus tensor read-backs that differ), state_lost (recoveries), the
 request-id checks above, faults injected, seconds, goodput (payload bytes per second relative
-to fault-free: the mean rate of the two fault-free runs) and wire_goodput (payload bytes per wire
-byte relative to fault-free: the same figure without timing noise). ``--markdown`` prints the
-table for docs/reliability.md instead.
+to the mean rate of the two fault-free runs around the setting), cpu_goodput (per CPU second)
+and wire_goodput (payload bytes per wire byte relative to fault-free: the same figure without
+timing noise). ``--markdown`` prints the table for docs/reliability.md instead; ``--pty`` runs
+every setting over ``microtrain serve --pty --faults`` (see ``run_pty``).
 
     python tools/fault_campaign.py --quick        # about a minute
     python tools/fault_campaign.py --json-out campaign.json
