@@ -22,22 +22,16 @@ int mt_maxpool_tiled_f32(const float *x, int64_t planes, int64_t h, int64_t w, i
                 const float *win = xp + oy * kh * w + ox * kw;
                 float best = win[0];
                 int64_t at = 0;
-                /* np.argmax of floats: a NaN first element wins; later, an element is taken
-                 * when !(v <= best), and the walk stops at the first NaN taken */
-                if (best == best) {
-                    for (int i = 0; i < kh; i++) {
-                        for (int j = (i == 0); j < kw; j++) {
-                            float v = win[i * w + j];
-                            if (!(v <= best)) {
-                                best = v;
-                                at = (int64_t)i * kw + j;
-                                if (v != v)
-                                    goto done;
-                            }
-                        }
+                /* np.argmax of floats: an element is taken when !(v <= best) while best is
+                 * not NaN (a NaN taken, or first, stays); without branches on the data */
+                for (int i = 0; i < kh; i++) {
+                    for (int j = (i == 0); j < kw; j++) {
+                        float v = win[i * w + j];
+                        int take = !(v <= best) & (best == best);
+                        best = take ? v : best;
+                        at = take ? (int64_t)i * kw + j : at;
                     }
                 }
-            done:
                 y[(p * ho + oy) * wo + ox] = best;
                 arg[(p * ho + oy) * wo + ox] = at;
             }
