@@ -184,16 +184,61 @@ _SLOTS: tuple[tuple[tuple[str, ...], str, bool], ...] = tuple(
 )
 
 
+def _straight_line() -> tuple[Any, Any, tuple[type, ...]]:
+    """Two functions written out from the schema (no loop, no per-slot tuple unpacking): the
+    leaf values of a tree in slot order (KeyError / TypeError where one is missing), and the
+    tree of a slot tuple whose slots are all valid (``raw[0]`` is the bitmap, skipped); and
+    the exact type of each slot's value (int or float)."""
+    lines_get = ["def get(t):"]
+    names: dict[tuple[str, ...], str] = {(): "t"}
+    for parents in dict.fromkeys(tuple(p.split(".")[:-1]) for p in COUNTER_FIELDS):
+        for k in range(1, len(parents) + 1):
+            key = parents[:k]
+            if key not in names:
+                names[key] = f"n{len(names)}"
+                lines_get.append(f"    {names[key]} = {names[key[:-1]]}[{key[-1]!r}]")
+    leaves = [
+        f"{names[tuple(p.split('.')[:-1])]}[{p.rsplit('.', 1)[-1]!r}]" for p in COUNTER_FIELDS
+    ]
+    lines_get.append(f"    return [{', '.join(leaves)}]")
+
+    def build(node: dict[str, Any]) -> str:
+        return "{" + ", ".join(f"{k!r}: {build(v) if isinstance(v, dict) else v}"
+                               for k, v in node.items()) + "}"  # fmt: skip
+
+    tree: dict[str, Any] = {}
+    for i, path in enumerate(COUNTER_FIELDS):
+        *parents, leaf = path.split(".")
+        node = tree
+        for q in parents:
+            node = node.setdefault(q, {})
+        node[leaf] = f"r[{i + 1}]"
+    src = "\n".join(lines_get) + f"\n\ndef make(r):\n    return {build(tree)}\n"
+    ns: dict[str, Any] = {}
+    exec(compile(src, "<counters schema>", "exec"), ns)  # the schema's constants only
+    types = tuple(float if _is_float(p) else int for p in COUNTER_FIELDS)
+    return ns["get"], ns["make"], types
+
+
+_GET_LEAVES, _MAKE_TREE, _SLOT_TYPES = _straight_line()
+_ALL_VALID = ((1 << _N) - 1).to_bytes(VALID_BYTES, "little")
+
+
 def pack_counters(tree: Any) -> bytes | None:
     """The wire bytes of the counters dict ``tree``, or None where ``Counters`` must decide."""
+    try:
+        leaves = _GET_LEAVES(tree)
+    except (KeyError, TypeError, ValueError, OverflowError):
+        return None
+    if tuple(map(type, leaves)) == _SLOT_TYPES:  # every leaf present, already int or float
+        try:
+            return _FAST.pack(_ALL_VALID, *leaves)
+        except _struct.error:
+            return None
     values: list[Any] = []
     valid = 0
     try:
-        for i, (parents, leaf, is_float) in enumerate(_SLOTS):
-            node = tree
-            for p in parents:
-                node = node[p]
-            v = node[leaf]
+        for i, (v, is_float) in enumerate(zip(leaves, _FLOAT_SLOTS, strict=True)):
             if v is None:
                 values.append(0.0 if is_float else 0)
             else:
@@ -204,14 +249,20 @@ def pack_counters(tree: Any) -> bytes | None:
         return None
 
 
+_FLOAT_SLOTS = tuple(f for _, _, f in _SLOTS)
+
+
 def unpack_counters(data: bytes | bytearray | memoryview, offset: int = 0) -> dict[str, Any] | None:
     """The counters dict of the ``COUNTERS_SIZE`` bytes at ``offset``, or None where
     ``Counters`` must decide (noncanonical bytes, which it reports as an error)."""
     raw = _FAST.unpack_from(data, offset)
+    if raw[0] == _ALL_VALID:
+        out: dict[str, Any] = _MAKE_TREE(raw)
+        return out
     valid = int.from_bytes(raw[0], "little")
     if valid >> _N:
         return None
-    out: dict[str, Any] = {}
+    out = {}
     for i, (parents, leaf, is_float) in enumerate(_SLOTS):
         v = raw[i + 1]
         if not valid >> i & 1:
