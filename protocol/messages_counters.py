@@ -208,9 +208,9 @@ def _straight_line() -> tuple[Any, Any, tuple[type, ...]]:
 
     tree: dict[str, Any] = {}
     for i, path in enumerate(COUNTER_FIELDS):
-        *parents, leaf = path.split(".")
+        *ps, leaf = path.split(".")
         node = tree
-        for q in parents:
+        for q in ps:
             node = node.setdefault(q, {})
         node[leaf] = f"r[{i + 1}]"
     src = "\n".join(lines_get) + f"\n\ndef make(r):\n    return {build(tree)}\n"
