@@ -184,11 +184,12 @@ _SLOTS: tuple[tuple[tuple[str, ...], str, bool], ...] = tuple(
 )
 
 
-def _straight_line() -> tuple[Any, Any, tuple[type, ...]]:
-    """Two functions written out from the schema (no loop, no per-slot tuple unpacking): the
-    leaf values of a tree in slot order (KeyError / TypeError where one is missing), and the
-    tree of a slot tuple whose slots are all valid (``raw[0]`` is the bitmap, skipped); and
-    the exact type of each slot's value (int or float)."""
+def _straight_line() -> tuple[Any, Any, Any, tuple[type, ...]]:
+    """Functions written out from the schema (no loop, no per-slot tuple unpacking): the leaf
+    values of a tree in slot order (KeyError / TypeError where one is missing); the same
+    for a tree whose every node on the way is a plain dict (TypeError otherwise); the tree
+    of a slot tuple whose slots are all valid (``raw[0]`` is the bitmap, skipped); and the
+    exact type of each slot's value (int or float)."""
     lines_get = ["def get(t):"]
     names: dict[tuple[str, ...], str] = {(): "t"}
     for parents in dict.fromkeys(tuple(p.split(".")[:-1]) for p in COUNTER_FIELDS):
@@ -200,7 +201,14 @@ def _straight_line() -> tuple[Any, Any, tuple[type, ...]]:
     leaves = [
         f"{names[tuple(p.split('.')[:-1])]}[{p.rsplit('.', 1)[-1]!r}]" for p in COUNTER_FIELDS
     ]
+    # get_dicts: the same for a tree of plain dicts only (counters_from_tree's fast path)
+    lines_dicts = [ln.replace("def get(", "def get_dicts(") for ln in lines_get]
+    every_dict = " and ".join(f"type({n}) is dict" for n in names.values())
+    lines_dicts.append(f"    if not ({every_dict}):")
+    lines_dicts.append("        raise TypeError('not a tree of dicts')")
     lines_get.append(f"    return [{', '.join(leaves)}]")
+    lines_dicts.append(lines_get[-1])
+    lines_get += ["", *lines_dicts]
 
     def build(node: dict[str, Any]) -> str:
         return "{" + ", ".join(f"{k!r}: {build(v) if isinstance(v, dict) else v}"
@@ -217,10 +225,10 @@ def _straight_line() -> tuple[Any, Any, tuple[type, ...]]:
     ns: dict[str, Any] = {}
     exec(compile(src, "<counters schema>", "exec"), ns)  # the schema's constants only
     types = tuple(float if _is_float(p) else int for p in COUNTER_FIELDS)
-    return ns["get"], ns["make"], types
+    return ns["get"], ns["get_dicts"], ns["make"], types
 
 
-_GET_LEAVES, _MAKE_TREE, _SLOT_TYPES = _straight_line()
+_GET_LEAVES, _GET_DICT_LEAVES, _MAKE_TREE, _SLOT_TYPES = _straight_line()
 _ALL_VALID = ((1 << _N) - 1).to_bytes(VALID_BYTES, "little")
 
 
@@ -280,6 +288,13 @@ def counters_from_tree(tree: Any) -> dict[str, Any]:
     """The counters dict of any nested mapping of numbers (a backend's own counters): every
     schema leaf copied as a plain int or float, a leaf the tree lacks (or holds None) as None,
     keys the schema does not name ignored."""
+    try:
+        every = _GET_DICT_LEAVES(tree)
+    except (KeyError, TypeError):
+        every = None
+    if every is not None and tuple(map(type, every)) == _SLOT_TYPES:
+        made: dict[str, Any] = _MAKE_TREE((None, *every))  # plain ints and floats already
+        return made
     out: dict[str, Any] = {}
     for parents, leaves, is_float in _RUNS:
         node = tree
