@@ -14,6 +14,7 @@ read at each call, and each function also takes ``kernel=`` / ``threads=``.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -34,6 +35,7 @@ __all__ = [
     "gemm_float",
     "gemm_int",
     "gemm_int_slice_ops",
+    "im2col_positions",
     "kernel_available",
     "maxpool_tiled",
     "maxpool_tiled_backward",
@@ -409,14 +411,37 @@ def _im2col(
     nb, _, h, w = x.shape
     ho = _out_size(h, kh, st[0], pad[0], "height")
     wo = _out_size(w, kw, st[1], pad[1], "width")
+    c = x.shape[1]
     xp = x
     if pad != (0, 0):  # zero padding (np.pad's constant mode without its per-call overhead)
-        xp = np.zeros((nb, x.shape[1], h + 2 * pad[0], w + 2 * pad[1]), x.dtype)
+        xp = np.zeros((nb, c, h + 2 * pad[0], w + 2 * pad[1]), x.dtype)
         xp[:, :, pad[0] : pad[0] + h, pad[1] : pad[1] + w] = x
-    win = sliding_window_view(xp, (kh, kw), axis=(2, 3))
-    win = win[:, :, : st[0] * (ho - 1) + 1 : st[0], : st[1] * (wo - 1) + 1 : st[1]]
-    cols = np.ascontiguousarray(win.transpose(0, 2, 3, 1, 4, 5)).reshape(nb * ho * wo, -1)
+    idx = im2col_positions((c, h, w), (kh, kw), st, pad, (ho, wo))
+    flat = xp.reshape(nb, xp.shape[1] * xp.shape[2] * xp.shape[3])
+    cols = np.take(flat, idx, axis=1).reshape(nb * ho * wo, c * kh * kw)
     return cols, ho, wo
+
+
+@functools.lru_cache(maxsize=64)
+def im2col_positions(
+    in_shape: tuple[int, ...],
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    out_hw: tuple[int, ...],
+) -> np.ndarray:
+    """Flat positions in one zero-padded sample (c, h + 2ph, w + 2pw) of every im2col entry,
+    rows (ho, wo) then columns (c, i, j): the window view's order, computed once per
+    geometry (read-only, shared); np.take of them is the im2col copy."""
+    (c, h, w), (kh, kw), (sh, sw), (ph, pw), (ho, wo) = in_shape, kernel, stride, padding, out_hw
+    pos = np.arange(c * (h + 2 * ph) * (w + 2 * pw), dtype=np.intp).reshape(
+        c, h + 2 * ph, w + 2 * pw
+    )
+    win = sliding_window_view(pos, (kh, kw), axis=(1, 2))
+    win = win[:, : sh * (ho - 1) + 1 : sh, : sw * (wo - 1) + 1 : sw]
+    out = np.ascontiguousarray(win.transpose(1, 2, 0, 3, 4)).reshape(-1)
+    out.flags.writeable = False
+    return out
 
 
 def conv2d(

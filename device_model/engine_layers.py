@@ -11,7 +11,6 @@ tests (tests/golden_backprop.py is written independently).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -211,28 +210,6 @@ def _padded(x: np.ndarray, ph: int, pw: int, fill: float = 0.0) -> np.ndarray:
     return xp
 
 
-@functools.lru_cache(maxsize=64)
-def _im2col_index(
-    in_shape: tuple[int, ...],
-    kernel: tuple[int, int],
-    stride: tuple[int, int],
-    padding: tuple[int, int],
-    out_hw: tuple[int, ...],
-) -> np.ndarray:
-    """Flat positions in one zero-padded sample (c, h + 2ph, w + 2pw) of every im2col entry,
-    rows (ho, wo) then columns (c, i, j): the window view's order, computed once per
-    geometry (read-only, shared)."""
-    (c, h, w), (kh, kw), (sh, sw), (ph, pw), (ho, wo) = in_shape, kernel, stride, padding, out_hw
-    pos = np.arange(c * (h + 2 * ph) * (w + 2 * pw), dtype=np.intp).reshape(
-        c, h + 2 * ph, w + 2 * pw
-    )
-    win = sliding_window_view(pos, (kh, kw), axis=(1, 2))
-    win = win[:, : sh * (ho - 1) + 1 : sh, : sw * (wo - 1) + 1 : sw]
-    out = np.ascontiguousarray(win.transpose(1, 2, 0, 3, 4)).reshape(-1)
-    out.flags.writeable = False
-    return out
-
-
 def im2col(x: np.ndarray, layer: Layer) -> np.ndarray:
     """Rows (n, ho, wo), columns (c, i, j) of the zero-padded input (as datapath.conv2d),
     gathered with one np.take of the cached positions (a copy of the entries, any dtype)."""
@@ -240,7 +217,9 @@ def im2col(x: np.ndarray, layer: Layer) -> np.ndarray:
     ho, wo = layer.out_shape[1:]
     n = x.shape[0]
     xp = _padded(x, ph, pw)
-    idx = _im2col_index(layer.in_shape, layer.kernel, layer.stride, layer.padding, (ho, wo))
+    idx = datapath.im2col_positions(
+        layer.in_shape, layer.kernel, layer.stride, layer.padding, (ho, wo)
+    )
     flat = xp.reshape(n, xp.shape[1] * xp.shape[2] * xp.shape[3])
     return np.take(flat, idx, axis=1).reshape(n * ho * wo, idx.size // (ho * wo))
 
