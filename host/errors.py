@@ -67,6 +67,17 @@ _HINTS: dict[Status, str] = {
     Status.UNSUPPORTED_ALGORITHM: "see Device.info()['algorithms'] for what this device offers",
     Status.NO_MODEL: "deploy a model first",
     Status.INTERNAL: "a device fault: the device stays usable; report the detail",
+    Status.TENSOR_TOO_LARGE: (
+        "split the tensor or use a smaller batch; Device.info()['parameters'] lists the limit"
+    ),
+    Status.TOO_MANY_TENSORS: "reuse tensor ids, or reset the device's tensors (RESET)",
+    Status.TOO_MANY_LAYERS: (
+        "use fewer layers; Device.info()['parameters'] lists the preset's maximum"
+    ),
+    Status.TOO_MANY_PENDING: (
+        "the host sent requests faster than it acknowledged answers: read the answers "
+        "(the driver does this itself; a custom client must honour the link's credits)"
+    ),
 }
 
 
