@@ -34,6 +34,7 @@ the tensors are uploaded (TENSOR_BEGIN/DATA/END) and a TRAIN_STEP follows.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -312,7 +313,7 @@ class Model:
     def _targets(self, y: Any, batch: int) -> tuple[NDArray[Any], str]:
         arr = np.asarray(y)
         if self._cross_entropy:
-            classes = int(np.prod(self.output_shape))
+            classes = math.prod(self.output_shape)
             if arr.shape != (batch,) or arr.dtype.kind not in "iu":
                 raise errors.ShapeError(
                     f"targets have shape {arr.shape} and dtype {arr.dtype}; cross-entropy "
