@@ -732,6 +732,35 @@ def test_duplicate_request_id_is_answered_from_cache(engine_kind: str, host: Hos
     assert host.call(Opcode.TRAIN_STEP, body)["step"] == 2
 
 
+@pytest.mark.parametrize("size", [64, fw_mod.CACHE_RAW_MAX, fw_mod.CACHE_RAW_MAX + 1, 40000])
+def test_cache_tells_a_duplicate_from_a_reused_id(size: int) -> None:
+    """Requests up to CACHE_RAW_MAX bytes are cached with their bytes, longer ones with their
+    SHA-256: either way the same bytes are answered from the cache and a reused id with other
+    bytes (even differing only in the last byte, same length) executes again."""
+    fw = Firmware("hnpu-v2", engine_factory=ExplodingEngine, config_factory=fake_config)
+    runs: list[bytes] = []
+    execute = fw._execute
+
+    def counting(data: bytes, request_id: int) -> tuple[Status, bytes]:
+        runs.append(data)
+        return execute(data, request_id)
+
+    fw._execute = counting  # type: ignore[method-assign]
+    # Valid headers (HELLO, id 9) with bodies that do not decode: answered BAD_REQUEST, cached.
+    head = bytes([Opcode.HELLO]) + (9).to_bytes(4, "little")
+    a = head + bytes(size - len(head))
+    b = a[:-1] + b"\x01"
+    first = fw.receive(a)
+    assert m.decode_response(first[0]).is_error and len(runs) == 1
+    assert fw.receive(bytearray(a)) == first and len(runs) == 1  # duplicate: cached
+    fw.receive(b)  # the same id, other bytes: executes
+    assert len(runs) == 2 and runs[-1] == b
+    fw.receive(b)
+    assert len(runs) == 2
+    fw.receive(b[:-1])  # shorter: executes
+    assert len(runs) == 3
+
+
 def test_cnn_define_and_forward_shapes(engine_kind: str, host: Host) -> None:
     if engine_kind == "fake":
         pytest.skip("the fake engine has no convolutions")
