@@ -197,6 +197,24 @@ def test_environment_selects_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
         dp.gemm_int(np.ones((2, 2), np.int8), np.ones((2, 2), np.int8))
 
 
+def test_threads_variable_is_read_on_every_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MICROTRAIN_THREADS is looked up per call (its parsed value is memoised by the raw
+    string): a change, a removal or a bad value takes effect on the next call."""
+    a = np.ones((2, 2), np.int8)
+    for value, want in (("1", 1), (" 2 ", 2), ("1", 1), ("", 0)):
+        monkeypatch.setenv("MICROTRAIN_THREADS", value)
+        assert dp._threads(None) == want
+        if want:
+            assert dp.gemm_int(a, a)[1].threads == want
+    monkeypatch.delenv("MICROTRAIN_THREADS")
+    assert dp._threads(None) == 0
+    for bad, match in (("two", "not an integer"), ("17", "1..16"), ("0", "1..16")):
+        monkeypatch.setenv("MICROTRAIN_THREADS", bad)
+        with pytest.raises(ValueError, match=match):
+            dp.gemm_int(a, a)
+    assert dp._threads(3) == 3
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
