@@ -32,6 +32,7 @@ import functools
 import hashlib
 import hmac
 import importlib
+import math
 import os
 from collections import OrderedDict
 from collections.abc import Callable
@@ -714,7 +715,7 @@ class Firmware:
         x = self._batch_input(int(body["input_id"]))
         out_id = int(body["output_id"])
         self._check_output_id(out_id)
-        need = 4 * x.shape[0] * int(np.prod(plan.output_shape))
+        need = 4 * x.shape[0] * math.prod(plan.output_shape)
         self._check_new_tensor(out_id, need, f"output {out_id}")
         free = self._free_bytes(replacing=out_id)
         if need > free:
@@ -731,7 +732,7 @@ class Firmware:
     def _target(self, tensor_id: int, batch: int, plan: ModelPlan) -> np.ndarray:
         if self.loss == Loss.SOFTMAX_CROSS_ENTROPY:
             y = self.tensors.integers(tensor_id, "target")
-            classes = int(np.prod(plan.output_shape))
+            classes = math.prod(plan.output_shape)
             if tuple(y.shape) != (batch,):
                 raise FirmwareError(
                     Status.BAD_SHAPE,
