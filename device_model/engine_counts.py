@@ -35,6 +35,7 @@ from device_model.datapath import zero_counts
 __all__ = ["MacCounts", "count_macs", "nzslices"]
 
 MacCounts = dict[str, Any]
+_add_reduce = np.add.reduce  # about 1 us less per call than ndarray.sum on small arrays
 _C_DTYPES = (np.dtype(np.float32), np.dtype(np.int8), np.dtype(np.int16))  # zero_counts takes
 
 
@@ -171,7 +172,7 @@ def _count_unmasked(
         # the a operand's zeros per k and the other dimension's length; the b operand's
         za, na, zb, nb = (zp, ni, zq, nj) if a_is_p else (zq, nj, zp, ni)
         if iz:
-            out["input_zero"] = int(za.sum()) * nb
+            out["input_zero"] = int(_add_reduce(za)) * nb  # exact int64 sum, no .sum() wrapper
         if wz:
             alive_a = (na - za) if iz else np.full(nk, na, np.int64)
             out["weight_zero"] = int(alive_a @ zb)
