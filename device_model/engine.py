@@ -99,6 +99,10 @@ def _sum_counters(items: Sequence[StageCounters]) -> StageCounters:
     return counters_of(map(sum, zip(*map(_COUNTER_VALUES, items), strict=True)))
 
 
+#: StageWork and its stage_costs by a key that determines the work
+_CostMemo = dict[tuple[int, ...], tuple[StageWork, StageCounters]]
+
+
 @dataclass
 class _Step:
     """Work of one call: stage counters per layer, memory of the step."""
@@ -108,7 +112,12 @@ class _Step:
     works: dict[int, dict[str, list[StageWork]]] = field(default_factory=dict)
 
     def add(self, layer: int, work: StageWork, stage: str, preset: ChipPreset) -> None:
-        self.per_layer.setdefault(layer, {}).setdefault(stage, []).append(stage_costs(work, preset))
+        self.add_costed(layer, work, stage, stage_costs(work, preset))
+
+    def add_costed(self, layer: int, work: StageWork, stage: str, costs: StageCounters) -> None:
+        """``add`` with ``costs`` = stage_costs(work, preset) computed by the caller (both are
+        frozen, so a record may be shared between steps)."""
+        self.per_layer.setdefault(layer, {}).setdefault(stage, []).append(costs)
         self.works.setdefault(layer, {}).setdefault(stage, []).append(work)
 
     def layer_stage(self, layer: int) -> dict[str, StageCounters]:
@@ -183,6 +192,9 @@ class Engine:
         self.input_shape = tuple(int(d) for d in input_shape)
         self.output_shape = self.layers[-1].out_shape
         self.preset = preset
+        #: the update stage's (work, costs) per layer and element counts (they depend only on
+        #: the configuration and the preset; the preset they were costed on is the first item)
+        self._update_costs: tuple[ChipPreset, _CostMemo] = (preset, {})
         if (
             isinstance(init_seed, bool)
             or not isinstance(init_seed, int | np.integer)
@@ -948,6 +960,10 @@ class Engine:
             t[0] += plan.ntrain
             t[1] += plan.npruned
             t[2] = self._fmt_bits(li, "master_weights")
+        preset = self.preset
+        if self._update_costs[0] is not preset:
+            self._update_costs = (preset, {})
+        memo = self._update_costs[1]
         for li, (ntrain, npruned, wbits) in per_layer.items():
             pruned = 2 * npruned if "pruned" in skips else 0
             kept = ntrain - npruned * ("pruned" in skips)
@@ -955,6 +971,11 @@ class Engine:
             # momentum at its own format's width (it was counted at the weights' width)
             mb = _bytes(kept, self._fmt_bits(li, "momentum")) if s.momentum > 0 else 0
             gb = _bytes(kept, self._fmt_bits(li, "gradients"))
+            key = (li, ntrain, pruned, wbits, wb, mb, gb)
+            known = memo.get(key)
+            if known is not None:
+                step.add_costed(li, known[0], "update", known[1])
+                continue
             work = StageWork(
                 "update",
                 2 * ntrain,
@@ -967,7 +988,10 @@ class Engine:
                 sram_read_bytes=wb + mb + gb,
                 sram_write_bytes=wb + mb,
             )
-            step.add(li, work, "update", self.preset)
+            costs = stage_costs(work, preset)
+            if len(memo) < 4096:
+                memo[key] = (work, costs)
+            step.add_costed(li, work, "update", costs)
 
     def _fp32_update(self, layer: int) -> bool:
         pol = self._policy

@@ -459,3 +459,25 @@ def test_update_moves_momentum_at_its_own_width() -> None:
     n = 132 + 156 + 52  # parameters of mlp()
     assert out["dfxp16"]["dram_read_bytes"] - out["dfxp8"]["dram_read_bytes"] == n
     assert out["dfxp16"]["dram_write_bytes"] - out["dfxp8"]["dram_write_bytes"] == n
+
+
+def test_update_costs_reused_between_steps_equal_fresh_ones() -> None:
+    """The update stage's costs are memoised per configuration: every step's counters equal
+    those of an engine that costs them afresh, across a reconfiguration and a preset change."""
+    rng = np.random.default_rng(11)
+    memo, fresh = Engine((2, 8, 8), CNN, V2, init_seed=2), Engine((2, 8, 8), CNN, V2, init_seed=2)
+    configs = [EngineConfig(momentum=0.9), EngineConfig(momentum=0.0)]
+    for cfg in configs:
+        for eng in (memo, fresh):
+            eng.configure(cfg)
+        for step in range(3):
+            if step == 2:
+                memo.preset = fresh.preset = V1
+            x = rng.standard_normal((4, 2, 8, 8)).astype(np.float32)
+            y = rng.integers(0, 3, 4)
+            fresh._update_costs = (fresh.preset, {})
+            got, want = memo.train_step(x, y).counters, fresh.train_step(x, y).counters
+            assert got == want
+            assert got["update"]["macs_total"] > 0
+        memo.preset = fresh.preset = V2
+    assert memo._update_costs[1]  # the memo was used
