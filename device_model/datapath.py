@@ -134,47 +134,17 @@ def _kernel_code(name: str | None) -> int:
     return code
 
 
-#: MICROTRAIN_THREADS is read on every call (a test or a user may set it at any time), from
-#: the byte mapping os.environ keeps in sync on POSIX CPython when there is one: a dict
-#: lookup instead of os.environ's key encoding and value decoding (about 0.5 us, and a
-#: training step makes a few dozen datapath calls). Parsed values are memoised by raw value.
-_ENV_BYTES: dict[Any, Any] | None = getattr(os.environ, "_data", None)
-if not isinstance(_ENV_BYTES, dict) or os.name != "posix":
-    _ENV_BYTES = None
-_THREADS_KEY = os.fsencode("MICROTRAIN_THREADS")
-_THREADS_OF_RAW: dict[bytes, int] = {}
-
-
 def _threads(threads: int | None) -> int:
     """The thread count to pass to C; 0 = automatic (2, fewer for small GEMMs)."""
-    if threads is None and _ENV_BYTES is not None:
-        raw = _ENV_BYTES.get(_THREADS_KEY)
-        if raw is None:
-            return 0
-        known = _THREADS_OF_RAW.get(raw)
-        if known is not None:
-            return known
-        parsed = _threads_of_env(os.fsdecode(raw))
-        if len(_THREADS_OF_RAW) < 64:
-            _THREADS_OF_RAW[raw] = parsed
-        return parsed
     if threads is None:
-        return _threads_of_env(os.environ.get("MICROTRAIN_THREADS", ""))
+        env = os.environ.get("MICROTRAIN_THREADS", "").strip()
+        if not env:
+            return 0
+        try:
+            threads = int(env)
+        except ValueError:
+            raise ValueError(f"MICROTRAIN_THREADS={env!r} is not an integer 1..16") from None
     if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 16:
-        raise ValueError(f"threads must be an integer 1..16, got {threads!r}")
-    return threads
-
-
-def _threads_of_env(value: str) -> int:
-    """MICROTRAIN_THREADS' value as a thread count (0 = automatic when empty)."""
-    env = value.strip()
-    if not env:
-        return 0
-    try:
-        threads = int(env)
-    except ValueError:
-        raise ValueError(f"MICROTRAIN_THREADS={env!r} is not an integer 1..16") from None
-    if not 1 <= threads <= 16:
         raise ValueError(f"threads must be an integer 1..16, got {threads!r}")
     return threads
 
