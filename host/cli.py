@@ -103,9 +103,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from device_model import study_costs
     from host import studies
 
-    return studies.main(args, "reproduce")
+    return studies.main(args, "reproduce", cost_model=study_costs)
 
 
 def _cmd_scenario(args: argparse.Namespace) -> int:

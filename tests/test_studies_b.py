@@ -190,3 +190,16 @@ def test_add_counters_keeps_memory_peaks() -> None:
     s = _b_common.add_counters(a, b)
     assert s == {"ff": {"cycles": 7}, "memory_peak_bytes": {"total": 10}, "latency_s": 1.5}
     assert _b_common.add_counters(None, b) is b
+
+
+def test_a_cost_model_study_without_the_cli_says_how_to_run_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # host.studies never imports device_model: bu gets the cost model from the CLI only.
+    import argparse
+
+    from host import studies
+
+    args = argparse.Namespace(name="bu", quick=True, seed=0, json_out=None, plot=None)
+    assert studies.main(args, "reproduce") == 2
+    assert "needs the chip's cost model" in capsys.readouterr().err

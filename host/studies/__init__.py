@@ -7,11 +7,16 @@ Each study or scenario is one module of this package exposing
   returns a JSON-serialisable record (numbers only from runs made now, never constants);
 * ``plot(record: dict, path: str) -> None`` — writes a PNG of the record (matplotlib, Agg).
 
+A study that also reports figures of the chip's cost model for something no device URL can
+express (DDG/FDG memory and time, the analytic HNPU-V1/V2 comparison) sets
+``NEEDS_COST_MODEL = True`` and takes ``run(..., cost_model=...)``: the CLI, the only module of
+``host`` allowed to import ``device_model``, hands it ``device_model.study_costs``. Nothing in
+this package imports ``device_model``.
+
 This module is the registry and the common command-line driver: timing, ``--json-out``,
 ``--plot``, progress lines on stderr. Studies reach the chip through ``host.open`` (the whole
-protocol path) for anything trained or counted; a study that reports a figure of the cost model
-for a configuration no device URL can express says so in its record (application layer, like
-the CLI; the driver modules of ``host`` still never import ``device_model``).
+protocol path) for anything trained or counted, and say in their records which figures come
+from the cost model.
 """
 
 from __future__ import annotations
@@ -64,12 +69,23 @@ def add_arguments(p: argparse.ArgumentParser, kind: str) -> None:
     p.add_argument("--plot", default=None, metavar="FILE", help="write a PNG of the record")
 
 
-def main(args: argparse.Namespace, kind: str) -> int:
-    """Run one study or scenario from parsed flags; returns the exit status."""
+def main(args: argparse.Namespace, kind: str, cost_model: ModuleType | None = None) -> int:
+    """Run one study or scenario from parsed flags; returns the exit status. ``cost_model``:
+    ``device_model.study_costs``, for the studies that set ``NEEDS_COST_MODEL``."""
     from host.errors import MicrotrainError
 
     prog = f"microtrain {kind}"
     mod = load(kind, args.name)
+    extra: dict[str, Any] = {}
+    if getattr(mod, "NEEDS_COST_MODEL", False):
+        if cost_model is None:
+            print(
+                f"{prog} {args.name}: this study needs the chip's cost model; run it as "
+                f"`microtrain {kind} {args.name}` (the CLI provides it)",
+                file=sys.stderr,
+            )
+            return 2
+        extra["cost_model"] = cost_model
 
     def progress(msg: str) -> None:
         print(f"[{args.name}] {msg}", file=sys.stderr, flush=True)
@@ -77,7 +93,9 @@ def main(args: argparse.Namespace, kind: str) -> int:
     progress(f"{mod.TITLE}{' (quick)' if args.quick else ''}")
     t0 = time.perf_counter()
     try:
-        record: dict[str, Any] = mod.run(quick=args.quick, seed=args.seed, progress=progress)
+        record: dict[str, Any] = mod.run(
+            quick=args.quick, seed=args.seed, progress=progress, **extra
+        )
     except MicrotrainError as e:
         print(f"{prog} {args.name}: {e}", file=sys.stderr)
         return 1

@@ -2,8 +2,8 @@
 new-classes and distill: model builders, on-device training and evaluation loops through
 ``host.open`` (the whole protocol path), counters arithmetic and plotting setup.
 
-Nothing here imports ``device_model``: the studies that read the cost model directly do so
-themselves and say so in their records.
+Nothing here imports ``device_model``: the studies that need cost-model figures get
+``device_model.study_costs`` from the CLI (see ``host.studies``) and say so in their records.
 """
 
 from __future__ import annotations

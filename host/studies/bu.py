@@ -20,7 +20,7 @@ the digits at DFXP8 with stochastic rounding on ``emu://hnpu-v2``, batch 32.
 * **Per-layer times** T_A (FF of layer l) and T_E (EP + WG of layer l) are not in the device's
   counters (those are per stage, summed over layers), so they come from the cost model's
   analytic work records (``costs_analytic.fc_stage_work`` costed by ``costs.stage_costs``,
-  application layer) with the activation sparsity measured on the trained model; the study
+  through ``device_model.study_costs``, which the CLI hands in) with the activation sparsity measured on the trained model; the study
   records how their per-stage sums compare with the device's counters of the same step.
 
 The weight update is not in Table 5's time column; it is reported separately (it dominates
@@ -31,7 +31,6 @@ DRAM).
 from __future__ import annotations
 
 import hashlib
-import itertools
 import time
 from typing import Any
 
@@ -143,69 +142,12 @@ def dev_clock() -> float:
         return float(dev.info()["parameters"]["clock_hz"])
 
 
-def _layer_memory(mem_bits: dict[str, int], feedback_bits: int) -> list[Any]:
-    """Per-layer Table 5 tensors of the MLP in bytes, at the widths the device uses (the
-    datapath's DFXP width for activations, errors and feedback; fp32 master weights)."""
-    from device_model.memory_model import LayerMemory
-
-    out = []
-    n_cls = SIZES[-1]
-    for i, (a, b) in enumerate(itertools.pairwise(SIZES)):
-        last = i == len(SIZES) - 2
-        out.append(
-            LayerMemory(
-                activations=BATCH * a * mem_bits["act"] // 8,
-                errors=BATCH * b * mem_bits["err"] // 8,
-                weights=(a * b + b) * mem_bits["w"] // 8,
-                feedback=0 if last else b * n_cls * feedback_bits // 8,
-            )
-        )
-    return out
+#: The study needs the chip's cost model (``device_model.study_costs``), handed in by the CLI.
+NEEDS_COST_MODEL = True
 
 
-def _layer_times(sparsity: float, input_zero: float) -> dict[str, Any]:
-    """Per-layer T_A (FF) and T_E (EP + WG) cycles and the update cycles of BP and DFA from the
-    cost model's analytic records (hnpu-v2, DFXP8 operands)."""
-    from device_model.config import get_preset
-    from device_model.costs import stage_costs
-    from device_model.costs_analytic import (
-        FcLayer,
-        Precision,
-        Sparsity,
-        fc_stage_work,
-        slice_density,
-    )
-
-    p = get_preset(PRESET)
-    layers = [
-        FcLayer(a, b, relu=i < len(SIZES) - 2, prunable=i < len(SIZES) - 2)
-        for i, (a, b) in enumerate(itertools.pairwise(SIZES))
-    ]
-    prec = Precision(act_bits=BITS, weight_bits=BITS, error_bits=BITS, grad_bits=BITS,
-                     feedback_bits=BITS)  # fmt: skip
-    sp = Sparsity(
-        activation_zero=min(sparsity, 0.99),
-        input_zero_first=min(input_zero, 0.99),
-        slice_density=slice_density(BITS),
-    )
-    out: dict[str, Any] = {}
-    for alg in ("bp", "dfa"):
-        per: dict[str, list[int]] = {"ff": [], "ep": [], "wg": []}
-        for i, layer in enumerate(layers):
-            for s in per:
-                w = fc_stage_work(
-                    p, s, layer, batch=BATCH, precision=prec, sparsity=sp, first=i == 0,
-                    algorithm=alg, n_classes=SIZES[-1],
-                )  # fmt: skip
-                per[s].append(stage_costs(w, p).cycles if w is not None else 0)
-        out[alg] = per
-    return out
-
-
-def run(quick: bool, seed: int, progress: Progress) -> dict[str, Any]:
+def run(quick: bool, seed: int, progress: Progress, cost_model: Any) -> dict[str, Any]:
     cpu0 = time.process_time()
-    from device_model.costs_schedule import table5_time
-    from device_model.memory_model import training_memory
 
     epochs = EPOCHS_QUICK if quick else EPOCHS_FULL
     data = datasets.load_digits_splits(seed)
@@ -225,10 +167,11 @@ def run(quick: bool, seed: int, progress: Progress) -> dict[str, Any]:
 
     # Memory: the device's counters for BP and DFA; the memory model for all four (same
     # per-layer sizes), checked against the device where both exist.
-    lm = _layer_memory({"act": BITS, "err": BITS, "w": 32}, BITS)
-    memory: dict[str, dict[str, int]] = {}
-    for m in ("bp", "ddg", "fdg", "dfa"):
-        memory[m] = training_memory(lm, m)
+    # Widths the device uses: the datapath's DFXP width for activations, errors and feedback,
+    # fp32 master weights.
+    memory: dict[str, dict[str, int]] = cost_model.table5_memory(
+        SIZES, BATCH, act_bits=BITS, err_bits=BITS, weight_bits=32, feedback_bits=BITS
+    )
     memory["pdfa"] = dict(memory["dfa"])
     agree = {}
     for m in ("bp", "dfa", "pdfa"):
@@ -237,7 +180,10 @@ def run(quick: bool, seed: int, progress: Progress) -> dict[str, Any]:
                                                             "feedback"))  # fmt: skip
 
     # Time: Table 5 from per-layer analytic times.
-    lt = _layer_times(sparsity, input_zero)
+    lt = cost_model.fc_layer_cycles(
+        PRESET, SIZES, BATCH, bits=BITS, activation_zero=sparsity, input_zero=input_zero
+    )
+    table5_time = cost_model.table5_time
     t_a = lt["bp"]["ff"]
     t_e_bp = [e + g for e, g in zip(lt["bp"]["ep"], lt["bp"]["wg"], strict=True)]
     t_e_dfa = [e + g for e, g in zip(lt["dfa"]["ep"], lt["dfa"]["wg"], strict=True)]

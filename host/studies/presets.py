@@ -24,13 +24,12 @@ under pipelined DFA), static power over the step's schedule, pruned channels not
 pruning-aware V2 (docs/chip-model.md).
 
 The same workload is also costed by ``device_model.costs_figures`` (the analytic comparison,
-application layer) and the two are set side by side, stage by stage, with the V2 variants that
+through ``device_model.study_costs``, which the CLI hands in) and the two are set side by side, stage by stage, with the V2 variants that
 attribute the gain (V2 under BP, V2 without pruning).
 """
 
 from __future__ import annotations
 
-import itertools
 import time
 from typing import Any
 
@@ -144,32 +143,6 @@ def _run_variant(
     }
 
 
-def _analytic(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The analytic comparison (device_model.costs_figures) on the same layers and batch."""
-    from device_model.costs_analytic import FcLayer
-    from device_model.costs_figures import scenario_v1, scenario_v2, step_costs
-
-    sizes = cfg["sizes"]
-    layers = tuple(
-        FcLayer(a, b, relu=i < len(sizes) - 2, prunable=i < len(sizes) - 2)
-        for i, (a, b) in enumerate(itertools.pairwise(sizes))
-    )
-    out = {}
-    for name, sc in (
-        ("v1-bp", scenario_v1()),
-        ("v2-pdfa-pruned", scenario_v2()),
-        ("v2-bp-pruned", scenario_v2(algorithm="bp")),
-    ):
-        sc_costs = step_costs(sc, layers, cfg["batch"])
-        out[name] = {
-            "latency_ms": sc_costs.latency_s * 1e3,
-            "energy_uj": sc_costs.energy_pj * 1e-6,
-            "stage_cycles": {s: c.cycles for s, c in sc_costs.stage_totals().items()},
-            "stage_energy_uj": {s: c.energy_pj * 1e-6 for s, c in sc_costs.stage_totals().items()},
-        }
-    return out
-
-
 def _gains(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:
     return {
         "throughput_gain": a["latency_ms"] / b["latency_ms"] - 1.0,
@@ -177,7 +150,11 @@ def _gains(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def run(quick: bool, seed: int, progress: Progress) -> dict[str, Any]:
+#: The study needs the chip's cost model (``device_model.study_costs``), handed in by the CLI.
+NEEDS_COST_MODEL = True
+
+
+def run(quick: bool, seed: int, progress: Progress, cost_model: Any) -> dict[str, Any]:
     cpu0 = time.process_time()
     cfg = QUICK if quick else FULL
     variants = VARIANTS[:2] if quick else VARIANTS
@@ -189,7 +166,7 @@ def run(quick: bool, seed: int, progress: Progress) -> dict[str, Any]:
     by = {r["variant"]: r for r in rows}
     base = by["v1-bp"]
     device_gains = {r["variant"]: _gains(base, r) for r in rows if r is not base}
-    analytic = _analytic(cfg)
+    analytic = cost_model.presets_comparison(cfg["sizes"], cfg["batch"])
     analytic_gains = {k: _gains(analytic["v1-bp"], v) for k, v in analytic.items() if k != "v1-bp"}
     return {
         "study": "presets",
@@ -211,7 +188,10 @@ def run(quick: bool, seed: int, progress: Progress) -> dict[str, Any]:
             "variants": analytic,
             "v2_vs_v1": analytic_gains["v2-pdfa-pruned"],
             "gains_vs_v1": analytic_gains,
-            "source": "device_model.costs_figures.step_costs on the same layers and batch",
+            "source": (
+                "device_model.study_costs.presets_comparison (costs_figures.step_costs) "
+                "on the same layers and batch"
+            ),
         },
     }
 
