@@ -20,8 +20,9 @@ the digits at DFXP8 with stochastic rounding on ``emu://hnpu-v2``, batch 32.
 * **Per-layer times** T_A (FF of layer l) and T_E (EP + WG of layer l) are not in the device's
   counters (those are per stage, summed over layers), so they come from the cost model's
   analytic work records (``costs_analytic.fc_stage_work`` costed by ``costs.stage_costs``,
-  through ``device_model.study_costs``, which the CLI hands in) with the activation sparsity measured on the trained model; the study
-  records how their per-stage sums compare with the device's counters of the same step.
+  through ``device_model.study_costs``, which the CLI hands in) with the activation sparsity
+  measured on the trained model; the study records how their per-stage sums compare with the
+  device's counters of the same step.
 
 The weight update is not in Table 5's time column; it is reported separately (it dominates
 this small model's step on the chip: the fp32 master weights and momentum travel through

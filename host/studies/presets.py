@@ -24,8 +24,9 @@ under pipelined DFA), static power over the step's schedule, pruned channels not
 pruning-aware V2 (docs/chip-model.md).
 
 The same workload is also costed by ``device_model.costs_figures`` (the analytic comparison,
-through ``device_model.study_costs``, which the CLI hands in) and the two are set side by side, stage by stage, with the V2 variants that
-attribute the gain (V2 under BP, V2 without pruning).
+through ``device_model.study_costs``, which the CLI hands in) and the two are set side by side,
+stage by stage, with the V2 variants that attribute the gain (V2 under BP, V2 without
+pruning).
 """
 
 from __future__ import annotations
