@@ -19,6 +19,7 @@ from numpy.typing import NDArray
 import host
 from host import nn
 from host.model import Precision
+from host.studies.common import PREDICT_CHUNK, accuracy, add_counters, predict
 
 __all__ = [
     "PREDICT_CHUNK",
@@ -37,8 +38,6 @@ __all__ = [
 ]
 
 Progress = Callable[[str], None]
-#: Largest batch one FORWARD takes on the emulator (its LIMIT), used to chunk evaluation.
-PREDICT_CHUNK = 256
 STAGES = ("ff", "ep", "wg", "update", "total")
 
 
@@ -55,48 +54,12 @@ def mlp(sizes: Sequence[int], input_shape: tuple[int, ...] = (1, 8, 8)) -> nn.Se
     return nn.Sequential(*layers, input_shape=input_shape)
 
 
-def predict(model: host.Model, x: NDArray[np.float32]) -> NDArray[np.float32]:
-    """Model outputs of ``x`` computed on the device, chunked to the device's batch limit."""
-    return np.concatenate(
-        [model.predict(x[i : i + PREDICT_CHUNK]) for i in range(0, len(x), PREDICT_CHUNK)]
-    )
-
-
-def accuracy(model: host.Model, x: NDArray[np.float32], y: NDArray[np.int64]) -> float:
-    """Share of ``x`` the device classifies as ``y``."""
-    if len(y) == 0:
-        raise ValueError("accuracy of an empty set")
-    return float(np.mean(predict(model, x).argmax(1) == y))
-
-
 def class_accuracy(
     model: host.Model, x: NDArray[np.float32], y: NDArray[np.int64], classes: Sequence[int]
 ) -> float:
     """Accuracy on the samples whose label is in ``classes``."""
     sel = np.isin(y, list(classes))
     return accuracy(model, x[sel], y[sel])
-
-
-def add_counters(a: Any, b: Any) -> Any:
-    """Counters of two calls combined: work, cycles, energy, traffic and latency add up;
-    ``memory_peak_bytes`` takes the larger of the two peaks (None where either side cannot
-    count)."""
-    if a is None:
-        return b
-    if b is None:
-        return None
-    if isinstance(a, dict):
-        out: dict[str, Any] = {}
-        for k, v in a.items():
-            if k == "memory_peak_bytes" and isinstance(v, dict):
-                w = b.get(k) or {}
-                out[k] = {
-                    m: None if x is None or w.get(m) is None else max(x, w[m]) for m, x in v.items()
-                }
-            else:
-                out[k] = None if v is None else add_counters(v, b.get(k))
-        return out
-    return a + b
 
 
 def scaled(counters: Mapping[str, Any], factor: float) -> Any:

@@ -44,6 +44,7 @@ __all__ = [
     "DeviceRun",
     "Digits",
     "Weights",
+    "accuracy",
     "add_counters",
     "digits",
     "digits_cnn",
@@ -54,6 +55,7 @@ __all__ = [
     "layer_ia_sparsity",
     "model",
     "param_layers",
+    "predict",
     "pretrained",
     "run_on_device",
     "train_on_device",
@@ -150,16 +152,25 @@ def host_accuracy(spec: nn.Sequential, weights: Mapping[str, Any], x: Any, y: An
 
 
 def add_counters(a: Any, b: Any) -> Any:
-    """Element-wise sum of two counters trees; ``a`` None returns ``b`` (so a sum can start
-    from None); below that, a counter the device cannot count (None) stays None."""
-    return b if a is None else _sum(a, b)
-
-
-def _sum(a: Any, b: Any) -> Any:
-    if a is None or b is None:
+    """Counters of two calls combined: work, cycles, energy, traffic and latency add up;
+    ``memory_peak_bytes`` takes the larger of the two peaks; ``a`` None returns ``b`` (so a sum
+    can start from None); a counter either side cannot count (None) stays None."""
+    if a is None:
+        return b
+    if b is None:
         return None
     if isinstance(a, dict):
-        return {k: _sum(a[k], b.get(k) if isinstance(b, dict) else None) for k in a}
+        out: dict[str, Any] = {}
+        for k, v in a.items():
+            w = b.get(k) if isinstance(b, dict) else None
+            if k == "memory_peak_bytes" and isinstance(v, dict):
+                w = w or {}
+                out[k] = {
+                    m: None if x is None or w.get(m) is None else max(x, w[m]) for m, x in v.items()
+                }
+            else:
+                out[k] = None if v is None else add_counters(v, w)
+        return out
     return a + b
 
 
@@ -246,11 +257,18 @@ def _session(url: str | host.Device) -> Iterator[host.Device]:
         yield dev
 
 
-def _accuracy(m: host.Model, x: NDArray[np.float32], y: NDArray[np.int64]) -> float:
-    pred = np.concatenate(
-        [m.predict(x[i : i + PREDICT_CHUNK]).argmax(1) for i in range(0, len(x), PREDICT_CHUNK)]
+def predict(model: host.Model, x: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Model outputs of ``x`` computed on the device, chunked to the device's batch limit."""
+    return np.concatenate(
+        [model.predict(x[i : i + PREDICT_CHUNK]) for i in range(0, len(x), PREDICT_CHUNK)]
     )
-    return float(np.mean(pred == y))
+
+
+def accuracy(model: host.Model, x: NDArray[np.float32], y: NDArray[np.int64]) -> float:
+    """Share of ``x`` the device classifies as ``y``."""
+    if len(y) == 0:
+        raise ValueError("accuracy of an empty set")
+    return float(np.mean(predict(model, x).argmax(1) == y))
 
 
 def run_on_device(
@@ -313,7 +331,7 @@ def run_on_device(
         acc = ev = None
         if evaluate:
             dev.reset_counters()
-            acc = _accuracy(m, data.test.x, data.test.y)
+            acc = accuracy(m, data.test.x, data.test.y)
             ev = dev.counters()
         final = m.get_weights()
     return DeviceRun(final, counters, acc, ev, losses)
@@ -346,5 +364,5 @@ def evaluate(
     with _session(url) as dev:
         m = dev.deploy(spec, weights, precision=precision, seed=seed)
         dev.reset_counters()
-        acc = _accuracy(m, xs, ys)
+        acc = accuracy(m, xs, ys)
         return acc, dev.counters()
