@@ -223,7 +223,29 @@ def _response_id(payload: bytes) -> int | None:
         return None
 
 
-def _digest(w: dict[str, np.ndarray]) -> str:
+def count_wire_bytes(dev: host.Device) -> list[int]:
+    """Wrap the device's port so every byte read or written is counted; the one-element list
+    holds the running total."""
+    port = dev.runner.port
+    read, write = port.read, port.write
+    wire = [0]
+
+    def counted_read(size: int = 1) -> bytes:
+        out: bytes = read(size)
+        wire[0] += len(out)
+        return out
+
+    def counted_write(data: Any) -> int | None:
+        n: int | None = write(data)
+        wire[0] += n or 0
+        return n
+
+    port.read, port.write = counted_read, counted_write
+    return wire
+
+
+def digest(w: dict[str, np.ndarray]) -> str:
+    """SHA-256 of a weights dict, keys in order: the identity of a training run's result."""
     return hashlib.sha256(b"".join(k.encode() + w[k].tobytes() for k in sorted(w))).hexdigest()
 
 
@@ -415,20 +437,7 @@ def run_pty(name: str, faults: str, steps: int, rounds: int, row: Row | None = N
     pre = 0
     try:
         dev, pre = _open_counting(server.path)
-        port = dev.runner.port
-        read, write = port.read, port.write
-
-        def counted_read(size: int = 1) -> bytes:
-            out: bytes = read(size)
-            wire[0] += len(out)
-            return out
-
-        def counted_write(data: Any) -> int | None:
-            n: int | None = write(data)
-            wire[0] += n or 0
-            return n
-
-        port.read, port.write = counted_read, counted_write
+        wire = count_wire_bytes(dev)
         clock = EpochClock(dev)
         try:
             _run(dev, row, steps, rounds, sent)
@@ -494,10 +503,10 @@ def _run(dev: host.Device, row: Row, steps: int, rounds: int, sent: set[int]) ->
         ckpt = got or ckpt
         row.payload_bytes += x.nbytes
     final = _retrying(dev, lambda: state["model"].get_weights(), lambda: deploy(ckpt), row)
-    digest = _digest(final)
-    if row.weights_sha256 and digest != row.weights_sha256:
+    sha = digest(final)
+    if row.weights_sha256 and sha != row.weights_sha256:
         row.undetected_errors += 1  # runs of one setting must agree
-    row.weights_sha256 = digest
+    row.weights_sha256 = sha
 
     big = nn.Sequential(nn.Linear(*TENSOR_SHAPE))
     trng = np.random.default_rng(1)

@@ -26,7 +26,6 @@ and a plot (matplotlib, Agg) to ``--plot``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -43,7 +42,7 @@ from host.datasets import load_digits_splits
 from protocol.messages import Status
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fault_campaign import EpochClock, ServedDevice  # a sibling tool
+from fault_campaign import EpochClock, ServedDevice, count_wire_bytes, digest  # a sibling tool
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_FAULTS = "corrupt=1e-4&drop=0.01&dup=0.001&insert=1e-5&delete=1e-5&reset_every=5000"
@@ -131,10 +130,6 @@ class Trainer:
         return float((np.concatenate(pred).argmax(1) == self.heldout.y).mean())
 
 
-def digest(w: dict[str, np.ndarray]) -> str:
-    return hashlib.sha256(b"".join(k.encode() + w[k].tobytes() for k in sorted(w))).hexdigest()
-
-
 def reference(steps: int) -> str:
     """The weight hash after ``steps`` steps on a fault-free in-process device."""
     with host.open("emu://hnpu-v2?seed=1", timeout=30) as dev:
@@ -152,28 +147,15 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
     samples: list[dict[str, Any]] = []
     try:
         dev = host.open(server.path, timeout=10)
-        port = dev.runner.port
-        wire = [0]
+        wire = count_wire_bytes(dev)
         commands = [0]
-        read, write, submit = port.read, port.write, dev.runner.submit
-
-        def counted_read(size: int = 1) -> bytes:
-            out: bytes = read(size)
-            wire[0] += len(out)
-            return out
-
-        def counted_write(data: Any) -> int | None:
-            n: int | None = write(data)
-            wire[0] += n or 0
-            return n
+        submit = dev.runner.submit
 
         def counted_submit(*a: Any, **kw: Any) -> int:
             commands[0] += 1
             rid: int = submit(*a, **kw)
             return rid
 
-        port.read = counted_read
-        port.write = counted_write
         dev.runner.submit = counted_submit  # type: ignore[method-assign]
         clock = EpochClock(dev)
         trainer = Trainer(dev, checkpoint="reset_every" in faults)
