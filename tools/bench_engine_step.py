@@ -14,12 +14,21 @@ OPENBLAS_NUM_THREADS=1`` that compares one core's work on each side and depends 
 other processes sharing the machine than wall time does.
 
     MICROTRAIN_THREADS=1 OPENBLAS_NUM_THREADS=1 .venv/bin/python tools/bench_engine_step.py --cpu
+
+``--blocks N`` times in blocks instead: ``--steps`` engine steps in a row, then as many numpy
+steps, N rounds alternating (the first step of each block untimed); best step per side. The
+baseline's OpenBLAS threads, which spin for a while after each numpy call, then no longer
+steal a core from the engine step that follows, so the wall time with two threads is the
+engine's own.
+
+    .venv/bin/python tools/bench_engine_step.py --blocks 4
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from typing import Any
@@ -85,7 +94,25 @@ def config(precision: str) -> EngineConfig:
     return EngineConfig(policy=policy, lr=LR)
 
 
-def run(steps: int, cpu: bool) -> list[dict[str, Any]]:
+def _block_times(
+    eng: Engine, base: Any, batches: list[Any], rounds: int, clock: Any
+) -> tuple[list[float], list[float]]:
+    """Seconds per step of the engine and of numpy, timed in blocks: all batches through
+    the engine, then all through numpy, ``rounds`` times; the first step of a block is a
+    warm-up and not timed."""
+    te: list[float] = []
+    tn: list[float] = []
+    for _ in range(rounds):
+        for fn, times in ((eng.train_step, te), (base, tn)):
+            for j, (x, y) in enumerate(batches):
+                t0 = clock()
+                fn(x, y)
+                if j >= 1:
+                    times.append(clock() - t0)
+    return te, tn
+
+
+def run(steps: int, cpu: bool, blocks: int = 0) -> list[dict[str, Any]]:
     clock = time.process_time if cpu else time.perf_counter
     preset = get_preset("hnpu-v2")
     records = []
@@ -98,7 +125,9 @@ def run(steps: int, cpu: bool) -> list[dict[str, Any]]:
             base = numpy_step(model, eng.get_weights())
             te: list[float] = []
             tn: list[float] = []
-            for j, (x, y) in enumerate(batches):
+            if blocks:
+                te, tn = _block_times(eng, base, batches[1:], blocks, clock)
+            for j, (x, y) in enumerate([] if blocks else batches):
                 t0 = clock()
                 eng.train_step(x, y)
                 t1 = clock()
@@ -117,6 +146,7 @@ def run(steps: int, cpu: bool) -> list[dict[str, Any]]:
                     "engine_median_ms": round(statistics.median(te) * 1e3, 3),
                     "numpy_median_ms": round(statistics.median(tn) * 1e3, 3),
                     "clock": "process_cpu" if cpu else "wall",
+                    "timing": f"blocks x{blocks}" if blocks else "interleaved",
                 }
             )
     return records
@@ -126,20 +156,33 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=9, help="timed steps per case (default 9)")
     p.add_argument("--cpu", action="store_true", help="process CPU time instead of wall time")
+    p.add_argument(
+        "--blocks",
+        type=int,
+        default=0,
+        metavar="N",
+        help="time in N alternating blocks of --steps steps per side (default: interleaved)",
+    )
     p.add_argument("--json", action="store_true", help="print the records as JSON")
     a = p.parse_args()
     if a.steps < 1:
         p.error("--steps must be at least 1")
-    recs = run(a.steps, a.cpu)
+    if a.blocks < 0:
+        p.error("--blocks must be at least 0")
+    recs = run(a.steps, a.cpu, a.blocks)
+    load = os.getloadavg()[0]
     if a.json:
+        for r in recs:
+            r["loadavg_1m"] = round(load, 2)
         print(json.dumps(recs, indent=1))
         return
     for r in recs:
         print(
             f"{r['case']:10s} {r['precision']:9s} engine {r['engine_ms']:8.2f} ms  "
-            f"numpy {r['numpy_ms']:7.2f} ms  ratio {r['ratio']:5.2f}  ({r['clock']}; medians "
-            f"{r['engine_median_ms']:.2f} / {r['numpy_median_ms']:.2f})"
+            f"numpy {r['numpy_ms']:7.2f} ms  ratio {r['ratio']:5.2f}  ({r['clock']}, "
+            f"{r['timing']}; medians {r['engine_median_ms']:.2f} / {r['numpy_median_ms']:.2f})"
         )
+    print(f"load average (1 min) {load:.2f}")
 
 
 if __name__ == "__main__":
