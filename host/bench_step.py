@@ -16,9 +16,14 @@ step is one TRAIN_STEP_INLINE request when its tensors fit the device's largest 
 CNN), else uploads and TRAIN_STEP (the MDNet batch, 2.4 MB); the input travels as fp32 in both
 precisions (stochastic rounding of the input happens on the device). Each record also states
 the input's wire format and the host's wire bytes and frames per step.
-Device and numpy steps alternate batch by batch (both see the same load); figures are the
-best of several steps after warm-up (the median is recorded too): the machine is shared, and
-the best is what the code costs when it gets the cores. Targets:
+Device and numpy steps alternate in blocks: a block of device steps, a block of numpy steps,
+the order swapped each round, so both sides see the same load on a shared machine. Blocks, not
+single steps: numpy's OpenBLAS worker threads keep spinning for a while after each numpy call,
+and a device step started right after one loses a core to them (the MDNet step took 27 ms
+right after two numpy GEMMs, 17 ms alone), which measured the neighbour, not the device; the
+device's own pool threads sleep as soon as a call ends. A pause of ``PAUSE_S`` between blocks
+lets the spinning end. Figures are the best step after warm-up (the median is recorded too):
+the machine is shared, and the best is what the code costs when it gets the cores. Targets:
 fp32 at most 1.5x numpy, dfxp8+SR at most 2x numpy. No ``device_model`` import here: the
 emulator is reached through its URL like a board.
 """
@@ -48,6 +53,9 @@ PRECISIONS = ("fp32", "dfxp8+sr")
 #: Largest accepted ratio step time / numpy step time per precision (issue 4).
 TARGETS = {"fp32": 1.5, "dfxp8+sr": 2.0}
 LR = 0.01
+#: Sleep before each timed block (s): longer than OpenBLAS's spin after its last call (its
+#: THREAD_TIMEOUT default, 2^28 cycles, ~0.1 s at 2.5-3 GHz).
+PAUSE_S = 0.15
 
 
 @dataclass(frozen=True)
@@ -183,18 +191,37 @@ def _batches(case: Case, count: int, seed: int) -> list[tuple[F32, NDArray[np.in
 
 
 def _times(
-    fns: Sequence[Callable[[F32, Any], Any]], batches: Sequence[tuple[F32, Any]], warm: int
+    fns: Sequence[Callable[[F32, Any], Any]],
+    batches: Sequence[tuple[F32, Any]],
+    warm: int,
+    rounds: int,
+    pause_s: float = 0.0,
 ) -> list[list[float]]:
-    """Seconds per step of each function, the functions interleaved batch by batch so that
-    both sides of a ratio see the same load on a shared machine; the first ``warm`` batches
-    are not timed."""
+    """Seconds per step of each function, timed in alternating blocks.
+
+    Each of ``rounds`` rounds runs every function over its share of ``batches`` (a block), the
+    order of the functions reversed every other round so that neither always follows the
+    other; ``pause_s`` of sleep separates blocks. The first ``warm`` batches of each function
+    (in the first round) are not timed."""
     out: list[list[float]] = [[] for _ in fns]
-    for j, (x, y) in enumerate(batches):
-        for fn, times in zip(fns, out, strict=True):
-            t0 = time.perf_counter()
-            fn(x, y)
-            if j >= warm:
-                times.append(time.perf_counter() - t0)
+    timed = list(batches[warm:])
+    per = max(1, -(-len(timed) // rounds))
+    blocks = [list(batches[:warm]) + timed[:per]] + [
+        timed[i : i + per] for i in range(per, len(timed), per)
+    ]
+    for r, block in enumerate(blocks):
+        order = list(range(len(fns)))
+        if r % 2:
+            order.reverse()
+        for i in order:
+            if pause_s:
+                time.sleep(pause_s)
+            fn, times = fns[i], out[i]
+            for j, (x, y) in enumerate(block):
+                t0 = time.perf_counter()
+                fn(x, y)
+                if r or j >= warm:
+                    times.append(time.perf_counter() - t0)
     return out
 
 
@@ -215,8 +242,9 @@ def run(
     steps: int | None = None,
 ) -> list[dict[str, Any]]:
     """Measure every case in every precision; one record per (case, precision)."""
-    n = steps if steps is not None else (3 if quick else 7)
+    n = steps if steps is not None else (4 if quick else 12)
     warm = 1 if quick else 2
+    rounds = 2 if quick else 4
     if n < 1:
         raise ValueError(f"steps must be at least 1, got {n}")
     records = []
@@ -230,7 +258,7 @@ def run(
                 base = numpy_step(case.build(), model.get_weights())
                 stats = dev.runner.link.stats
                 sent0, frames0 = stats["bytes_sent"], stats["frames_sent"]
-                dev_t, np_t = _times([model.train_step, base], batches, warm)
+                dev_t, np_t = _times([model.train_step, base], batches, warm, rounds, PAUSE_S)
                 steps_run = len(batches)
                 ms, base_ms = min(dev_t) * 1e3, min(np_t) * 1e3
                 records.append(
@@ -248,6 +276,7 @@ def run(
                         "wire_bytes_per_step": round((stats["bytes_sent"] - sent0) / steps_run),
                         "frames_per_step": round((stats["frames_sent"] - frames0) / steps_run, 1),
                         "steps": n,
+                        "method": f"{rounds} rounds of alternating blocks",
                         "baseline": "numpy-float32",
                         "device": device,
                         "loadavg_1m": _loadavg(),

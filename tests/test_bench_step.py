@@ -4,6 +4,8 @@ models (no timing is asserted: speed is measured by the benchmark, not by tests)
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -73,3 +75,33 @@ def test_numpy_baseline_matches_the_model_definition_and_descends() -> None:
 def test_cli_accepts_bench_step() -> None:
     args = cli.build_parser().parse_args(["bench", "step", "--json", "--quick"])
     assert (args.what, args.json, args.quick) == ("step", True, True)
+
+
+@pytest.mark.parametrize(("n", "warm", "rounds"), [(12, 2, 4), (7, 1, 3), (1, 2, 4), (5, 0, 2)])
+def test_blocks_alternate_and_time_every_batch_after_warmup(n: int, warm: int, rounds: int) -> None:
+    calls: list[tuple[str, int]] = []
+
+    def fn(tag: str) -> Callable[[Any, Any], None]:
+        return lambda x, y: calls.append((tag, int(x[0])))
+
+    batches = [(np.full(1, i, np.float32), None) for i in range(warm + n)]
+    times = bench_step._times([fn("dev"), fn("np")], batches, warm, rounds)
+    # Each side sees every batch once, in order, and times all but the warm-up batches.
+    for tag, t in zip(("dev", "np"), times, strict=True):
+        assert [i for g, i in calls if g == tag] == list(range(warm + n))
+        assert len(t) == n
+    # Blocks: for each batch, which side ran it first; that side changes from block to block
+    # (at most one block per round), and within a block it ran all the block's batches before
+    # the other side started any.
+    pos = {c: k for k, c in enumerate(calls)}
+    first = ["dev" if pos[("dev", i)] < pos[("np", i)] else "np" for i in range(warm + n)]
+    pieces: list[list[int]] = [[0]]
+    for i in range(1, warm + n):
+        (pieces[-1].append(i) if first[i] == first[i - 1] else pieces.append([i]))
+    assert first[0] == "dev" and len(pieces) <= rounds
+    if n >= 2 * rounds:
+        assert len(pieces) == rounds
+    for piece in pieces:
+        a = first[piece[0]]
+        b = "np" if a == "dev" else "dev"
+        assert max(pos[(a, i)] for i in piece) < min(pos[(b, i)] for i in piece)
