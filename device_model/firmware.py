@@ -29,7 +29,6 @@ The link end that turns bytes into messages and back is ``device_model.firmware_
 from __future__ import annotations
 
 import functools
-import hashlib
 import hmac
 import importlib
 import math
@@ -75,9 +74,9 @@ FIRMWARE_NAME = "microtrain-emu 0.1.0"
 MAX_BATCH = 256
 #: Responses kept for duplicate request ids.
 DEFAULT_CACHE_SIZE = 64
-#: A cached response is stored with its request's bytes when the request is at most this long
-#: (compared byte for byte, a memcmp), else with the request's SHA-256 (about 5 us per 8 KiB
-#: hashed on every request). At most DEFAULT_CACHE_SIZE x 16 KiB = 1 MiB of request bytes kept.
+#: A cached response is stored with its request's bytes (a reference to the message the link
+#: delivered: no copy, no digest) and a duplicate is told from a reused id by comparing bytes
+#: (a memcmp, and only when an id repeats). Requests up to this size are always kept.
 CACHE_RAW_MAX = 16384
 #: Largest tensor, in wire bytes, the device takes or makes (uploads, FORWARD outputs): 16 MiB
 #: (assumption: one DMA descriptor with a 24-bit length field moves a tensor; a quarter of the
@@ -94,12 +93,22 @@ MAX_TENSORS = 1024
 #: loss or combined faults while pipelining a 1 MiB read; at the limit the device link pauses
 #: the host by credits; a request taken anyway is answered TOO_MANY_PENDING, not executed.
 MAX_PENDING = 256
-#: Largest request message the device's link reassembles: 1 MiB (assumption: the receive
-#: buffer of the firmware). Every request of the protocol fits, at its schema maxima (the
-#: largest, TRAIN_CONFIG with 4096 policy entries and 2 x 65535 masks, is 962,603 bytes);
-#: TENSOR_DATA chunks and inline tensors must fit it. A longer message is discarded by the link
-#: unanswered (``Link.stats["oversize_messages"]``). HELLO reports it (``max_request_bytes``).
-MAX_REQUEST_BYTES = 1 << 20
+#: Largest request message the device's link reassembles: 8 MiB (assumption: the firmware
+#: receives a request into device memory; a TRAIN_STEP_INLINE of an MDNet batch of 256 (4.7 MB
+#: of fp32 input) fits, so a training step is one request up to that size). Every request of the
+#: protocol fits, at its schema maxima (the largest, TRAIN_CONFIG with 4096 policy entries and
+#: 2 x 65535 masks, is 962,603 bytes); TENSOR_DATA chunks and inline tensors must fit it. A longer
+#: message is discarded by the link unanswered (``Link.stats["oversize_messages"]``). HELLO
+#: reports it (``max_request_bytes``).
+MAX_REQUEST_BYTES = 8 << 20
+#: Bytes of cached requests longer than CACHE_RAW_MAX the cache keeps: 16 MiB, two of the
+#: largest requests. When a new long request takes the total above it, the oldest long entries
+#: leave the cache (response and request together); the newest entry always stays. Before,
+#: each long request was kept as its SHA-256 (1.3 ms for the 2.4 MB of an MDNet step); a
+#: duplicate is a request the host replays because its answer had not arrived, i.e. one of
+#: the last requests it sent, which this keeps (a host waits for each training step's answer
+#: and pipelines at most an upload's chunks).
+CACHE_LONG_BYTES = 2 * MAX_REQUEST_BYTES
 #: Statuses that change no state and may succeed later: not cached, so a retry executes.
 _TRANSIENT = frozenset({Status.BUSY, Status.TOO_MANY_PENDING})
 _ALGORITHM_NAMES = {"bp": Algorithm.BP, "dfa": Algorithm.DFA, "pdfa": Algorithm.PIPELINED_DFA}
@@ -212,10 +221,11 @@ class Firmware:
         self.window = window
         self._engine_factory = engine_factory or default_engine_factory
         self._config_factory = config_factory or default_config_factory
-        #: request id -> (request length, the request's bytes or their SHA-256 when it is longer
-        #: than CACHE_RAW_MAX, response)
-        self._cache: OrderedDict[int, tuple[int, bytes, bytes]] = OrderedDict()
+        #: request id -> (the request's bytes, response), least recently used first
+        self._cache: OrderedDict[int, tuple[bytes, bytes]] = OrderedDict()
         self._cache_size = cache_size
+        #: Bytes of the cached requests longer than CACHE_RAW_MAX (bounded by CACHE_LONG_BYTES).
+        self._cache_long = 0
         self.tensors = TensorStore()
         self.engine: Any = None
         self.plan: ModelPlan | None = None
@@ -282,25 +292,39 @@ class Firmware:
             )
             return [self._error(request_id, opcode, Status.TOO_MANY_PENDING, detail)]
         # A duplicate has the same bytes as the cached request; a reused id with other bytes
-        # executes. Short requests are kept and compared whole, long ones by their SHA-256
-        # (equal lengths first, so a digest is only ever compared with a digest).
-        size = len(data)
-        key = data if size <= CACHE_RAW_MAX else hashlib.sha256(data).digest()
+        # executes (bytes compare by length first, then memcmp).
         cached = self._cache.get(request_id)
-        if cached is not None and cached[0] == size and cached[1] == key:
+        if cached is not None and cached[0] == data:
             self._cache.move_to_end(request_id)
-            return [cached[2]]
+            return [cached[1]]
         try:
             status, response = self._execute(data, request_id)
         except Exception as e:  # last resort: even a fault while answering gets an answer
             detail = f"internal fault answering opcode {opcode:#04x}: {type(e).__name__}"
             return [self._error(request_id, opcode, Status.INTERNAL, detail)]
         if status not in _TRANSIENT:
-            self._cache[request_id] = (size, key, response)
-            self._cache.move_to_end(request_id)
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+            self._remember(request_id, data, response)
         return [response]
+
+    def _remember(self, request_id: int, data: bytes, response: bytes) -> None:
+        """Cache ``response`` under ``request_id`` with the request's bytes, within
+        ``cache_size`` entries and CACHE_LONG_BYTES of long requests (oldest out first)."""
+        cache = self._cache
+        old = cache.pop(request_id, None)
+        if old is not None and len(old[0]) > CACHE_RAW_MAX:
+            self._cache_long -= len(old[0])
+        cache[request_id] = (data, response)
+        if len(data) > CACHE_RAW_MAX:
+            self._cache_long += len(data)
+            if self._cache_long > CACHE_LONG_BYTES:
+                for rid in [r for r, e in cache.items() if len(e[0]) > CACHE_RAW_MAX][:-1]:
+                    self._cache_long -= len(cache.pop(rid)[0])
+                    if self._cache_long <= CACHE_LONG_BYTES:
+                        break
+        while len(cache) > self._cache_size:
+            gone = cache.popitem(last=False)[1][0]
+            if len(gone) > CACHE_RAW_MAX:
+                self._cache_long -= len(gone)
 
     def _execute(self, data: bytes, request_id: int) -> tuple[Status, bytes]:
         opcode = data[0]

@@ -10,7 +10,6 @@ other requests. Every method validates everything before it changes anything and
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +18,7 @@ from numpy.typing import NDArray
 
 from device_model import numerics
 from protocol.dtypes import FORMATS, PLAIN_INTEGERS, DType, from_wire, shape_count, wire_nbytes
+from protocol.framing import crc32
 from protocol.messages import DEVICE_TENSOR_ID_BASE, HfpStage, zero_scale
 from protocol.status import Status
 
@@ -225,7 +225,7 @@ class TensorStore:
                 f"tensor {tensor_id}: {t.received} of {len(t.buf)} bytes arrived; continue "
                 f"at offset {t.received}",
             )
-        crc = zlib.crc32(t.buf)
+        crc = crc32(t.buf)
         if crc != t.desc["crc32"]:
             del self._tensors[tensor_id]
             raise FirmwareError(
@@ -255,7 +255,7 @@ class TensorStore:
                 f"tensor {tid}: {len(data)} data bytes, but its descriptor says nbytes "
                 f"{desc['nbytes']}",
             )
-        crc = zlib.crc32(data)
+        crc = crc32(data)
         if crc != desc["crc32"]:
             raise FirmwareError(
                 Status.CHECKSUM_MISMATCH,
@@ -290,7 +290,7 @@ class TensorStore:
             "scale": zero_scale(),
             "shape": list(arr.shape),
             "nbytes": len(data),
-            "crc32": zlib.crc32(data),
+            "crc32": crc32(data),
         }
         t = StoredTensor(
             desc=desc,

@@ -29,7 +29,6 @@ import os
 import re
 import threading
 import time
-import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,6 +44,7 @@ from host.runner import Runner, check
 from protocol import messages as m
 from protocol import numerics
 from protocol.dtypes import DType, from_wire
+from protocol.framing import crc32
 from protocol.link import link_keys
 from protocol.messages import (
     Algorithm,
@@ -782,7 +782,7 @@ class Device:
             for r in self.runner.wait(ids, nbytes=total):
                 parts.append(check(r, Opcode.TENSOR_READ)["data"])
         data = b"".join(parts)
-        if len(data) != total or zlib.crc32(data) != desc["crc32"]:
+        if len(data) != total or crc32(data) != desc["crc32"]:
             raise errors.DeviceError(
                 Status.CHECKSUM_MISMATCH,
                 f"tensor {tid}: read {len(data)} of {total} bytes or a CRC mismatch; read again",

@@ -476,8 +476,9 @@ def verify_frame(key: bytes, f: Frame) -> int | None:
 
 
 def crc32(data: bytes | bytearray | memoryview, value: int = 0) -> int:
-    """CRC-32/IEEE of ``data`` (continuing from ``value``), as the frame trailer holds it."""
-    return zlib.crc32(data, value)
+    """CRC-32/IEEE of ``data`` (continuing from ``value``), as the frame trailer holds it: the
+    C codec's carry-less-multiply CRC when it is in use (4x zlib's on 2.4 MB), else zlib's."""
+    return _crc32(data, value)
 
 
 def encode_frame(

@@ -36,7 +36,6 @@ import hashlib
 import hmac
 import io
 import struct as pystruct
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum, IntFlag
@@ -62,6 +61,7 @@ from construct import (
 from numpy.typing import NDArray
 
 from protocol.dtypes import DType, shape_count, to_wire, wire_nbytes
+from protocol.framing import crc32 as _crc32
 from protocol.messages_counters import COUNTERS_SIZE, Counters, pack_counters, unpack_counters
 from protocol.messages_types import (
     Blob,
@@ -1110,7 +1110,7 @@ def tensor_message(
         "scale": {**zero_scale(), **(scale or {})},
         "shape": shape,
         "nbytes": len(data),
-        "crc32": zlib.crc32(data),
+        "crc32": _crc32(data),
     }
     return desc, data
 
