@@ -71,7 +71,7 @@ FRAME_TAG_SIZE = 8
 DELIMITER = b"\x00"
 #: Smallest and largest payload a link may negotiate, and the default.
 MIN_PAYLOAD = 256
-MAX_PAYLOAD = 16384
+MAX_PAYLOAD = 61440
 DEFAULT_PAYLOAD = 4096
 
 #: The link header as a struct format (little-endian, no padding): version, flags, type,

@@ -61,6 +61,7 @@ from construct import (
 from numpy.typing import NDArray
 
 from protocol.dtypes import DType, shape_count, to_wire, wire_nbytes
+from protocol.framing import MAX_PAYLOAD, MIN_PAYLOAD
 from protocol.framing import crc32 as _crc32
 from protocol.messages_counters import COUNTERS_SIZE, Counters, pack_counters, unpack_counters
 from protocol.messages_types import (
@@ -78,7 +79,7 @@ from protocol.status import MessageError, Status
 
 #: Protocol version. Major: incompatible change (the link is refused); minor: compatible.
 PROTOCOL_MAJOR = 1
-PROTOCOL_MINOR = 1
+PROTOCOL_MINOR = 2
 
 #: Bit set in a response opcode: response opcode = request opcode | RESPONSE_BIT.
 RESPONSE_BIT = 0x80
@@ -544,7 +545,7 @@ RESPONSE_BODIES: dict[ResponseOpcode, Struct] = {
         "firmware" / Text(U8) * "firmware name and version",
         "preset" / Text(U8) * "chip preset name (e.g. hnpu-v2)",
         "parameters" / List(U16, ChipParam) * "chip parameters of the preset",
-        "max_payload" / Ranged(U16, 256, 16384) * "link payload bytes per frame",
+        "max_payload" / Ranged(U16, MIN_PAYLOAD, MAX_PAYLOAD) * "link payload bytes per frame",
         "window" / Ranged(U8, 1, 64) * "link window in frames",
         "dtypes" / List(U8, Code(U8, DType)) * "wire dtypes accepted in tensors",
         "formats" / List(U8, Code(U8, DType)) * "number formats of the precision policy",

@@ -17,6 +17,7 @@ from serial.serialutil import PortNotOpenError, SerialBase, SerialException
 from device_model import emu_port
 from device_model.emu_port import EmuOptions, EmuSerial, parse_url
 from protocol import messages as m
+from protocol.framing import MAX_PAYLOAD
 from protocol.link import Link, LinkConfig, Role
 
 
@@ -86,7 +87,7 @@ def test_link_offer_defaults_to_big_frames_with_or_without_faults() -> None:
         ("emu://hnpu-v2?seed=-1", ["seed", "accepted"]),
         ("emu://hnpu-v2?seed=1&seed=2", ["seed", "twice"]),
         ("emu://hnpu-v2?key=zz", ["key", "hex"]),
-        ("emu://hnpu-v2?max_payload=100", ["max_payload", "256..16384"]),
+        ("emu://hnpu-v2?max_payload=100", ["max_payload", f"256..{MAX_PAYLOAD}"]),
         ("emu://hnpu-v2?window=0", ["window", "1..64"]),
     ],
 )

@@ -734,9 +734,10 @@ def test_duplicate_request_id_is_answered_from_cache(engine_kind: str, host: Hos
 
 @pytest.mark.parametrize("size", [64, fw_mod.CACHE_RAW_MAX, fw_mod.CACHE_RAW_MAX + 1, 40000])
 def test_cache_tells_a_duplicate_from_a_reused_id(size: int) -> None:
-    """Requests up to CACHE_RAW_MAX bytes are cached with their bytes, longer ones with their
-    SHA-256: either way the same bytes are answered from the cache and a reused id with other
-    bytes (even differing only in the last byte, same length) executes again."""
+    """Requests are cached with their bytes (longer ones than CACHE_RAW_MAX within a byte
+    budget, tests/test_transport_cache.py): the same bytes are answered from the cache and a
+    reused id with other bytes (even differing only in the last byte, same length) executes
+    again."""
     fw = Firmware("hnpu-v2", engine_factory=ExplodingEngine, config_factory=fake_config)
     runs: list[bytes] = []
     execute = fw._execute

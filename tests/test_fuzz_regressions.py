@@ -66,7 +66,8 @@ def test_a_message_that_never_ends_costs_at_most_max_request_bytes() -> None:
     fw, dev, h, now = _pair()
     h.send_message(0, bytes(2 * MAX_REQUEST_BYTES + 12_345))
     peak = 0
-    for _ in range(300):
+    # A window of default frames a round: the rounds scale with the message (2 x 8 MiB).
+    for _ in range(300 * max(1, MAX_REQUEST_BYTES >> 20)):
         h.receive_bytes(dev.feed(h.bytes_to_send(now), now), now)
         peak = max(peak, dev.link._parts_bytes)
         now += 0.01
@@ -97,8 +98,11 @@ def test_a_sender_that_ignores_credits_is_refused_not_buffered() -> None:
     real_on_ack = h._on_ack
     h._on_ack = lambda ack, credits: real_on_ack(ack, h.window)  # type: ignore[method-assign]
     h._on_data = lambda f: None  # type: ignore[method-assign]  # so the device stops reading
+    # 3000 UNKNOWN_TENSOR requests of at least 1 KB, 1.5 x MAX_REQUEST_BYTES in all: more
+    # than the inbox may hold (rx_buffer, a window of frames and the largest message).
+    size = max(1000, MAX_REQUEST_BYTES // 2000)
     for i in range(3000):
-        body = {"id": 5, "offset": 0, "data": bytes(1000)}  # UNKNOWN_TENSOR, 1 KB each
+        body = {"id": 5, "offset": 0, "data": bytes(size)}
         h.send_message(0, m.encode_request(Opcode.TENSOR_DATA, i, body))
     inbox_peak = 0
     for _ in range(600):

@@ -16,11 +16,11 @@
 #endif
 
 #define MT_PROTOCOL_MAJOR 1
-#define MT_PROTOCOL_MINOR 1
+#define MT_PROTOCOL_MINOR 2
 /* schema hash: first 8 bytes of SHA-256 of the canonical message definitions */
-#define MT_SCHEMA_HASH_INIT { 0x9d, 0x66, 0x91, 0x5f, 0xec, 0x0c, 0xfe, 0xde }
+#define MT_SCHEMA_HASH_INIT { 0x1d, 0x05, 0x91, 0x81, 0x1e, 0x95, 0x9b, 0x58 }
 /* the same 8 bytes read as a little-endian u64 */
-#define MT_SCHEMA_HASH_U64 0xdefe0cec5f91669dULL
+#define MT_SCHEMA_HASH_U64 0x589b951e8191051dULL
 #define MT_MSG_HEADER_SIZE 5
 #define MT_RESPONSE_BIT 0x80
 #define MT_NO_REQUEST_ID 0xffffffffu
@@ -57,7 +57,7 @@
  * receiver's epoch u32 LE */
 #define MT_LINK_SESSION_PREFIX_SIZE 8
 #define MT_LINK_MIN_PAYLOAD 256
-#define MT_LINK_MAX_PAYLOAD 16384
+#define MT_LINK_MAX_PAYLOAD 61440
 #define MT_LINK_DEFAULT_PAYLOAD 4096
 /* largest COBS body (no delimiters) of a frame with p payload bytes */
 #define MT_LINK_MAX_ENCODED(p) \
