@@ -24,6 +24,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "gemm_api.h"
+#include "gemm_scaled_api.h"
 
 #include <pthread.h>
 #include <stdlib.h>
@@ -184,6 +185,13 @@ static void run_parallel(par_fn fn, void *ctx, int nt)
         pthread_cond_wait(&g_pool.done, &g_pool.lock);
     g_pool.busy = 0;
     pthread_mutex_unlock(&g_pool.lock);
+}
+
+/* The pool for the other kernels of the module (gemm_float.c, train.c, numerics.c): not part
+ * of the cffi interface (hidden like every symbol of the module). */
+void mt_run_parallel(void (*fn)(void *ctx, int tid, int nt), void *ctx, int nt)
+{
+    run_parallel(fn, ctx, nt);
 }
 
 static void split_range(int64_t n, int tid, int nt, int64_t *lo, int64_t *hi)
@@ -648,7 +656,19 @@ typedef struct {
     int64_t mpanels, npanels;
     int64_t mr16;        /* rows per int16 A panel: 6, or 4 */
     int vbmi;            /* AVX-512 VBMI byte permutations available (int8 B packing) */
+    int direct;          /* no init, saturating: one-block sums are final (cf written directly) */
+    float *cf;           /* float output (mt_gemm_int_f32): cf = (float)c * scale, or NULL */
+    float scale;         /* 2^-frac */
 } gemm_job;
+
+/* cf[m, n0..n0+nv) = (float)c[m, n0..n0+nv) * scale: the int64 to float32 conversion (one
+ * rounding) then the exact power-of-two scaling, as mt_rescale_i64 does. */
+VECTOR_CLONES static void row_to_float(float *restrict out, const int64_t *restrict in,
+                                       int64_t nv, float scale)
+{
+    for (int64_t j = 0; j < nv; j++)
+        out[j] = (float)in[j] * scale;
+}
 
 static int64_t mul_sat(int64_t x, int64_t y)
 {
@@ -1282,6 +1302,21 @@ static int panel_all_slow(const gemm_job *g, int64_t m0, int64_t mv)
     return 1;
 }
 
+/* The single-K-block final values as floats: int8 (x - corr), int16 (256 hi + lo). */
+VECTOR_CLONES static void vals_to_float8(float *restrict out, const int32_t *restrict x,
+                                         int64_t corr, int64_t nv, float scale)
+{
+    for (int64_t j = 0; j < nv; j++)
+        out[j] = (float)((int64_t)x[j] - corr) * scale;
+}
+
+VECTOR_CLONES static void vals_to_float16(float *restrict out, const int32_t *restrict x,
+                                          const int32_t *restrict y, int64_t nv, float scale)
+{
+    for (int64_t j = 0; j < nv; j++)
+        out[j] = (float)((int64_t)x[j] * 256 + y[j]) * scale;
+}
+
 TARGET_VNNI static void vnni_compute(gemm_job *g, int tid, int nt)
 {
     int64_t lo, hi, M = g->M, N = g->N, Kg = g->kgroups;
@@ -1314,6 +1349,18 @@ TARGET_VNNI static void vnni_compute(gemm_job *g, int tid, int nt)
                     for (int64_t r = 0; r < mv; r++) {
                         int64_t *crow = g->c + (m0 + r) * N + n0;
                         const int32_t *x = t1 + r * nr, *y = t2 + r * nr;
+                        if (g->cf && q0 == 0 && last && g->direct) {
+                            /* one K block: the final value (finish_segment without init,
+                             * saturating) goes to the float output, c is not written */
+                            if (g->slow[m0 + r])
+                                continue;
+                            float *frow = g->cf + (m0 + r) * N + n0;
+                            if (g->is8)
+                                vals_to_float8(frow, x, g->corr[m0 + r], nv, g->scale);
+                            else
+                                vals_to_float16(frow, x, y, nv, g->scale);
+                            continue;
+                        }
                         if (g->is8 && q0 == 0)
                             for (int64_t j = 0; j < nv; j++)
                                 crow[j] = x[j];
@@ -1326,8 +1373,11 @@ TARGET_VNNI static void vnni_compute(gemm_job *g, int tid, int nt)
                         else
                             for (int64_t j = 0; j < nv; j++)
                                 crow[j] += (int64_t)x[j] * 256 + y[j];
-                        if (last && !g->slow[m0 + r])
+                        if (last && !g->slow[m0 + r]) {
                             finish_segment(g, m0 + r, n0, nv);
+                            if (g->cf)
+                                row_to_float(g->cf + (m0 + r) * N + n0, crow, nv, g->scale);
+                        }
                     }
                 }
             }
@@ -1447,11 +1497,49 @@ static void fill_stats(const gemm_job *g, mt_gemm_stats *s)
     s->threads = g->threads;
 }
 
+static int gemm_int_impl(const void *a, int a_bytes, int64_t lda, int trans_a, const void *b,
+                         int b_bytes, int64_t ldb, int trans_b, int64_t m, int64_t k,
+                         int64_t n, const int64_t *init, int64_t *c, int acc_bits,
+                         int acc_mode, int kernel, int threads, mt_gemm_stats *stats, float *cf,
+                         float scale);
+
 int mt_gemm_int(const void *a, int a_bytes, int64_t lda, int trans_a,
                 const void *b, int b_bytes, int64_t ldb, int trans_b,
                 int64_t m, int64_t k, int64_t n,
                 const int64_t *init, int64_t *c, int acc_bits, int acc_mode,
                 int kernel, int threads, mt_gemm_stats *stats)
+{
+    return gemm_int_impl(a, a_bytes, lda, trans_a, b, b_bytes, ldb, trans_b, m, k, n, init, c,
+                         acc_bits, acc_mode, kernel, threads, stats, NULL, 0.0f);
+}
+
+int mt_gemm_int_f32(const void *a, int a_bytes, int64_t lda, int trans_a, const void *b,
+                    int b_bytes, int64_t ldb, int trans_b, int64_t m, int64_t k, int64_t n,
+                    float *out, int frac, int kernel, int threads, mt_gemm_stats *stats)
+{
+    if (!out || frac < -64 || frac > 126 || m < 0 || n < 0 || (a_bytes != 1 && a_bytes != 2) ||
+        (b_bytes != 1 && b_bytes != 2))
+        return MT_GEMM_EBADARG;
+    uint32_t bits = (uint32_t)(127 - frac) << 23; /* 2^-frac, a normal float32 */
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    /* the int64 results: only the rows and blocks that need them are written (the pages of
+     * a fresh allocation that are never touched cost nothing) */
+    int64_t *c = malloc((size_t)(m * n > 0 ? m * n : 1) * sizeof(int64_t));
+    if (!c)
+        return MT_GEMM_ENOMEM;
+    int rc = gemm_int_impl(a, a_bytes, lda, trans_a, b, b_bytes, ldb, trans_b, m, k, n, NULL, c,
+                           a_bytes == 1 && b_bytes == 1 ? 32 : 48, MT_ACC_SATURATE, kernel,
+                           threads, stats, out, scale);
+    free(c);
+    return rc;
+}
+
+static int gemm_int_impl(const void *a, int a_bytes, int64_t lda, int trans_a, const void *b,
+                         int b_bytes, int64_t ldb, int trans_b, int64_t m, int64_t k,
+                         int64_t n, const int64_t *init, int64_t *c, int acc_bits,
+                         int acc_mode, int kernel, int threads, mt_gemm_stats *stats, float *cf,
+                         float scale)
 {
     if (!a || !b || !c || m < 0 || k < 0 || n < 0 || (a_bytes != 1 && a_bytes != 2) ||
         (b_bytes != 1 && b_bytes != 2) || acc_bits < 8 || acc_bits > 64 ||
@@ -1490,6 +1578,9 @@ int mt_gemm_int(const void *a, int a_bytes, int64_t lda, int trans_a,
                 return MT_GEMM_EBADARG;
     g.use_vnni = kernel == MT_KERNEL_AVX512_VNNI ||
                  (kernel == MT_KERNEL_AUTO && vnni_available());
+    g.cf = cf;
+    g.scale = scale;
+    g.direct = !init && acc_mode == MT_ACC_SATURATE;
 
     int rc = MT_GEMM_ENOMEM, owned = 1;
     void *scratch = NULL;
@@ -1521,6 +1612,8 @@ int mt_gemm_int(const void *a, int a_bytes, int64_t lda, int trans_a,
             c[i] = init[i];
         stats_ctx sc = {&g.a, &g.b, k, 0, !g.use_vnni};
         stats_job(&sc, 0, 1);
+        if (cf)
+            row_to_float(cf, c, m * n, scale);
         rc = MT_GEMM_OK;
         goto done;
     }
@@ -1552,6 +1645,10 @@ int mt_gemm_int(const void *a, int a_bytes, int64_t lda, int trans_a,
         }
         run_parallel(slow_job, &g, threads);
     }
+    if (cf) /* rows the fast kernel did not convert: all (portable), or the slow ones */
+        for (int64_t r = 0; r < m; r++)
+            if (!g.use_vnni || g.slow[r])
+                row_to_float(cf + r * n, c + r * n, n, scale);
     rc = MT_GEMM_OK;
 done:
     if (stats)

@@ -333,7 +333,7 @@ typedef struct {
     int nt, kern, split_n;
     int mr, nr; /* register tile */
     tile_fn tile;
-    int rc[MAX_THREADS];
+    float *bp; /* packed B panels, panel q at bp + q * K * nr */
 } blk_job;
 
 #if HAVE_X86_KERNELS
@@ -417,38 +417,46 @@ static void pack_panel(const blk_job *g, int64_t n0, int nr, float *out)
     }
 }
 
-static void blk_thread(blk_job *g, int tid)
+/* The pool of gemm.c: fn(ctx, t, nt) for t = 0..nt-1, t > 0 on parked workers. */
+void mt_run_parallel(void (*fn)(void *ctx, int tid, int nt), void *ctx, int nt);
+
+/* Phase 1: thread tid packs its share of the column panels into the shared buffer g->bp. */
+static void blk_pack(void *p, int tid, int nt)
 {
+    blk_job *g = p;
+    int64_t np = (g->N + g->nr - 1) / g->nr;
+    for (int64_t q = np * tid / nt; q < np * (tid + 1) / nt; q++)
+        pack_panel(g, q * g->nr, g->nr, g->bp + q * g->K * g->nr);
+}
+
+/* Phase 2: thread tid computes its column panels (split_n) or its whole row tiles. */
+static void blk_compute(void *p, int tid, int nt)
+{
+    blk_job *g = p;
     int mr = g->mr, nr = g->nr;
     tile_fn tile = g->tile;
     int64_t M = g->M, K = g->K, N = g->N, np = (N + nr - 1) / nr;
     int64_t m_lo = 0, m_hi = M, p_lo = 0, p_hi = np;
     if (g->split_n) {
-        p_lo = np * tid / g->nt;
-        p_hi = np * (tid + 1) / g->nt;
+        p_lo = np * tid / nt;
+        p_hi = np * (tid + 1) / nt;
     } else { /* split rows in whole tiles */
         int64_t tiles = (M + mr - 1) / mr;
-        m_lo = tiles * tid / g->nt * mr;
-        m_hi = tiles * (tid + 1) / g->nt * mr;
+        m_lo = tiles * tid / nt * mr;
+        m_hi = tiles * (tid + 1) / nt * mr;
         m_hi = m_hi < M ? m_hi : M;
     }
     if (p_lo >= p_hi || m_lo >= m_hi)
         return;
-    int cached;
-    float *bp = buf_get(tid, (size_t)((p_hi - p_lo) * K * nr), &cached);
-    if (!bp) {
-        g->rc[tid] = MT_GEMM_ENOMEM;
-        return;
-    }
-    for (int64_t p = p_lo; p < p_hi; p++)
-        pack_panel(g, p * nr, nr, bp + (p - p_lo) * K * nr);
+    const float *bp = g->bp;
+    const int64_t cs = g->cs;
     float tmp[MR_MAX * NR_MAX];
     const float *ap[MR_MAX];
     for (int64_t k0 = 0; k0 < K; k0 += KC) {
         int64_t kc = K - k0 < KC ? K - k0 : KC;
         int first = k0 == 0;
         for (int64_t p = p_lo; p < p_hi; p++) {
-            const float *bpk = bp + (p - p_lo) * K * nr + k0 * nr;
+            const float *bpk = bp + p * K * nr + k0 * nr;
             int64_t n0 = p * nr, w = N - n0 < nr ? N - n0 : nr;
             for (int64_t m0 = m_lo; m0 < m_hi; m0 += mr) {
                 int64_t h = m_hi - m0 < mr ? m_hi - m0 : mr;
@@ -456,34 +464,21 @@ static void blk_thread(blk_job *g, int tid)
                     ap[i] = g->a + (m0 + (i < h ? i : h - 1)) * g->rs + k0 * g->cs;
                 float *cc = g->c + m0 * N + n0;
                 if (h == mr && w == nr) {
-                    tile(ap, g->cs, bpk, kc, cc, N, first);
+                    tile(ap, cs, bpk, kc, cc, N, first);
                     continue;
                 }
                 if (!first)
                     for (int64_t i = 0; i < h; i++)
                         memcpy(tmp + i * nr, cc + i * N, (size_t)w * sizeof(float));
-                tile(ap, g->cs, bpk, kc, tmp, nr, first);
+                tile(ap, cs, bpk, kc, tmp, nr, first);
                 for (int64_t i = 0; i < h; i++)
                     memcpy(cc + i * N, tmp + i * nr, (size_t)w * sizeof(float));
             }
         }
     }
-    buf_put(tid, bp, cached);
 }
 
-typedef struct {
-    blk_job *g;
-    int tid;
-} blk_arg;
-
-static void *blk_main(void *p)
-{
-    blk_arg *t = p;
-    blk_thread(t->g, t->tid);
-    return NULL;
-}
-
-/* Below this many MACs per thread a second thread costs more to start than it saves. */
+/* Below this many MACs per thread a second thread costs more to wake than it saves. */
 #define F32_MACS_PER_THREAD ((int64_t)1 << 21)
 
 static int run_blocked(const float *a, int64_t lda, int trans_a, const float *b, int64_t ldb,
@@ -503,7 +498,7 @@ static int run_blocked(const float *a, int64_t lda, int trans_a, const float *b,
     if (threads > MAX_THREADS)
         threads = MAX_THREADS;
     blk_job g = {a, b, trans_a ? 1 : lda, trans_a ? lda : 1, ldb, !!trans_b, m, k, n, c,
-                 threads, kern, 0, 6, 16, NULL, {0}};
+                 threads, kern, 0, 6, 16, NULL, NULL};
 #if HAVE_X86_KERNELS
     if (kern == FK_AVX512) {
         g.mr = n > 32 ? 4 : 8;
@@ -517,23 +512,14 @@ static int run_blocked(const float *a, int64_t lda, int trans_a, const float *b,
     int64_t np = (n + nr - 1) / nr, tiles = (m + mr - 1) / mr;
     /* split the column panels when each thread gets at least two, else the row tiles */
     g.split_n = np >= 2 * threads || np >= tiles;
-    pthread_t th[MAX_THREADS];
-    blk_arg args[MAX_THREADS];
-    int started[MAX_THREADS] = {0};
-    for (int t = 0; t < threads; t++)
-        args[t] = (blk_arg){&g, t};
-    for (int t = 1; t < threads; t++)
-        started[t] = pthread_create(&th[t], NULL, blk_main, &args[t]) == 0;
-    blk_main(&args[0]);
-    for (int t = 1; t < threads; t++) {
-        if (started[t])
-            pthread_join(th[t], NULL);
-        else
-            blk_main(&args[t]);
-    }
-    for (int t = 0; t < threads; t++)
-        if (g.rc[t] != MT_GEMM_OK)
-            return g.rc[t];
+    /* the packed panels, shared: packed by all threads, then read by the computing ones */
+    int cached;
+    g.bp = buf_get(0, (size_t)(np * k * nr), &cached);
+    if (!g.bp)
+        return MT_GEMM_ENOMEM;
+    mt_run_parallel(blk_pack, &g, threads);
+    mt_run_parallel(blk_compute, &g, threads);
+    buf_put(0, g.bp, cached);
     return MT_GEMM_OK;
 }
 
@@ -612,9 +598,46 @@ out:
     return rc;
 }
 
+/* C = A.B with B stored transposed (N x K) and larger than A: compute C^T = B^T.A^T instead,
+ * i.e. the same products and the same k order per output (a*b == b*a exactly), with the
+ * stored B read in place as the broadcast operand and A packed, which is the smaller copy
+ * (FF reads the weights W, out x in, this way: W is packed no more), then transpose C^T into
+ * C. Returns MT_GEMM_ENOMEM when the temporary cannot be had. */
+static int run_blocked_swapped(const float *a, int64_t lda, int trans_a, const float *b,
+                               int64_t ldb, int64_t m, int64_t k, int64_t n, float *c,
+                               int threads, int kern)
+{
+    float *ct = aligned_alloc(64, ((size_t)(m * n) * sizeof(float) + 63) & ~(size_t)63);
+    if (!ct)
+        return MT_GEMM_ENOMEM;
+    /* A' = stored B (N x K row-major), B' = A^T: stored A (M x K) is B' transposed */
+    int rc = run_blocked(b, ldb, 0, a, lda, !trans_a, n, k, m, ct, threads, kern);
+    if (rc == MT_GEMM_OK)
+        for (int64_t i0 = 0; i0 < m; i0 += 64)
+            for (int64_t j0 = 0; j0 < n; j0 += 64) {
+                int64_t i1 = i0 + 64 < m ? i0 + 64 : m, j1 = j0 + 64 < n ? j0 + 64 : n;
+                for (int64_t i = i0; i < i1; i++)
+                    for (int64_t j = j0; j < j1; j++)
+                        c[i * n + j] = ct[j * m + i];
+            }
+    free(ct);
+    return rc;
+}
+
 int mt_gemm_f32(const float *a, int64_t lda, int trans_a, const float *b, int64_t ldb,
                 int trans_b, int64_t m, int64_t k, int64_t n, float *c, int threads)
 {
+    /* B transposed and more than twice the size of A, enough of both for the blocked
+     * kernel's wide tile either way round */
+    if (trans_b && a && b && c && m >= 64 && n > 2 * m && k >= 64 && lda >= (trans_a ? m : k) &&
+        ldb >= k) {
+        int kern = float_kernel();
+        if (kern != FK_PORTABLE) {
+            int rc = run_blocked_swapped(a, lda, trans_a, b, ldb, m, k, n, c, threads, kern);
+            if (rc != MT_GEMM_ENOMEM)
+                return rc;
+        }
+    }
     return run_float(a, lda, trans_a, b, ldb, trans_b, m, k, n, c, 1, 5, 10, threads, 0);
 }
 

@@ -34,6 +34,7 @@ __all__ = [
     "default_acc_bits",
     "gemm_float",
     "gemm_int",
+    "gemm_int_scaled",
     "gemm_int_slice_ops",
     "im2col_positions",
     "kernel_available",
@@ -234,6 +235,53 @@ def gemm_int_slice_ops(
     ``(C, stats.slice_ops)`` (what the training engine uses; no GemmStats built)."""
     c, st = _gemm_int_raw(a, b, trans_a, trans_b, None, "saturate", None, None, None)
     return c, int(st.slice_ops)
+
+
+def gemm_int_scaled(
+    a: np.ndarray,
+    b: np.ndarray,
+    frac: int,
+    *,
+    trans_a: bool = False,
+    trans_b: bool = False,
+    threads: int | None = None,
+) -> tuple[np.ndarray, int]:
+    """``gemm_int`` with the default accumulator and kernel, its result rescaled to float32
+    in the same C call: ``(rescale_i64(C, frac), stats.slice_ops)``, the same bits, without
+    the int64 matrix where the kernel's one K block gives the final sums (what the training
+    engine's DFXP layers use)."""
+    a2, lda, ta = _int_operand(a, "a", bool(trans_a))
+    b2, ldb, tb = _int_operand(b, "b", bool(trans_b))
+    m, ka = (a2.shape[1], a2.shape[0]) if ta else a2.shape
+    kb, n = (b2.shape[1], b2.shape[0]) if tb else b2.shape
+    if ka != kb:
+        raise ValueError(
+            f"inner dimensions differ: A is {m} x {ka}, B is {kb} x {n} (after trans flags)"
+        )
+    if isinstance(frac, bool) or not isinstance(frac, int | np.integer) or not -64 <= frac <= 126:
+        raise ValueError(f"frac must be an integer in [-64, 126], got {frac!r}")
+    out = np.empty((m, n), np.float32)
+    st = ffi.new("mt_gemm_stats *")
+    rc = lib.mt_gemm_int_f32(
+        _ptr(a2, "void *"),
+        a2.itemsize,
+        lda,
+        int(ta),
+        _ptr(b2, "void *"),
+        b2.itemsize,
+        ldb,
+        int(tb),
+        m,
+        ka,
+        n,
+        _ptr(out, "float *"),
+        int(frac),
+        _kernel_code(None),
+        _threads(threads),
+        st,
+    )
+    _check_rc(rc, "gemm_int_scaled")
+    return out, int(st.slice_ops)
 
 
 def _gemm_int_raw(

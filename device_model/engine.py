@@ -542,8 +542,7 @@ class Engine:
         if layer.kind == "linear":
             p_nat = xa.zeros_source  # counted by zeros only: codes or values
             if xa.is_int and w.is_int:
-                acc, so = k.gemm_int(xa.c, w.c, trans_a=False, trans_b=True)
-                y = rescale(acc, xa.frac + w.frac)
+                y, so = self._gemm_q(xa.c, w.c, xa.frac + w.frac, False, True)
             else:
                 # W (out x in) read transposed by the kernel (it packs B panels anyway)
                 y = k.gemm_float(xa.values, w.values, trans_a=False, trans_b=True)
@@ -609,6 +608,16 @@ class Engine:
         step.add(i, work, "ff", self.preset)
         cols = p_nat if layer.kind == "conv2d" else None
         return y, {"xa": xa, "w": w, "cols": cols, "xz": xz, "wz": wz}
+
+    def _gemm_q(
+        self, a: np.ndarray, b: np.ndarray, frac: int, trans_a: bool, trans_b: bool
+    ) -> tuple[np.ndarray, int]:
+        """The integer GEMM of two code matrices rescaled by 2^-frac to float32 values, and
+        its slice_ops: rescale(gemm_int(...)), in one kernel call where frac allows."""
+        if -64 <= frac <= 126:
+            return self._k.gemm_int_scaled(a, b, frac, trans_a=trans_a, trans_b=trans_b)
+        acc, so = self._k.gemm_int(a, b, trans_a=trans_a, trans_b=trans_b)
+        return rescale(acc, frac), so
 
     # ------------------------------------------------------------------ backward
     def _relu_mask_before(
@@ -697,13 +706,7 @@ class Engine:
             bq = self._feedback_q(bm, a.index)
             so = None
             if eq.is_int and bq.is_int:
-                acc, so = k.gemm_int(
-                    eq.c.reshape(nb, -1),
-                    bq.c,
-                    trans_a=False,
-                    trans_b=True,
-                )
-                d = rescale(acc, eq.frac + bq.frac)
+                d, so = self._gemm_q(eq.c.reshape(nb, -1), bq.c, eq.frac + bq.frac, False, True)
             else:
                 d = k.gemm_float(e2v, bq.values, trans_a=False, trans_b=True)
             mask = self._relu_mask_before(nxt.index, cache, d.shape)
@@ -768,8 +771,7 @@ class Engine:
         if layer.kind == "linear":
             p_nat, q_nat = eq.zeros_source, w.zeros_source
             if eq.is_int and w.is_int:
-                acc, so = k.gemm_int(eq.c, w.c, trans_a=False, trans_b=False)
-                d = rescale(acc, eq.frac + w.frac)
+                d, so = self._gemm_q(eq.c, w.c, eq.frac + w.frac, False, False)
             else:
                 d = k.gemm_float(eq.values, w.values, trans_a=False, trans_b=False)
             mask = self._relu_mask_before(i, cache, d.shape)
@@ -866,8 +868,7 @@ class Engine:
         if layer.kind == "linear":
             p_nat, q_nat = eq.zeros_source.T, xa.zeros_source
             if eq.is_int and xa.is_int:
-                acc, so = k.gemm_int(eq.c, xa.c, trans_a=True, trans_b=False)
-                dw = rescale(acc, eq.frac + xa.frac)
+                dw, so = self._gemm_q(eq.c, xa.c, eq.frac + xa.frac, True, False)
             else:
                 dw = k.gemm_float(eq.values, xa.values, trans_a=True, trans_b=False)
             p_codes, q_codes = (None if eq.codes is None else eq.codes.T), xa.codes

@@ -14,7 +14,9 @@ values when ``values=False``).
 momentum in fp32; the engine quantizes other formats itself).
 
 Integer kernels return ``(int64 result, slice_ops)`` where ``slice_ops`` is the number of
-non-zero 4-bit slice products the kernel did (zero operands contribute none).
+non-zero 4-bit slice products the kernel did (zero operands contribute none);
+``gemm_int_scaled`` returns the GEMM's result already rescaled, ``(C * 2^-frac as float32,
+slice_ops)``, -64 <= frac <= 126 (engine_policy.rescale of the int64 result, bit for bit).
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ class Kernels(Protocol):
     def gemm_int(
         self, a: np.ndarray, b: np.ndarray, *, trans_a: bool, trans_b: bool
     ) -> IntResult: ...
+    def gemm_int_scaled(
+        self, a: np.ndarray, b: np.ndarray, frac: int, *, trans_a: bool, trans_b: bool
+    ) -> tuple[np.ndarray, int]: ...
     def gemm_float(
         self, a: np.ndarray, b: np.ndarray, *, trans_a: bool, trans_b: bool
     ) -> np.ndarray: ...
@@ -111,6 +116,11 @@ class ChipKernels:
 
     def gemm_int(self, a: np.ndarray, b: np.ndarray, *, trans_a: bool, trans_b: bool) -> IntResult:
         return datapath.gemm_int_slice_ops(a, b, trans_a=trans_a, trans_b=trans_b)
+
+    def gemm_int_scaled(
+        self, a: np.ndarray, b: np.ndarray, frac: int, *, trans_a: bool, trans_b: bool
+    ) -> tuple[np.ndarray, int]:
+        return datapath.gemm_int_scaled(a, b, frac, trans_a=trans_a, trans_b=trans_b)
 
     def gemm_float(
         self, a: np.ndarray, b: np.ndarray, *, trans_a: bool, trans_b: bool

@@ -70,6 +70,12 @@ class ReferenceKernels:
         c = gr.gemm_int_ref(am, bm, acc_bits=_acc_bits(a, b))
         return c, _slice_ops(am, bm)
 
+    def gemm_int_scaled(
+        self, a: np.ndarray, b: np.ndarray, frac: int, *, trans_a: bool, trans_b: bool
+    ) -> IntResult:
+        c, so = self.gemm_int(a, b, trans_a=trans_a, trans_b=trans_b)
+        return rescale(c, frac), so
+
     def gemm_float(
         self, a: np.ndarray, b: np.ndarray, *, trans_a: bool, trans_b: bool
     ) -> np.ndarray:
