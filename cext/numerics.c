@@ -10,7 +10,6 @@
  */
 #include "numerics_api.h"
 
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -74,36 +73,36 @@ void mt_numerics_set_portable(int portable) { g_portable = portable != 0; }
 
 typedef void (*range_fn)(const void *ctx, size_t lo, size_t hi);
 
+/* The parked-thread pool of gemm.c (fn(ctx, t, nt) for t = 0..nt-1). */
+void mt_run_parallel(void (*fn)(void *ctx, int tid, int nt), void *ctx, int nt);
+
 typedef struct {
     range_fn fn;
     const void *ctx;
-    size_t lo, hi;
-} range_job;
+    size_t mid, n;
+} split_job;
 
-static void *range_thread(void *arg)
+static void split_half(void *p, int tid, int nt)
 {
-    range_job *job = arg;
-    job->fn(job->ctx, job->lo, job->hi);
-    return NULL;
+    const split_job *job = p;
+    (void)nt;
+    if (tid == 0)
+        job->fn(job->ctx, 0, job->mid);
+    else
+        job->fn(job->ctx, job->mid, job->n);
 }
 
-/* Run fn over [0, n), in two halves on two threads when n is large. Each element's result
- * depends only on the element and its index, so the split cannot change any result. */
+/* Run fn over [0, n), in two halves on two threads (the caller and a pool worker) when n is
+ * large. Each element's result depends only on the element and its index, so the split
+ * cannot change any result. */
 static void run_split(range_fn fn, const void *ctx, size_t n)
 {
     if (g_threads < 2 || n < SPLIT_MIN) {
         fn(ctx, 0, n);
         return;
     }
-    size_t mid = (n / 2) & ~(size_t)63;
-    range_job second = {fn, ctx, mid, n};
-    pthread_t th;
-    if (pthread_create(&th, NULL, range_thread, &second) != 0) {
-        fn(ctx, 0, n);
-        return;
-    }
-    fn(ctx, 0, mid);
-    pthread_join(th, NULL);
+    split_job job = {fn, ctx, (n / 2) & ~(size_t)63, n};
+    mt_run_parallel(split_half, &job, 2);
 }
 
 /* ---------------------------------------------------------------- float32 words */

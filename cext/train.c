@@ -9,7 +9,6 @@
 
 #include "train_api.h"
 
-#include <pthread.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +21,28 @@
 
 /* Arrays at least this long are split across two threads. */
 #define SPLIT_MIN ((int64_t)1 << 17)
+
+/* The parked-thread pool of gemm.c (fn(ctx, t, nt) for t = 0..nt-1). */
+void mt_run_parallel(void (*fn)(void *ctx, int tid, int nt), void *ctx, int nt);
+
+/* fn(first) on the caller and fn(second) on a pool worker, at the same time. */
+typedef struct {
+    void (*fn)(void *);
+    void *job[2];
+} pair_job;
+
+static void pair_part(void *p, int tid, int nt)
+{
+    pair_job *pj = p;
+    (void)nt;
+    pj->fn(pj->job[tid]);
+}
+
+static void run_pair(void (*fn)(void *), void *first, void *second)
+{
+    pair_job pj = {fn, {first, second}};
+    mt_run_parallel(pair_part, &pj, 2);
+}
 
 typedef struct {
     float *w, *m;
@@ -71,11 +92,7 @@ VECTOR_CLONES static void sgd_range(const sgd_job *t)
     }
 }
 
-static void *sgd_thread(void *p)
-{
-    sgd_range(p);
-    return NULL;
-}
+static void sgd_part(void *p) { sgd_range(p); }
 
 int mt_sgd_update(float *w, float *m, const float *g, const uint8_t *upd, const uint8_t *keep,
                   int64_t n, float lr, float mu, float wd, int threads)
@@ -93,14 +110,7 @@ int mt_sgd_update(float *w, float *m, const float *g, const uint8_t *upd, const 
     sgd_job b = a;
     a.hi = mid;
     b.lo = mid;
-    pthread_t th;
-    if (pthread_create(&th, NULL, sgd_thread, &b) != 0) {
-        a.hi = n;
-        sgd_range(&a);
-        return 0;
-    }
-    sgd_range(&a);
-    pthread_join(th, NULL);
+    run_pair(sgd_part, &a, &b);
     return 0;
 }
 
@@ -120,11 +130,7 @@ VECTOR_CLONES static void rescale_range(const rescale_job *t)
         out[i] = (float)acc[i] * scale;
 }
 
-static void *rescale_thread(void *p)
-{
-    rescale_range(p);
-    return NULL;
-}
+static void rescale_part(void *p) { rescale_range(p); }
 
 int mt_rescale_i64(const int64_t *acc, float *out, int64_t n, int frac, int threads)
 {
@@ -144,14 +150,7 @@ int mt_rescale_i64(const int64_t *acc, float *out, int64_t n, int frac, int thre
     rescale_job b = a;
     a.hi = mid;
     b.lo = mid;
-    pthread_t th;
-    if (pthread_create(&th, NULL, rescale_thread, &b) != 0) {
-        a.hi = n;
-        rescale_range(&a);
-        return 0;
-    }
-    rescale_range(&a);
-    pthread_join(th, NULL);
+    run_pair(rescale_part, &a, &b);
     return 0;
 }
 
@@ -198,11 +197,10 @@ typedef struct {
     int64_t total;
 } zero_job;
 
-static void *zero_thread(void *p)
+static void zero_part(void *p)
 {
     zero_job *t = p;
     t->fn(t->x, t->rows, t->cols, t->rs, t->per_row, t->per_col, &t->total);
-    return NULL;
 }
 
 /* fn with per_col zeroed first; large matrices in two row halves on two threads (integer
@@ -222,20 +220,14 @@ static void zero_rows_split(zero_fn fn, const char *x, int esize, int64_t rows, 
         fn(x, rows, cols, rs, per_row, per_col, total);
         return;
     }
+    zero_job a = {fn, x, half, cols, rs, per_row, per_col, 0};
     zero_job b = {fn, x + half * rs * esize, rows - half, cols, rs,
                   per_row ? per_row + half : NULL, second, 0};
-    pthread_t th;
-    int started = pthread_create(&th, NULL, zero_thread, &b) == 0;
-    int64_t t0 = 0;
-    fn(x, half, cols, rs, per_row, per_col, &t0);
-    if (started)
-        pthread_join(th, NULL);
-    else
-        zero_thread(&b);
+    run_pair(zero_part, &a, &b);
     for (int64_t c = 0; per_col && c < cols; c++)
         per_col[c] += second[c];
     free(second);
-    *total = t0 + b.total;
+    *total = a.total + b.total;
 }
 
 static int64_t elem_is_zero(const char *x, int esize, int64_t i)
