@@ -230,7 +230,7 @@ def cobs_encode(data: bytes | bytearray | memoryview) -> bytes:
     return b"".join(out)
 
 
-def _cobs_decode(enc: bytes) -> bytes:
+def _cobs_decode(enc: bytes | memoryview) -> bytes:
     """cobs_decode for a non-empty ``enc`` known to hold no 0x00 (a piece of a split on the
     delimiter). Works in place on a copy: every code byte after the first stands for the zero
     that ended the block before it, so it becomes 0x00, or is cut out where that block was a
@@ -322,11 +322,14 @@ PY_CODEC = {
 }
 
 
-def _cobs_decode_c(enc: bytes) -> bytes:
-    """_cobs_decode in C."""
+def _cobs_decode_c(enc: bytes | memoryview) -> bytearray:
+    """_cobs_decode in C, into a bytearray (``_decode_body`` cuts the header and trailers off
+    it in place, so the payload is never copied again)."""
     n = len(enc)
-    out = _alloc("uint8_t[]", n)
-    k = _lib.mt_codec_cobs_decode(enc, n, out)
+    out = bytearray(n)
+    k = _lib.mt_codec_cobs_decode(
+        enc if type(enc) is bytes else _ffi.from_buffer(enc), n, _ffi.from_buffer(out)
+    )
     if k < 0:
         start = -k - 1
         code = enc[start]
@@ -334,7 +337,8 @@ def _cobs_decode_c(enc: bytes) -> bytes:
             f"COBS block at offset {start} claims {code - 1} data bytes but only "
             f"{n - start - 1} remain"
         )
-    return _ffi.buffer(out, k)[:]
+    del out[k:]
+    return out
 
 
 def _frame_wire_c(a: bytes, b: bytes | bytearray | memoryview, session: int) -> bytes:
@@ -356,19 +360,21 @@ def _frame_wire_cz(a: bytes, b: bytes | bytearray | memoryview, session: int) ->
     return _ffi.buffer(out, k)[:]
 
 
-def _split_c(data: bytes) -> list[bytes]:
-    """_split_py with the delimiters found by memchr in C (bytes.split scans byte by byte);
-    data holding more than 64 of them (idle fill, garbage) goes to bytes.split."""
+def _split_c(data: bytes) -> list[bytes] | list[memoryview]:
+    """_split_py with the delimiters found by memchr in C (bytes.split scans byte by byte), as
+    memoryview slices of ``data`` (no copy; the C decoder reads them in place); data holding
+    more than 64 delimiters (idle fill, garbage) goes to bytes.split."""
     pos = _alloc("size_t[]", 64)
     k = _lib.mt_codec_zeros(data, len(data), pos, 64)
     if k == 64:
         return data.split(b"\x00")
+    mv = memoryview(data)
     out = []
     i = 0
     for j in _ffi.unpack(pos, k):
-        out.append(data[i:j])
+        out.append(mv[i:j])
         i = j + 1
-    out.append(data[i:])
+    out.append(mv[i:])
     return out
 
 
@@ -529,14 +535,16 @@ def decode_frame(
         raise CobsError("empty COBS block: at least one code byte is required")
     if 0 in enc:
         raise CobsError(f"0x00 at offset {enc.index(0)} inside a COBS frame (0x00 only delimits)")
-    return _decode_body(enc, max_payload, session, True)
+    f = _decode_body(enc, max_payload, session, True)
+    return f if type(f.payload) is bytes else f._replace(payload=bytes(f.payload))
 
 
 def _decode_body(
-    body: bytes, max_payload: int, session: int | None = None, auth: bool = False
+    body: bytes | memoryview, max_payload: int, session: int | None = None, auth: bool = False
 ) -> Frame:
     """decode_frame for a non-empty ``body`` known to hold no 0x00; ``auth``: authenticated
-    frames (16 bytes longer) are expected."""
+    frames (16 bytes longer) are expected. With the C codec the payload is a bytearray (the
+    decoded frame with header and trailers cut off in place: no copy), else bytes."""
     limit = max_encoded_size(max_payload + (FRAME_AUTH_SIZE if auth else 0))
     if len(body) > limit:
         raise FrameTooLong(
@@ -555,6 +563,7 @@ def _decode_body(
     got = _crc32(checked, session or 0)
     if want != got and (session is None or raw[2] not in SETUP_TYPES or want != _crc32(checked)):
         raise CrcError(f"CRC-32 mismatch: trailer 0x{want:08x}, computed 0x{got:08x}")
+    checked.release()  # a bytearray with an exported buffer cannot be cut below
     version, flags, ftype, channel, seq, ack, length, credits = HEADER.unpack_from(raw)
     if version != LINK_VERSION:
         raise BadVersion(f"link header version {version}; this end speaks {LINK_VERSION}")
@@ -567,12 +576,16 @@ def _decode_body(
                 f"{HEADER_SIZE + FRAME_AUTH_SIZE + CRC_SIZE} (header, counter, tag and CRC)"
             )
         end -= FRAME_AUTH_SIZE
-        trailer = raw[end : end + FRAME_AUTH_SIZE]
+        trailer = bytes(raw[end : end + FRAME_AUTH_SIZE])
     plen = end - HEADER_SIZE
     if plen > max_payload:
         raise FrameTooLong(f"payload of {plen} bytes; negotiated maximum is {max_payload}")
     if length != plen:
         raise LengthMismatch(f"header length {length} but {plen} payload bytes received")
+    if type(raw) is bytearray:  # ours: trailers off the end, the header off the front (O(1))
+        del raw[end:]
+        del raw[:HEADER_SIZE]
+        return Frame(ftype, seq, ack, credits, flags, channel, raw, trailer)
     return Frame(ftype, seq, ack, credits, flags, channel, raw[HEADER_SIZE:end], trailer)
 
 

@@ -268,7 +268,9 @@ class _Out:
         "seq",
     )
 
-    def __init__(self, seq: int, channel: int, flags: int, payload: bytes, msg_id: int) -> None:
+    def __init__(
+        self, seq: int, channel: int, flags: int, payload: bytes | memoryview, msg_id: int
+    ) -> None:
         self.seq = seq
         self.msg_id = msg_id
         self.channel = channel
@@ -979,7 +981,8 @@ class Link:
             return
         discarded, self._discarding, self._parts_bytes = self._discarding, False, 0
         if not discarded:
-            payload = b"".join(self._parts) if len(self._parts) > 1 else self._parts[0]
+            # One copy into the message (frame payloads may be bytearrays of the decoder).
+            payload = b"".join(self._parts) if len(self._parts) > 1 else bytes(self._parts[0])
             self._parts = []
             self._inbox.append(Message(f.channel, payload))
             self._inbox_bytes += len(payload)
@@ -1002,7 +1005,10 @@ class Link:
         mp = min(self._fragment, self._max_payload)
         while self._queue and ((self._snd_nxt - self._snd_una) & _SEQ_MASK) < limit:
             q = self._queue[0]
-            chunk = q.payload[q.off : q.off + mp]
+            if q.off == 0 and len(q.payload) <= mp:
+                chunk: bytes | memoryview = q.payload
+            else:  # a view of the message: the frame encoder reads it in place
+                chunk = memoryview(q.payload)[q.off : q.off + mp]
             q.off += len(chunk)
             flags = 0
             if q.off >= len(q.payload):
