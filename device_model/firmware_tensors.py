@@ -37,9 +37,10 @@ class StoredTensor:
     """One tensor: its descriptor (TensorDesc dict), its wire bytes and how many arrived."""
 
     desc: dict[str, Any]
-    #: The wire bytes: a bytearray while a transfer fills it, immutable bytes when the tensor
-    #: arrived whole (TRAIN_STEP_INLINE) or was made by the device.
-    buf: bytearray | bytes
+    #: The wire bytes: a bytearray while a transfer fills it, immutable bytes (or a read-only
+    #: view of the request that carried them) when the tensor arrived whole (TRAIN_STEP_INLINE)
+    #: or was made by the device.
+    buf: bytearray | bytes | memoryview
     received: int = 0
     complete: bool = False
     #: True for tensors the device created (outputs, weight snapshots).
@@ -243,11 +244,12 @@ class TensorStore:
         t.complete = True
         return t
 
-    def put_host(self, desc: dict[str, Any], data: bytes) -> StoredTensor:
+    def put_host(self, desc: dict[str, Any], data: bytes | memoryview) -> StoredTensor:
         """Store a host tensor that arrived whole (TRAIN_STEP_INLINE) as a completed transfer of
         ``desc`` (validated by ``check_begin`` and the memory checks first): the length, the
         CRC-32 and the wire form are checked as TENSOR_DATA and TENSOR_END would check them,
-        and nothing is stored if one fails. The bytes are kept as they are, not copied."""
+        and nothing is stored if one fails. The bytes are kept as they are, not copied (a
+        read-only view, e.g. of the request message, is kept as the view)."""
         tid = int(desc["id"])
         if len(data) != int(desc["nbytes"]):
             raise FirmwareError(
@@ -267,7 +269,8 @@ class TensorStore:
             from_wire(data, dtype, desc["shape"])
         except ValueError as e:
             raise FirmwareError(Status.BAD_REQUEST, f"tensor {tid}: {e}") from None
-        t = StoredTensor(desc=dict(desc), buf=bytes(data), received=len(data), complete=True)
+        keep = data if type(data) is memoryview and data.readonly else bytes(data)
+        t = StoredTensor(desc=dict(desc), buf=keep, received=len(keep), complete=True)
         self._tensors[tid] = t
         return t
 

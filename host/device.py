@@ -624,7 +624,7 @@ class Device:
         """Send several tensors (id, values, format); see ``_upload_encoded``."""
         self._upload_encoded([self._encode(tid, values, fmt) for tid, values, fmt in tensors])
 
-    def _upload_encoded(self, encoded: list[tuple[dict[str, Any], bytes]]) -> None:
+    def _upload_encoded(self, encoded: list[tuple[dict[str, Any], bytes | memoryview]]) -> None:
         """Send several encoded tensors pipelined: every TENSOR_BEGIN, DATA and END is sent
         before waiting, so the uploads cost one round trip. A tensor whose transfer did not go
         through (the device held part of it, or lost it) is sent again by ``_upload``, which
@@ -651,7 +651,7 @@ class Device:
                 f"{len(encoded)} tensor(s); check its power supply and the line, then retry"
             )
 
-    def _upload_pipelined(self, encoded: list[tuple[dict[str, Any], bytes]]) -> None:
+    def _upload_pipelined(self, encoded: list[tuple[dict[str, Any], bytes | memoryview]]) -> None:
         chunk = self._chunk_payload()
         groups: list[list[int]] = []
         for desc, data in encoded:
@@ -715,7 +715,7 @@ class Device:
     @staticmethod
     def _encode(
         tid: int, values: Any, fmt: str, saturate: bool | None = None
-    ) -> tuple[dict[str, Any], bytes]:
+    ) -> tuple[dict[str, Any], bytes | memoryview]:
         """(TensorDesc, wire bytes) of ``values`` in format/dtype ``fmt`` (``saturate``: the
         overflow behaviour of a number format, None for the format's default)."""
         dtype = DType.from_name(fmt)
@@ -740,9 +740,10 @@ class Device:
                 scale["frac_bits"] = int(params["frac_bits"])
             if "shared_exp" in params:
                 scale["shared_exp"] = int(params["shared_exp"])
-        return m.tensor_message(tid, codes, dtype, scale)
+        # A view of the codes, not a copy: the request that sends them copies them once.
+        return m.tensor_message(tid, codes, dtype, scale, copy=False)
 
-    def _upload(self, desc: dict[str, Any], data: bytes) -> None:
+    def _upload(self, desc: dict[str, Any], data: bytes | memoryview) -> None:
         """Send one tensor, resuming from the offset TENSOR_BEGIN reports."""
         tid = desc["id"]
         self._sent.pop(tid, None)

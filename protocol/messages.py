@@ -60,7 +60,7 @@ from construct import (
 )
 from numpy.typing import NDArray
 
-from protocol.dtypes import DType, shape_count, to_wire, wire_nbytes
+from protocol.dtypes import CODE_DTYPE, DType, shape_count, to_wire, wire_nbytes
 from protocol.framing import MAX_PAYLOAD, MIN_PAYLOAD
 from protocol.framing import crc32 as _crc32
 from protocol.messages_counters import COUNTERS_SIZE, Counters, pack_counters, unpack_counters
@@ -948,7 +948,7 @@ def _decode_inline_request(data: bytes) -> RequestMsg | None:
         at += 4
         if at + n > len(data):
             return None
-        body[f"{key}_data"] = data[at : at + n]
+        body[f"{key}_data"] = memoryview(data)[at : at + n]  # no copy of the tensor bytes
         at += n
     if at != len(data):
         return None
@@ -1100,9 +1100,24 @@ def tensor_message(
     codes: NDArray[np.generic],
     dtype: DType,
     scale: Mapping[str, int] | None = None,
-) -> tuple[dict[str, Any], bytes]:
-    """(TensorDesc dict, wire bytes) of a code array, with nbytes and the CRC-32 filled in."""
-    data = to_wire(codes, dtype)
+    *,
+    copy: bool = True,
+) -> tuple[dict[str, Any], bytes | memoryview]:
+    """(TensorDesc dict, wire bytes) of a code array, with nbytes and the CRC-32 filled in.
+    ``copy=False``: when the array already holds the wire codes (C-contiguous, the dtype's
+    code dtype, not packed dfxp4) the bytes are a read-only view of it, not a copy (the
+    caller must not change the array while it uses them)."""
+    arr = np.asarray(codes)
+    data: bytes | memoryview
+    if (
+        not copy
+        and dtype != DType.DFXP4
+        and arr.dtype == CODE_DTYPE[DType(dtype)]
+        and arr.flags.c_contiguous
+    ):
+        data = memoryview(arr).toreadonly().cast("B")  # type: ignore[arg-type]
+    else:
+        data = to_wire(codes, dtype)
     shape = list(np.shape(codes))
     assert len(data) == wire_nbytes(dtype, shape_count(shape))
     desc = {
@@ -1117,7 +1132,7 @@ def tensor_message(
 
 
 def data_chunks(
-    tensor_id: int, data: bytes, max_payload: int, offset: int = 0
+    tensor_id: int, data: bytes | memoryview, max_payload: int, offset: int = 0
 ) -> list[dict[str, Any]]:
     """TENSOR_DATA bodies sending ``data[offset:]`` in chunks that each fit one frame of
     ``max_payload`` bytes (slices of a memoryview: no copy until encoding)."""
