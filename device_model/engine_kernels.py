@@ -9,7 +9,8 @@ kernels and can be compared bit for bit.
 
 ``encode_values`` gives a fixed-point tensor's codes and their float32 values
 (code * 2^-frac, ``frac`` the fractional length the parameters in ``kw`` give; None for the
-values when ``values=False``).
+values when ``values=False``); ``encode_values_amax`` the same with the scale from the
+tensor's amax (``scale_params``), returned as the third item.
 ``sgd_update`` is the float32 SGD step of the update stage, in place (master weights and
 momentum in fp32; the engine quantizes other formats itself).
 
@@ -43,6 +44,9 @@ class Kernels(Protocol):
     def encode_values(
         self, x: np.ndarray, fmt: str, frac: int, *, values: bool = True, **kw: Any
     ) -> tuple[np.ndarray, np.ndarray | None]: ...
+    def encode_values_amax(
+        self, x: np.ndarray, fmt: str, *, values: bool = True, **kw: Any
+    ) -> tuple[np.ndarray, np.ndarray | None, int]: ...
     def quantize(self, x: np.ndarray, fmt: str, **kw: Any) -> np.ndarray: ...
     def scale_params(self, x: np.ndarray, fmt: str, **kw: Any) -> dict[str, Any]: ...
     def gemm_int(
@@ -99,6 +103,21 @@ class ChipKernels:
             values=values,
         )
         return codes, vals
+
+    def encode_values_amax(
+        self, x: np.ndarray, fmt: str, *, values: bool = True, **kw: Any
+    ) -> tuple[np.ndarray, np.ndarray | None, int]:
+        xs = np.ascontiguousarray(x, np.float32)
+        return chip_numerics.encode_fixed_values(
+            xs,
+            fmt,
+            None,
+            rounding=kw.get("rounding", "nearest"),
+            saturate=kw.get("saturate"),
+            seed=kw.get("seed", 0),
+            stream=kw.get("stream", 0),
+            values=values,
+        )
 
     def quantize(self, x: np.ndarray, fmt: str, **kw: Any) -> np.ndarray:
         return chip_numerics.quantize(x, fmt, **kw)

@@ -221,13 +221,16 @@ class Policy:
         k = self.kernels
         if is_int_format(fmt):
             key = (layer, CLASS[cls], part)
-            frac = self._frac(x, fmt, e, key, laps_shift)
-            params = {"shared_exp": -frac} if fmt == "flex16" else {"frac_bits": frac}
             # the datapath operands (activations, weights, errors) are used as codes: large
             # ones get their values only if read (small ones at once: one C call is cheaper
             # than a later rescale); the rest (gradients, momentum, master weights) as values
             want_values = cls not in _CODE_CLASSES or x.size < _LAZY_VALUES_MIN
-            codes, values = k.encode_values(x, fmt, frac, values=want_values, **kw, **params)
+            if e.frac_mode == "amax":  # the scale of _frac, found by the encoding call
+                codes, values, frac = k.encode_values_amax(x, fmt, values=want_values, **kw)
+            else:
+                frac = self._frac(x, fmt, e, key, laps_shift)
+                params = {"shared_exp": -frac} if fmt == "flex16" else {"frac_bits": frac}
+                codes, values = k.encode_values(x, fmt, frac, values=want_values, **kw, **params)
             if e.frac_mode == "overflow":
                 self.frac[key] = next_frac_bits(x, format_bits(fmt), frac)
             elif e.frac_mode == "stochastic_threshold":

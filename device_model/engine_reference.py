@@ -58,6 +58,14 @@ class ReferenceKernels:
         codes = ref_numerics.encode(x, fmt, **kw)
         return codes, rescale(codes, frac) if values else None
 
+    def encode_values_amax(
+        self, x: np.ndarray, fmt: str, *, values: bool = True, **kw: Any
+    ) -> tuple[np.ndarray, np.ndarray | None, int]:
+        p = self.scale_params(x, fmt)
+        frac = -int(p["shared_exp"]) if fmt == "flex16" else int(p["frac_bits"])
+        codes, vals = self.encode_values(x, fmt, frac, values=values, **kw, **p)
+        return codes, vals, frac
+
     def quantize(self, x: np.ndarray, fmt: str, **kw: Any) -> np.ndarray:
         return ref_numerics.quantize(x, fmt, **kw)
 
