@@ -274,6 +274,10 @@ class EmuSerial(SerialBase):
         timeout (None: until ``size`` bytes arrived or the device has nothing left to do,
         since nothing else in this process can make it speak; 0: no waiting)."""
         dev = self._dev()
+        if len(self._rx) >= size:  # the device's answer is here already (written at once)
+            out = bytes(self._rx[:size])
+            del self._rx[:size]
+            return out
         timeout = self.timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:

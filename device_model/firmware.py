@@ -801,7 +801,7 @@ class Firmware:
         free = self._free_bytes()  # one query of the engine's memory for both tensors
         for key, tid in zip(("input", "target"), ids, strict=True):
             desc, data = body[key], body[f"{key}_data"]
-            self.tensors.check_begin(desc, STORABLE)
+            self.tensors.check_begin(desc, STORABLE, resume=False)
             self._check_new_tensor(tid, len(data), f"{key} {tid}")
             old = self.tensors.counted_bytes(tid)
             if len(data) > free + old:

@@ -180,6 +180,8 @@ class Device:
         self._auth_counter = 0
         self.runner = Runner(port, timeout=timeout, baudrate=baudrate)
         self._hello: dict[str, Any] = {}
+        #: (the HELLO answer, its max_request_bytes): _max_request's memo.
+        self._max_request_of: tuple[dict[str, Any] | None, int] = (None, DEFAULT_MAX_REQUEST)
         self._seen_resets = 0
         #: Bumped when the device is found to have lost its state; models of older ones die.
         self._generation = 0
@@ -677,11 +679,17 @@ class Device:
             self._sent[desc["id"]] = _fingerprint(desc)
 
     def _max_request(self) -> int:
-        """The device's largest request message in bytes (HELLO's ``max_request_bytes``)."""
-        for p in self._hello.get("parameters", ()):
-            if p["name"] == "max_request_bytes":
-                return int(p["value"])
-        return DEFAULT_MAX_REQUEST
+        """The device's largest request message in bytes (HELLO's ``max_request_bytes``),
+        looked up once per HELLO answer."""
+        hello = self._hello
+        if self._max_request_of[0] is not hello:
+            most = DEFAULT_MAX_REQUEST
+            for p in hello.get("parameters", ()):
+                if p["name"] == "max_request_bytes":
+                    most = int(p["value"])
+                    break
+            self._max_request_of = (hello, most)
+        return self._max_request_of[1]
 
     def _chunk_payload(self) -> int:
         """Message size of the TENSOR_DATA chunks (``data_chunks``'s max_payload argument)."""
