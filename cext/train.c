@@ -8,6 +8,7 @@
 #pragma GCC optimize("fp-contract=off")
 
 #include "train_api.h"
+#include "train_relu_api.h"
 
 #include <stddef.h>
 #include <stdlib.h>
@@ -369,4 +370,39 @@ int64_t mt_zero_counts(const void *xv, int elem, int64_t rows, int64_t cols, int
         total += z;
     }
     return total;
+}
+
+/* ---------------------------------------------------------------- ReLU (train_relu_api.h) */
+
+VECTOR_CLONES static void relu_fwd(const float *restrict x, float *restrict y,
+                                   uint8_t *restrict pos, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) {
+        int p = x[i] > 0.0f;
+        pos[i] = (uint8_t)p;
+        y[i] = p ? x[i] : 0.0f;
+    }
+}
+
+VECTOR_CLONES static void relu_bwd(const float *e, const uint8_t *restrict pos, float *out,
+                                   int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        out[i] = pos[i] ? e[i] : 0.0f;
+}
+
+int mt_relu_f32(const float *x, float *y, uint8_t *pos, int64_t n)
+{
+    if (!x || !y || !pos || n < 0)
+        return -1;
+    relu_fwd(x, y, pos, n);
+    return 0;
+}
+
+int mt_relu_bwd_f32(const float *e, const uint8_t *pos, float *out, int64_t n)
+{
+    if (!e || !pos || !out || n < 0)
+        return -1;
+    relu_bwd(e, pos, out, n);
+    return 0;
 }

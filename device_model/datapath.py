@@ -40,6 +40,8 @@ __all__ = [
     "kernel_available",
     "maxpool_tiled",
     "maxpool_tiled_backward",
+    "relu",
+    "relu_backward",
     "rescale_i64",
     "round_ieee_like",
     "sgd_update",
@@ -704,6 +706,41 @@ def zero_counts(x: np.ndarray, threads: int | None = None) -> tuple[np.ndarray, 
         _threads(threads),
     )
     return per_row, per_col
+
+
+def relu(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(np.where(x > 0, x, 0), x > 0)`` of a float32 array in one C pass (the same bits;
+    NaN and both zeros give +0 and False)."""
+    if not isinstance(x, np.ndarray) or x.dtype != np.float32:
+        raise ValueError("x must be a numpy float32 array")
+    xs = np.ascontiguousarray(x)
+    y = np.empty(xs.shape, np.float32)
+    pos = np.empty(xs.shape, np.bool_)
+    if xs.size:
+        lib.mt_relu_f32(
+            _ptr(xs, "float *"), _ptr(y, "float *"), ffi.from_buffer("uint8_t[]", pos), xs.size
+        )
+    return y, pos
+
+
+def relu_backward(e: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """``np.where(pos, e, 0)`` for a float32 error and the bool mask of ``relu`` (same shape),
+    in one C pass (the same bits: e's where pos, +0 elsewhere)."""
+    if not isinstance(e, np.ndarray) or e.dtype != np.float32:
+        raise ValueError("e must be a numpy float32 array")
+    if not isinstance(pos, np.ndarray) or pos.dtype != np.bool_ or pos.shape != e.shape:
+        raise ValueError("pos must be a bool array of e's shape")
+    es = np.ascontiguousarray(e)
+    ps = np.ascontiguousarray(pos)
+    out = np.empty(es.shape, np.float32)
+    if es.size:
+        lib.mt_relu_bwd_f32(
+            _ptr(es, "float *"),
+            ffi.from_buffer("uint8_t[]", ps, require_writable=False),
+            _ptr(out, "float *"),
+            es.size,
+        )
+    return out
 
 
 def rescale_i64(acc: np.ndarray, frac: int, threads: int | None = None) -> np.ndarray:

@@ -37,7 +37,7 @@ from device_model.costs import (
     stage_costs,
 )
 from device_model.costs_schedule import LayerCycles, bp_latency, dfa_latency, pdfa_split_costs
-from device_model.datapath import zero_counts
+from device_model.datapath import relu, relu_backward, zero_counts
 from device_model.engine_config import EngineConfig, EngineError, PolicyEntry
 from device_model.engine_counts import count_macs, masked_slice_ops
 from device_model.engine_kernels import ChipKernels, Kernels
@@ -516,8 +516,8 @@ class Engine:
             if kind in ("linear", "conv2d"):
                 y, c = self._ff_param(layer, x, pass_no, step, laps)
             elif kind == "relu":
-                c = {"pos": x > 0}
-                y = np.where(c["pos"], x, np.float32(0)).astype(np.float32, copy=False)
+                y, pos = relu(x)  # np.where(x > 0, x, 0) and x > 0 in one pass
+                c = {"pos": pos}
             elif kind == "leaky_relu":
                 c = {"pos": x > 0}
                 y = np.where(c["pos"], x, x * np.float32(layer.slope)).astype(np.float32)
@@ -674,7 +674,7 @@ class Engine:
                 else:
                     active = False
             elif layer.kind == "relu":
-                e = np.where(c["pos"], e, np.float32(0)).astype(np.float32, copy=False)
+                e = relu_backward(np.asarray(e, np.float32), c["pos"])
             elif layer.kind == "leaky_relu":
                 e = np.where(c["pos"], e, e * np.float32(layer.slope)).astype(np.float32)
             elif layer.kind in ("max_pool2d", "avg_pool2d"):
