@@ -539,6 +539,7 @@ class Engine:
         nb = x.shape[0]
         so = None
         biased = False
+        cols_c = None
         if layer.kind == "linear":
             p_nat = xa.zeros_source  # counted by zeros only: codes or values
             if xa.is_int and w.is_int:
@@ -550,8 +551,12 @@ class Engine:
             p_nat = im2col(xa.values, layer)
             o = layer.out_shape[0]
             if xa.is_int and w.is_int:
-                acc, so = k.conv2d(xa.c, w.c, layer.stride, layer.padding)
-                y = rescale(acc, xa.frac + w.frac)
+                # datapath.conv2d's GEMM (im2col of the codes times W^T) rescaled in the
+                # kernel; the codes' im2col is kept for WG
+                cols_c = im2col(xa.c, layer)
+                y2, so = self._gemm_q(cols_c, w.c.reshape(o, -1), xa.frac + w.frac, False, True)
+                ho, wo = layer.out_shape[1:]
+                y = np.ascontiguousarray(y2.reshape(nb, ho, wo, o).transpose(0, 3, 1, 2))
             else:
                 y2 = k.gemm_float(p_nat, w.values.reshape(o, -1), trans_a=False, trans_b=True)
                 if b is not None:  # the same float32 sums as after the move to NCHW
@@ -607,7 +612,7 @@ class Engine:
         )
         step.add(i, work, "ff", self.preset)
         cols = p_nat if layer.kind == "conv2d" else None
-        return y, {"xa": xa, "w": w, "cols": cols, "xz": xz, "wz": wz}
+        return y, {"xa": xa, "w": w, "cols": cols, "cols_c": cols_c, "xz": xz, "wz": wz}
 
     def _gemm_q(
         self, a: np.ndarray, b: np.ndarray, frac: int, trans_a: bool, trans_b: bool
@@ -876,10 +881,12 @@ class Engine:
             dy2 = _error_matrix(eq.values) if vm is None else vm
             p_nat, q_nat = dy2.T, c["cols"]
             if eq.is_int and xa.is_int:
-                acc, so = k.conv2d_weight_grad(
-                    xa.c, eq.c, layer.kernel, layer.stride, layer.padding
-                )
-                dw = rescale(acc, eq.frac + xa.frac)
+                # datapath.conv2d_weight_grad's GEMM (dy as O x (n, ho, wo) times the
+                # input's im2col) rescaled in the kernel
+                cols_c = c["cols_c"] if c["cols_c"] is not None else im2col(xa.c, layer)
+                dyc = np.ascontiguousarray(eq.c.transpose(1, 0, 2, 3)).reshape(o, -1)
+                dw2, so = self._gemm_q(dyc, cols_c, eq.frac + xa.frac, False, False)
+                dw = dw2.reshape(layer.weight_shape)
             else:
                 dw = k.gemm_float(dy2, c["cols"], trans_a=True, trans_b=False).reshape(
                     layer.weight_shape
