@@ -77,7 +77,7 @@ class DeviceLink:
         self.link.poll(now)
         self._serve()
 
-    def bytes_to_send(self, now: float) -> bytes:
+    def bytes_to_send(self, now: float) -> bytes | bytearray:
         """Everything the device wants on the line now."""
         return self.link.bytes_to_send(now)
 
@@ -85,7 +85,7 @@ class DeviceLink:
         """When ``poll`` must next be called (None: nothing pending)."""
         return self.link.next_deadline()
 
-    def feed(self, data: bytes | bytearray | memoryview, now: float) -> bytes:
+    def feed(self, data: bytes | bytearray | memoryview, now: float) -> bytes | bytearray:
         """Receive ``data``, run due timers and return the device's output."""
         if data:
             self.link.receive_bytes(data, now)

@@ -124,9 +124,12 @@ from protocol.framing import (
     Frame,
     FrameDecoder,
     FrameFlag,
+    FrameParts,
     FrameType,
     FramingError,
+    data_header,
     encode_frame,
+    encode_frames,
     session_crc,
     verify_frame,
 )
@@ -547,13 +550,13 @@ class Link:
         self._now = now
         self._start(epoch)
 
-    def bytes_to_send(self, now: float | None = None) -> bytes:
+    def bytes_to_send(self, now: float | None = None) -> bytes | bytearray:
         """Everything the end wants on the line now: control frames, retransmissions, then
         new DATA frames as far as the window and the peer's credits allow."""
         if now is not None:
             self._now = now
         now = self._now
-        out: list[bytes] = []
+        out: list[bytes | FrameParts] = []
         credits = self._credits()
         ack = self._rcv_nxt
         if self._peer_epoch is None or not self._confirmed:
@@ -999,7 +1002,9 @@ class Link:
 
     # ------------------------------------------------------------------ sending
 
-    def _fill_window(self, out: list[bytes], ack: int, credits: int, now: float) -> bool:
+    def _fill_window(
+        self, out: list[bytes | FrameParts], ack: int, credits: int, now: float
+    ) -> bool:
         limit = min(self._window, self._peer_credits)
         sent = False
         mp = min(self._fragment, self._max_payload)
@@ -1020,26 +1025,32 @@ class Link:
             self._tx_no += 1
             self._inflight[o.seq] = o
             self._snd_nxt = (self._snd_nxt + 1) & _SEQ_MASK
-            out.append(
-                encode_frame(
-                    FrameType.DATA,
-                    chunk,
-                    seq=o.seq,
-                    ack=ack,
-                    credits=credits,
-                    flags=flags,
-                    channel=q.channel,
-                    session=self._tx_session,
-                    **self._auth_args(),
+            if self._tx_auth:
+                out.append(
+                    encode_frame(
+                        FrameType.DATA,
+                        chunk,
+                        seq=o.seq,
+                        ack=ack,
+                        credits=credits,
+                        flags=flags,
+                        channel=q.channel,
+                        session=self._tx_session,
+                        **self._auth_args(),
+                    )
                 )
-            )
+            else:  # encoded with the others by _emit (straight into one buffer when large)
+                head = data_header(
+                    len(chunk), seq=o.seq, ack=ack, credits=credits, flags=flags, channel=q.channel
+                )
+                out.append((head, chunk, self._tx_session))
             sent = True
         return sent
 
-    def _emit(self, out: list[bytes]) -> bytes:
+    def _emit(self, out: list[bytes | FrameParts]) -> bytes | bytearray:
         if not out:
             return b""
-        data = b"".join(out)
+        data = encode_frames(out)
         self._last_send = self._now
         self.stats["frames_sent"] += len(out)
         self.stats["bytes_sent"] += len(data)
