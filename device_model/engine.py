@@ -551,12 +551,14 @@ class Engine:
             p_nat = im2col(xa.values, layer)
             o = layer.out_shape[0]
             if xa.is_int and w.is_int:
-                # datapath.conv2d's GEMM (im2col of the codes times W^T) rescaled in the
+                # datapath.conv2d's GEMM (im2col of the codes times W^T), computed as its
+                # transpose W . cols^T (the same sums; the kernel's wide side is then the
+                # n * ho * wo positions, not the few output channels) and rescaled in the
                 # kernel; the codes' im2col is kept for WG
                 cols_c = im2col(xa.c, layer)
-                y2, so = self._gemm_q(cols_c, w.c.reshape(o, -1), xa.frac + w.frac, False, True)
+                yt, so = self._gemm_q(w.c.reshape(o, -1), cols_c, xa.frac + w.frac, False, True)
                 ho, wo = layer.out_shape[1:]
-                y = np.ascontiguousarray(y2.reshape(nb, ho, wo, o).transpose(0, 3, 1, 2))
+                y = np.ascontiguousarray(yt.reshape(o, nb, ho, wo).transpose(1, 0, 2, 3))
             else:
                 y2 = k.gemm_float(p_nat, w.values.reshape(o, -1), trans_a=False, trans_b=True)
                 if b is not None:  # the same float32 sums as after the move to NCHW
