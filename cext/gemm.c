@@ -1513,10 +1513,33 @@ int mt_gemm_int(const void *a, int a_bytes, int64_t lda, int trans_a,
                          acc_bits, acc_mode, kernel, threads, stats, NULL, 0.0f);
 }
 
+/* MICROTRAIN_KERNEL as the Python side reads it (surrounding blanks ignored; unset or empty
+ * is auto); -1 for a name it does not accept. */
+static int kernel_from_env(void)
+{
+    const char *v = getenv("MICROTRAIN_KERNEL");
+    if (!v)
+        return MT_KERNEL_AUTO;
+    while (*v == ' ' || (*v >= '\t' && *v <= '\r'))
+        v++;
+    size_t len = strlen(v);
+    while (len && (v[len - 1] == ' ' || (v[len - 1] >= '\t' && v[len - 1] <= '\r')))
+        len--;
+    if (len == 0 || (len == 4 && !strncmp(v, "auto", 4)))
+        return MT_KERNEL_AUTO;
+    if (len == 8 && !strncmp(v, "portable", 8))
+        return MT_KERNEL_PORTABLE;
+    if (len == 11 && !strncmp(v, "avx512-vnni", 11))
+        return MT_KERNEL_AVX512_VNNI;
+    return -1;
+}
+
 int mt_gemm_int_f32(const void *a, int a_bytes, int64_t lda, int trans_a, const void *b,
                     int b_bytes, int64_t ldb, int trans_b, int64_t m, int64_t k, int64_t n,
                     float *out, int frac, int kernel, int threads, mt_gemm_stats *stats)
 {
+    if (kernel == MT_KERNEL_FROM_ENV && (kernel = kernel_from_env()) < 0)
+        return MT_GEMM_EBADARG;
     if (!out || frac < -64 || frac > 126 || m < 0 || n < 0 || (a_bytes != 1 && a_bytes != 2) ||
         (b_bytes != 1 && b_bytes != 2))
         return MT_GEMM_EBADARG;

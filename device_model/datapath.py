@@ -278,10 +278,12 @@ def gemm_int_scaled(
         n,
         _ptr(out, "float *"),
         int(frac),
-        _kernel_code(None),
+        lib.MT_KERNEL_FROM_ENV,  # MICROTRAIN_KERNEL, read by the C side (as _kernel_code)
         _threads(threads),
         st,
     )
+    if rc != _OK:
+        _kernel_code(None)  # an unknown or unavailable kernel name: its own message
     _check_rc(rc, "gemm_int_scaled")
     return out, int(st.slice_ops)
 

@@ -97,3 +97,18 @@ def test_gemm_float_wide_transposed_b(
         b = _operand(rng, (n, k), specials=True)
         got = dp.gemm_float(a, b, trans_a=ta, trans_b=True, threads=threads)
         assert_same_bits(got, ref.gemm_f32_ref(a, b, trans_a=ta, trans_b=True))
+
+
+def test_gemm_int_scaled_reads_the_kernel_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The C side reads MICROTRAIN_KERNEL as datapath._kernel_code does (blanks around the
+    name, empty = auto); an unknown name is the same ValueError."""
+    a, b = np.ones((3, 4), np.int8), np.ones((4, 2), np.int8)
+    for name in ("auto", " portable ", "avx512-vnni" if dp.kernel_available("avx512-vnni") else ""):
+        monkeypatch.setenv("MICROTRAIN_KERNEL", name)
+        got, _ = dp.gemm_int_scaled(a, b, 1)
+        np.testing.assert_array_equal(got, np.full((3, 2), 2.0, np.float32))
+    monkeypatch.setenv("MICROTRAIN_KERNEL", "bogus")
+    with pytest.raises(ValueError, match="unknown kernel 'bogus'"):
+        dp.gemm_int_scaled(a, b, 1)
