@@ -360,24 +360,36 @@ def _frame_wire_cz(a: bytes, b: bytes | bytearray | memoryview, session: int) ->
     return _ffi.buffer(out, k)[:]
 
 
-def _split_c(data: bytes) -> list[bytes] | list[memoryview]:
+def _split_c(data: bytes | bytearray) -> list[bytes] | list[memoryview]:
     """_split_py with the delimiters found by memchr in C (bytes.split scans byte by byte), as
-    memoryview slices of ``data`` (no copy; the C decoder reads them in place); data holding
-    more than 64 delimiters (idle fill, garbage) goes to bytes.split."""
-    pos = _alloc("size_t[]", 64)
-    k = _lib.mt_codec_zeros(
-        data if type(data) is bytes else _ffi.from_buffer(data), len(data), pos, 64
-    )
-    if k == 64:
-        return data.split(b"\x00")
+    memoryview slices of ``data`` (no copy; the C decoder reads them in place), 256
+    delimiters per C call; data whose pieces average under 16 bytes (idle fill, garbage) goes
+    to bytes.split."""
+    n = len(data)
+    pos = _alloc("size_t[]", _SPLIT_CAP)
+    base = _ffi.from_buffer(data)
     mv = memoryview(data)
-    out = []
+    out: list[memoryview] = []
     i = 0
-    for j in _ffi.unpack(pos, k):
-        out.append(mv[i:j])
-        i = j + 1
+    at = 0
+    while True:
+        k = _lib.mt_codec_zeros(base + at, n - at, pos, _SPLIT_CAP)
+        found = _ffi.unpack(pos, k)
+        if k == _SPLIT_CAP and found[-1] < 16 * _SPLIT_CAP and not out:
+            return data.split(b"\x00")  # type: ignore[return-value]
+        for j in found:
+            j += at
+            out.append(mv[i:j])
+            i = j + 1
+        if k < _SPLIT_CAP:
+            break
+        at = i
     out.append(mv[i:])
     return out
+
+
+#: Delimiters one mt_codec_zeros call finds at most.
+_SPLIT_CAP = 256
 
 
 def _crc32_c(data: bytes | bytearray | memoryview, value: int = 0) -> int:
