@@ -576,6 +576,15 @@ class Link:
                 self._sync_at = now + self._sync_interval
                 self._sync_interval = min(self._sync_interval * 2, self.config.rto_max)
             return self._emit(out)
+        if not (
+            self._queue
+            or self._retx
+            or self._ctrl
+            or self._ack_pending
+            or self._nak_pending
+            or self._poll_pending
+        ):
+            return b""  # nothing due (the common idle call)
         if self._ctrl:
             out.extend(self._ctrl)
             self._ctrl.clear()

@@ -1107,23 +1107,26 @@ def tensor_message(
     ``copy=False``: when the array already holds the wire codes (C-contiguous, the dtype's
     code dtype, not packed dfxp4) the bytes are a read-only view of it, not a copy (the
     caller must not change the array while it uses them)."""
+    dt = DType(dtype)
     arr = np.asarray(codes)
     data: bytes | memoryview
     if (
         not copy
-        and dtype != DType.DFXP4
-        and arr.dtype == CODE_DTYPE[DType(dtype)]
+        and dt is not DType.DFXP4
+        and arr.dtype == CODE_DTYPE[dt]
         and arr.flags.c_contiguous
     ):
+        # count x itemsize bytes: the wire size of the shape by construction
         data = memoryview(arr).toreadonly().cast("B")  # type: ignore[arg-type]
+        shape = list(arr.shape)
     else:
-        data = to_wire(codes, dtype)
-    shape = list(np.shape(codes))
-    assert len(data) == wire_nbytes(dtype, shape_count(shape))
+        data = to_wire(codes, dt)
+        shape = list(np.shape(codes))
+        assert len(data) == wire_nbytes(dt, shape_count(shape))
     desc = {
         "id": tensor_id,
-        "dtype": DType(dtype),
-        "scale": {**zero_scale(), **(scale or {})},
+        "dtype": dt,
+        "scale": zero_scale() if not scale else {**zero_scale(), **scale},
         "shape": shape,
         "nbytes": len(data),
         "crc32": _crc32(data),
