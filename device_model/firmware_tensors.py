@@ -17,7 +17,15 @@ import numpy as np
 from numpy.typing import NDArray
 
 from device_model import numerics
-from protocol.dtypes import FORMATS, PLAIN_INTEGERS, DType, from_wire, shape_count, wire_nbytes
+from protocol.dtypes import (
+    CODE_DTYPE,
+    FORMATS,
+    PLAIN_INTEGERS,
+    DType,
+    from_wire,
+    shape_count,
+    wire_nbytes,
+)
 from protocol.framing import crc32
 from protocol.messages import DEVICE_TENSOR_ID_BASE, HfpStage, zero_scale
 from protocol.status import Status
@@ -126,9 +134,9 @@ class TensorStore:
     def values(self, tensor_id: int, what: str = "tensor") -> NDArray[np.float32]:
         """float32 values of a completed number-format tensor (plain integers are cast)."""
         t = self.get(tensor_id, what)
+        if t.desc["dtype"] == DType.FP32:  # a completed tensor has its shape's wire size
+            return np.frombuffer(t.buf, "<f4").reshape(t.desc["shape"]).copy()
         codes = from_wire(t.buf, t.dtype, t.shape)  # a view: every decode below copies
-        if t.dtype == DType.FP32:  # numerics.decode's fp32 case without its checks
-            return codes.view(np.float32).copy()
         if t.dtype in PLAIN_INTEGERS:
             return np.asarray(codes, dtype=np.float32)
         if t.dtype.format_name not in numerics.FORMATS:
@@ -149,7 +157,9 @@ class TensorStore:
                 Status.UNSUPPORTED_FORMAT,
                 f"{what} id {tensor_id} has dtype {t.dtype.format_name}; accepted: {accepted}",
             )
-        return np.array(from_wire(t.buf, t.dtype, t.shape), dtype=np.int64)
+        # a completed tensor has its shape's wire size; plain integers need no unpacking
+        codes = np.frombuffer(t.buf, CODE_DTYPE[t.dtype]).reshape(t.desc["shape"])
+        return codes.astype(np.int64)
 
     # ------------------------------------------------------------------ host transfers
 
