@@ -47,6 +47,11 @@ _ROUND_CODE = {
 _FAMILY_CODE = {"ieee": lib.MT_FLOAT_IEEE, "fn": lib.MT_FLOAT_FN, "dl": lib.MT_FLOAT_DL}
 _SCALED = ("fp8-seb", "flex16", *(f"dfxp{n}" for n in range(4, 17)))
 _MASK64 = (1 << 64) - 1
+#: bits and code dtype of the fixed-point formats (encode_fixed_values' per-call lookups)
+_FIXED_SPEC: dict[str, tuple[int, Any]] = {
+    f: (b, np.int8 if b <= 8 else np.int16)
+    for f, b in (("flex16", 16), *((f"dfxp{n}", n) for n in range(4, 17)))
+}
 
 if os.environ.get("MICROTRAIN_THREADS", "").strip() == "1":
     lib.mt_numerics_set_threads(1)
@@ -254,18 +259,21 @@ def encode_fixed_values(
     encode_values (``values=False``: codes only, values None)."""
     if not (isinstance(xs, np.ndarray) and xs.dtype == np.float32 and xs.flags.c_contiguous):
         raise ValueError("xs must be a C-contiguous float32 array")
-    if not _is_fixed(fmt):
+    spec = _FIXED_SPEC.get(fmt)
+    if spec is None:
         raise ValueError(f"encode_fixed_values takes dfxpN or flex16, got {fmt!r}")
-    if frac is None:
-        v = _scale_of(xs, fmt)
-        frac = -v if fmt == "flex16" else v
-    codes = np.empty(xs.shape, dtype=np.int8 if _fixed_bits(fmt) <= 8 else np.int16)
+    bits, dtype = spec
+    xp = ffi.from_buffer("float[]", xs)  # C-contiguous: the flat buffer, one pointer for both
+    n = xs.size
+    if frac is None:  # _scale_of
+        amax = int(lib.mt_amax_bits(xp, n))
+        frac = -int(lib.mt_scale_flex16(amax)) if fmt == "flex16" else lib.mt_scale_dfxp(amax, bits)
+    codes = np.empty(xs.shape, dtype=dtype)
     out = np.empty(xs.shape, dtype=np.float32) if values else None
     sat = True if saturate is None else bool(saturate)
     lib.mt_encode_fixed_values(
-        _f32(xs.reshape(-1)), ffi.from_buffer(codes),
-        ffi.NULL if out is None else _f32(out.reshape(-1)), xs.size,
-        _fixed_bits(fmt), int(frac), _ROUND_CODE[rounding], sat, int(seed) & _MASK64,
+        xp, ffi.from_buffer(codes), ffi.NULL if out is None else ffi.from_buffer("float[]", out),
+        n, bits, int(frac), _ROUND_CODE[rounding], sat, int(seed) & _MASK64,
         int(stream) & _MASK64, 0, ffi.NULL,
     )  # fmt: skip
     return codes, out, int(frac)
