@@ -506,7 +506,7 @@ def crc32(data: bytes | bytearray | memoryview, value: int = 0) -> int:
 FrameParts = tuple[bytes, bytes | bytearray | memoryview, int]
 #: Encoded bytes above which ``encode_frames`` writes every frame into one bytearray (each
 #: frame's own bytes and the join of them are two copies of every payload byte).
-BATCH_MIN = 65536
+_BATCH_MIN = 65536
 
 
 def data_header(
@@ -538,7 +538,7 @@ def _wire_of(f: bytes | FrameParts) -> bytes:
 def encode_frames(frames: list[bytes | FrameParts]) -> bytes | bytearray:
     """The wire bytes of several frames in order: each item is wire bytes already made or
     (header, payload, session) to encode as ``encode_frame`` does. With the C codec and more
-    than BATCH_MIN bytes the frames are encoded straight into one bytearray (no copy per
+    than _BATCH_MIN bytes the frames are encoded straight into one bytearray (no copy per
     frame), else each is made and the whole joined into bytes."""
     if not accelerated():
         return b"".join(map(_wire_of, frames))
@@ -549,7 +549,7 @@ def encode_frames(frames: list[bytes | FrameParts]) -> bytes | bytearray:
             bound += n + n // 254 + 3
         else:
             bound += len(f)
-    if bound <= BATCH_MIN:
+    if bound <= _BATCH_MIN:
         return b"".join(map(_wire_of, frames))
     out = bytearray(bound)
     base = _ffi.from_buffer(out)
