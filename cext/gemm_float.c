@@ -383,10 +383,32 @@ __attribute__((target("avx512f"))) static int64_t pack_t_avx512(const blk_job *g
 }
 #endif
 
+#if HAVE_X86_KERNELS
+/* dst[0..nr) = src[0..w) then zeros (nr a multiple of 16, w <= nr): masked 16-wide moves
+ * instead of a memcpy call and a tail loop per row (narrow panels: conv layers, N = 2). */
+__attribute__((target("avx512f"))) static inline void row_pad16(float *dst, const float *src,
+                                                               int64_t w, int nr)
+{
+    for (int jb = 0; jb < nr; jb += 16) {
+        int64_t rem = w - jb;
+        __mmask16 m = rem >= 16 ? (__mmask16)0xFFFF : (rem > 0 ? (__mmask16)((1u << rem) - 1) : 0);
+        _mm512_storeu_ps(dst + jb, _mm512_maskz_loadu_ps(m, src + jb));
+    }
+}
+
+#endif
+
 /* Pack B columns [n0, n0 + NR) of rows [0, K) into kc-row panels: out[k*NR + j]. */
 static void pack_panel(const blk_job *g, int64_t n0, int nr, float *out)
 {
     int64_t w = g->N - n0 < nr ? g->N - n0 : nr, K = g->K;
+#if HAVE_X86_KERNELS
+    if (!g->trans_b && g->kern == FK_AVX512 && nr % 16 == 0) {
+        for (int64_t k = 0; k < K; k++)
+            row_pad16(out + k * nr, g->b + k * g->ldb + n0, w, nr);
+        return;
+    }
+#endif
     if (!g->trans_b) {
         for (int64_t k = 0; k < K; k++) {
             const float *src = g->b + k * g->ldb + n0;
