@@ -230,6 +230,41 @@ static size_t run_of(const uint8_t *p, size_t n, uint8_t byte) {
     return r;
 }
 
+#ifdef MT_CLMUL
+/* Copy src[0..span) to dst up to the first zero byte; return its index (span if none). 64 bytes
+ * a step with AVX-512BW masked loads and stores (never a byte past span read or written): a
+ * COBS block is at most 254 bytes, where memchr and memcpy cost more in calls than in work. */
+__attribute__((target("avx512f,avx512bw"))) static size_t copy_until_zero(const uint8_t *src,
+                                                                          size_t span,
+                                                                          uint8_t *dst) {
+    const __m512i zero = _mm512_setzero_si512();
+    size_t k = 0;
+    while (k < span) {
+        size_t left = span - k;
+        __mmask64 lm = left >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << left) - 1);
+        __m512i v = _mm512_maskz_loadu_epi8(lm, src + k);
+        __mmask64 z = _mm512_mask_cmpeq_epi8_mask(lm, v, zero);
+        if (z) {
+            _mm512_mask_storeu_epi8(dst + k, (z & (0 - z)) - 1, v); /* the bytes before it */
+            return k + (size_t)__builtin_ctzll(z);
+        }
+        _mm512_mask_storeu_epi8(dst + k, lm, v);
+        k += left >= 64 ? 64 : left;
+    }
+    return span;
+}
+
+static int bw_state = -1; /* -1: not asked yet */
+
+static int have_avx512bw(void) {
+    if (bw_state < 0) {
+        __builtin_cpu_init();
+        bw_state = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+    }
+    return bw_state;
+}
+#endif
+
 static void enc_piece(cobs_enc *e, const uint8_t *p, size_t n) {
     uint8_t *out = e->out;
     size_t o = e->o, code_pos = e->code_pos, code = e->code;
@@ -249,17 +284,24 @@ static void enc_piece(cobs_enc *e, const uint8_t *p, size_t n) {
         }
         size_t room = 255 - code; /* data bytes the open block still takes (1..254) */
         size_t span = n - i < room ? n - i : room;
-        const uint8_t *z = memchr(p + i, 0, span);
-        if (z != NULL) {
-            size_t k = (size_t)(z - (p + i));
+        size_t k;
+#ifdef MT_CLMUL
+        if (have_avx512bw()) {
+            k = copy_until_zero(p + i, span, out + o); /* copies the bytes before the zero */
+        } else
+#endif
+        {
+            const uint8_t *z = memchr(p + i, 0, span);
+            k = z != NULL ? (size_t)(z - (p + i)) : span;
             memcpy(out + o, p + i, k);
+        }
+        if (k < span) {
             o += k;
             out[code_pos] = (uint8_t)(code + k); /* the block ends with this zero */
             code_pos = o++;
             code = 1;
             i += k + 1;
         } else {
-            memcpy(out + o, p + i, span);
             o += span;
             code += span;
             i += span;
