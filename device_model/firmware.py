@@ -66,7 +66,12 @@ from protocol.messages import (
     ResetScope,
     TrainableMode,
 )
-from protocol.messages_counters import COUNTER_FIELDS, counters_from_tree, empty_counters
+from protocol.messages_counters import (
+    COUNTER_FIELDS,
+    counters_from_tree,
+    empty_counters,
+    plain_counters,
+)
 from protocol.status import MessageError, Status
 
 FIRMWARE_NAME = "microtrain-emu 0.1.0"
@@ -789,11 +794,10 @@ class Firmware:
         self._kept = None
         res = engine.train_step(x, target)
         self.step += 1
-        return {
-            "loss": float(res.loss),
-            "step": self.step,
-            "counters": normalize_counters(res.counters),
-        }
+        # The engine's counters as they are when they already have the wire schema's leaves
+        # (the response encoder reads those leaves only), else the schema's copy of them.
+        counters = plain_counters(res.counters) or normalize_counters(res.counters)
+        return {"loss": float(res.loss), "step": self.step, "counters": counters}
 
     def _train_step_inline(self, body: dict[str, Any]) -> dict[str, Any]:
         """Store input and target as completed uploads (the checks of TENSOR_BEGIN, DATA and

@@ -849,35 +849,40 @@ _DTYPE_CODES: dict[int, DType] = {int(d): d for d in DType}
 _STAGE_CODES: dict[int, HfpStage] = {int(h): h for h in HfpStage}
 
 
-def _small_int(v: Any, lo: int, hi: int) -> bool:
-    return type(v) is int and lo <= v <= hi
+#: The shape's u32s by rank (struct's own cache of formats is a dict lookup more).
+_SHAPES = [pystruct.Struct(f"<{n}I") for n in range(MAX_NDIM + 1)]
 
 
 def _pack_desc(desc: Any) -> list[bytes] | None:
     """The TensorDesc fields' bytes by struct, or None where construct must decide."""
     if type(desc) is not dict:
         return None
-    scale, shape, dtype = desc.get("scale"), desc.get("shape"), desc.get("dtype")
-    if type(scale) is not dict or not isinstance(shape, list | tuple) or len(shape) > MAX_NDIM:
+    scale, dtype = desc.get("scale"), desc.get("dtype")
+    shape: Any = desc.get("shape")
+    if type(scale) is not dict or type(shape) not in (list, tuple) or len(shape) > MAX_NDIM:
+        return None  # (a subclass of list or tuple: construct decides)
+    if type(dtype) is not DType and (type(dtype) is not int or dtype not in _DTYPE_CODES):
         return None
-    if type(shape) not in (list, tuple):  # a subclass: construct decides
-        return None
-    if isinstance(dtype, bool) or not isinstance(dtype, int) or dtype not in _DTYPE_CODES:
-        return None
-    fb, se, eb, st = (scale.get(k) for k in ("frac_bits", "shared_exp", "exp_bias", "stage"))
-    if isinstance(st, HfpStage):
+    fb = scale.get("frac_bits")
+    se = scale.get("shared_exp")
+    eb = scale.get("exp_bias")
+    st = scale.get("stage")
+    if type(st) is HfpStage:
         st = int(st)
     if not (
-        _small_int(fb, -64, 64)
-        and _small_int(se, -64, 64)
-        and _small_int(eb, 0, 15)
+        type(fb) is int
+        and -64 <= fb <= 64
+        and type(se) is int
+        and -64 <= se <= 64
+        and type(eb) is int
+        and 0 <= eb <= 15
         and st in _STAGE_CODES
         and _fast_u32s(desc.get("id"), desc.get("nbytes"), desc.get("crc32"), *shape)
     ):
         return None
     return [
-        _DESC_HEAD.pack(desc["id"], int(dtype), fb, se, eb, st, len(shape)),
-        pystruct.pack(f"<{len(shape)}I", *shape),
+        _DESC_HEAD.pack(desc["id"], dtype, fb, se, eb, st, len(shape)),
+        _SHAPES[len(shape)].pack(*shape),
         _DESC_TAIL.pack(desc["nbytes"], desc["crc32"]),
     ]
 

@@ -284,6 +284,17 @@ def unpack_counters(data: bytes | bytearray | memoryview, offset: int = 0) -> di
     return out
 
 
+def plain_counters(tree: Any) -> dict[str, Any] | None:
+    """``tree`` itself when it is already what ``counters_from_tree`` would copy it into (plain
+    dicts, every schema leaf a plain int or float; other keys are ignored by the encoder),
+    else None: the copy is then needed."""
+    try:
+        every = _GET_DICT_LEAVES(tree)
+    except (KeyError, TypeError):
+        return None
+    return tree if tuple(map(type, every)) == _SLOT_TYPES else None
+
+
 def counters_from_tree(tree: Any) -> dict[str, Any]:
     """The counters dict of any nested mapping of numbers (a backend's own counters): every
     schema leaf copied as a plain int or float, a leaf the tree lacks (or holds None) as None,
