@@ -366,6 +366,17 @@ def _split_c(data: bytes | bytearray) -> list[bytes] | list[memoryview]:
     delimiters per C call; data whose pieces average under 16 bytes (idle fill, garbage) goes
     to bytes.split."""
     n = len(data)
+    if n <= _SPLIT_SMALL and type(data) is bytes:  # a frame or two: slices are cheap copies
+        pos = _alloc("size_t[]", 64)
+        k = _lib.mt_codec_zeros(data, n, pos, 64)
+        if k < 64:
+            pieces = []
+            i = 0
+            for j in _ffi.unpack(pos, k):
+                pieces.append(data[i:j])
+                i = j + 1
+            pieces.append(data[i:])
+            return pieces
     pos = _alloc("size_t[]", _SPLIT_CAP)
     base = _ffi.from_buffer(data)
     mv = memoryview(data)
@@ -390,6 +401,8 @@ def _split_c(data: bytes | bytearray) -> list[bytes] | list[memoryview]:
 
 #: Delimiters one mt_codec_zeros call finds at most.
 _SPLIT_CAP = 256
+#: Bytes up to which _split_c cuts bytes slices (copies) rather than views.
+_SPLIT_SMALL = 16384
 
 
 def _crc32_c(data: bytes | bytearray | memoryview, value: int = 0) -> int:
@@ -540,6 +553,8 @@ def encode_frames(frames: list[bytes | FrameParts]) -> bytes | bytearray:
     (header, payload, session) to encode as ``encode_frame`` does. With the C codec and more
     than _BATCH_MIN bytes the frames are encoded straight into one bytearray (no copy per
     frame), else each is made and the whole joined into bytes."""
+    if len(frames) == 1:
+        return _wire_of(frames[0])
     if not accelerated():
         return b"".join(map(_wire_of, frames))
     bound = 0
