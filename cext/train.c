@@ -8,7 +8,7 @@
 #pragma GCC optimize("fp-contract=off")
 
 #include "train_api.h"
-#include "train_relu_api.h"
+#include "train_fast_api.h"
 
 #include <stddef.h>
 #include <stdlib.h>
@@ -372,7 +372,7 @@ int64_t mt_zero_counts(const void *xv, int elem, int64_t rows, int64_t cols, int
     return total;
 }
 
-/* ---------------------------------------------------------------- ReLU (train_relu_api.h) */
+/* ---------------------------------------------------------------- ReLU (train_fast_api.h) */
 
 VECTOR_CLONES static void relu_fwd(const float *restrict x, float *restrict y,
                                    uint8_t *restrict pos, int64_t n)
@@ -404,5 +404,71 @@ int mt_relu_bwd_f32(const float *e, const uint8_t *pos, float *out, int64_t n)
     if (!e || !pos || !out || n < 0)
         return -1;
     relu_bwd(e, pos, out, n);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- SGD + zero counts */
+
+typedef struct {
+    float *w, *m;
+    const float *g;
+    float lr, mu, wd;
+    int64_t r0, r1, cols;
+    int64_t *per_row, *per_col;
+    zero_fn zfn;
+} sgd_zc_job;
+
+/* Rows [r0, r1) in blocks of about 2^16 elements: each block updated (sgd_range, the same
+ * arithmetic) and counted while it is in cache; per_col accumulates (zeroed by the caller). */
+static void sgd_zc_rows(void *p)
+{
+    sgd_zc_job *t = p;
+    int64_t cols = t->cols, step = cols > 0 && cols < 65536 ? 65536 / cols : 1;
+    for (int64_t r = t->r0; r < t->r1; r += step) {
+        int64_t re = r + step < t->r1 ? r + step : t->r1;
+        sgd_job j = {t->w, t->m, t->g, NULL, NULL, t->lr, t->mu, t->wd, r * cols, re * cols};
+        sgd_range(&j);
+        int64_t tot;
+        if (cols > 0)
+            t->zfn(t->w + r * cols, re - r, cols, cols, t->per_row + r, t->per_col, &tot);
+    }
+}
+
+int mt_sgd_update_zc(float *w, float *m, const float *g, int64_t rows, int64_t cols, float lr,
+                     float mu, float wd, int threads, int64_t *per_row, int64_t *per_col)
+{
+    if (!w || !g || !per_row || !per_col || rows < 0 || cols < 0)
+        return -1;
+    zero_fn zfn = zero_rows_f32;
+#if HAVE_ZERO_AVX512
+    const char *kern = getenv("MICROTRAIN_KERNEL");
+    if (zero_avx512() && !(kern && strcmp(kern, "portable") == 0))
+        zfn = zero_rows_f32_512;
+#endif
+    for (int64_t c = 0; c < cols; c++)
+        per_col[c] = 0;
+    if (cols == 0) {
+        for (int64_t r = 0; r < rows; r++)
+            per_row[r] = 0;
+        return 0;
+    }
+    int64_t n = rows * cols;
+    if (threads <= 0)
+        threads = n >= SPLIT_MIN ? 2 : 1;
+    sgd_zc_job a = {w, m, g, lr, mu, wd, 0, rows, cols, per_row, per_col, zfn};
+    int64_t *second = NULL;
+    if (threads >= 2 && rows >= 2 && n >= 128)
+        second = calloc((size_t)cols + 1, sizeof *second);
+    if (!second) {
+        sgd_zc_rows(&a);
+        return 0;
+    }
+    sgd_zc_job b = a;
+    a.r1 = b.r0 = rows / 2;
+    b.per_col = second;
+    run_pair(sgd_zc_rows, &a, &b);
+    for (int64_t c = 0; c < cols; c++)
+        per_col[c] += second[c];
+    free(second);
     return 0;
 }

@@ -15,6 +15,7 @@ read at each call, and each function also takes ``kernel=`` / ``threads=``.
 from __future__ import annotations
 
 import functools
+import math
 import os
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -45,6 +46,7 @@ __all__ = [
     "rescale_i64",
     "round_ieee_like",
     "sgd_update",
+    "sgd_update_zc",
     "zero_counts",
 ]
 
@@ -669,6 +671,52 @@ def sgd_update(
         _threads(threads),
     )
     _check_rc(rc, "sgd_update")
+
+
+def sgd_update_zc(
+    w: np.ndarray,
+    g: np.ndarray,
+    *,
+    lr: float,
+    momentum: np.ndarray | None = None,
+    mu: float = 0.0,
+    weight_decay: float = 0.0,
+    threads: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``sgd_update`` without masks, then ``zero_counts`` of the updated ``w`` seen as a
+    matrix of ``w.shape[0]`` rows (a weight as out x fan_in), in one C pass: the same
+    results; returns the zeros per row and per column."""
+    w = _f32_owned(w, "w")
+    if w.ndim < 1:
+        raise ValueError("w must have at least one dimension")
+    if not isinstance(g, np.ndarray) or g.dtype != np.float32 or g.shape != w.shape:
+        raise ValueError(f"g must be a float32 array of shape {w.shape}")
+    gc = np.ascontiguousarray(g)
+    mp = ffi.NULL
+    if momentum is not None:
+        m = _f32_owned(momentum, "momentum")
+        if m.shape != w.shape:
+            raise ValueError(f"momentum must have shape {w.shape}, got {m.shape}")
+        mp = _ptr(m, "float *")
+    rows = w.shape[0]
+    cols = math.prod(w.shape[1:])
+    out = np.empty(rows + cols, np.int64)
+    op = ffi.from_buffer("int64_t[]", out)
+    rc = lib.mt_sgd_update_zc(
+        _ptr(w, "float *"),
+        mp,
+        _ptr(gc, "float *"),
+        rows,
+        cols,
+        float(np.float32(lr)),
+        float(np.float32(mu)),
+        float(np.float32(weight_decay)),
+        _threads(threads),
+        op,
+        op + rows,
+    )
+    _check_rc(rc, "sgd_update_zc")
+    return out[:rows], out[rows:]
 
 
 _ZERO_ELEM = {

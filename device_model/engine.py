@@ -244,6 +244,9 @@ class Engine:
         )
         self._setup: Setup = setup
         self._policy = policy
+        #: zeros per row and column of fp32 master weights, counted by the update that wrote
+        #: them (read by the next FF and EP while the weight array is unchanged)
+        self._wz: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._mem_cache: dict[int, dict[str, int]] = {}
         self._fetch_cache: dict[tuple[int, int], int] = {}
         self._momentum = {}
@@ -278,6 +281,8 @@ class Engine:
                 raise EngineError(Status.UNSUPPORTED_FORMAT, f"{n}: dtype {a.dtype} is not numeric")
             new[n] = np.array(a, dtype=np.float32)
         keep = self._setup.keep if hasattr(self, "_setup") else {}
+        if hasattr(self, "_wz"):
+            self._wz.clear()
         for n, a in new.items():
             self._params[n] = np.where(keep[n], a, np.float32(0)) if n in keep else a
         self._kept = None
@@ -584,9 +589,12 @@ class Engine:
         keep = self._setup.keep.get(f"{i}.weight")
         pr = None if keep is None else ~keep.reshape(layer.out_shape[0], -1).T
         skips = self.preset.skips("ff")
-        # zeros per row and column of the input and of the weights, kept for EP and WG
+        # zeros per row and column of the input and of the weights, kept for EP and WG (the
+        # weights' from the update that wrote them when they are the fp32 master weights)
         xz = zero_counts(p_nat)
-        wz = zero_counts(w2)
+        wz = self._wz.get(f"{i}.weight") if w.raw is self._params[f"{i}.weight"] else None
+        if wz is None:
+            wz = zero_counts(w2)
         cnt = count_macs(
             p_nat,
             q_nat,
@@ -954,17 +962,30 @@ class Engine:
                     m = self._momentum.get(n)
                     if m is None:
                         m = self._momentum[n] = np.zeros_like(self._params[n])
-                self._k.sgd_update(
-                    self._params[n],
-                    gq.values,
-                    lr=s.lr,
-                    momentum=m,
-                    mu=s.momentum,
-                    weight_decay=s.weight_decay,
-                    update=plan.update,
-                    keep=plan.keep,
-                )
+                if plan.update is None and plan.keep is None and n.endswith(".weight"):
+                    # the update also counts the new weights' zeros for the next FF and EP
+                    self._wz[n] = self._k.sgd_update_zc(
+                        self._params[n],
+                        gq.values,
+                        lr=s.lr,
+                        momentum=m,
+                        mu=s.momentum,
+                        weight_decay=s.weight_decay,
+                    )
+                else:
+                    self._wz.pop(n, None)
+                    self._k.sgd_update(
+                        self._params[n],
+                        gq.values,
+                        lr=s.lr,
+                        momentum=m,
+                        mu=s.momentum,
+                        weight_decay=s.weight_decay,
+                        update=plan.update,
+                        keep=plan.keep,
+                    )
             else:
+                self._wz.pop(n, None)
                 self._update_quantized(n, gq, li, pass_no)
             t = per_layer.setdefault(li, [0, 0, 0])
             t[0] += plan.ntrain

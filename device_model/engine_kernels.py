@@ -12,7 +12,9 @@ kernels and can be compared bit for bit.
 values when ``values=False``); ``encode_values_amax`` the same with the scale from the
 tensor's amax (``scale_params``), returned as the third item.
 ``sgd_update`` is the float32 SGD step of the update stage, in place (master weights and
-momentum in fp32; the engine quantizes other formats itself).
+momentum in fp32; the engine quantizes other formats itself); ``sgd_update_zc`` the same
+without masks, returning the zeros per row and per column of the updated weight (out x
+fan_in), which the next FF and EP read instead of counting them again.
 
 Integer kernels return ``(int64 result, slice_ops)`` where ``slice_ops`` is the number of
 non-zero 4-bit slice products the kernel did (zero operands contribute none);
@@ -77,6 +79,16 @@ class Kernels(Protocol):
         update: np.ndarray | None,
         keep: np.ndarray | None,
     ) -> None: ...
+    def sgd_update_zc(
+        self,
+        w: np.ndarray,
+        g: np.ndarray,
+        *,
+        lr: float,
+        momentum: np.ndarray | None,
+        mu: float,
+        weight_decay: float,
+    ) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 class ChipKernels:
@@ -183,4 +195,18 @@ class ChipKernels:
             weight_decay=weight_decay,
             update=update,
             keep=keep,
+        )
+
+    def sgd_update_zc(
+        self,
+        w: np.ndarray,
+        g: np.ndarray,
+        *,
+        lr: float,
+        momentum: np.ndarray | None,
+        mu: float,
+        weight_decay: float,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return datapath.sgd_update_zc(
+            w, g, lr=lr, momentum=momentum, mu=mu, weight_decay=weight_decay
         )

@@ -156,6 +156,24 @@ class ReferenceKernels:
         if keep is not None:
             w[...] = np.where(keep, w, np.float32(0))
 
+    def sgd_update_zc(
+        self,
+        w: np.ndarray,
+        g: np.ndarray,
+        *,
+        lr: float,
+        momentum: np.ndarray | None,
+        mu: float,
+        weight_decay: float,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """sgd_update without masks, then the zeros per row and column of w (rows: axis 0)."""
+        self.sgd_update(
+            w, g, lr=lr, momentum=momentum, mu=mu, weight_decay=weight_decay, update=None,
+            keep=None,
+        )  # fmt: skip
+        z = w.reshape(w.shape[0], -1) == 0
+        return z.sum(axis=1, dtype=np.int64), z.sum(axis=0, dtype=np.int64)
+
 
 class ReferenceEngine(Engine):
     """The engine on the numpy reference kernels (same interface as Engine)."""
