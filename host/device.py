@@ -186,8 +186,9 @@ class Device:
         #: Bumped when the device is found to have lost its state; models of older ones die.
         self._generation = 0
         self._model: Model | None = None
-        #: Fingerprints of the last completed upload of each host tensor id.
-        self._sent: dict[int, tuple[Any, ...]] = {}
+        #: Descriptor of the last completed upload of each host tensor id (compared by
+        #: _fingerprint when the id is uploaded again).
+        self._sent: dict[int, Mapping[str, Any]] = {}
         #: Serialises whole operations (a tensor upload and the request using it).
         self.lock = threading.RLock()
         try:
@@ -660,7 +661,8 @@ class Device:
             ids = [self.runner.submit(Opcode.TENSOR_BEGIN, {"tensor": desc})]
             # The same contents as the last completed upload of this id: the device still
             # holds them (BEGIN answers offset = nbytes), else END fails and _upload resends.
-            same = self._sent.pop(desc["id"], None) == _fingerprint(desc)
+            last = self._sent.pop(desc["id"], None)
+            same = last is not None and _fingerprint(last) == _fingerprint(desc)
             for body in [] if same else m.data_chunks(desc["id"], data, chunk):
                 ids.append(self.runner.submit(Opcode.TENSOR_DATA, body))
             ids.append(self.runner.submit(Opcode.TENSOR_END, {"id": desc["id"]}))
@@ -676,7 +678,7 @@ class Device:
                 check(begin, Opcode.TENSOR_BEGIN)  # raises: the device refuses this tensor
             if any(r.is_error for r in mine):
                 self._upload(desc, data)
-            self._sent[desc["id"]] = _fingerprint(desc)
+            self._sent[desc["id"]] = desc
 
     def _max_request(self) -> int:
         """The device's largest request message in bytes (HELLO's ``max_request_bytes``),
@@ -713,8 +715,8 @@ class Device:
             self._sent.pop(self.TARGET_ID, None)
             body = {"input": dx, "input_data": bx, "target": dy, "target_data": by}
             resp = self._call_model("TRAIN_STEP_INLINE", body, size)
-            self._sent[self.INPUT_ID] = _fingerprint(dx)
-            self._sent[self.TARGET_ID] = _fingerprint(dy)
+            self._sent[self.INPUT_ID] = dx
+            self._sent[self.TARGET_ID] = dy
             return resp
         self._upload_encoded(encoded)
         ids = {"input_id": self.INPUT_ID, "target_id": self.TARGET_ID}
