@@ -175,7 +175,7 @@ class TensorStore:
                 f"tensor id {tid:#x} is in the device range; host tensors take ids below "
                 f"{DEVICE_TENSOR_ID_BASE:#x}",
             )
-        dtype = DType(desc["dtype"])
+        dtype = _DTYPES.get(desc["dtype"]) or DType(desc["dtype"])  # the enum call raises
         if dtype not in dtypes:
             accepted = ", ".join(d.format_name for d in sorted(dtypes))
             raise FirmwareError(

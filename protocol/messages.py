@@ -1112,7 +1112,7 @@ def tensor_message(
     ``copy=False``: when the array already holds the wire codes (C-contiguous, the dtype's
     code dtype, not packed dfxp4) the bytes are a read-only view of it, not a copy (the
     caller must not change the array while it uses them)."""
-    dt = DType(dtype)
+    dt = dtype if type(dtype) is DType else DType(dtype)
     arr = np.asarray(codes)
     data: bytes | memoryview
     if (
