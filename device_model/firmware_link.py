@@ -111,6 +111,8 @@ class DeviceLink:
         if session != self._waiting_session:
             self._waiting.clear()  # requests of an ended session: the host replays them
             self._waiting_session = session
+        if not self._waiting and not link._inbox:
+            return  # nothing to answer (an empty inbox has its credits open: nothing to free)
         if link.unacked_messages >= fw.max_pending:
             self._refuse_excess()
             return
