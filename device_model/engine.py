@@ -492,14 +492,18 @@ class Engine:
     # ------------------------------------------------------------------ loss
     def _loss(self, y: np.ndarray, t: np.ndarray) -> tuple[float, np.ndarray]:
         if self._setup.loss == "softmax_cross_entropy":
+            # the ufuncs' reductions without the ndarray-method wrappers (max, sum, mean are
+            # maximum.reduce, add.reduce and add.reduce / n): the same float64 operations
             z = y.astype(np.float64)
-            z = z - z.max(axis=1, keepdims=True)
-            lse = np.log(np.exp(z).sum(axis=1))
+            z -= np.maximum.reduce(z, axis=1, keepdims=True)
+            lse = np.log(np.add.reduce(np.exp(z), axis=1))
             p = np.exp(z - lse[:, None])
             n = y.shape[0]
-            loss = float(np.mean(lse - z[np.arange(n), t]))
-            p[np.arange(n), t] -= 1.0
-            return loss, (p / n).astype(np.float32)
+            rows = np.arange(n)
+            loss = float(np.add.reduce(lse - z[rows, t]) / n)
+            p[rows, t] -= 1.0
+            p /= n
+            return loss, p.astype(np.float32)
         d = y.astype(np.float64) - t.astype(np.float64)
         return float(np.mean(d * d)), (2.0 * d / d.size).astype(np.float32)
 
