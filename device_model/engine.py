@@ -873,12 +873,13 @@ class Engine:
         ``vm``: the error values as the GEMM operand (_error_matrix), when the caller has it."""
         i, o = layer.index, layer.out_shape[0]
         if layer.bias and f"{i}.bias" in self._setup.trainable:
+            # the sums as add.reduce (what ndarray.sum calls, without its wrapper)
             src = (
                 eq.values
                 if layer.kind == "linear"
-                else eq.values.sum(axis=(2, 3), dtype=np.float64)
+                else np.add.reduce(eq.values, axis=(2, 3), dtype=np.float64)
             )
-            db = np.asarray(src, np.float64).sum(axis=0).astype(np.float32)
+            db = np.add.reduce(np.asarray(src, np.float64), axis=0).astype(np.float32)
             grads[f"{i}.bias"] = self._policy.quantize(db, i, "gradients", PART_BIAS, pass_no)
         if f"{i}.weight" not in self._setup.trainable:
             return
