@@ -278,7 +278,7 @@ def cobs_decode(data: bytes | bytearray | memoryview) -> bytes:
         raise CobsError("empty COBS block: at least one code byte is required")
     if 0 in enc:
         raise CobsError(f"0x00 at offset {enc.index(0)} inside a COBS frame (0x00 only delimits)")
-    return _cobs_decode(enc)
+    return bytes(_cobs_decode(enc))  # (the C decoder gives a view)
 
 
 def _frame_wire(a: bytes, b: bytes | bytearray | memoryview, session: int) -> bytes:
@@ -322,14 +322,12 @@ PY_CODEC = {
 }
 
 
-def _cobs_decode_c(enc: bytes | memoryview) -> bytearray:
-    """_cobs_decode in C, into a bytearray (``_decode_body`` cuts the header and trailers off
-    it in place, so the payload is never copied again)."""
+def _cobs_decode_c(enc: bytes | memoryview) -> memoryview:
+    """_cobs_decode in C, into memory that is not cleared first, seen through a memoryview
+    (``_decode_body`` hands out a slice of it as the payload: never copied again)."""
     n = len(enc)
-    out = bytearray(n)
-    k = _lib.mt_codec_cobs_decode(
-        enc if type(enc) is bytes else _ffi.from_buffer(enc), n, _ffi.from_buffer(out)
-    )
+    out = _alloc("uint8_t[]", n)
+    k = _lib.mt_codec_cobs_decode(enc if type(enc) is bytes else _ffi.from_buffer(enc), n, out)
     if k < 0:
         start = -k - 1
         code = enc[start]
@@ -337,8 +335,7 @@ def _cobs_decode_c(enc: bytes | memoryview) -> bytearray:
             f"COBS block at offset {start} claims {code - 1} data bytes but only "
             f"{n - start - 1} remain"
         )
-    del out[k:]
-    return out
+    return memoryview(_ffi.buffer(out, k))
 
 
 def _frame_wire_c(a: bytes, b: bytes | bytearray | memoryview, session: int) -> bytes:
@@ -639,8 +636,8 @@ def _decode_body(
     body: bytes | memoryview, max_payload: int, session: int | None = None, auth: bool = False
 ) -> Frame:
     """decode_frame for a non-empty ``body`` known to hold no 0x00; ``auth``: authenticated
-    frames (16 bytes longer) are expected. With the C codec the payload is a bytearray (the
-    decoded frame with header and trailers cut off in place: no copy), else bytes."""
+    frames (16 bytes longer) are expected. With the C codec the payload is a memoryview of the
+    decoded frame (no copy), else bytes."""
     limit = max_encoded_size(max_payload + (FRAME_AUTH_SIZE if auth else 0))
     if len(body) > limit:
         raise FrameTooLong(
@@ -659,7 +656,6 @@ def _decode_body(
     got = _crc32(checked, session or 0)
     if want != got and (session is None or raw[2] not in SETUP_TYPES or want != _crc32(checked)):
         raise CrcError(f"CRC-32 mismatch: trailer 0x{want:08x}, computed 0x{got:08x}")
-    checked.release()  # a bytearray with an exported buffer cannot be cut below
     version, flags, ftype, channel, seq, ack, length, credits = HEADER.unpack_from(raw)
     if version != LINK_VERSION:
         raise BadVersion(f"link header version {version}; this end speaks {LINK_VERSION}")
@@ -678,10 +674,7 @@ def _decode_body(
         raise FrameTooLong(f"payload of {plen} bytes; negotiated maximum is {max_payload}")
     if length != plen:
         raise LengthMismatch(f"header length {length} but {plen} payload bytes received")
-    if type(raw) is bytearray:  # ours: trailers off the end, the header off the front (O(1))
-        del raw[end:]
-        del raw[:HEADER_SIZE]
-        return Frame(ftype, seq, ack, credits, flags, channel, raw, trailer)
+    # bytes (the Python codec) or a memoryview of the C decoder's output: a slice, not a copy
     return Frame(ftype, seq, ack, credits, flags, channel, raw[HEADER_SIZE:end], trailer)
 
 
