@@ -245,7 +245,8 @@ def counters_of(values: Iterable[Any]) -> StageCounters:
 
 _new_object = object.__new__
 _VALUES = operator.attrgetter(*_COUNTER_FIELDS)
-_ZERO_VALUES = _VALUES(StageCounters())
+_ZERO_COUNTERS = StageCounters()  # frozen: one shared zero record
+_ZERO_VALUES = _VALUES(_ZERO_COUNTERS)
 _INT_ONLY = {int}
 
 
@@ -359,7 +360,7 @@ def counters_dict(
     bad = sorted(set(stages) - set(STAGES))
     if bad:
         raise ValueError(f"unknown stage(s) {', '.join(bad)}; accepted: {', '.join(STAGES)}")
-    per = {s: stages.get(s, StageCounters()) for s in STAGES}
+    per = {s: stages.get(s, _ZERO_COUNTERS) for s in STAGES}
     total = sum_counters(per.values())
     out: dict[str, Any] = {s: per[s].as_dict() for s in STAGES}
     out["total"] = total.as_dict()
