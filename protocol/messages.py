@@ -744,12 +744,16 @@ class ResponseMsg:
     @property
     def answers(self) -> Opcode | None:
         """The request opcode this response answers (None for ERROR)."""
-        return None if self.is_error else Opcode(self.opcode & ~RESPONSE_BIT)
+        if self.opcode == ResponseOpcode.ERROR:
+            return None
+        known = _REQUEST_OF.get(self.opcode)
+        return known if known is not None else Opcode(self.opcode & ~RESPONSE_BIT)
 
 
 def response_opcode(opcode: Opcode) -> ResponseOpcode:
     """The response opcode of a request opcode."""
-    return ResponseOpcode(int(opcode) | RESPONSE_BIT)
+    known = _RESPONSE_OF.get(opcode)
+    return known if known is not None else ResponseOpcode(int(opcode) | RESPONSE_BIT)
 
 
 def _plain(obj: Any) -> Any:
@@ -846,6 +850,15 @@ _STEP_REQ_OP = 0x31
 _INLINE_REQ_OP = 0x34
 _STEP_RESP_OPS = (0xB1, 0xB4)
 _DTYPE_CODES: dict[int, DType] = {int(d): d for d in DType}
+#: The response opcode of each request opcode, and the training steps' by value (dict lookups
+#: instead of enum calls on every step).
+_RESPONSE_OF: dict[int, ResponseOpcode] = {
+    int(o): ResponseOpcode(int(o) | RESPONSE_BIT)
+    for o in Opcode
+    if int(o) | RESPONSE_BIT in ResponseOpcode._value2member_map_
+}
+_STEP_RESPONSES: dict[int, ResponseOpcode] = {op: ResponseOpcode(op) for op in _STEP_RESP_OPS}
+_REQUEST_OF: dict[int, Opcode] = {int(r): Opcode(code) for code, r in _RESPONSE_OF.items()}
 _STAGE_CODES: dict[int, HfpStage] = {int(h): h for h in HfpStage}
 
 
@@ -1087,7 +1100,7 @@ def decode_response(data: bytes | bytearray | memoryview) -> ResponseMsg:
         if counters is not None:
             op, rid, loss, step = _STEP_RESP.unpack_from(data)
             body = {"loss": loss, "step": step, "counters": counters}
-            return ResponseMsg(ResponseOpcode(op), rid, body)
+            return ResponseMsg(_STEP_RESPONSES[op], rid, body)
     opcode, request_id, body = _decode(Response, data, "response")
     return ResponseMsg(ResponseOpcode(opcode), request_id, body)
 
