@@ -159,10 +159,12 @@ class _UpdatePlan:
 
 def _error_matrix(e: np.ndarray) -> np.ndarray:
     """The error of a layer's output as the GEMM operand of EP and WG: (n, o) for Linear,
-    (n * ho * wo, o) for Conv2d (NCHW moved to NHWC)."""
+    (n * ho * wo, o) for Conv2d (NCHW moved to NHWC), the latter as the transposed view of
+    a C-ordered (o, n * ho * wo) copy (copying whole ho x wo planes is cheaper than the NHWC
+    gather; the kernels and zero_counts take either order without a copy)."""
     if e.ndim == 2:
         return e
-    return np.ascontiguousarray(e.transpose(0, 2, 3, 1)).reshape(-1, e.shape[1])
+    return np.ascontiguousarray(e.transpose(1, 0, 2, 3)).reshape(e.shape[1], -1).T
 
 
 def _bytes(n: int, bits: int) -> int:
@@ -547,7 +549,6 @@ class Engine:
         w, b = self._weights_q(layer, pass_no)
         nb = x.shape[0]
         so = None
-        biased = False
         cols_c = None
         if layer.kind == "linear":
             p_nat = xa.zeros_source  # counted by zeros only: codes or values
@@ -570,12 +571,9 @@ class Engine:
                 y = np.ascontiguousarray(yt.reshape(o, nb, ho, wo).transpose(1, 0, 2, 3))
             else:
                 y2 = k.gemm_float(p_nat, w.values.reshape(o, -1), trans_a=False, trans_b=True)
-                if b is not None:  # the same float32 sums as after the move to NCHW
-                    y2 = np.add(y2, b.values.reshape(1, o), dtype=np.float32)
-                    biased = True
                 ho, wo = layer.out_shape[1:]
                 y = np.ascontiguousarray(y2.reshape(nb, ho, wo, o).transpose(0, 3, 1, 2))
-        if b is not None and not biased:
+        if b is not None:
             shape = (1, -1) + (1,) * (y.ndim - 2)
             y = np.add(y, b.values.reshape(shape), dtype=np.float32)
         if laps and i in pol.laps:
