@@ -12,10 +12,18 @@
   ``emu://hnpu-v2`` (host, link, firmware, engine in this process), the codec switched with
   ``framing.use_accelerator`` step by step (both see the same load), best and median.
 
+* ``protocol_path`` (``--protocol-path``): what one training step costs besides the engine, for
+  each case and precision of ``host.bench_step``: the time of ``Model.train_step`` through
+  ``emu://hnpu-v2`` minus that of ``Engine.train_step`` inside it, same process, same steps
+  (host driver, messages, link, frame codec, emulated port, firmware); best and median over
+  ``--blocks`` blocks of steps (the MDNet case 5 steps a block, the CNN 100).
+
 ``--cpu`` measures process CPU time instead of wall time (with ``MICROTRAIN_THREADS=1
 OPENBLAS_NUM_THREADS=1`` one core's work, much less dependent on other processes):
 
     MICROTRAIN_THREADS=1 OPENBLAS_NUM_THREADS=1 .venv/bin/python tools/bench_framing.py --cpu --step
+    MICROTRAIN_THREADS=1 OPENBLAS_NUM_THREADS=1 .venv/bin/python tools/bench_framing.py --cpu \
+        --protocol-path
 """
 
 from __future__ import annotations
@@ -133,18 +141,75 @@ def step(steps: int, clock: Callable[[], float]) -> dict[str, Any]:
     }
 
 
+def protocol_path(blocks: int, clock: Callable[[], float]) -> dict[str, Any]:
+    """Per case and precision: step time minus engine time (ms per step), best and median
+    block."""
+    import host
+    from device_model import engine as engine_mod
+    from host.bench_step import CASES, LR, PRECISIONS, _batches
+
+    inside = [0.0]
+    real = engine_mod.Engine.train_step
+
+    def timed(self: Any, *args: Any, **kwargs: Any) -> Any:
+        t0 = clock()
+        try:
+            return real(self, *args, **kwargs)
+        finally:
+            inside[0] += clock() - t0
+
+    out: dict[str, Any] = {}
+    engine_mod.Engine.train_step = timed  # type: ignore[method-assign]
+    try:
+        with host.open("emu://hnpu-v2") as dev:
+            for case in CASES:
+                per_block = 5 if case.name == "mdnet-fc" else 100
+                batches = _batches(case, 50, seed=len(case.name))
+                for prec in PRECISIONS:
+                    model = dev.deploy(case.build(), precision=prec, optimizer=host.optim.SGD(LR))
+                    for j in range(5):
+                        model.train_step(*batches[j])
+                    paths = []
+                    for b in range(blocks):
+                        inside[0] = 0.0
+                        t0 = clock()
+                        for j in range(per_block):
+                            model.train_step(*batches[(b * per_block + j) % len(batches)])
+                        paths.append((clock() - t0 - inside[0]) / per_block)
+                    out[f"{case.name} {prec}"] = {
+                        "best_ms": round(min(paths) * 1e3, 3),
+                        "median_ms": round(statistics.median(paths) * 1e3, 3),
+                        "steps_per_block": per_block,
+                    }
+    finally:
+        engine_mod.Engine.train_step = real  # type: ignore[method-assign]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--cpu", action="store_true", help="process CPU time instead of wall time")
     ap.add_argument("--repeats", type=int, default=20, help="rounds per codec (best is kept)")
     ap.add_argument("--step", action="store_true", help="also time whole MDNet steps")
     ap.add_argument("--steps", type=int, default=6, help="MDNet steps per codec with --step")
+    ap.add_argument(
+        "--protocol-path",
+        action="store_true",
+        help="only the per-step time of everything but the engine, per bench-step case",
+    )
+    ap.add_argument("--blocks", type=int, default=10, help="blocks of steps with --protocol-path")
     args = ap.parse_args()
     if args.repeats < 1 or args.steps < 1:
         ap.error("--repeats and --steps must be at least 1")
     if not fr.use_accelerator(True):
         ap.error("protocol._framing_c is not built: run tools/build_ext.sh")
     clock = time.process_time if args.cpu else time.perf_counter
+    if args.protocol_path:
+        if args.blocks < 1:
+            ap.error("--blocks must be at least 1")
+        rec0 = {"clock": "process_time" if args.cpu else "perf_counter"}
+        print(json.dumps({**rec0, "protocol_path": protocol_path(args.blocks, clock)}, indent=2))
+        return
     rec: dict[str, Any] = {
         "clock": "process_time" if args.cpu else "perf_counter",
         "crc32_simd": bool(fr._lib.mt_codec_crc32_simd()),
