@@ -404,7 +404,9 @@ _SPLIT_SMALL = 16384
 
 def _crc32_c(data: bytes | bytearray | memoryview, value: int = 0) -> int:
     """zlib.crc32 in C (carry-less multiplication, faster than zlib's tables)."""
-    return _lib.mt_codec_crc32(value, _ffi.from_buffer(data), len(data))
+    return _lib.mt_codec_crc32(
+        value, data if type(data) is bytes else _ffi.from_buffer(data), len(data)
+    )
 
 
 def _cobs_encode_c(data: bytes | bytearray | memoryview) -> bytes:
