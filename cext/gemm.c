@@ -1126,6 +1126,42 @@ TARGET_VBMI static int64_t pack_b8_vbmi(const int8_t *src, int64_t ld, int64_t K
 }
 
 /* Pack B (int8 x int8): panel p holds columns p*NR8.. as [quad][NR8][4] bytes b + 128. */
+/* The full-panel SSE interleave of pack_b8 for a partial panel (nv < NR8 columns): columns
+ * past nv are loaded as 0 (masked loads), which the flip makes 0x80, the padding. Returns
+ * the quads packed (the K tail is left to the caller). */
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static int64_t
+pack_b8_partial(const int8_t *src, int64_t ld, int64_t K, int64_t n0, int64_t nv, uint8_t *d)
+{
+    const __m128i flip = _mm_set1_epi8((char)0x80);
+    __mmask16 km[NR8 / 16];
+    for (int grp = 0; grp < NR8 / 16; grp++) {
+        int64_t left = nv - 16 * grp;
+        km[grp] = left >= 16 ? (__mmask16)0xFFFF : (left > 0 ? (__mmask16)((1u << left) - 1) : 0);
+    }
+    int64_t q = 0;
+    for (; 4 * q + 4 <= K; q++) {
+        const int8_t *s0 = src + (4 * q) * ld + n0;
+        for (int grp = 0; grp < NR8 / 16; grp++) {
+            __m128i r0 = _mm_maskz_loadu_epi8(km[grp], s0 + 16 * grp);
+            __m128i r1 = _mm_maskz_loadu_epi8(km[grp], s0 + ld + 16 * grp);
+            __m128i r2 = _mm_maskz_loadu_epi8(km[grp], s0 + 2 * ld + 16 * grp);
+            __m128i r3 = _mm_maskz_loadu_epi8(km[grp], s0 + 3 * ld + 16 * grp);
+            r0 = _mm_xor_si128(r0, flip);
+            r1 = _mm_xor_si128(r1, flip);
+            r2 = _mm_xor_si128(r2, flip);
+            r3 = _mm_xor_si128(r3, flip);
+            __m128i lo01 = _mm_unpacklo_epi8(r0, r1), hi01 = _mm_unpackhi_epi8(r0, r1);
+            __m128i lo23 = _mm_unpacklo_epi8(r2, r3), hi23 = _mm_unpackhi_epi8(r2, r3);
+            uint8_t *o = d + (q * NR8 + 16 * grp) * 4;
+            _mm_store_si128((__m128i *)o, _mm_unpacklo_epi16(lo01, lo23));
+            _mm_store_si128((__m128i *)(o + 16), _mm_unpackhi_epi16(lo01, lo23));
+            _mm_store_si128((__m128i *)(o + 32), _mm_unpacklo_epi16(hi01, hi23));
+            _mm_store_si128((__m128i *)(o + 48), _mm_unpackhi_epi16(hi01, hi23));
+        }
+    }
+    return q;
+}
+
 static void pack_b8(const gemm_job *g, int64_t p0, int64_t p1)
 {
     int64_t N = g->N, K = g->K, Kq = g->kgroups;
@@ -1138,6 +1174,8 @@ static void pack_b8(const gemm_job *g, int64_t p0, int64_t p1)
         int64_t q = 0;
         if (!g->b.trans && nv == NR8 && g->vbmi) {
             q = pack_b8_vbmi(src, ld, K, n0, d);
+        } else if (!g->b.trans && nv < NR8 && bw_available()) {
+            q = pack_b8_partial(src, ld, K, n0, nv, d);
         } else if (!g->b.trans && nv == NR8) {
             for (; 4 * q + 4 <= K; q++) {
                 const int8_t *s0 = src + (4 * q) * ld + n0;
