@@ -14,8 +14,9 @@
  * the module only if the version is the one it was written for). */
 int mt_codec_version(void);
 
-/* CRC-32/IEEE of p[0..n) continued from value, exactly zlib.crc32(p, value). Folds 64 bytes a
- * step with carry-less multiplication (PCLMULQDQ) where the CPU has it, else a byte table. */
+/* CRC-32/IEEE of p[0..n) continued from value, exactly zlib.crc32(p, value). Folds 256 bytes a
+ * step with VPCLMULQDQ (AVX-512) or 64 bytes with PCLMULQDQ where the CPU has them, else a
+ * byte table. */
 uint32_t mt_codec_crc32(uint32_t value, const uint8_t *p, size_t n);
 
 /* 1 if mt_codec_crc32 uses carry-less multiplication on this CPU, 0 if it runs the byte table. */

@@ -12,8 +12,9 @@ the same shapes. Cases (issue 4):
   Linear(512,2), batch 128;
 
 each in ``fp32`` and in ``dfxp8+sr`` (8-bit dynamic fixed point, stochastic rounding). A
-step is one TRAIN_STEP_INLINE request when its tensors fit the device's largest request (the
-CNN), else uploads and TRAIN_STEP (the MDNet batch, 2.4 MB); the input travels as fp32 in both
+step is one TRAIN_STEP_INLINE request when its tensors fit the device's largest request (8 MiB
+on emu://: both cases, the MDNet batch of 2.4 MB too), else uploads and TRAIN_STEP; the input
+travels as fp32 in both
 precisions (stochastic rounding of the input happens on the device). Each record also states
 the input's wire format and the host's wire bytes and frames per step.
 Device and numpy steps alternate in blocks: a block of device steps, a block of numpy steps,
