@@ -558,18 +558,19 @@ class Engine:
                 # W (out x in) read transposed by the kernel (it packs B panels anyway)
                 y = k.gemm_float(xa.values, w.values, trans_a=False, trans_b=True)
         else:
-            p_nat = im2col(xa.values, layer)
             o = layer.out_shape[0]
             if xa.is_int and w.is_int:
                 # datapath.conv2d's GEMM (im2col of the codes times W^T), computed as its
                 # transpose W . cols^T (the same sums; the kernel's wide side is then the
                 # n * ho * wo positions, not the few output channels) and rescaled in the
-                # kernel; the codes' im2col is kept for WG
-                cols_c = im2col(xa.c, layer)
+                # kernel; the codes' im2col is kept for WG, and counted by its zeros (those
+                # of the values: xa.zeros_source)
+                cols_c = p_nat = im2col(xa.c, layer)
                 yt, so = self._gemm_q(w.c.reshape(o, -1), cols_c, xa.frac + w.frac, False, True)
                 ho, wo = layer.out_shape[1:]
                 y = np.ascontiguousarray(yt.reshape(o, nb, ho, wo).transpose(1, 0, 2, 3))
             else:
+                p_nat = im2col(xa.values, layer)
                 y2 = k.gemm_float(p_nat, w.values.reshape(o, -1), trans_a=False, trans_b=True)
                 ho, wo = layer.out_shape[1:]
                 y = np.ascontiguousarray(y2.reshape(nb, ho, wo, o).transpose(0, 3, 1, 2))
@@ -900,8 +901,9 @@ class Engine:
                 dyc = np.ascontiguousarray(eq.c.transpose(1, 0, 2, 3)).reshape(o, -1)
                 dw2, so = self._gemm_q(dyc, cols_c, eq.frac + xa.frac, False, False)
                 dw = dw2.reshape(layer.weight_shape)
-            else:
-                dw = k.gemm_float(dy2, c["cols"], trans_a=True, trans_b=False).reshape(
+            else:  # the values' im2col ("cols" holds the codes' when FF took the integer path)
+                cols = c["cols"] if c["cols_c"] is None else im2col(xa.values, layer)
+                dw = k.gemm_float(dy2, cols, trans_a=True, trans_b=False).reshape(
                     layer.weight_shape
                 )
             p_codes = q_codes = None  # built below only when a slice count needs them
