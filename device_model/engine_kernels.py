@@ -117,17 +117,25 @@ class ChipKernels:
         return codes, vals
 
     def encode_values_amax(
-        self, x: np.ndarray, fmt: str, *, values: bool = True, **kw: Any
+        self,
+        x: np.ndarray,
+        fmt: str,
+        *,
+        values: bool = True,
+        rounding: str = "nearest",
+        saturate: bool | None = None,
+        seed: int = 0,
+        stream: int = 0,
     ) -> tuple[np.ndarray, np.ndarray | None, int]:
         xs = np.ascontiguousarray(x, np.float32)
         return chip_numerics.encode_fixed_values(
             xs,
             fmt,
             None,
-            rounding=kw.get("rounding", "nearest"),
-            saturate=kw.get("saturate"),
-            seed=kw.get("seed", 0),
-            stream=kw.get("stream", 0),
+            rounding=rounding,
+            saturate=saturate,
+            seed=seed,
+            stream=stream,
             values=values,
         )
 

@@ -226,7 +226,15 @@ class Policy:
             # than a later rescale); the rest (gradients, momentum, master weights) as values
             want_values = cls not in _CODE_CLASSES or x.size < _LAZY_VALUES_MIN
             if e.frac_mode == "amax":  # the scale of _frac, found by the encoding call
-                codes, values, frac = k.encode_values_amax(x, fmt, values=want_values, **kw)
+                codes, values, frac = k.encode_values_amax(
+                    x,
+                    fmt,
+                    values=want_values,
+                    rounding=e.rounding,
+                    seed=self.sr_seed,
+                    stream=stream,
+                    saturate=e.saturate,
+                )
             else:
                 frac = self._frac(x, fmt, e, key, laps_shift)
                 params = {"shared_exp": -frac} if fmt == "flex16" else {"frac_bits": frac}
