@@ -37,6 +37,7 @@ __all__ = [
     "counters_dict",
     "counters_of",
     "stage_costs",
+    "stage_work",
     "sum_counters",
 ]
 
@@ -206,27 +207,32 @@ class StageCounters:
         return counters_of([getattr(self, n) + getattr(other, n) for n in _COUNTER_FIELDS])
 
     def as_dict(self) -> dict[str, Any]:
-        """The schema's nested per-stage dict (keys in the order of STAGE_FIELDS)."""
-        skipped = {
-            "input_zero": self.skipped_input_zero,
-            "weight_zero": self.skipped_weight_zero,
-            "output_zero": self.skipped_output_zero,
-            "pruned": self.skipped_pruned,
-            "zero_slice": self.skipped_zero_slice,
-        }
+        """The schema's nested per-stage dict (keys in the order of STAGE_FIELDS; "skipped"
+        in the order of SKIP_REASONS, checked at import)."""
+        d = self.__dict__
         return {
-            "macs_total": self.macs_total,
-            "macs_executed": self.macs_executed,
-            "skipped": {r: skipped[r] for r in SKIP_REASONS},
-            "slice_ops": self.slice_ops,
-            "cycles": self.cycles,
-            "transpose_penalty_cycles": self.transpose_penalty_cycles,
-            "energy_pj": self.energy_pj,
-            "dram_read_bytes": self.dram_read_bytes,
-            "dram_write_bytes": self.dram_write_bytes,
-            "sram_read_bytes": self.sram_read_bytes,
-            "sram_write_bytes": self.sram_write_bytes,
+            "macs_total": d["macs_total"],
+            "macs_executed": d["macs_executed"],
+            "skipped": {
+                "input_zero": d["skipped_input_zero"],
+                "weight_zero": d["skipped_weight_zero"],
+                "output_zero": d["skipped_output_zero"],
+                "pruned": d["skipped_pruned"],
+                "zero_slice": d["skipped_zero_slice"],
+            },
+            "slice_ops": d["slice_ops"],
+            "cycles": d["cycles"],
+            "transpose_penalty_cycles": d["transpose_penalty_cycles"],
+            "energy_pj": d["energy_pj"],
+            "dram_read_bytes": d["dram_read_bytes"],
+            "dram_write_bytes": d["dram_write_bytes"],
+            "sram_read_bytes": d["sram_read_bytes"],
+            "sram_write_bytes": d["sram_write_bytes"],
         }
+
+
+if SKIP_REASONS != ("input_zero", "weight_zero", "output_zero", "pruned", "zero_slice"):
+    raise ImportError("StageCounters.as_dict lists the skip reasons of SKIP_REASONS in order")
 
 
 #: StageCounters' field names in order (dataclasses.fields is slow on the per-step path).
@@ -244,10 +250,34 @@ def counters_of(values: Iterable[Any]) -> StageCounters:
 
 
 _new_object = object.__new__
+_WORK_FIELDS = frozenset(f.name for f in dataclasses.fields(StageWork))
+_WORK_DEFAULTS = {
+    f.name: f.default for f in dataclasses.fields(StageWork) if f.default is not dataclasses.MISSING
+}
+_WORK_REQUIRED = _WORK_FIELDS - _WORK_DEFAULTS.keys()
+
+
+def stage_work(**fields: Any) -> StageWork:
+    """``StageWork(**fields)`` without ``__post_init__``'s checks of the values, for the
+    engine's per-step records (a dozen a step; the checks cost ~4 us each): the caller's counts
+    are plain ints it computed itself, adding up. Field names are still checked (an unknown
+    or missing name raises TypeError as the constructor does). Equal to the checked record."""
+    keys = fields.keys()
+    if not (_WORK_REQUIRED <= keys <= _WORK_FIELDS):
+        return StageWork(**fields)  # the constructor's own error
+    out = _new_object(StageWork)
+    d = out.__dict__
+    d.update(_WORK_DEFAULTS)
+    d.update(fields)
+    return out
+
+
 _VALUES = operator.attrgetter(*_COUNTER_FIELDS)
 _ZERO_COUNTERS = StageCounters()  # frozen: one shared zero record
 _ZERO_VALUES = _VALUES(_ZERO_COUNTERS)
 _INT_ONLY = {int}
+_add = operator.add
+_ZERO_SUMS = tuple(0 + v for v in _ZERO_VALUES)  # sum()'s start 0 plus the zero counters
 
 
 def _ceil_div(a: float, b: float) -> int:
@@ -335,11 +365,13 @@ def stage_costs(work: StageWork, preset: ChipPreset, *, pe_share: float = 1.0) -
 
 def sum_counters(items: Iterable[StageCounters]) -> StageCounters:
     """The sum of stage counters (layers of a stage, or stages into the total)."""
-    values = [_VALUES(c) for c in items]
-    if not values:
-        return StageCounters()
-    # field by field from the zero counters, in order: the sums of ``StageCounters() + ...``
-    return counters_of(map(sum, zip(_ZERO_VALUES, *values, strict=True)))
+    # field by field from the zero counters, in order: the sums of ``StageCounters() + ...``,
+    # i.e. sum() over (zero, *items) per field: ((0 + zero) + c0) + c1 ..., as nested maps
+    # of operator.add (no Python call per field; counters_of checks the length)
+    acc: Any = _ZERO_SUMS
+    for c in items:
+        acc = map(_add, acc, _VALUES(c))
+    return counters_of(acc)
 
 
 def counters_dict(

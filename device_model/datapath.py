@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import threading
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -140,16 +141,46 @@ def _kernel_code(name: str | None) -> int:
 
 
 def _threads(threads: int | None) -> int:
-    """The thread count to pass to C; 0 = automatic (2, fewer for small GEMMs)."""
+    """The thread count to pass to C; 0 = automatic (2, fewer for small GEMMs). None: the
+    count this thread pinned (pin_threads), else ``MICROTRAIN_THREADS``'s."""
     if threads is None:
-        env = os.environ.get("MICROTRAIN_THREADS", "").strip()
-        if not env:
-            return 0
-        try:
-            threads = int(env)
-        except ValueError:
-            raise ValueError(f"MICROTRAIN_THREADS={env!r} is not an integer 1..16") from None
+        pinned = getattr(_PINNED, "threads", None)
+        if pinned is not None:
+            return pinned
+        return _env_threads()
     if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 16:
+        raise ValueError(f"threads must be an integer 1..16, got {threads!r}")
+    return threads
+
+
+#: per Python thread: the thread count pin_threads read (absent or None: read the variable)
+_PINNED = threading.local()
+
+
+def pin_threads() -> int | None:
+    """Read ``MICROTRAIN_THREADS`` once and let this Python thread's kernel calls with
+    ``threads=None`` use that count until ``unpin_threads(token)`` (the engine pins for one
+    public call: its ~20 kernel calls then do not each read the environment). Returns the
+    token: the count pinned before (None when none was), so pins nest."""
+    before = getattr(_PINNED, "threads", None)
+    _PINNED.threads = _env_threads() if before is None else before
+    return before
+
+
+def unpin_threads(token: int | None) -> None:
+    """Undo the ``pin_threads`` call that returned ``token``."""
+    _PINNED.threads = token
+
+
+def _env_threads() -> int:
+    env = os.environ.get("MICROTRAIN_THREADS", "").strip()
+    if not env:
+        return 0
+    try:
+        threads = int(env)
+    except ValueError:
+        raise ValueError(f"MICROTRAIN_THREADS={env!r} is not an integer 1..16") from None
+    if not 1 <= threads <= 16:
         raise ValueError(f"threads must be an integer 1..16, got {threads!r}")
     return threads
 
@@ -191,6 +222,17 @@ def _ptr(x: np.ndarray, ctype: str) -> Any:
     if x.flags.c_contiguous:  # the cheap way
         return ffi.from_buffer(_ARRAY_TYPE[ctype], x, require_writable=False)
     return ffi.cast(ctype, x.__array_interface__["data"][0])
+
+
+def _fptr(x: np.ndarray) -> Any:
+    """_ptr(x, "float *")."""
+    if x.flags.c_contiguous:
+        return _new_fptr("float[]", x, require_writable=False)
+    return ffi.cast("float *", x.__array_interface__["data"][0])
+
+
+_new_fptr = ffi.from_buffer
+_F32 = np.dtype(np.float32)
 
 
 def _check_acc(acc_bits: object, acc_mode: object) -> tuple[int, int]:
@@ -385,9 +427,9 @@ def gemm_float(
     results added in order in float32."""
     if not isinstance(a, np.ndarray) or not isinstance(b, np.ndarray):
         raise ValueError("a and b must be numpy float32 arrays")
-    for x, name in ((a, "a"), (b, "b")):
-        if x.dtype != np.float32:
-            raise ValueError(f"{name} must have dtype float32, got {x.dtype}")
+    if a.dtype != _F32 or b.dtype != _F32:
+        name, x = ("a", a) if a.dtype != _F32 else ("b", b)
+        raise ValueError(f"{name} must have dtype float32, got {x.dtype}")
     a2, lda, ta = _strided(a, "a", bool(trans_a))
     b2, ldb, tb = _strided(b, "b", bool(trans_b))
     m, ka = (a2.shape[1], a2.shape[0]) if ta else a2.shape
@@ -398,14 +440,16 @@ def gemm_float(
         )
     nthreads = _threads(threads)
     c = np.empty((m, n), np.float32)
-    args = (_ptr(a2, "float *"), lda, int(ta), _ptr(b2, "float *"), ldb, int(tb), m, ka, n)
+    args = (_fptr(a2), lda, int(ta), _fptr(b2), ldb, int(tb), m, ka, n)
     if chunk is None:
-        rc = lib.mt_gemm_f32(*args, _ptr(c, "float *"), nthreads)
-    else:
-        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-            raise ValueError(f"chunk must be a positive integer or None, got {chunk!r}")
-        eb, mb = _acc_format(acc_format)
-        rc = lib.mt_gemm_f32_chunked(*args, _ptr(c, "float *"), chunk, eb, mb, nthreads)
+        rc = lib.mt_gemm_f32(*args, _new_fptr("float[]", c), nthreads)
+        if rc != _OK:
+            _check_rc(rc, "gemm_float")
+        return c
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk must be a positive integer or None, got {chunk!r}")
+    eb, mb = _acc_format(acc_format)
+    rc = lib.mt_gemm_f32_chunked(*args, _ptr(c, "float *"), chunk, eb, mb, nthreads)
     _check_rc(rc, "gemm_float")
     return c
 

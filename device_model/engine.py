@@ -35,9 +35,10 @@ from device_model.costs import (
     counters_dict,
     counters_of,
     stage_costs,
+    stage_work,
 )
 from device_model.costs_schedule import LayerCycles, bp_latency, dfa_latency, pdfa_split_costs
-from device_model.datapath import relu, relu_backward, zero_counts
+from device_model.datapath import pin_threads, relu, relu_backward, unpin_threads, zero_counts
 from device_model.engine_config import EngineConfig, EngineError, PolicyEntry
 from device_model.engine_counts import count_macs, masked_slice_ops
 from device_model.engine_kernels import ChipKernels, Kernels
@@ -96,7 +97,15 @@ def _sum_counters(items: Sequence[StageCounters]) -> StageCounters:
     one construction)."""
     if len(items) == 1:
         return items[0]
-    return counters_of(map(sum, zip(*map(_COUNTER_VALUES, items), strict=True)))
+    # column j is ((0 + r0[j]) + r1[j]) + ...: sum()'s additions in sum()'s order, as nested
+    # maps of operator.add (no Python call per field; counters_of checks the length)
+    acc: Any = _INT_ZEROS
+    for row in map(_COUNTER_VALUES, items):
+        acc = map(operator.add, acc, row)
+    return counters_of(acc)
+
+
+_INT_ZEROS = (0,) * len(dataclasses.fields(StageCounters))
 
 
 #: StageWork and its stage_costs by a key that determines the work
@@ -441,7 +450,8 @@ class Engine:
                     f"cross-entropy targets must be integer class indices of shape ({batch},), "
                     f"got {a.dtype} {a.shape}",
                 )
-            if a.size and (a.min() < 0 or a.max() >= n):
+            # the ufuncs' reductions (what ndarray.min and max call, without their wrappers)
+            if a.size and (np.minimum.reduce(a) < 0 or np.maximum.reduce(a) >= n):
                 raise EngineError(Status.BAD_REQUEST, f"class indices must be in 0..{n - 1}")
             return a.astype(np.int64)
         if a.dtype.kind not in "fiu" or a.shape != (batch, *self.output_shape):
@@ -455,6 +465,13 @@ class Engine:
     # ------------------------------------------------------------------ public passes
     def forward(self, x: np.ndarray, *, keep_activations: bool = False) -> np.ndarray:
         """Outputs (float32) of a batch; keep_activations keeps what BACKWARD needs."""
+        token = pin_threads()  # MICROTRAIN_THREADS read once per call, not per kernel
+        try:
+            return self._forward_call(x, keep_activations)
+        finally:
+            unpin_threads(token)
+
+    def _forward_call(self, x: np.ndarray, keep_activations: bool) -> np.ndarray:
         xs = self._check_x(x)
         step = _Step()
         y, cache = self._forward(xs, step, laps=False)
@@ -465,6 +482,13 @@ class Engine:
 
     def train_step(self, x: np.ndarray, target: np.ndarray) -> StepResult:
         """FF, loss, EP (BP or DFA), WG and update on one batch."""
+        token = pin_threads()
+        try:
+            return self._train_step_call(x, target)
+        finally:
+            unpin_threads(token)
+
+    def _train_step_call(self, x: np.ndarray, target: np.ndarray) -> StepResult:
         xs = self._check_x(x)
         t = self._check_target(target, xs.shape[0])
         step = _Step()
@@ -476,6 +500,13 @@ class Engine:
 
     def backward(self, output_error: np.ndarray) -> StepResult:
         """EP, WG and update from dLoss/dOutput of the last forward(keep_activations=True)."""
+        token = pin_threads()
+        try:
+            return self._backward_call(output_error)
+        finally:
+            unpin_threads(token)
+
+    def _backward_call(self, output_error: np.ndarray) -> StepResult:
         if self._kept is None:
             raise EngineError(
                 Status.BAD_REQUEST, "BACKWARD needs a preceding FORWARD with keep_activations"
@@ -612,8 +643,8 @@ class Engine:
         wbytes = self._weight_fetch_bytes(layer, w)
         ibytes = _bytes(x.size, xa.bits)
         obytes = _bytes(y.size, xa.bits)
-        work = StageWork(
-            "ff",
+        work = stage_work(
+            stage="ff",
             **cnt,
             slice_ops=sl,
             a_bits=xa.bits,
@@ -739,8 +770,8 @@ class Engine:
                     sk,
                 )
             fb_b = _bytes(bm.size, bq.bits) if setup.feedback_stored else 0
-            work = StageWork(
-                "ep",
+            work = stage_work(
+                stage="ep",
                 **cnt,
                 slice_ops=sl,
                 a_bits=eq.bits,
@@ -840,8 +871,8 @@ class Engine:
                 sk = sk & counted
             sl = so - masked_slice_ops(p_codes, q_codes, sk)
         wbytes = self._weight_fetch_bytes(layer, w)
-        work = StageWork(
-            "ep",
+        work = stage_work(
+            stage="ep",
             **cnt,
             slice_ops=sl,
             a_bits=eq.bits,
@@ -937,8 +968,8 @@ class Engine:
         if prune_out is not None and "pruned" in skips:
             n_grad -= int(prune_out.sum())
         gbytes = _bytes(n_grad, gq.bits)
-        work = StageWork(
-            "wg",
+        work = stage_work(
+            stage="wg",
             **cnt,
             slice_ops=sl,
             a_bits=xa.bits,

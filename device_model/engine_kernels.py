@@ -47,7 +47,15 @@ class Kernels(Protocol):
         self, x: np.ndarray, fmt: str, frac: int, *, values: bool = True, **kw: Any
     ) -> tuple[np.ndarray, np.ndarray | None]: ...
     def encode_values_amax(
-        self, x: np.ndarray, fmt: str, *, values: bool = True, **kw: Any
+        self,
+        x: np.ndarray,
+        fmt: str,
+        *,
+        values: bool = True,
+        rounding: str = "nearest",
+        saturate: bool | None = None,
+        seed: int = 0,
+        stream: int = 0,
     ) -> tuple[np.ndarray, np.ndarray | None, int]: ...
     def quantize(self, x: np.ndarray, fmt: str, **kw: Any) -> np.ndarray: ...
     def scale_params(self, x: np.ndarray, fmt: str, **kw: Any) -> dict[str, Any]: ...

@@ -115,6 +115,17 @@ class QTensor:
         return format_bits(self.fmt)
 
 
+def _fp32_tensor(x: np.ndarray) -> QTensor:
+    """``QTensor(x, "fp32")`` without the frozen dataclass's __init__ (one per fp32 operand,
+    about 18 a training step): the same fields."""
+    q = _new_object(QTensor)
+    q.__dict__.update(raw=x, fmt="fp32", codes=None, frac=0)
+    return q
+
+
+_new_object = object.__new__
+
+
 def rescale(acc: np.ndarray, frac: int) -> np.ndarray:
     """Integer values (codes or int64 accumulators) times 2^-frac, rounded once to float32.
 
@@ -206,11 +217,13 @@ class Policy:
 
     def quantize(self, x: np.ndarray, layer: int, cls: str, part: int, pass_no: int) -> QTensor:
         """Quantize ``x`` with the entry of (layer, cls); see the module docstring."""
-        e = self.entry(layer, cls)
+        e = self.table[layer][CLASS[cls]]
+        if e.format == "fp32":  # the identity on float32 bits (LAPS changes dfxp widths only)
+            return _fp32_tensor(np.ascontiguousarray(x, np.float32))
         fmt, laps_shift = self._fmt(layer, cls, e)
         x = np.ascontiguousarray(x, np.float32)
         if fmt == "fp32":
-            return QTensor(x, fmt)  # the identity on float32 bits
+            return QTensor(x, fmt)
         stream = pass_no * 65536 + layer * 256 + CLASS[cls] * 16 + part
         kw = {
             "rounding": e.rounding,

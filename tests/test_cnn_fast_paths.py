@@ -1,0 +1,109 @@
+"""The engine's per-call shortcuts equal what they replace (cut Python overhead of the CNN
+step): the unchecked StageWork, the fp32 QTensor, counter sums by nested maps, the thread
+count pinned once per engine call."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import pytest
+
+import device_model.costs as costs
+from device_model import datapath
+from device_model.costs import StageCounters, StageWork, counters_of, stage_work, sum_counters
+from device_model.engine import _sum_counters
+from device_model.engine_policy import QTensor, _fp32_tensor
+
+
+def test_stage_work_equals_checked_record() -> None:
+    kw: dict[str, Any] = dict(
+        stage="ep",
+        macs_total=1000,
+        macs_executed=900,
+        input_zero=60,
+        output_zero=40,
+        slice_ops=12345,
+        a_bits=8,
+        b_bits=8,
+        dram_read_bytes=4000,
+        dram_write_bytes=300,
+        sram_read_bytes=4100,
+        sram_write_bytes=300,
+        transposed_read=True,
+        transposed_bytes=77,
+    )
+    fast, checked = stage_work(**kw), StageWork(**kw)
+    assert fast == checked and hash(fast) == hash(checked)
+    assert fast.__dict__ == checked.__dict__
+    assert stage_work(stage="ff", macs_total=5, macs_executed=5) == StageWork("ff", 5, 5)
+    with pytest.raises(TypeError):
+        stage_work(stage="ff", macs_total=5, macs_executed=5, no_such_field=1)
+    with pytest.raises(TypeError):
+        stage_work(stage="ff", macs_total=5)
+
+
+def test_fp32_tensor_equals_dataclass() -> None:
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    a, b = _fp32_tensor(x), QTensor(x, "fp32")
+    assert a == b and a.__dict__ == b.__dict__
+    assert a.values is x and a.zeros_source is x and not a.is_int and a.bits == 32
+
+
+def _old_engine_sum(items: list[StageCounters]) -> StageCounters:
+    if len(items) == 1:
+        return items[0]
+    return counters_of(map(sum, zip(*map(costs._VALUES, items), strict=True)))
+
+
+def _old_sum_counters(items: list[StageCounters]) -> StageCounters:
+    values = [costs._VALUES(c) for c in items]
+    if not values:
+        return StageCounters()
+    return counters_of(map(sum, zip(costs._ZERO_VALUES, *values, strict=True)))
+
+
+def test_counter_sums_equal_sum_builtin_order() -> None:
+    rng = random.Random(7)
+    for _ in range(3000):
+        k = rng.randint(0, 5)
+        items = []
+        for _ in range(k):
+            energy = rng.choice([0.0, -0.0, rng.random() * 10 ** rng.randint(-5, 15)])
+            ints = [rng.randint(0, 10**12) for _ in range(14)]
+            items.append(counters_of([*ints[:10], energy, *ints[10:]]))
+        pairs = [(sum_counters(items), _old_sum_counters(items))]
+        if k:
+            pairs.append((_sum_counters(items), _old_engine_sum(items)))
+        for new, old in pairs:
+            vn, vo = costs._VALUES(new), costs._VALUES(old)
+            assert repr(vn) == repr(vo)
+            assert [type(v) for v in vn] == [type(v) for v in vo]
+
+
+def test_pinned_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MICROTRAIN_THREADS", "2")
+    assert datapath._threads(None) == 2
+    token = datapath.pin_threads()
+    try:
+        monkeypatch.setenv("MICROTRAIN_THREADS", "1")
+        assert datapath._threads(None) == 2  # read once, at the pin
+        inner = datapath.pin_threads()  # nested: keeps the outer count
+        assert datapath._threads(None) == 2
+        datapath.unpin_threads(inner)
+        assert datapath._threads(None) == 2
+        assert datapath._threads(3) == 3  # an explicit count still wins
+    finally:
+        datapath.unpin_threads(token)
+    assert datapath._threads(None) == 1
+    monkeypatch.setenv("MICROTRAIN_THREADS", "")
+    assert datapath._threads(None) == 0
+    monkeypatch.setenv("MICROTRAIN_THREADS", "x")
+    with pytest.raises(ValueError, match="MICROTRAIN_THREADS"):
+        datapath.pin_threads()
+    monkeypatch.setenv("MICROTRAIN_THREADS", "17")
+    with pytest.raises(ValueError, match=r"1\.\.16"):
+        datapath._threads(None)
+    with pytest.raises(ValueError):
+        datapath._threads(0)
