@@ -211,6 +211,29 @@ typedef void (*zero_fn)(const void *, int64_t, int64_t, int64_t, int64_t *, int6
         const int64_t cfull = cols / LANES * LANES;                                            \
         const MASKT tail = (MASKT)((((MASKT)1) << (cols - cfull)) - 1); /* cols-cfull < LANES */ \
         int64_t tot = 0;                                                                       \
+        if (cnt && cols <= LANES) { /* one vector a row: column counts stay in registers */    \
+            const MASKT k = cols == LANES ? (MASKT)~(MASKT)0 : tail;                           \
+            __m512i acc[LANES / 16];                                                           \
+            for (int p = 0; p < LANES / 16; p++)                                               \
+                acc[p] = _mm512_setzero_si512();                                               \
+            for (int64_t r = 0; r < rows; r++) {                                               \
+                MASKT m = CMP(x + r * rs, k);                                                  \
+                int64_t z = POPCNT(m);                                                         \
+                for (int p = 0; p < LANES / 16; p++)                                           \
+                    acc[p] = _mm512_mask_add_epi32(acc[p], (__mmask16)(m >> (16 * p)), acc[p], \
+                                                   one);                                       \
+                if (per_row)                                                                   \
+                    per_row[r] = z;                                                            \
+                tot += z;                                                                      \
+            }                                                                                  \
+            for (int p = 0; p < LANES / 16; p++)                                               \
+                _mm512_storeu_si512((void *)(cnt + 16 * p), acc[p]);                           \
+            for (int64_t c = 0; c < cols; c++)                                                 \
+                per_col[c] += cnt[c];                                                          \
+            free(cnt);                                                                         \
+            *total = tot;                                                                      \
+            return;                                                                            \
+        }                                                                                      \
         for (int64_t r = 0; r < rows; r++) {                                                   \
             const T *row = x + r * rs;                                                         \
             int64_t z = 0;                                                                     \

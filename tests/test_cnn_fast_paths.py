@@ -107,3 +107,22 @@ def test_pinned_threads(monkeypatch: pytest.MonkeyPatch) -> None:
         datapath._threads(None)
     with pytest.raises(ValueError):
         datapath._threads(0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int8, np.int16])
+def test_zero_counts_narrow_and_wide(dtype: type) -> None:
+    """Matrices of at most one vector a row (column counts kept in registers) and wider
+    ones, C-ordered and row slices, against numpy."""
+    rng = np.random.default_rng(3)
+    for rows in (1, 2, 3, 17, 2048):
+        for cols in (1, 5, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100):
+            x = (rng.standard_normal((rows, cols)) * 2).astype(dtype)
+            x[rng.random(x.shape) < 0.3] = 0
+            if dtype is np.float32:
+                x[rng.random(x.shape) < 0.1] = -0.0
+            wide = np.zeros((rows, cols + 7), dtype)
+            wide[:, :cols] = x
+            for v in (x, wide[:, :cols], x.T):
+                per_row, per_col = datapath.zero_counts(v)
+                assert np.array_equal(per_row, (v == 0).sum(axis=1))
+                assert np.array_equal(per_col, (v == 0).sum(axis=0))
