@@ -106,6 +106,7 @@ def _sum_counters(items: Sequence[StageCounters]) -> StageCounters:
 
 
 _INT_ZEROS = (0,) * len(dataclasses.fields(StageCounters))
+_NO_WORK = StageCounters()  # frozen, shared
 
 
 #: StageWork and its stage_costs by a key that determines the work
@@ -121,7 +122,8 @@ class _Step:
     works: dict[int, dict[str, list[StageWork]]] = field(default_factory=dict)
 
     def add(self, layer: int, work: StageWork, stage: str, preset: ChipPreset) -> None:
-        self.add_costed(layer, work, stage, stage_costs(work, preset))
+        self.per_layer.setdefault(layer, {}).setdefault(stage, []).append(stage_costs(work, preset))
+        self.works.setdefault(layer, {}).setdefault(stage, []).append(work)
 
     def add_costed(self, layer: int, work: StageWork, stage: str, costs: StageCounters) -> None:
         """``add`` with ``costs`` = stage_costs(work, preset) computed by the caller (both are
@@ -410,7 +412,15 @@ class Engine:
             sums = {}
             for li in order:
                 d = sums[li] = step.layer_stage(li)
-                cyc.append(LayerCycles(**{s: d[s].cycles if s in d else 0 for s in _STAGES}))
+                g = d.get  # a missing stage: the zero record's 0 cycles
+                cyc.append(
+                    LayerCycles(
+                        g("ff", _NO_WORK).cycles,
+                        g("ep", _NO_WORK).cycles,
+                        g("wg", _NO_WORK).cycles,
+                        g("update", _NO_WORK).cycles,
+                    )
+                )
             if alg == "dfa" and has_bw:
                 lat = dfa_latency(cyc, ep_parallel=False)
             else:
