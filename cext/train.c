@@ -495,3 +495,65 @@ int mt_sgd_update_zc(float *w, float *m, const float *g, int64_t rows, int64_t c
     free(second);
     return 0;
 }
+
+/* ---------------------------------------------------------------- im2col (train_fast_api.h) */
+
+/* Each sample's zero-padded planes first (hp x wp, scratch), then every output row's window
+ * rows as plain copies of kw elements (no bounds test per element). */
+#define IM2COL_BODY(T)                                                                         \
+    do {                                                                                       \
+        const T *xs = x;                                                                       \
+        T *o = out;                                                                            \
+        const int64_t hp = h + 2 * ph, wp = w + 2 * pw, K = c * kh * kw;                       \
+        T *pad = calloc((size_t)(c * hp * wp), sizeof(T));                                     \
+        if (!pad)                                                                              \
+            return -2;                                                                         \
+        for (int64_t b = 0; b < n; b++) {                                                      \
+            for (int64_t ci = 0; ci < c; ci++)                                                 \
+                for (int64_t r = 0; r < h; r++)                                                \
+                    memcpy(pad + (ci * hp + r + ph) * wp + pw, xs + ((b * c + ci) * h + r) * w, \
+                           (size_t)w * sizeof(T));                                             \
+            for (int64_t oh = 0; oh < ho; oh++)                                                \
+                for (int64_t ow = 0; ow < wo; ow++, o += K) {                                  \
+                    T *dst = o;                                                                \
+                    for (int64_t ci = 0; ci < c; ci++) {                                       \
+                        const T *src = pad + (ci * hp + oh * sh) * wp + ow * sw;               \
+                        if (kw == 3)                                                           \
+                            for (int i = 0; i < kh; i++, dst += 3, src += wp) {                \
+                                dst[0] = src[0];                                               \
+                                dst[1] = src[1];                                               \
+                                dst[2] = src[2];                                               \
+                            }                                                                  \
+                        else                                                                   \
+                            for (int i = 0; i < kh; i++, dst += kw, src += wp)                 \
+                                for (int j = 0; j < kw; j++)                                   \
+                                    dst[j] = src[j];                                           \
+                    }                                                                          \
+                }                                                                              \
+        }                                                                                      \
+        free(pad);                                                                             \
+    } while (0)
+
+int mt_im2col(const void *x, int esize, int64_t n, int64_t c, int64_t h, int64_t w, int kh,
+              int kw, int sh, int sw, int ph, int pw, int64_t ho, int64_t wo, void *out)
+{
+    if (!x || !out || n < 0 || c < 0 || h < 0 || w < 0 || kh < 1 || kw < 1 || sh < 1 ||
+        sw < 1 || ph < 0 || pw < 0 || ho < 0 || wo < 0)
+        return -1;
+    switch (esize) {
+    case 1:
+        IM2COL_BODY(uint8_t);
+        return 0;
+    case 2:
+        IM2COL_BODY(uint16_t);
+        return 0;
+    case 4:
+        IM2COL_BODY(uint32_t);
+        return 0;
+    case 8:
+        IM2COL_BODY(uint64_t);
+        return 0;
+    default:
+        return -1;
+    }
+}

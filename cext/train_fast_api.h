@@ -20,4 +20,12 @@ int mt_relu_bwd_f32(const float *e, const uint8_t *pos, float *out, int64_t n);
  * or -1 on a bad argument (nothing done). */
 int mt_sgd_update_zc(float *w, float *m, const float *g, int64_t rows, int64_t cols, float lr,
                      float mu, float wd, int threads, int64_t *per_row, int64_t *per_col);
+
+/* im2col of x (n, c, h, w), C order, elements of esize bytes (1, 2, 4 or 8): out rows (n, ho,
+ * wo), columns (c, i, j), out[row][(ci * kh + i) * kw + j] = x[n][ci][oh * sh + i - ph]
+ * [ow * sw + j - pw], all-zero bytes where that falls in the padding (a copy of the entries:
+ * any element type). Returns 0, -1 on a bad argument, -2 when the scratch for one sample's
+ * zero-padded planes cannot be allocated. */
+int mt_im2col(const void *x, int esize, int64_t n, int64_t c, int64_t h, int64_t w, int kh,
+              int kw, int sh, int sw, int ph, int pw, int64_t ho, int64_t wo, void *out);
 #endif

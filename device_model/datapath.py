@@ -520,6 +520,44 @@ def _im2col(
     return cols, ho, wo
 
 
+def im2col_copy(
+    x: np.ndarray,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    out_hw: tuple[int, int],
+) -> np.ndarray | None:
+    """The im2col of a C-contiguous (n, c, h, w) array of 1, 2, 4 or 8-byte elements in one C
+    pass: rows (n, ho, wo), columns (c, i, j), all-zero bytes in the padding (+0 for floats):
+    the entries np.take of ``im2col_positions`` over the zero-padded input gives. None for
+    other arrays (the caller gathers with numpy). Geometry as the caller validated it."""
+    if (
+        type(x) is not np.ndarray
+        or x.ndim != 4
+        or x.itemsize not in (1, 2, 4, 8)
+        or not x.flags.c_contiguous
+        or x.dtype.hasobject
+    ):
+        return None
+    n, c, h, w = x.shape
+    (kh, kw), (sh, sw), (ph, pw), (ho, wo) = kernel, stride, padding, out_hw
+    out = np.empty((n * ho * wo, c * kh * kw), x.dtype)
+    if out.size == 0:
+        return out
+    rc = lib.mt_im2col(
+        _from_buffer("char[]", x, require_writable=False), x.itemsize, n, c, h, w,
+        kh, kw, sh, sw, ph, pw, ho, wo, _from_buffer("char[]", out),
+    )  # fmt: skip
+    if rc == -2:
+        raise MemoryError("im2col: the padded planes could not be allocated")
+    if rc != 0:
+        raise ValueError("im2col: arguments rejected by the kernel")
+    return out
+
+
+_from_buffer = ffi.from_buffer
+
+
 @functools.lru_cache(maxsize=64)
 def im2col_positions(
     in_shape: tuple[int, ...],

@@ -116,13 +116,59 @@ def test_zero_counts_narrow_and_wide(dtype: type) -> None:
     rng = np.random.default_rng(3)
     for rows in (1, 2, 3, 17, 2048):
         for cols in (1, 5, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100):
-            x = (rng.standard_normal((rows, cols)) * 2).astype(dtype)
+            x: np.ndarray = (rng.standard_normal((rows, cols)) * 2).astype(dtype)
             x[rng.random(x.shape) < 0.3] = 0
             if dtype is np.float32:
                 x[rng.random(x.shape) < 0.1] = -0.0
-            wide = np.zeros((rows, cols + 7), dtype)
+            wide: np.ndarray = np.zeros((rows, cols + 7), dtype)
             wide[:, :cols] = x
             for v in (x, wide[:, :cols], x.T):
                 per_row, per_col = datapath.zero_counts(v)
                 assert np.array_equal(per_row, (v == 0).sum(axis=1))
                 assert np.array_equal(per_col, (v == 0).sum(axis=0))
+
+
+def _im2col_take(x: np.ndarray, layer: Any) -> np.ndarray:
+    """engine_layers.im2col's numpy gather (np.take of the cached positions)."""
+    from device_model.engine_layers import _padded
+
+    ph, pw = layer.padding
+    ho, wo = layer.out_shape[1:]
+    idx = datapath.im2col_positions(
+        layer.in_shape, layer.kernel, layer.stride, layer.padding, (ho, wo)
+    )
+    flat = _padded(x, ph, pw).reshape(x.shape[0], -1)
+    return np.take(flat, idx, axis=1).reshape(x.shape[0] * ho * wo, idx.size // (ho * wo))
+
+
+@pytest.mark.parametrize(
+    "geom",
+    [
+        dict(in_channels=1, out_channels=8, kernel_size=3, padding=1),
+        dict(in_channels=3, out_channels=4, kernel_size=(3, 2), stride=(2, 1), padding=(0, 2)),
+        dict(in_channels=2, out_channels=2, kernel_size=5, stride=3, padding=2),
+        dict(in_channels=2, out_channels=2, kernel_size=1),
+    ],
+)
+def test_im2col_c_equals_numpy_gather(geom: dict[str, Any]) -> None:
+    from device_model.engine_layers import LayerSpec, build_layers, im2col
+
+    (layer,) = build_layers((geom["in_channels"], 9, 7), [LayerSpec("conv2d", **geom)])
+    rng = np.random.default_rng(5)
+    xf = rng.standard_normal((4, geom["in_channels"], 9, 7)).astype(np.float32)
+    xf[xf < -1] = -0.0
+    xf[0, 0, 0, 0] = np.nan
+    xn = np.nan_to_num(xf)
+    for x in (
+        xf,
+        (xn * 30).astype(np.int8),
+        (xn * 3000).astype(np.int16),
+        xf.astype(np.float64),
+        xf > 0,
+    ):
+        got, want = im2col(x, layer), _im2col_take(x, layer)
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert got.tobytes() == want.tobytes()
+    # a non-contiguous input takes the numpy gather
+    xt = np.ascontiguousarray(xf.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
+    assert im2col(xt, layer).tobytes() == _im2col_take(xt, layer).tobytes()
