@@ -557,3 +557,26 @@ int mt_im2col(const void *x, int esize, int64_t n, int64_t c, int64_t h, int64_t
         return -1;
     }
 }
+
+/* ---------------------------------------------------------------- NCHW + bias (train_fast_api.h) */
+
+int mt_to_nchw_bias_f32(const float *src, int64_t n, int64_t o, int64_t hw, int64_t sb,
+                        int64_t sp, int64_t sc, const float *bias, float *dst)
+{
+    if (!src || !dst || n < 0 || o < 0 || hw < 0)
+        return -1;
+    for (int64_t b = 0; b < n; b++)
+        for (int64_t c = 0; c < o; c++) {
+            const float *s = src + b * sb + c * sc;
+            float *d = dst + (b * o + c) * hw;
+            if (bias) {
+                const float bc = bias[c];
+                for (int64_t p = 0; p < hw; p++)
+                    d[p] = s[p * sp] + bc;
+            } else {
+                for (int64_t p = 0; p < hw; p++)
+                    d[p] = s[p * sp];
+            }
+        }
+    return 0;
+}

@@ -28,4 +28,10 @@ int mt_sgd_update_zc(float *w, float *m, const float *g, int64_t rows, int64_t c
  * zero-padded planes cannot be allocated. */
 int mt_im2col(const void *x, int esize, int64_t n, int64_t c, int64_t h, int64_t w, int kh,
               int kw, int sh, int sw, int ph, int pw, int64_t ho, int64_t wo, void *out);
+
+/* The conv output moved to NCHW with its bias: dst[(b * o + c) * hw + p] = src[b * sb + p * sp
+ * + c * sc] + bias[c] (one float32 addition, as numpy's), or the plain copy when bias is
+ * NULL; b < n, c < o, p < hw. Returns 0, or -1 on a bad argument. */
+int mt_to_nchw_bias_f32(const float *src, int64_t n, int64_t o, int64_t hw, int64_t sb,
+                        int64_t sp, int64_t sc, const float *bias, float *dst);
 #endif

@@ -558,6 +558,31 @@ def im2col_copy(
 _from_buffer = ffi.from_buffer
 
 
+def to_nchw_bias(
+    y: np.ndarray, n: int, o: int, hw: tuple[int, ...], nhwc: bool, bias: np.ndarray | None
+) -> np.ndarray:
+    """A conv GEMM's float32 result as a C-ordered (n, o, h, w) array plus ``bias`` (one
+    float32 addition per element, numpy's; None: no bias), in one C pass: ``y`` is
+    (n * h * w, o) when ``nhwc``, else (o, n * h * w). Equal to np.add of the
+    moved array and bias.reshape(1, -1, 1, 1) with dtype float32. ``hw``: (h, w)."""
+    h, w = hw
+    p = h * w
+    y = np.ascontiguousarray(y)
+    if (
+        y.dtype != _F32
+        or y.shape != ((n * p, o) if nhwc else (o, n * p))
+        or (bias is not None and (bias.dtype != _F32 or bias.size != o))
+    ):
+        raise ValueError("to_nchw_bias: y must be a C-ordered float32 GEMM result, bias (o,)")
+    sb, sp, sc = (p * o, o, 1) if nhwc else (p, 1, n * p)
+    out = np.empty((n, o, h, w), np.float32)
+    bp = ffi.NULL if bias is None else _fptr(np.ascontiguousarray(bias))
+    rc = lib.mt_to_nchw_bias_f32(_fptr(y), n, o, p, sb, sp, sc, bp, _fptr(out))
+    if rc != 0:
+        raise ValueError("to_nchw_bias: arguments rejected by the kernel")
+    return out
+
+
 @functools.lru_cache(maxsize=64)
 def im2col_positions(
     in_shape: tuple[int, ...],

@@ -38,7 +38,14 @@ from device_model.costs import (
     stage_work,
 )
 from device_model.costs_schedule import LayerCycles, bp_latency, dfa_latency, pdfa_split_costs
-from device_model.datapath import pin_threads, relu, relu_backward, unpin_threads, zero_counts
+from device_model.datapath import (
+    pin_threads,
+    relu,
+    relu_backward,
+    to_nchw_bias,
+    unpin_threads,
+    zero_counts,
+)
 from device_model.engine_config import EngineConfig, EngineError, PolicyEntry
 from device_model.engine_counts import count_macs, masked_slice_ops
 from device_model.engine_kernels import ChipKernels, Kernels
@@ -591,6 +598,8 @@ class Engine:
         nb = x.shape[0]
         so = None
         cols_c = None
+        b_added = False
+        bv = None if b is None else b.values
         if layer.kind == "linear":
             p_nat = xa.zeros_source  # counted by zeros only: codes or values
             if xa.is_int and w.is_int:
@@ -608,14 +617,14 @@ class Engine:
                 # of the values: xa.zeros_source)
                 cols_c = p_nat = im2col(xa.c, layer)
                 yt, so = self._gemm_q(w.c.reshape(o, -1), cols_c, xa.frac + w.frac, False, True)
-                ho, wo = layer.out_shape[1:]
-                y = np.ascontiguousarray(yt.reshape(o, nb, ho, wo).transpose(1, 0, 2, 3))
+                # moved to NCHW with the bias added in one pass (the same float32 additions)
+                y = to_nchw_bias(yt, nb, o, layer.out_shape[1:], False, bv)
             else:
                 p_nat = im2col(xa.values, layer)
                 y2 = k.gemm_float(p_nat, w.values.reshape(o, -1), trans_a=False, trans_b=True)
-                ho, wo = layer.out_shape[1:]
-                y = np.ascontiguousarray(y2.reshape(nb, ho, wo, o).transpose(0, 3, 1, 2))
-        if b is not None:
+                y = to_nchw_bias(y2, nb, o, layer.out_shape[1:], True, bv)
+            b_added = True
+        if b is not None and not b_added:
             shape = (1, -1) + (1,) * (y.ndim - 2)
             y = np.add(y, b.values.reshape(shape), dtype=np.float32)
         if laps and i in pol.laps:

@@ -172,3 +172,22 @@ def test_im2col_c_equals_numpy_gather(geom: dict[str, Any]) -> None:
     # a non-contiguous input takes the numpy gather
     xt = np.ascontiguousarray(xf.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
     assert im2col(xt, layer).tobytes() == _im2col_take(xt, layer).tobytes()
+
+
+@pytest.mark.parametrize("nhwc", [True, False])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_to_nchw_bias_equals_numpy(nhwc: bool, with_bias: bool) -> None:
+    rng = np.random.default_rng(11)
+    n, o, h, w = 3, 5, 4, 6
+    y = (rng.standard_normal((n * h * w, o) if nhwc else (o, n * h * w)) * 1e3).astype(np.float32)
+    y.flat[::7] = -0.0
+    y.flat[3] = np.inf
+    y.flat[5] = np.nan
+    bias = (rng.standard_normal(o) * 1e-3).astype(np.float32) if with_bias else None
+    moved = y.reshape(n, h, w, o).transpose(0, 3, 1, 2) if nhwc else y.reshape(o, n, h, w)
+    want = np.ascontiguousarray(moved if nhwc else moved.transpose(1, 0, 2, 3))
+    if bias is not None:
+        want = np.add(want, bias.reshape(1, -1, 1, 1), dtype=np.float32)
+    got = datapath.to_nchw_bias(y, n, o, (h, w), nhwc, bias)
+    assert got.shape == want.shape and got.flags.c_contiguous
+    assert got.tobytes() == want.tobytes()
