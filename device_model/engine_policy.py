@@ -225,12 +225,6 @@ class Policy:
         if fmt == "fp32":
             return QTensor(x, fmt)
         stream = pass_no * 65536 + layer * 256 + CLASS[cls] * 16 + part
-        kw = {
-            "rounding": e.rounding,
-            "seed": self.sr_seed,
-            "stream": stream,
-            "saturate": e.saturate,
-        }
         k = self.kernels
         if is_int_format(fmt):
             key = (layer, CLASS[cls], part)
@@ -251,14 +245,32 @@ class Policy:
             else:
                 frac = self._frac(x, fmt, e, key, laps_shift)
                 params = {"shared_exp": -frac} if fmt == "flex16" else {"frac_bits": frac}
-                codes, values = k.encode_values(x, fmt, frac, values=want_values, **kw, **params)
+                codes, values = k.encode_values(
+                    x,
+                    fmt,
+                    frac,
+                    values=want_values,
+                    rounding=e.rounding,
+                    seed=self.sr_seed,
+                    stream=stream,
+                    saturate=e.saturate,
+                    **params,
+                )
             if e.frac_mode == "overflow":
                 self.frac[key] = next_frac_bits(x, format_bits(fmt), frac)
             elif e.frac_mode == "stochastic_threshold":
                 self.frac[key] = update_frac_bits(
                     x, format_bits(fmt), frac, stochastic=True, seed=self.sr_seed, stream=stream
                 )
-            return QTensor(values, fmt, codes, frac)
+            q = _new_object(QTensor)  # QTensor(values, fmt, codes, frac) without its __init__
+            q.__dict__.update(raw=values, fmt=fmt, codes=codes, frac=frac)
+            return q
+        kw = {
+            "rounding": e.rounding,
+            "seed": self.sr_seed,
+            "stream": stream,
+            "saturate": e.saturate,
+        }
         fparams: dict[str, Any] = {}
         if fmt == "hfp8":
             fparams = {"bias": e.exp_bias, "stage": e.hfp8_stage}
