@@ -1125,6 +1125,23 @@ TARGET_VBMI static int64_t pack_b8_vbmi(const int8_t *src, int64_t ld, int64_t K
     return q;
 }
 
+/* 16 columns of 4 consecutive K rows (r0..r3), each byte + 128, stored as [column][4] bytes:
+ * the SSE interleave of pack_b8's panels. */
+static inline void interleave4_flip(__m128i r0, __m128i r1, __m128i r2, __m128i r3, __m128i flip,
+                                    uint8_t *o)
+{
+    r0 = _mm_xor_si128(r0, flip);
+    r1 = _mm_xor_si128(r1, flip);
+    r2 = _mm_xor_si128(r2, flip);
+    r3 = _mm_xor_si128(r3, flip);
+    __m128i lo01 = _mm_unpacklo_epi8(r0, r1), hi01 = _mm_unpackhi_epi8(r0, r1);
+    __m128i lo23 = _mm_unpacklo_epi8(r2, r3), hi23 = _mm_unpackhi_epi8(r2, r3);
+    _mm_store_si128((__m128i *)o, _mm_unpacklo_epi16(lo01, lo23));
+    _mm_store_si128((__m128i *)(o + 16), _mm_unpackhi_epi16(lo01, lo23));
+    _mm_store_si128((__m128i *)(o + 32), _mm_unpacklo_epi16(hi01, hi23));
+    _mm_store_si128((__m128i *)(o + 48), _mm_unpackhi_epi16(hi01, hi23));
+}
+
 /* Pack B (int8 x int8): panel p holds columns p*NR8.. as [quad][NR8][4] bytes b + 128. */
 /* The full-panel SSE interleave of pack_b8 for a partial panel (nv < NR8 columns): columns
  * past nv are loaded as 0 (masked loads), which the flip makes 0x80, the padding. Returns
@@ -1146,17 +1163,7 @@ pack_b8_partial(const int8_t *src, int64_t ld, int64_t K, int64_t n0, int64_t nv
             __m128i r1 = _mm_maskz_loadu_epi8(km[grp], s0 + ld + 16 * grp);
             __m128i r2 = _mm_maskz_loadu_epi8(km[grp], s0 + 2 * ld + 16 * grp);
             __m128i r3 = _mm_maskz_loadu_epi8(km[grp], s0 + 3 * ld + 16 * grp);
-            r0 = _mm_xor_si128(r0, flip);
-            r1 = _mm_xor_si128(r1, flip);
-            r2 = _mm_xor_si128(r2, flip);
-            r3 = _mm_xor_si128(r3, flip);
-            __m128i lo01 = _mm_unpacklo_epi8(r0, r1), hi01 = _mm_unpackhi_epi8(r0, r1);
-            __m128i lo23 = _mm_unpacklo_epi8(r2, r3), hi23 = _mm_unpackhi_epi8(r2, r3);
-            uint8_t *o = d + (q * NR8 + 16 * grp) * 4;
-            _mm_store_si128((__m128i *)o, _mm_unpacklo_epi16(lo01, lo23));
-            _mm_store_si128((__m128i *)(o + 16), _mm_unpackhi_epi16(lo01, lo23));
-            _mm_store_si128((__m128i *)(o + 32), _mm_unpacklo_epi16(hi01, hi23));
-            _mm_store_si128((__m128i *)(o + 48), _mm_unpackhi_epi16(hi01, hi23));
+            interleave4_flip(r0, r1, r2, r3, flip, d + (q * NR8 + 16 * grp) * 4);
         }
     }
     return q;
@@ -1184,17 +1191,7 @@ static void pack_b8(const gemm_job *g, int64_t p0, int64_t p1)
                     __m128i r1 = _mm_loadu_si128((const __m128i *)(s0 + ld + 16 * grp));
                     __m128i r2 = _mm_loadu_si128((const __m128i *)(s0 + 2 * ld + 16 * grp));
                     __m128i r3 = _mm_loadu_si128((const __m128i *)(s0 + 3 * ld + 16 * grp));
-                    r0 = _mm_xor_si128(r0, flip);
-                    r1 = _mm_xor_si128(r1, flip);
-                    r2 = _mm_xor_si128(r2, flip);
-                    r3 = _mm_xor_si128(r3, flip);
-                    __m128i lo01 = _mm_unpacklo_epi8(r0, r1), hi01 = _mm_unpackhi_epi8(r0, r1);
-                    __m128i lo23 = _mm_unpacklo_epi8(r2, r3), hi23 = _mm_unpackhi_epi8(r2, r3);
-                    uint8_t *o = d + (q * NR8 + 16 * grp) * 4;
-                    _mm_store_si128((__m128i *)o, _mm_unpacklo_epi16(lo01, lo23));
-                    _mm_store_si128((__m128i *)(o + 16), _mm_unpackhi_epi16(lo01, lo23));
-                    _mm_store_si128((__m128i *)(o + 32), _mm_unpacklo_epi16(hi01, hi23));
-                    _mm_store_si128((__m128i *)(o + 48), _mm_unpackhi_epi16(hi01, hi23));
+                    interleave4_flip(r0, r1, r2, r3, flip, d + (q * NR8 + 16 * grp) * 4);
                 }
             }
         }

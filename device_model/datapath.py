@@ -283,6 +283,20 @@ def gemm_int_slice_ops(
     return c, int(st.slice_ops)
 
 
+def _int_operands(a: np.ndarray, b: np.ndarray, trans_a: bool, trans_b: bool) -> tuple[Any, ...]:
+    """Both integer GEMM operands checked (``_int_operand``) and their shapes matched:
+    ``(a2, lda, ta, b2, ldb, tb, m, k, n)``."""
+    a2, lda, ta = _int_operand(a, "a", bool(trans_a))
+    b2, ldb, tb = _int_operand(b, "b", bool(trans_b))
+    m, ka = (a2.shape[1], a2.shape[0]) if ta else a2.shape
+    kb, n = (b2.shape[1], b2.shape[0]) if tb else b2.shape
+    if ka != kb:
+        raise ValueError(
+            f"inner dimensions differ: A is {m} x {ka}, B is {kb} x {n} (after trans flags)"
+        )
+    return a2, lda, ta, b2, ldb, tb, m, ka, n
+
+
 def gemm_int_scaled(
     a: np.ndarray,
     b: np.ndarray,
@@ -296,14 +310,7 @@ def gemm_int_scaled(
     in the same C call: ``(rescale_i64(C, frac), stats.slice_ops)``, the same bits, without
     the int64 matrix where the kernel's one K block gives the final sums (what the training
     engine's DFXP layers use)."""
-    a2, lda, ta = _int_operand(a, "a", bool(trans_a))
-    b2, ldb, tb = _int_operand(b, "b", bool(trans_b))
-    m, ka = (a2.shape[1], a2.shape[0]) if ta else a2.shape
-    kb, n = (b2.shape[1], b2.shape[0]) if tb else b2.shape
-    if ka != kb:
-        raise ValueError(
-            f"inner dimensions differ: A is {m} x {ka}, B is {kb} x {n} (after trans flags)"
-        )
+    a2, lda, ta, b2, ldb, tb, m, ka, n = _int_operands(a, b, trans_a, trans_b)
     if isinstance(frac, bool) or not isinstance(frac, int | np.integer) or not -64 <= frac <= 126:
         raise ValueError(f"frac must be an integer in [-64, 126], got {frac!r}")
     out = np.empty((m, n), np.float32)
@@ -343,14 +350,7 @@ def _gemm_int_raw(
     kernel: str | None,
     threads: int | None,
 ) -> tuple[np.ndarray, Any]:
-    a2, lda, ta = _int_operand(a, "a", bool(trans_a))
-    b2, ldb, tb = _int_operand(b, "b", bool(trans_b))
-    m, ka = (a2.shape[1], a2.shape[0]) if ta else a2.shape
-    kb, n = (b2.shape[1], b2.shape[0]) if tb else b2.shape
-    if ka != kb:
-        raise ValueError(
-            f"inner dimensions differ: A is {m} x {ka}, B is {kb} x {n} (after trans flags)"
-        )
+    a2, lda, ta, b2, ldb, tb, m, ka, n = _int_operands(a, b, trans_a, trans_b)
     if acc_bits is None:
         acc_bits = default_acc_bits(a.dtype, b.dtype)
     bits, mode = _check_acc(acc_bits, acc_mode)
