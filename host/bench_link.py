@@ -156,7 +156,7 @@ class _Pump:
         self.fd = fd
         self.link = link
         self.inq: queue.SimpleQueue[bytes] = queue.SimpleQueue()
-        self.outq: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self.outq: queue.SimpleQueue[bytes | bytearray | None] = queue.SimpleQueue()
         threading.Thread(target=self._reader, daemon=True).start()
         threading.Thread(target=self._writer, daemon=True).start()
 

@@ -343,7 +343,7 @@ class Session:
         self.link.poll(now)
         out = self.link.bytes_to_send(now)
         if self.line is not None and out:
-            out = self.line.to_host(out)
+            out = self.line.to_host(bytes(out))  # a faulted line takes bytes
         self.out += out
         if len(self.out) > MAX_PENDING:
             del self.out[: len(self.out) - MAX_PENDING]

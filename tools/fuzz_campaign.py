@@ -901,7 +901,7 @@ class HostHarness:
         self.dev = Link(Role.DEVICE, LinkConfig(), rng=random.Random(seed + 1))
         self.now = 0.0
 
-    def _to_host(self, data: bytes) -> None:
+    def _to_host(self, data: bytes | bytearray) -> None:
         self.runner.link.receive_bytes(data, self.now)
         self.runner._collect()
 
