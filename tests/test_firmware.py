@@ -172,6 +172,20 @@ class FakeEngine:
         self._macs = 0
 
 
+def counting_executions(fw: Firmware) -> list[bytes]:
+    """Wrap ``fw._execute`` so that every request it executes (not answered from the
+    duplicate cache) is appended to the returned list."""
+    runs: list[bytes] = []
+    execute = fw._execute
+
+    def counting(data: bytes, request_id: int) -> tuple[Status, bytes]:
+        runs.append(data)
+        return execute(data, request_id)
+
+    fw._execute = counting  # type: ignore[method-assign]
+    return runs
+
+
 def fake_config(body: dict[str, Any], masks: dict[int, np.ndarray]) -> dict[str, Any]:
     return body
 
@@ -739,14 +753,7 @@ def test_cache_tells_a_duplicate_from_a_reused_id(size: int) -> None:
     reused id with other bytes (even differing only in the last byte, same length) executes
     again."""
     fw = Firmware("hnpu-v2", engine_factory=ExplodingEngine, config_factory=fake_config)
-    runs: list[bytes] = []
-    execute = fw._execute
-
-    def counting(data: bytes, request_id: int) -> tuple[Status, bytes]:
-        runs.append(data)
-        return execute(data, request_id)
-
-    fw._execute = counting  # type: ignore[method-assign]
+    runs = counting_executions(fw)
     # Valid headers (HELLO, id 9) with bodies that do not decode: answered BAD_REQUEST, cached.
     head = bytes([Opcode.HELLO]) + (9).to_bytes(4, "little")
     a = head + bytes(size - len(head))

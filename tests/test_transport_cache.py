@@ -16,19 +16,7 @@ from device_model import firmware as fw_mod
 from device_model.firmware import Firmware
 from protocol import messages as m
 from protocol.messages import Opcode
-from protocol.status import Status
-
-
-def _counting(fw: Firmware) -> list[bytes]:
-    runs: list[bytes] = []
-    execute = fw._execute
-
-    def counting(data: bytes, request_id: int) -> tuple[Status, bytes]:
-        runs.append(data)
-        return execute(data, request_id)
-
-    fw._execute = counting  # type: ignore[method-assign]
-    return runs
+from tests.test_firmware import counting_executions
 
 
 def _request(request_id: int, size: int, fill: int = 0) -> bytes:
@@ -41,7 +29,7 @@ def test_long_requests_are_not_hashed_and_tell_duplicates_from_reused_ids(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     fw = Firmware("hnpu-v2")
-    runs = _counting(fw)
+    runs = counting_executions(fw)
 
     def no_hash(*a: object, **k: object) -> object:
         raise AssertionError("the cache must not hash requests")
@@ -61,7 +49,7 @@ def test_long_requests_stay_within_the_byte_budget(monkeypatch: pytest.MonkeyPat
     long = 4 * fw_mod.CACHE_RAW_MAX
     monkeypatch.setattr(fw_mod, "CACHE_LONG_BYTES", 3 * long)
     fw = Firmware("hnpu-v2")
-    runs = _counting(fw)
+    runs = counting_executions(fw)
     small = [_request(100 + i, 64) for i in range(3)]
     for r in small:
         fw.receive(r)
@@ -81,7 +69,7 @@ def test_long_requests_stay_within_the_byte_budget(monkeypatch: pytest.MonkeyPat
 def test_a_request_above_the_budget_is_still_cached(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fw_mod, "CACHE_LONG_BYTES", 2 * fw_mod.CACHE_RAW_MAX)
     fw = Firmware("hnpu-v2")
-    runs = _counting(fw)
+    runs = counting_executions(fw)
     big = _request(5, 5 * fw_mod.CACHE_RAW_MAX)
     fw.receive(big)
     fw.receive(big)
