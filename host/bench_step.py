@@ -23,10 +23,13 @@ single steps: numpy's OpenBLAS worker threads keep spinning for a while after ea
 and a device step started right after one loses a core to them (the MDNet step took 27 ms
 right after two numpy GEMMs, 17 ms alone), which measured the neighbour, not the device; the
 device's own pool threads sleep as soon as a call ends. A pause of ``PAUSE_S`` between blocks
-lets the spinning end. 24 timed steps per side in 4 rounds (blocks of 6: the first step of a
+lets the spinning end. 48 timed steps per side in 8 rounds (blocks of 6: the first step of a
 block is often slow on either side, cold caches and parked threads, so blocks of 3 left too
-few warm steps). Figures are the best step after warm-up (the median is recorded too):
-the machine is shared, and the best is what the code costs when it gets the cores. Targets:
+few warm steps; 8 rounds spread each case over 2-4 s, because the machine has slow phases of a
+few seconds in which every part of the device step runs 1.3-1.5x slower, and 4 rounds of the
+digits CNN, half a second, could fall entirely into one). Figures are the best step after
+warm-up (the median is recorded too): the machine is shared, and the best is what the code
+costs when it gets the cores. Targets:
 fp32 at most 1.5x numpy, dfxp8+SR at most 2x numpy. No ``device_model`` import here: the
 emulator is reached through its URL like a board.
 """
@@ -245,9 +248,9 @@ def run(
     steps: int | None = None,
 ) -> list[dict[str, Any]]:
     """Measure every case in every precision; one record per (case, precision)."""
-    n = steps if steps is not None else (4 if quick else 24)
+    n = steps if steps is not None else (4 if quick else 48)
     warm = 1 if quick else 2
-    rounds = 2 if quick else 4
+    rounds = 2 if quick else 8
     if n < 1:
         raise ValueError(f"steps must be at least 1, got {n}")
     records = []
