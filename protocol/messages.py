@@ -633,8 +633,9 @@ MESSAGE_DOCS: dict[Opcode, str] = {
         "unfinished transfer keeps the received bytes and answers their count (resume). "
         "BAD_SHAPE if nbytes != wire bytes of dtype x shape (more than 8 dimensions do not "
         "parse: BAD_REQUEST); UNSUPPORTED_FORMAT "
-        "for a dtype the device lacks; OUT_OF_MEMORY when it does not fit; LIMIT for an id "
-        "at or above 0x80000000."
+        "for a dtype the device lacks; TENSOR_TOO_LARGE above max_tensor_bytes; "
+        "TOO_MANY_TENSORS for a new id when the device holds max_tensors; OUT_OF_MEMORY when "
+        "it does not fit; LIMIT for an id at or above 0x80000000."
     ),
     Opcode.TENSOR_DATA: (
         "Bytes [offset, offset+len) of a begun tensor, in chunks of any length up to the "
@@ -659,7 +660,8 @@ MESSAGE_DOCS: dict[Opcode, str] = {
         "Replaces the model. Layer sizes must chain from input_shape (BAD_SHAPE), the model "
         "with its training state must fit device memory (OUT_OF_MEMORY), weights list "
         "uploaded tensors of the parameters' exact shape in fp32 or a supported format "
-        "(UNKNOWN_TENSOR, BAD_SHAPE, UNKNOWN_LAYER). Counters and the step count restart."
+        "(UNKNOWN_TENSOR, BAD_SHAPE, UNKNOWN_LAYER); TOO_MANY_LAYERS above max_layers. "
+        "Counters and the step count restart."
     ),
     Opcode.TRAIN_CONFIG: (
         "Sets precision policy, algorithm, loss, optimizer, trainable set and pruning for "
@@ -668,7 +670,8 @@ MESSAGE_DOCS: dict[Opcode, str] = {
     ),
     Opcode.FORWARD: (
         "Runs the model on a completed input tensor of shape (batch, *input_shape) and stores "
-        "the output as output_id. NO_MODEL, UNKNOWN_TENSOR, BAD_SHAPE, OUT_OF_MEMORY."
+        "the output as output_id. NO_MODEL, UNKNOWN_TENSOR, BAD_SHAPE, TENSOR_TOO_LARGE "
+        "(output above max_tensor_bytes), OUT_OF_MEMORY."
     ),
     Opcode.TRAIN_STEP: (
         "One training step: forward, loss against target, backward by the configured "
