@@ -69,7 +69,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
         ("features", ", ".join(info["features"])),
         ("link", f"max payload {limits['link_max_payload']} B, window {limits['link_window']}"),
     ]
-    rows += [(f"  {k}", f"{v:g}") for k, v in info["parameters"].items()]
+    device_limits = [k for k in host.device.DEVICE_LIMITS if k in limits]
+    if device_limits:
+        rows.append(("limits", ", ".join(f"{k} {limits[k]}" for k in device_limits)))
+    rows += [
+        (f"  {k}", f"{v:g}" if k not in limits else str(limits[k]))
+        for k, v in info["parameters"].items()
+    ]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")

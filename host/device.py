@@ -61,6 +61,18 @@ __all__ = ["Device", "open"]
 
 #: Package holding the ``emu://`` URL handler, registered by name (never imported here).
 EMU_HANDLER_PACKAGE = "device_model"
+#: Resource limits a device reports among its HELLO parameters (each refusal has its status
+#: code: OUT_OF_MEMORY, request too long for the link, TENSOR_TOO_LARGE, TOO_MANY_TENSORS,
+#: TOO_MANY_LAYERS, TOO_MANY_PENDING, LIMIT for the batch); ``Device.info()["limits"]`` lists them.
+DEVICE_LIMITS = (
+    "device_memory_bytes",
+    "max_request_bytes",
+    "max_tensor_bytes",
+    "max_tensors",
+    "max_layers",
+    "max_pending",
+    "max_batch",
+)
 CLIENT = "microtrain-host 0.1"
 _ALGORITHMS = {
     "bp": (Algorithm.BP, TrainableMode.ALL),
@@ -372,8 +384,11 @@ class Device:
 
     def info(self) -> dict[str, Any]:
         """What the device said in HELLO: protocol, firmware, preset, formats, algorithms,
-        limits, plus dtypes, features and the preset's parameters."""
+        limits, plus dtypes, features and the preset's parameters. ``limits`` holds the link's
+        offer and what the link agreed, and the device's resource limits it reports among its
+        parameters (``DEVICE_LIMITS``; a device that does not report one leaves it out)."""
         h = self._hello
+        params = {p["name"]: p["value"] for p in h["parameters"]}
         algos = {Algorithm.BP: "bp", Algorithm.DFA: "dfa", Algorithm.PIPELINED_DFA: "pipelined-dfa"}
         names = [algos[Algorithm(a)] for a in h["algorithms"]]
         if "bp" in names and h["features"] & Feature.SELECTIVE_TRAINING:
@@ -392,8 +407,9 @@ class Device:
                 "window": h["window"],
                 "link_max_payload": self.runner.max_payload,
                 "link_window": self.runner.link.window,
+                **{k: int(params[k]) for k in DEVICE_LIMITS if k in params},
             },
-            "parameters": {p["name"]: p["value"] for p in h["parameters"]},
+            "parameters": params,
         }
 
     def counters(self) -> dict[str, Any]:

@@ -191,7 +191,10 @@ def test_cli_info_prints_json_and_a_table(capsys: pytest.CaptureFixture[str]) ->
     info = json.loads(capsys.readouterr().out)
     assert info["preset"] == "hnpu-v1" and info["algorithms"] == ["bp", "bias-only"]
     assert cli.main(["info", "--device", "emu://hnpu-v2"]) == 0
-    assert re.search(r"^preset\s+hnpu-v2$", capsys.readouterr().out, re.M)
+    out = capsys.readouterr().out
+    assert re.search(r"^preset\s+hnpu-v2$", out, re.M)
+    assert re.search(r"^limits\s+.*max_request_bytes 8388608, .*max_batch 256$", out, re.M)
+    assert re.search(r"^  device_memory_bytes\s+67108864$", out, re.M)  # an integer, not 6.7e+07
     assert cli.main(["info", "--device", "emu://nope"]) == 1
     assert "unknown chip preset" in capsys.readouterr().err
 

@@ -49,6 +49,10 @@ def test_info_reports_the_preset_formats_algorithms_and_limits(dev: host.Device)
     assert {"fp32", "dfxp8", "bf16"} <= set(info["formats"])
     assert {"bp", "dfa", "pipelined-dfa", "bias-only"} <= set(info["algorithms"])
     assert 256 <= info["limits"]["link_max_payload"] <= info["limits"]["max_payload"]
+    # the device's resource limits, as integers, equal to the parameters it reported
+    for name in host.device.DEVICE_LIMITS:
+        assert info["limits"][name] == info["parameters"][name] > 0
+    assert info["limits"]["max_request_bytes"] == 8 << 20
     assert info["firmware"]
 
 
