@@ -154,26 +154,35 @@ def test_zero_counts_equal_numpy(seed: int, rows: int, cols: int, layout: str, d
     h=st.integers(1, 9),
     w=st.integers(1, 9),
     k=st.sampled_from([1, 2, 3, (2, 3), (3, 1)]),
+    ties=st.booleans(),
 )
 def test_tiled_max_pool_equals_window_view_path(
-    seed: int, c: int, h: int, w: int, k: int | tuple[int, int]
+    seed: int, c: int, h: int, w: int, k: int | tuple[int, int], ties: bool
 ) -> None:
-    """Max pools whose windows tile the input take a reshape path; it must give the window
-    view's outputs, argmax indices (first maximum, NaN first) and input errors bit for bit,
-    including ties, NaN and signed zeros."""
+    """Max pools whose windows tile the input take a faster path (C for float32); it must
+    give the window view's outputs, argmax indices (first maximum, NaN first) and input
+    errors bit for bit: NaN inputs and signed zeros, or (``ties``) few distinct values with
+    infinities and NaN errors."""
     kh, kw = (k, k) if isinstance(k, int) else k
     assume(kh <= h and kw <= w)
     layer = build_layers((c, h, w), [LayerSpec("max_pool2d", kernel_size=k)])[0]
     rng = np.random.default_rng(seed)
-    x = rng.choice(np.float32([0.0, -0.0, 1.0, -1.0, np.nan, 2.5]), (3, c, h, w))
-    x = np.where(rng.random(x.shape) < 0.5, rng.standard_normal(x.shape), x).astype(np.float32)
+    if ties:
+        x = rng.choice(np.float32([0.0, -0.0, 1.0, -1.0, np.inf, -np.inf]), (3, c, h, w))
+        dy_values = np.float32([0.0, -0.0, 1.5, -2.0, np.nan])
+    else:
+        x = rng.choice(np.float32([0.0, -0.0, 1.0, -1.0, np.nan, 2.5]), (3, c, h, w))
+        x = np.where(rng.random(x.shape) < 0.5, rng.standard_normal(x.shape), x)
+        dy_values = np.float32([0.0, -0.0, 1.5, -2.0])
+    x = x.astype(np.float32)
     y, arg = pool_forward(x, layer)
-    dy = rng.choice(np.float32([0.0, -0.0, 1.5, -2.0]), y.shape).astype(np.float32)
+    dy = rng.choice(dy_values, y.shape).astype(np.float32)
     dx = pool_backward(dy, layer, arg)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(engine_layers, "_tiled", lambda _layer: False)
         y2, arg2 = pool_forward(x, layer)
         dx2 = pool_backward(dy, layer, arg2)
+    assert arg.dtype == arg2.dtype and y.dtype == y2.dtype == np.float32
     np.testing.assert_array_equal(arg, arg2)
     np.testing.assert_array_equal(y.view(np.uint32), y2.view(np.uint32))
     np.testing.assert_array_equal(dx.view(np.uint32), dx2.view(np.uint32))
